@@ -1,0 +1,3 @@
+from csl_ros.cli import main
+
+raise SystemExit(main())

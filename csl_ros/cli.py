@@ -1,0 +1,46 @@
+"""``csl-ros``: the one command-line entry point.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; that function adds the
+subparser and sets ``func`` (called with the parsed args, returns an exit code). Command modules keep heavy
+imports (torch, rclpy) inside their run functions, so ``csl-ros synth`` never pays for them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules; each registers its own parser.
+COMMAND_MODULES = [
+    "csl_ros.data.synth_cli",
+    "csl_ros.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="csl-ros",
+        description="CSL road-obstacle / OOD segmentation: synthetic data, training, detection, "
+                    "ROS 2 bag conversion and SMIYC evaluation.")
+    from csl_ros import __version__
+    parser.add_argument("--version", action="version", version=f"csl-ros {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input is the user's to fix: one clear line, no traceback.
+        print(f"csl-ros {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The one configuration schema of csl_ros.
+
+Every runtime setting lives here once, as a dataclass field with its default, a description and its
+valid range or choices. The ROS node declares its parameters from these fields (with
+``ParameterDescriptor`` ranges), ``config/*.yaml`` files are read into them, and the CLI's
+``--config FILE --set key=value`` goes through them too, so a default is never written twice.
+
+Pure Python: no torch, no rclpy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+TEACHERS = ("none", "msp", "maxlogit", "sml", "entropy", "energy", "onnx")
+SCHEMES = ("1", "2", "teacher_only")
+
+
+def _opt(default, help, *, range=None, choices=None, reload=False, ros=True):
+    """A schema field. ``reload``: changing it needs the models reloaded (refused while active)."""
+    meta = {"help": help, "range": range, "choices": choices, "reload": reload, "ros": ros}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DetectorConfig:
+    """Settings of the detector pipeline (model, teacher, fusion, instances, backend, geometry)."""
+
+    # --- models and method -------------------------------------------------------------------
+    scheme: str = _opt("2", "CSL scheme: '1' = distilled student head (no teacher at run time), "
+                       "'2' = fuse the teacher's per-pixel scores with the student's regions, "
+                       "'teacher_only' = the teacher's scores without fusion (for comparison).",
+                       choices=SCHEMES, reload=True)
+    teacher: str = _opt("sml", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, msp (1 - max "
+                        "softmax), maxlogit, sml (standardized max logit), entropy, energy, or onnx "
+                        "(an external method exported to ONNX, see teacher_path).",
+                        choices=TEACHERS, reload=True)
+    student_path: str = _opt("", "CSL student checkpoint (.safetensors or .pt). Empty: the shipped "
+                             "synthroad model for the chosen scheme.", reload=True)
+    teacher_path: str = _opt("", "Teacher checkpoint: the closed-set segmenter (.safetensors/.pt) for "
+                             "msp/maxlogit/sml/entropy/energy, or the .onnx file for teacher=onnx. "
+                             "Empty: the shipped synthroad segmenter.", reload=True)
+    teacher_stats_path: str = _opt("", "SML statistics / score calibration file of the teacher. Empty: "
+                                   "the one stored next to the teacher checkpoint.", reload=True)
+    assignment: str = _opt("soft", "Region assignment: 'soft' (CSL Eq. 2, every pixel assigned) or "
+                           "'hard' (Mask2Former/EntitySeg thresholds, for the ablation).",
+                           choices=("soft", "hard"))
+    split_regions: bool = _opt(True, "Split every assigned region into 8-connected components before "
+                               "fusion (region proposals at the disconnected-component level).")
+    fusion_mode: str = _opt("product", "Structure-constrained fusion (Eq. 3): 'product' = region mean x "
+                            "pixel score (the paper), 'region_mean', or 'arithmetic' (ablations).",
+                            choices=("product", "region_mean", "arithmetic"))
+
+    # --- instances and obstacles ----------------------------------------------------------------
+    score_threshold: float = _opt(0.5, "Fused anomaly score at or above which a pixel is anomalous.",
+                                  range=(0.0, 1.0))
+    min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
+                                  range=(0, 10_000_000))
+    road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
+                          "teacher's segmenter (when the teacher has one).")
+
+    # --- compute --------------------------------------------------------------------------------
+    input_height: int = _opt(512, "Network input height in pixels (images are resized/padded to it).",
+                             range=(64, 4096), reload=True)
+    input_width: int = _opt(1024, "Network input width in pixels.", range=(64, 8192), reload=True)
+    device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True)
+    backend: str = _opt("auto", "Inference backend: auto (fastest available), eager, torchscript, "
+                        "tensorrt (torch-tensorrt, GPU only). Failures fall back to eager.",
+                        choices=("auto", "eager", "torchscript", "tensorrt"), reload=True)
+    precision: str = _opt("fp32", "fp32 or fp16 (fp16 only takes effect on GPU).",
+                          choices=("fp32", "fp16"), reload=True)
+    engine_cache_dir: str = _opt("~/.cache/csl_ros/engines", "Where compiled TensorRT/TorchScript "
+                                 "engines are cached (keyed by model hash, size, precision, version).",
+                                 reload=True)
+    force_rebuild_engine: bool = _opt(False, "Ignore a cached engine and build it again.", reload=True)
+
+    # --- camera mounting for flat-ground geometry -------------------------------------------------
+    camera_height_m: float = _opt(1.5, "Camera height above the road plane in metres.", range=(0.1, 10.0))
+    camera_pitch_deg: float = _opt(0.0, "Camera pitch in degrees, positive looking down.",
+                                   range=(-45.0, 45.0))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming every invalid field."""
+        errors = validation_errors(self)
+        if errors:
+            raise ValueError("invalid configuration: " + "; ".join(errors))
+
+
+@dataclass
+class NodeConfig:
+    """ROS I/O settings of the node (topics, QoS, optional outputs). ROS-free on purpose."""
+
+    use_compressed: bool = _opt(False, "Subscribe to image/compressed (sensor_msgs/CompressedImage) "
+                                "instead of image (sensor_msgs/Image).", reload=True)
+    input_reliability: str = _opt("best_effort", "QoS reliability of the camera subscription "
+                                  "(sensor-data default: best_effort).",
+                                  choices=("best_effort", "reliable"), reload=True)
+    output_reliability: str = _opt("reliable", "QoS reliability of the publishers (reliable so rviz "
+                                   "shows them without tweaks).", choices=("best_effort", "reliable"),
+                                   reload=True)
+    publish_color: bool = _opt(True, "Publish ~/anomaly_score/color (bgr8 colour map).")
+    publish_overlay: bool = _opt(True, "Publish ~/overlay (bgr8 image with instances outlined).")
+    diagnostics_period_s: float = _opt(1.0, "Period of /diagnostics messages in seconds.",
+                                       range=(0.05, 60.0), reload=True)
+    auto_activate: bool = _opt(False, "Configure and activate the lifecycle node on start.", reload=True)
+
+
+SCHEMA = (DetectorConfig, NodeConfig)
+
+
+def schema_fields(cls) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def _coerce(value: Any, typ: type, name: str) -> Any:
+    """Convert YAML/CLI/ROS values to the field's type; reject anything lossy."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def field_type(f: dataclasses.Field) -> type:
+    t = f.type
+    if isinstance(t, str):
+        t = {"str": str, "int": int, "float": float, "bool": bool}[t]
+    return t
+
+
+def check_value(f: dataclasses.Field, value: Any) -> str | None:
+    """Return why ``value`` is invalid for field ``f``, or None. Never clamps."""
+    meta = f.metadata
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        return f"{f.name}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
+    if meta.get("range") is not None:
+        lo, hi = meta["range"]
+        if not (lo <= value <= hi):
+            return f"{f.name}={value!r} is outside [{lo}, {hi}]"
+    return None
+
+
+def validation_errors(cfg) -> list[str]:
+    errors = []
+    for f in dataclasses.fields(cfg):
+        err = check_value(f, getattr(cfg, f.name))
+        if err:
+            errors.append(err)
+    return errors
+
+
+def apply_overrides(cfg, values: Mapping[str, Any], *, strict: bool = True):
+    """Return a copy of ``cfg`` with ``values`` applied (coerced and validated)."""
+    names = {f.name: f for f in dataclasses.fields(cfg)}
+    updates = {}
+    for key, raw in values.items():
+        if key not in names:
+            if strict:
+                raise ValueError(f"unknown setting {key!r} for {type(cfg).__name__}; known: "
+                                 + ", ".join(sorted(names)))
+            continue
+        f = names[key]
+        val = _coerce(raw, field_type(f), key)
+        err = check_value(f, val)
+        if err:
+            raise ValueError(err)
+        updates[key] = val
+    return dataclasses.replace(cfg, **updates)
+
+
+def parse_set_args(items: Iterable[str]) -> dict[str, str]:
+    """Parse CLI ``--set key=value`` items."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def read_yaml_parameters(path: str | os.PathLike, node_name: str = "csl_detector") -> dict[str, Any]:
+    """Read a ROS 2 params file (``/**: ros__parameters:`` or ``<node>: ros__parameters:``) or a
+    plain mapping, and return the flat parameter dict."""
+    import yaml
+
+    with open(path, "r", encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    params: dict[str, Any] = {}
+    ros_style = False
+    for key, val in data.items():
+        if isinstance(val, dict) and "ros__parameters" in val:
+            ros_style = True
+            if key in ("/**", node_name, f"/{node_name}") or key.endswith("/" + node_name) or key.endswith("/**"):
+                params.update(val["ros__parameters"] or {})
+    if not ros_style:
+        params = dict(data)
+    return params
+
+
+def load_configs(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
+                 ) -> tuple[DetectorConfig, NodeConfig]:
+    """Build (DetectorConfig, NodeConfig) from an optional YAML file plus overrides.
+
+    Unknown keys are an error naming the key, so a typo in a params file is not silently ignored.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(read_yaml_parameters(path))
+    if overrides:
+        values.update(overrides)
+    det_names = {f.name for f in dataclasses.fields(DetectorConfig)}
+    node_names = {f.name for f in dataclasses.fields(NodeConfig)}
+    unknown = sorted(set(values) - det_names - node_names - {"use_sim_time"})
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ValueError(f"unknown setting(s){where}: {', '.join(unknown)}")
+    det = apply_overrides(DetectorConfig(), {k: v for k, v in values.items() if k in det_names})
+    node = apply_overrides(NodeConfig(), {k: v for k, v in values.items() if k in node_names})
+    return det, node
+
+
+def to_yaml_dict(*cfgs, node_pattern: str = "/**") -> dict:
+    params = {}
+    for cfg in cfgs:
+        params.update(dataclasses.asdict(cfg))
+    return {node_pattern: {"ros__parameters": params}}
