@@ -19,7 +19,7 @@ $(VENV)/.installed:
 	touch $@
 
 venv: $(VENV)/.installed
-	@$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . >/dev/null
+	@$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . >$(VENV)/editable.log 2>&1 || (cat $(VENV)/editable.log; exit 1)
 
 demo: venv
 	$(BIN)/csl-ros demo --out $(DEMO_OUT)

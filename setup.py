@@ -65,7 +65,6 @@ setup(
     maintainer_email="dev@csl-ros.invalid",
     description="CSL road-obstacle / OOD segmentation for ROS 2, with a SMIYC rosbag evaluator.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "csl-ros = csl_ros.cli:main",
