@@ -1,0 +1,61 @@
+"""The one configuration schema: YAML, CLI overrides and validation."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from csl_ros.config import (DetectorConfig, NodeConfig, apply_overrides, load_configs,
+                            parse_set_args, read_yaml_parameters, to_yaml_dict)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_yaml_keys_exist_in_schema_and_validate():
+    params = read_yaml_parameters(ROOT / "config" / "driving.yaml")
+    names = {f.name for c in (DetectorConfig, NodeConfig) for f in dataclasses.fields(c)}
+    assert params and set(params) <= names
+    det, node = load_configs(ROOT / "config" / "driving.yaml")
+    det.validate()
+    assert node.auto_activate is True
+
+
+def test_every_field_is_described():
+    for cls in (DetectorConfig, NodeConfig):
+        for f in dataclasses.fields(cls):
+            assert len(f.metadata["help"]) > 15, f.name
+            assert f.name not in {g.name for g in dataclasses.fields(NodeConfig if cls is DetectorConfig
+                                                                      else DetectorConfig)}
+
+
+def test_overrides_are_coerced_and_validated_never_clamped():
+    cfg = apply_overrides(DetectorConfig(), parse_set_args(["score_threshold=0.7", "min_instance_area=50",
+                                                            "split_regions=false", "scheme=1"]))
+    assert (cfg.score_threshold, cfg.min_instance_area, cfg.split_regions, cfg.scheme) == (0.7, 50, False, "1")
+    with pytest.raises(ValueError, match=r"score_threshold=1.5 is outside \[0.0, 1.0\]"):
+        apply_overrides(DetectorConfig(), {"score_threshold": 1.5})
+    with pytest.raises(ValueError, match="teacher='foo' is not one of"):
+        apply_overrides(DetectorConfig(), {"teacher": "foo"})
+    with pytest.raises(ValueError, match="expected an integer"):
+        apply_overrides(DetectorConfig(), {"min_instance_area": "lots"})
+    with pytest.raises(ValueError, match="unknown setting 'score_treshold'"):
+        apply_overrides(DetectorConfig(), {"score_treshold": 0.2})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_set_args(["score_threshold"])
+
+
+def test_yaml_round_trip_and_unknown_key(tmp_path):
+    import yaml
+
+    det = apply_overrides(DetectorConfig(), {"teacher": "energy", "score_threshold": 0.25})
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(to_yaml_dict(det, NodeConfig())))
+    det2, node2 = load_configs(path)
+    assert det2 == det and node2 == NodeConfig()
+    path.write_text("/**:\n  ros__parameters:\n    score_treshold: 0.3\n")
+    with pytest.raises(ValueError, match=f"score_treshold"):
+        load_configs(path)
+    # plain mapping form and node-name form are accepted too
+    path.write_text("teacher: msp\n")
+    assert load_configs(path)[0].teacher == "msp"
+    path.write_text("csl_detector:\n  ros__parameters:\n    teacher: entropy\n")
+    assert load_configs(path)[0].teacher == "entropy"
