@@ -1,0 +1,54 @@
+"""Flat-ground camera geometry: pixel -> ground contact point in the camera optical frame."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CameraGeometry:
+    """Pinhole intrinsics plus the camera's mounting over a flat road.
+
+    Optical frame (REP 103 ``*_optical_frame``): x right, y down, z forward. ``pitch_deg`` is
+    positive when the camera looks down; roll is assumed zero.
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    height_m: float = 1.5
+    pitch_deg: float = 0.0
+
+    @classmethod
+    def from_K(cls, K, height_m: float = 1.5, pitch_deg: float = 0.0) -> "CameraGeometry":
+        k = np.asarray(K, dtype=np.float64).reshape(3, 3)
+        if k[0, 0] <= 0 or k[1, 1] <= 0:
+            raise ValueError(f"camera matrix has non-positive focal length: fx={k[0, 0]}, fy={k[1, 1]}")
+        return cls(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), height_m, pitch_deg)
+
+    def scaled(self, sx: float, sy: float) -> "CameraGeometry":
+        """The same camera for an image resized by (sx, sy)."""
+        return CameraGeometry(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy,
+                              self.height_m, self.pitch_deg)
+
+    def ground_point(self, u, v):
+        """Intersect the rays through pixels (u, v) with the road plane.
+
+        Returns (points (..., 3) in the optical frame, forward distance (...,) on the ground); rows at
+        or above the horizon give NaN.
+        """
+        u = np.asarray(u, dtype=np.float64)
+        v = np.asarray(v, dtype=np.float64)
+        xn = (u - self.cx) / self.fx
+        yn = (v - self.cy) / self.fy
+        th = math.radians(self.pitch_deg)
+        # Ray direction (xn, yn, 1) rotated into a level frame (y down, z forward-horizontal).
+        down = yn * math.cos(th) + math.sin(th)
+        fwd = -yn * math.sin(th) + math.cos(th)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(down > 1e-9, self.height_m / down, np.nan)
+        pts = np.stack([t * xn, t * yn, t], axis=-1)
+        return pts, t * fwd

@@ -1,0 +1,70 @@
+"""Instance extraction and flat-ground geometry (hand-made cases)."""
+import math
+
+import numpy as np
+import pytest
+
+from csl_ros.pipeline.geometry import CameraGeometry
+from csl_ros.pipeline.instances import describe_instances, extract_instances
+
+
+def test_components_are_split_by_regions_and_filtered_by_area():
+    s = np.zeros((10, 12), np.float32)
+    s[1:4, 1:7] = 0.9          # one blob spanning regions 1 and 2
+    s[7:9, 9:11] = 0.8         # a small blob (4 px) in region 3
+    s[6, 0] = 0.95             # a single pixel
+    regions = np.zeros((10, 12), np.int64)
+    regions[:, 4:] = 2
+    regions[5:, :] = 3
+    inst = extract_instances(s, regions, threshold=0.5, min_area=4)
+    assert inst.dtype == np.uint16
+    ids = sorted(set(np.unique(inst)) - {0})
+    assert len(ids) == 3       # blob split in two, small blob kept (area 4), single pixel dropped
+    assert len(set(np.unique(inst[1:4, 1:4]))) == 1 and len(set(np.unique(inst[1:4, 4:7]))) == 1
+    assert inst[1, 1] != inst[1, 5]
+    assert inst[6, 0] == 0
+    assert extract_instances(s, regions, 0.5, 5)[7:9, 9:11].max() == 0
+    # without regions the blob stays whole; threshold is inclusive
+    assert len(set(np.unique(extract_instances(s, None, 0.9, 1))) - {0}) == 2
+
+
+def test_roi_keeps_only_instances_touching_it():
+    s = np.zeros((8, 8), np.float32)
+    s[0:2, 0:2] = 1
+    s[5:7, 5:7] = 1
+    roi = np.zeros((8, 8), bool)
+    roi[4:, 4:] = True
+    inst = extract_instances(s, None, 0.5, 1, roi=roi)
+    assert inst[0, 0] == 0 and inst[5, 5] == 1
+
+
+def test_no_detection_gives_empty_results():
+    inst = extract_instances(np.zeros((5, 5), np.float32), np.zeros((5, 5), np.int64), 0.5, 1)
+    assert inst.max() == 0 and describe_instances(inst, np.zeros((5, 5))) == []
+
+
+def test_records_and_ground_projection_by_hand():
+    cam = CameraGeometry(fx=1000.0, fy=1000.0, cx=500.0, cy=200.0, height_m=1.5, pitch_deg=0.0)
+    inst = np.zeros((400, 1000), np.uint16)
+    # an object whose bottom edge is at row 250 (50 px below the horizon): Z = 1000*1.5/50 = 30 m
+    inst[230:250, 490:510] = 1
+    scores = np.where(inst > 0, 0.8, 0.0).astype(np.float32)
+    scores[235, 495] = 0.95
+    (ob,) = describe_instances(inst, scores, cam)
+    assert ob.area_px == 400 and ob.bbox == (490, 230, 510, 250)
+    assert ob.max_score == pytest.approx(0.95) and ob.mean_score == pytest.approx((399 * 0.8 + 0.95) / 400)
+    assert ob.distance_m == pytest.approx(30.0, rel=1e-6)
+    x, y, z = ob.contact_point_m
+    assert z == pytest.approx(30.0) and y == pytest.approx(1.5) and abs(x) < 0.05
+    assert ob.width_m == pytest.approx(20 * 30 / 1000) and ob.height_m == pytest.approx(20 * 30 / 1000)
+
+
+def test_pitch_moves_the_horizon():
+    cam = CameraGeometry(1000.0, 1000.0, 500.0, 200.0, height_m=1.5, pitch_deg=5.0)
+    # the horizon is now tan(5 deg)*f above the principal point
+    v_h = 200 - 1000 * math.tan(math.radians(5))
+    assert np.isnan(cam.ground_point(500, v_h - 1)[1])
+    _, d = cam.ground_point(500, 200.0)  # the optical axis hits the ground at h / tan(pitch)
+    assert d == pytest.approx(1.5 / math.tan(math.radians(5)), rel=1e-9)
+    with pytest.raises(ValueError, match="focal"):
+        CameraGeometry.from_K([0, 0, 1, 0, 0, 1, 0, 0, 1])
