@@ -1,0 +1,178 @@
+"""ResNet trunk (torchvision layout) returning res2..res5, and loading of user-supplied ImageNet weights.
+
+The trunk keeps torchvision's attribute names (``conv1``, ``bn1``, ``layer1`` .. ``layer4``) so a
+torchvision ``resnet*.pth`` state dict loads as it is (minus ``fc.*``). Detectron2-style checkpoints
+(the ``R-50.pkl`` that Mask2Former trains from is torchvision's R-50 converted to detectron2 names:
+``stem.conv1.weight``, ``stem.conv1.norm.*``, ``res2.0.conv1.weight``, ``res2.0.conv1.norm.*``,
+``res2.0.shortcut.weight``, ...) are renamed by :func:`detectron2_to_torchvision_keys`.
+
+Caveat: the *MSRA/caffe2* detectron2 R-50 (``STRIDE_IN_1X1: True``, BGR input) has the same key names
+after conversion but a different architecture/normalisation; it cannot be told apart from its keys
+and is not supported. Use the torchvision-converted one (spec section 1.2: ``STRIDE_IN_1X1: False``).
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from typing import Mapping
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+
+# Output channels of res2..res5 per depth.
+RESNET_CHANNELS = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+    "resnet101": (256, 512, 1024, 2048),
+}
+
+
+class ResNetTrunk(nn.Module):
+    """torchvision ResNet without pooling/fc. ``forward`` returns (res2, res3, res4, res5) at strides
+    4, 8, 16, 32 (spec section 2.1)."""
+
+    def __init__(self, name: str = "resnet50", norm: str = "bn"):
+        super().__init__()
+        if name not in RESNET_CHANNELS:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_CHANNELS)}")
+        if norm not in ("bn", "frozen_bn"):
+            raise ValueError(f"unknown backbone norm {norm!r}; choose 'bn' or 'frozen_bn'")
+        norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+        net = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = RESNET_CHANNELS[name]
+        self.name = name
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        res2 = self.layer1(x)
+        res3 = self.layer2(res2)
+        res4 = self.layer3(res3)
+        res5 = self.layer4(res4)
+        return res2, res3, res4, res5
+
+
+# --- weight files ----------------------------------------------------------------------------------
+
+_D2_PREFIXES = ("backbone.bottom_up.", "backbone.", "module.")
+_D2_NORM_SUFFIX = {"weight": "weight", "bias": "bias", "running_mean": "running_mean",
+                   "running_var": "running_var", "num_batches_tracked": "num_batches_tracked"}
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in _D2_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def detectron2_to_torchvision_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a detectron2-style ResNet state dict to torchvision names.
+
+    ``stem.conv1.weight`` -> ``conv1.weight``; ``stem.conv1.norm.X`` -> ``bn1.X``;
+    ``resS.B.convI.weight`` -> ``layer{S-1}.B.convI.weight``; ``resS.B.convI.norm.X`` ->
+    ``layer{S-1}.B.bnI.X``; ``resS.B.shortcut.weight`` -> ``layer{S-1}.B.downsample.0.weight``;
+    ``resS.B.shortcut.norm.X`` -> ``layer{S-1}.B.downsample.1.X``. Prefixes ``backbone.bottom_up.`` /
+    ``backbone.`` are stripped; non-backbone keys (heads, ``fc``/``linear``) are dropped. Keys already
+    in torchvision form pass through, so mixed dicts are tolerated.
+    """
+    out: dict[str, Tensor] = {}
+    for raw_key, value in state.items():
+        key = _strip_prefix(raw_key)
+        m = re.fullmatch(r"stem\.conv1\.(weight|bias)", key)
+        if m:
+            out[f"conv1.{m.group(1)}"] = value
+            continue
+        m = re.fullmatch(r"stem\.conv1\.norm\.(\w+)", key)
+        if m:
+            out[f"bn1.{m.group(1)}"] = value
+            continue
+        m = re.fullmatch(r"res([2-5])\.(\d+)\.(conv[123]|shortcut)\.(weight|bias|norm\.\w+)", key)
+        if m:
+            layer = f"layer{int(m.group(1)) - 1}.{m.group(2)}"
+            conv, param = m.group(3), m.group(4)
+            if conv == "shortcut":
+                name = "downsample.1" if param.startswith("norm.") else "downsample.0"
+            else:
+                name = conv.replace("conv", "bn") if param.startswith("norm.") else conv
+            out[f"{layer}.{name}.{param.removeprefix('norm.')}"] = value
+            continue
+        if re.fullmatch(r"(conv1|bn1|layer[1-4]\.\d+\.\w+(\.\d+)?)\.\w+", key):
+            out[key] = value  # already torchvision-style
+    return out
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler for detectron2 ``.pkl`` weight files: dicts of numpy arrays, nothing else executes."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weight file")
+
+
+def read_weight_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a state dict from ``.safetensors``, ``.pth``/``.pt`` (``weights_only=True``) or a
+    detectron2 ``.pkl`` (numpy arrays only). Unwraps ``{"model": ...}`` / ``{"state_dict": ...}``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone weight file not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path)
+        elif path.endswith(".pkl"):
+            with open(path, "rb") as fh:
+                state = _NumpyOnlyUnpickler(io.BytesIO(fh.read()), encoding="latin1").load()
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt / foreign files: say which file and why
+        raise ValueError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    tensors = {}
+    for key, value in state.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if isinstance(value, Tensor):
+            tensors[str(key)] = value
+    return tensors
+
+
+def load_backbone_weights(trunk: ResNetTrunk, path: str | os.PathLike) -> list[str]:
+    """Load torchvision- or detectron2-style ImageNet weights into ``trunk``.
+
+    Returns the names of trunk buffers absent from the file that are harmless to miss
+    (``num_batches_tracked``). Raises ValueError naming the file when any parameter or running
+    statistic is missing or has the wrong shape (e.g. an R-50 file for an R-18 trunk).
+    """
+    state = detectron2_to_torchvision_keys(read_weight_file(path))
+    own = trunk.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[:4]})")
+        if wrong:
+            details.append(f"{len(wrong)} with wrong shape (e.g. {wrong[:3]})")
+        raise ValueError(f"{os.fspath(path)}: not a {trunk.name} backbone checkpoint: "
+                         + "; ".join(details))
+    to_load = {k: state[k].to(own[k].dtype) for k in own if k in state}
+    trunk.load_state_dict(to_load, strict=False)
+    return [k for k in own if k not in state]

@@ -1,0 +1,135 @@
+"""Student checkpoints: weights with their ModelConfig stored next to them, in one file.
+
+* ``.safetensors``: tensors + metadata ``{"format": "csl_ros.student", "format_version": "1",
+  "model_config": <ModelConfig JSON>, ...user metadata}``;
+* anything else (``.pt``/``.pth``): ``torch.save({"format": ..., "format_version": ..., "model_config":
+  <dict>, "state_dict": ..., "metadata": {...}})``, read back with ``torch.load(weights_only=True)``.
+
+Loading builds the model from the stored config and refuses any disagreement between config and
+weights (missing, unexpected or mis-shaped tensors), or between the stored config and one the caller
+expects, with a message naming the file and the offending keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .config import ModelConfig
+from .student import CSLStudent
+
+FORMAT = "csl_ros.student"
+FORMAT_VERSION = "1"
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file (used to key engine caches and to record which weights were run)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: CSLStudent
+    config: ModelConfig
+    metadata: dict[str, str] = field(default_factory=dict)
+    sha256: str = ""
+
+
+def save_checkpoint(path: str | os.PathLike, model: CSLStudent, metadata: dict[str, str] | None = None) -> str:
+    """Write ``model``'s weights and config to ``path`` (format by extension); returns the file's
+    SHA-256. ``metadata``: extra string key/values (e.g. training step, data set)."""
+    path = os.fspath(path)
+    metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+    reserved = {"format", "format_version", "model_config"} & set(metadata)
+    if reserved:
+        raise ValueError(f"metadata keys {sorted(reserved)} are reserved")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+        save_file(state, tmp, metadata={"format": FORMAT, "format_version": FORMAT_VERSION,
+                                        "model_config": model.config.to_json(), **metadata})
+    else:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": model.config.to_dict(),
+                    "state_dict": state, "metadata": metadata}, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
+    return file_sha256(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor], dict[str, str]]:
+    """(config, state dict, metadata) of a checkpoint file, without building a model."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"student checkpoint not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(path, framework="pt", device="cpu") as fh:
+                meta = dict(fh.metadata() or {})
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+            config_data = json.loads(meta.pop("model_config", "null"))
+        else:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict):
+                raise ValueError(f"expected a dict, found {type(blob).__name__}")
+            meta = {"format": str(blob.get("format", "")), "format_version": str(blob.get("format_version", "")),
+                    **{str(k): str(v) for k, v in (blob.get("metadata") or {}).items()}}
+            config_data, state = blob.get("model_config"), blob.get("state_dict")
+    except Exception as exc:  # truncated / corrupt / foreign file
+        raise ValueError(f"{path}: not a readable csl_ros student checkpoint "
+                         f"({type(exc).__name__}: {exc})") from exc
+    if meta.get("format") != FORMAT or config_data is None or not isinstance(state, dict):
+        raise ValueError(f"{path}: not a csl_ros student checkpoint (no '{FORMAT}' marker / model config / "
+                         "state dict; backbone ImageNet weights go to build_student(backbone_weights=...))")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format version {meta.get('format_version')!r}, this csl_ros reads "
+                         f"{FORMAT_VERSION!r}")
+    try:
+        config = ModelConfig.from_dict(config_data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid stored model config: {exc}") from exc
+    meta.pop("format", None)
+    meta.pop("format_version", None)
+    return config, state, meta
+
+
+def load_checkpoint(path: str | os.PathLike, expected_config: ModelConfig | None = None,
+                    device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Build the student described by the checkpoint's stored config and load its weights (eval mode).
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file for a corrupt file, a
+    stored config differing from ``expected_config`` (listing the fields), or weights not matching the
+    stored config (listing missing / unexpected / mis-shaped keys).
+    """
+    path = os.fspath(path)
+    config, state, meta = read_checkpoint(path)
+    if expected_config is not None and config != expected_config:
+        diffs = ", ".join(f"{k}: file {a!r} vs expected {b!r}" for k, (a, b) in config.diff(expected_config).items())
+        raise ValueError(f"{path}: stored model config differs from the expected one ({diffs})")
+    model = CSLStudent(config)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} (config wants {tuple(own[k].shape)})"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {missing[:5]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {unexpected[:5]}")
+        if wrong:
+            parts.append(f"{len(wrong)} with wrong shape: {wrong[:5]}")
+        raise ValueError(f"{path}: weights do not match the stored model config ({'; '.join(parts)})")
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return LoadedCheckpoint(model=model, config=config, metadata=meta, sha256=file_sha256(path))
