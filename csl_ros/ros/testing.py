@@ -1,0 +1,91 @@
+"""A model-free detector that implements the Detector contract, for exercising the ROS layer.
+
+The ROS tests and ``bench/node.py`` inject it through the node's ``detector_factory`` so the graph
+(subscriptions, conversion, publishing, lifecycle, parameters) is tested without trained models.
+Its anomaly map is the image brightness, so a test controls where obstacles appear by drawing bright
+blobs; instances and obstacle records come from the pipeline's own instance code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from csl_ros.config import DetectorConfig, apply_overrides
+
+
+class BrightnessDetector:
+    """anomaly = grey level / 255; instances = connected components at ``score_threshold``.
+
+    ``delay_s`` sleeps per frame (a slow model, for back-pressure tests). ``work_passes`` adds a real
+    CPU workload of that many 5x5 box filters over the full-size float map (a fixed-cost stand-in for
+    a network when measuring overhead).
+    """
+
+    def __init__(self, config: DetectorConfig, *, delay_s: float = 0.0, work_passes: int = 0) -> None:
+        config.validate()
+        self.config = config
+        self.delay_s = float(delay_s)
+        self.work_passes = int(work_passes)
+        self.calls = 0
+        self.closed = False
+        self.warmed_up = False
+        self.seen_thresholds: list[float] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig) -> "BrightnessDetector":
+        return cls(cfg)
+
+    def warmup(self) -> None:
+        self(np.zeros((self.config.input_height, self.config.input_width, 3), np.uint8))
+        self.calls = 0
+        self.seen_thresholds.clear()
+        self.warmed_up = True
+
+    def update(self, **changes) -> None:
+        fields = {f.name: f for f in dataclasses.fields(DetectorConfig)}
+        for name in changes:
+            if name in fields and fields[name].metadata.get("reload"):
+                raise ValueError(f"{name} needs a model reload")
+        with self._lock:
+            self.config = apply_overrides(self.config, changes)
+
+    def __call__(self, image: np.ndarray, camera=None):
+        from csl_ros.pipeline import Detection
+        from csl_ros.pipeline.instances import describe_instances, extract_instances
+
+        if self.closed:
+            raise RuntimeError("detector used after close()")
+        t0 = time.perf_counter()
+        with self._lock:
+            cfg = self.config
+        img = np.asarray(image)
+        if img.ndim == 3:
+            img = cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2GRAY)
+        scores = img.astype(np.float32) * np.float32(1.0 / 255.0)
+        for _ in range(self.work_passes):
+            work = cv2.blur(scores, (5, 5))
+            scores = np.minimum(scores, work + np.float32(1.0))  # keep the result, don't let it be elided
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        t1 = time.perf_counter()
+        instances = extract_instances(scores, None, cfg.score_threshold, cfg.min_instance_area)
+        obstacles = describe_instances(instances, scores, camera)
+        t2 = time.perf_counter()
+        self.calls += 1
+        self.seen_thresholds.append(cfg.score_threshold)
+        return Detection(anomaly_map=scores, instances=instances, obstacles=obstacles,
+                         timings_ms={"network": (t1 - t0) * 1e3, "instances": (t2 - t1) * 1e3,
+                                     "total": (t2 - t0) * 1e3},
+                         backend="brightness", device="cpu")
+
+    def detect_batch(self, images, cameras=None):
+        cameras = cameras or [None] * len(images)
+        return [self(im, cam) for im, cam in zip(images, cameras)]
+
+    def close(self) -> None:
+        self.closed = True
