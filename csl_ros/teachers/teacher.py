@@ -1,0 +1,205 @@
+"""One teacher interface: image batch → per-pixel OOD map in [0, 1] (higher = more anomalous).
+
+``build_teacher(name, ...)`` with ``name`` in ``TEACHER_NAMES`` (``csl_ros.config.TEACHERS`` minus
+"none") returns a ``Teacher``; calling it on a B×3×H×W uint8 (or [0, 1] float) RGB batch gives a
+``TeacherOutput``:
+
+* ``score_map``  B×1×H×W in [0, 1]: the calibrated score D that CSL fuses (Eq. 3; spec section 4.4),
+* ``raw_score``  B×1×H×W: the score before calibration,
+* ``logits``     B×K×H×W closed-set logits (None for an ONNX teacher giving a ready map),
+* ``segmentation`` B×H×W argmax class map (None likewise).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from csl_ros.config import TEACHERS
+from csl_ros.teachers.calibration import Calibration
+from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score
+from csl_ros.teachers.stats import TeacherStats, default_stats_path, file_sha256
+
+TEACHER_NAMES = tuple(t for t in TEACHERS if t != "none")
+UNBOUNDED_SCORES = ("maxlogit", "sml", "energy")
+# Names of the shipped synthroad teacher files in models/manifest.json (csl_ros.shipped).
+SHIPPED_SEGMENTER = "teacher_segmenter"
+SHIPPED_STATS = "teacher_segmenter_stats"
+
+
+@dataclass
+class TeacherOutput:
+    score_map: torch.Tensor             # B×1×H×W in [0, 1]
+    raw_score: torch.Tensor             # B×1×H×W, uncalibrated
+    logits: torch.Tensor | None         # B×K×H×W
+    segmentation: torch.Tensor | None   # B×H×W int64
+
+
+class Teacher:
+    """A model (closed-set segmenter or ONNX session) + a score function + a global calibration.
+
+    ``model`` maps uint8/[0,1] images B×3×H×W to B×C×H×W (logits, or a 1-channel map when
+    ``score_fn == "map"``). ``stats`` is needed by the SML score.
+    """
+
+    def __init__(self, name: str, model, score_fn: str, calibration: Calibration,
+                 stats: TeacherStats | None = None, device: str | torch.device = "cpu"):
+        if score_fn not in SCORE_FUNCTIONS + ("map",):
+            raise ValueError(f"unknown score function {score_fn!r}")
+        if score_fn == "sml" and (stats is None or not stats.has_class_stats):
+            raise ValueError("the sml teacher needs class-wise statistics (teacher stats file)")
+        self.name = name
+        self.score_fn = score_fn
+        self.calibration = calibration
+        self.stats = stats
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    @property
+    def is_global(self) -> bool:
+        return self.calibration.is_global
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> TeacherOutput:
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() == 3:
+            raise ValueError("images must be batched B×3×H×W (got a single 3-D image; add a batch dim)")
+        images = images.to(self.device)
+        out = self.model(images)
+        if self.score_fn == "map":
+            if out.shape[1] != 1:
+                raise ValueError(f"the {self.name} teacher expected a 1-channel anomaly map, got "
+                                 f"{out.shape[1]} channels")
+            raw = out.float()
+            logits = seg = None
+        else:
+            logits = out.float()
+            if self.stats is not None and self.stats.num_classes != logits.shape[1]:
+                raise ValueError(f"the teacher statistics are for {self.stats.num_classes} classes but "
+                                 f"the model gives {logits.shape[1]}")
+            raw = compute_score(self.score_fn, logits, self.stats)
+            seg = logits.argmax(dim=1)
+        return TeacherOutput(score_map=self.calibration(raw), raw_score=raw, logits=logits,
+                             segmentation=seg)
+
+    def __repr__(self) -> str:
+        return (f"Teacher(name={self.name!r}, score={self.score_fn!r}, "
+                f"calibration={self.calibration.to_dict()}, device={self.device})")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → cuda if available, else cpu."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _choose_calibration(score_fn: str, stats: TeacherStats | None, override: str | None,
+                        where: str) -> Calibration:
+    if override == "identity" and score_fn in UNBOUNDED_SCORES:
+        raise ValueError(f"the {score_fn} score is unbounded; an identity calibration would just clip "
+                         "it (use logistic, quantile_linear or the per_image_minmax ablation)")
+    if override in ("identity", "per_image_minmax"):
+        return Calibration(override)
+    if stats is None:
+        if override is None and score_fn in ("msp", "entropy", "map"):
+            return Calibration("identity")  # already probabilities (a map is assumed in [0, 1])
+        raise ValueError(f"the {score_fn} score needs a calibration fitted on in-distribution data, "
+                         f"but no teacher statistics file was found ({where}); run `csl-ros teacher "
+                         "fit-stats`")
+    return stats.calibration_for(score_fn, override)
+
+
+def _load_stats(stats_path: str | os.PathLike, model_path: Path, verify: bool) -> TeacherStats | None:
+    path = Path(stats_path) if stats_path else default_stats_path(model_path)
+    if not path.is_file():
+        if stats_path:
+            raise FileNotFoundError(f"teacher statistics file not found: {path}")
+        return None
+    stats = TeacherStats.load(path)
+    if verify and stats.segmenter_sha256 and stats.segmenter_sha256 != file_sha256(model_path):
+        raise ValueError(f"{path} was fitted for another model than {model_path} (SHA-256 differs); "
+                         "refit it with `csl-ros teacher fit-stats`")
+    return stats
+
+
+def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path: str | os.PathLike = "",
+                  onnx_path: str | os.PathLike = "", device: str | torch.device = "auto", *,
+                  calibration: str | None = None, onnx_score: str | None = None,
+                  onnx_input_normalization: str | None = None, segmenter_preset: str | None = None,
+                  verify_stats: bool = True) -> Teacher:
+    """Build teacher ``name`` ∈ {msp, maxlogit, sml, entropy, energy, onnx}.
+
+    * Logit teachers load the closed-set segmenter ``segmenter_path`` (empty: the shipped synthroad
+      segmenter, checked against models/manifest.json).
+    * ``onnx`` loads ``onnx_path`` (or a ``segmenter_path`` ending in .onnx); its score function is
+      ``onnx_score``, else the model's ``csl_ros.score_function`` metadata, and a 1-channel output is
+      used as a ready anomaly map.
+    * ``stats_path``: SML statistics + calibrations (empty: ``<model>.stats.json`` beside the model, or
+      the shipped statistics for the shipped segmenter). When the statistics record the SHA-256 of the
+      model they were fitted with, a different model file is refused (``verify_stats``).
+    * ``calibration`` overrides the stored method: logistic, quantile_linear (refitted from the stored
+      quantiles), identity, or per_image_minmax (**ablation only**, not comparable across images).
+    """
+    if name == "none":
+        raise ValueError("teacher 'none' has no teacher to build (scheme 1 needs none)")
+    if name not in TEACHER_NAMES:
+        raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(TEACHER_NAMES)}")
+    dev = resolve_device(device)
+    segmenter_path, stats_path, onnx_path = str(segmenter_path or ""), str(stats_path or ""), str(onnx_path or "")
+
+    if name == "onnx":
+        from csl_ros.teachers.onnx_runner import OnnxModel
+
+        path = onnx_path or (segmenter_path if segmenter_path.endswith(".onnx") else "")
+        if not path:
+            raise ValueError("teacher 'onnx' needs the path of an .onnx model (teacher_path)")
+        model = OnnxModel(path, dev, input_normalization=onnx_input_normalization)
+        stats = _load_stats(stats_path, model.path, verify_stats)
+        if model.output_kind == "anomaly_map":
+            if onnx_score is not None:
+                raise ValueError(f"{path} outputs a 1-channel anomaly map; onnx_score={onnx_score!r} "
+                                 "applies only to models that output logits")
+            score_fn = "map"
+        else:
+            score_fn = onnx_score or model.score_function
+            if score_fn is None:
+                raise ValueError(f"{path} outputs {model.num_channels}-channel logits: choose the score "
+                                 f"function ({', '.join(SCORE_FUNCTIONS)}) with onnx_score or the "
+                                 "model's csl_ros.score_function metadata")
+            if score_fn not in SCORE_FUNCTIONS:
+                raise ValueError(f"unknown onnx score function {score_fn!r}; choose one of "
+                                 f"{', '.join(SCORE_FUNCTIONS)}")
+        if stats is not None and stats.num_classes != model.num_channels:
+            raise ValueError(f"teacher statistics are for {stats.num_classes} channel(s) but {path} "
+                             f"outputs {model.num_channels}")
+        cal = _choose_calibration(score_fn, stats, calibration, where=str(stats_path or
+                                                                          default_stats_path(path)))
+        return Teacher(name, model, score_fn, cal, stats, dev)
+
+    from csl_ros.teachers.segmenter import load_segmenter
+
+    if segmenter_path:
+        model_path = Path(segmenter_path)
+        if model_path.suffix == ".onnx":
+            raise ValueError(f"{model_path} is an ONNX model: use teacher 'onnx'")
+    else:
+        from csl_ros.shipped import resolve_shipped
+
+        model_path = resolve_shipped(SHIPPED_SEGMENTER)
+        if not stats_path:
+            stats_path = str(resolve_shipped(SHIPPED_STATS))
+    stats = _load_stats(stats_path, model_path, verify_stats)
+    model = load_segmenter(model_path, segmenter_preset, device=dev,
+                           expected_num_classes=stats.num_classes if stats is not None else None)
+    cal = _choose_calibration(name, stats, calibration, where=str(stats_path or default_stats_path(model_path)))
+    return Teacher(name, model, name, cal, stats, dev)
