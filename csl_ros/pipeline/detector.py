@@ -1,0 +1,274 @@
+"""The detector: one camera image in; anomaly map, OOD instances and obstacles out. No ROS.
+
+Flow per batch (CSL inference, spec section 4):
+  letterbox to the network size -> student (region logits, validity, scheme-1 D-hat) and/or teacher
+  (per-pixel D) -> soft assignment (Eq. 2) at stride 4, labels upsampled -> structure-constrained
+  fusion (Eq. 3) at the input resolution -> instances (components of H >= threshold within regions)
+  -> obstacle records with flat-ground geometry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from csl_ros.config import DetectorConfig, apply_overrides
+from csl_ros.pipeline.backends import CompiledModel, compile_network, resolve_device
+from csl_ros.pipeline.geometry import CameraGeometry
+from csl_ros.pipeline.instances import Obstacle, describe_instances, extract_instances
+from csl_ros.pipeline.timing import StageTimer
+
+log = logging.getLogger("csl_ros.detector")
+
+# Names of the shipped synthroad students in models/manifest.json.
+SHIPPED_STUDENT = {"1": "student_scheme1", "2": "student_ca"}
+ROAD_TRAIN_ID = 0
+# Fields that can change while running (everything else needs the models reloaded).
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(DetectorConfig) if not f.metadata["reload"])
+
+
+@dataclass
+class Detection:
+    anomaly_map: np.ndarray            # float32 (H, W) in [0, 1], input image size
+    instances: np.ndarray              # uint16 (H, W), 0 = none
+    obstacles: list[Obstacle]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    backend: str = "eager"
+    device: str = "cpu"
+    regions: np.ndarray | None = None  # int32 (H, W) region ids used by the fusion (None: teacher only)
+
+    def obstacles_json(self) -> list[dict]:
+        return [o.to_dict() for o in self.obstacles]
+
+
+class _StudentForward(torch.nn.Module):
+    """Plain-tensor view of the student for tracing/compiling: (region, validity, distribution)."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, images):
+        out = self.student(images)
+        return out.region_logits, out.validity_logits, out.distribution
+
+
+def as_rgb_uint8(image) -> np.ndarray:
+    """Accept (H, W, 3) RGB, (H, W) grey or (H, W, 4) RGBA uint8; anything else is a ValueError."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image has zero size {image.shape[:2]}")
+    return image
+
+
+class Detector:
+    """CSL obstacle detector (scheme 1, scheme 2 or teacher only) on one backend and device."""
+
+    def __init__(self, cfg: DetectorConfig, student=None, teacher=None, *, model_hash: str = "nohash"):
+        cfg.validate()
+        self.config = cfg
+        self.device = resolve_device(cfg.device)
+        if cfg.scheme in ("2", "teacher_only") and teacher is None:
+            raise ValueError(f"scheme {cfg.scheme!r} needs a teacher (teacher={cfg.teacher!r})")
+        if cfg.scheme in ("1", "2") and student is None:
+            raise ValueError(f"scheme {cfg.scheme!r} needs a CSL student")
+        if cfg.scheme == "1" and not student.has_distribution:
+            raise ValueError("scheme 1 needs a student with a distillation head (distill_channels > 0); "
+                             "this checkpoint is class-agnostic only: use scheme 2 with a teacher")
+        self.teacher = teacher
+        self._student_module = student
+        self.network: CompiledModel | None = None
+        if student is not None and cfg.scheme != "teacher_only":
+            example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
+            self.network = compile_network(
+                _StudentForward(student), example, backend=cfg.backend, device=self.device,
+                precision=cfg.precision, cache_dir=cfg.engine_cache_dir, model_hash=model_hash,
+                force_rebuild=cfg.force_rebuild_engine)
+            if self.network.fallback_reason:
+                log.warning("inference backend fell back to %s (%s)", self.network.backend,
+                            self.network.fallback_reason)
+        if teacher is not None:
+            teacher.model.to(self.device)
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig) -> "Detector":
+        """Load the student and/or teacher named by ``cfg`` (shipped defaults when paths are empty)."""
+        from csl_ros.model import load_checkpoint
+
+        cfg.validate()
+        device = resolve_device(cfg.device)
+        student = teacher = None
+        model_hash = "nohash"
+        if cfg.scheme in ("1", "2"):
+            path = cfg.student_path
+            if not path:
+                from csl_ros.shipped import resolve_shipped
+
+                path = resolve_shipped(SHIPPED_STUDENT[cfg.scheme])
+            loaded = load_checkpoint(path, device="cpu")
+            student, model_hash = loaded.model, loaded.sha256
+        if cfg.scheme in ("2", "teacher_only"):
+            if cfg.teacher == "none":
+                raise ValueError(f"scheme {cfg.scheme!r} needs a teacher; teacher is 'none'")
+            from csl_ros.teachers.teacher import build_teacher
+
+            teacher = build_teacher(cfg.teacher, segmenter_path=cfg.teacher_path,
+                                    stats_path=cfg.teacher_stats_path,
+                                    onnx_path=cfg.teacher_path if cfg.teacher == "onnx" else "",
+                                    device=device)
+        return cls(cfg, student, teacher, model_hash=model_hash)
+
+    @property
+    def backend(self) -> str:
+        return self.network.backend if self.network is not None else "eager"
+
+    def update(self, **changes) -> None:
+        """Apply run-time changes (thresholds, fusion options, mounting); they take effect on the next
+        frame. Fields that need the models reloaded are refused."""
+        reload = sorted(k for k in changes if k not in RUNTIME_FIELDS)
+        if reload:
+            raise ValueError(f"{', '.join(reload)} need(s) a model reload: build a new Detector")
+        self.config = apply_overrides(self.config, changes)
+
+    def warmup(self) -> None:
+        self(np.zeros((self.config.input_height, self.config.input_width, 3), np.uint8))
+
+    def close(self) -> None:
+        self.network = None
+        self.teacher = None
+        self._student_module = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # --- inference ---------------------------------------------------------------------------
+    def __call__(self, image: np.ndarray, camera: CameraGeometry | None = None) -> Detection:
+        return self.detect_batch([image], [camera])[0]
+
+    def _letterbox(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Resize each image to fit the network size keeping its aspect ratio; pad bottom/right."""
+        import cv2
+
+        H, W = self.config.input_height, self.config.input_width
+        batch = np.zeros((len(images), H, W, 3), np.uint8)
+        valid = []
+        for i, img in enumerate(images):
+            s = min(H / img.shape[0], W / img.shape[1])
+            h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
+            batch[i, :h, :w] = img if (h, w) == img.shape[:2] else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            if h < H or w < W:  # pad with the edge colour, not black: black borders look anomalous
+                batch[i, h:, :w] = batch[i, h - 1:h, :w]
+                batch[i, :, w:] = batch[i, :, w - 1:w]
+            valid.append((h, w))
+        return torch.from_numpy(batch).permute(0, 3, 1, 2), valid  # uint8 B x 3 x H x W
+
+    @torch.inference_mode()
+    def detect_batch(self, images, cameras=None) -> list[Detection]:
+        """Run several images (e.g. cameras) in one forward pass."""
+        if len(images) == 0:
+            return []
+        images = [as_rgb_uint8(im) for im in images]
+        cameras = list(cameras) if cameras is not None else [None] * len(images)
+        if len(cameras) != len(images):
+            raise ValueError(f"{len(images)} images but {len(cameras)} cameras")
+        cfg = self.config
+        timer = StageTimer(self.device)
+        with timer.stage("preprocess"):
+            x, valid = self._letterbox(images)
+        region_logits = validity_logits = distribution = None
+        if self.network is not None:
+            with timer.stage("network"):
+                region_logits, validity_logits, distribution = self.network(x.float())
+        teacher_maps = teacher_seg = None
+        if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
+            with timer.stage("teacher"):
+                t_out = self.teacher(x.to(self.device))
+                teacher_maps = t_out.score_map
+                teacher_seg = t_out.segmentation
+        results = []
+        for b, (img, cam) in enumerate(zip(images, cameras)):
+            H0, W0 = img.shape[:2]
+            h, w = valid[b]
+            with timer.stage("assignment"):
+                regions = None
+                if region_logits is not None:
+                    regions = self._assign(region_logits[b], validity_logits[b], (h, w), (H0, W0))
+            with timer.stage("fusion"):
+                if cfg.scheme == "1":
+                    d = distribution[b, :1]
+                    d = F.interpolate(d[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
+                else:
+                    d = teacher_maps[b]
+                d = _crop_resize(d[:, :h, :w], (H0, W0))
+                if regions is not None:
+                    fused = _fusion(d, regions, cfg.fusion_mode)[0]
+                else:
+                    fused = d[0]
+                anomaly = fused.clamp_(0.0, 1.0).float().cpu().numpy()
+            with timer.stage("instances"):
+                regions_np = regions.cpu().numpy() if regions is not None else None
+                roi = None
+                if cfg.road_roi and teacher_seg is not None:
+                    roi = self._road_roi(teacher_seg[b, :h, :w], (H0, W0))
+                inst = extract_instances(anomaly, regions_np, cfg.score_threshold, cfg.min_instance_area, roi)
+                obstacles = describe_instances(inst, anomaly, cam)
+            results.append(Detection(anomaly, inst, obstacles, backend=self.backend, device=str(self.device),
+                                     regions=regions_np.astype(np.int32) if regions_np is not None else None))
+        timings = timer.result()
+        timings["total"] = sum(timings.values())
+        for r in results:
+            r.timings_ms = dict(timings)
+        return results
+
+    def _assign(self, region_logits: torch.Tensor, validity_logits: torch.Tensor,
+                valid: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
+        """Region labels at the input image size. Eq. 2 (or the hard baseline) runs at stride 4 on the
+        valid (un-padded) part; labels are upsampled nearest, never N full-size float maps."""
+        from csl_ros.model import hard_assign, soft_assign
+
+        cfg = self.config
+        h4, w4 = math.ceil(valid[0] / 4), math.ceil(valid[1] / 4)
+        probs = region_logits[:, :h4, :w4].float().sigmoid()
+        v = validity_logits.float().softmax(-1)[:, 0]
+        if cfg.assignment == "soft":
+            labels = soft_assign(probs, v, split_components=cfg.split_regions)
+        else:
+            labels = hard_assign(probs, v, split_components=cfg.split_regions)
+        return F.interpolate(labels[None, None].float(), size=out_size, mode="nearest")[0, 0].long()
+
+    def _road_roi(self, seg: torch.Tensor, out_size) -> np.ndarray:
+        import cv2
+
+        road = (seg == ROAD_TRAIN_ID).to(torch.uint8).cpu().numpy()
+        road = cv2.resize(road, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST)
+        # Obstacles sit on the road but are not road themselves: grow the road to reach their pixels.
+        k = max(3, int(0.03 * out_size[0]) | 1)
+        return cv2.dilate(road, np.ones((k, k), np.uint8)).astype(bool)
+
+
+def _crop_resize(d: torch.Tensor, size) -> torch.Tensor:
+    if tuple(d.shape[-2:]) == tuple(size):
+        return d.float()
+    return F.interpolate(d[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _fusion(d: torch.Tensor, regions: torch.Tensor, mode: str) -> torch.Tensor:
+    from csl_ros.model import structure_constrained_fusion
+
+    return structure_constrained_fusion(d.clamp(min=0.0), regions, mode)

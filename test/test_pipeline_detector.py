@@ -1,0 +1,120 @@
+"""The detector on tiny random-weight models: schemes, backends, input handling."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from csl_ros.config import DetectorConfig
+from csl_ros.model import build_student, get_preset
+from csl_ros.pipeline import Detector
+from csl_ros.teachers.calibration import Calibration
+from csl_ros.teachers.segmenter import ClosedSetSegmenter, preset
+from csl_ros.teachers.teacher import Teacher
+
+SIZE = dict(input_height=64, input_width=128)
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return build_student(get_preset("r18_fast")).eval()
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(1)
+    seg = ClosedSetSegmenter(preset("fpn_resnet18"))
+    return Teacher("msp", seg, "msp", Calibration("identity"))
+
+
+def make(scheme, student, teacher, tmp_path, **kw):
+    cfg = DetectorConfig(scheme=scheme, device="cpu", backend=kw.pop("backend", "eager"),
+                         engine_cache_dir=str(tmp_path), **SIZE, **kw)
+    return Detector(cfg, student=student if scheme != "teacher_only" else None,
+                    teacher=teacher if scheme != "1" else None)
+
+
+@pytest.mark.parametrize("scheme", ["1", "2", "teacher_only"])
+def test_schemes_give_input_sized_maps_in_unit_range(scheme, student, teacher, tmp_path):
+    det = make(scheme, student, teacher, tmp_path, score_threshold=0.3, min_instance_area=1)
+    img = np.random.default_rng(0).integers(0, 255, (90, 170, 3), dtype=np.uint8)  # not a multiple of 32
+    out = det(img)
+    assert out.anomaly_map.shape == (90, 170) and out.anomaly_map.dtype == np.float32
+    assert out.anomaly_map.min() >= 0.0 and out.anomaly_map.max() <= 1.0
+    assert out.instances.shape == (90, 170) and out.instances.dtype == np.uint16
+    assert len(out.obstacles) == int(out.instances.max())
+    assert (out.regions is None) == (scheme == "teacher_only")
+    assert {"preprocess", "fusion", "instances", "total"} <= set(out.timings_ms)
+
+
+def test_scheme2_fusion_equals_eq3_on_the_detector_regions(student, teacher, tmp_path):
+    det = make("2", student, teacher, tmp_path)
+    only = make("teacher_only", student, teacher, tmp_path)
+    img = np.random.default_rng(1).integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    fused, raw = det(img), only(img)
+    d = raw.anomaly_map.astype(np.float64)
+    r = fused.regions
+    means = np.bincount(r.ravel(), weights=d.ravel()) / np.maximum(np.bincount(r.ravel()), 1)
+    np.testing.assert_allclose(fused.anomaly_map, means[r] * d, atol=1e-5)
+
+
+def test_grey_and_rgba_inputs(student, teacher, tmp_path):
+    det = make("2", student, teacher, tmp_path)
+    rng = np.random.default_rng(2)
+    grey = rng.integers(0, 255, (50, 70), dtype=np.uint8)
+    rgba = rng.integers(0, 255, (50, 70, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(det(grey).anomaly_map, det(np.dstack([grey] * 3)).anomaly_map)
+    np.testing.assert_array_equal(det(rgba).anomaly_map, det(rgba[..., :3].copy()).anomaly_map)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((0, 10, 3), np.uint8), "zero size"),
+    (np.zeros((10, 10, 3), np.float32), "must be uint8"),
+    (np.zeros((10, 10, 2), np.uint8), "shape"),
+    ([[1, 2]], "numpy array"),
+])
+def test_bad_images_raise_value_error(bad, match, student, teacher, tmp_path):
+    det = make("2", student, teacher, tmp_path)
+    with pytest.raises(ValueError, match=match):
+        det(bad)
+
+
+def test_tensorrt_missing_falls_back_to_eager_with_reason(student, tmp_path, caplog):
+    det = make("1", student, None, tmp_path, backend="tensorrt")
+    assert det.backend == "eager"
+    assert "tensorrt" in det.network.fallback_reason
+    assert any("fell back" in r.message for r in caplog.records)
+    assert det(np.zeros((64, 128, 3), np.uint8)).backend == "eager"
+
+
+def test_torchscript_backend_matches_eager_and_is_cached(student, tmp_path):
+    img = np.random.default_rng(3).integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    eager = make("1", student, None, tmp_path)(img)
+    ts = make("1", student, None, tmp_path, backend="torchscript")
+    assert ts.backend == "torchscript"
+    assert len(list(tmp_path.glob("torchscript_*.ts"))) == 1
+    np.testing.assert_allclose(ts(img).anomaly_map, eager.anomaly_map, atol=1e-4)
+
+
+def test_batch_equals_single_and_runtime_update(student, teacher, tmp_path):
+    det = make("2", student, teacher, tmp_path, score_threshold=0.9, min_instance_area=1)
+    rng = np.random.default_rng(4)
+    a, b = (rng.integers(0, 255, (64, 128, 3), dtype=np.uint8) for _ in range(2))
+    batch = det.detect_batch([a, b])
+    np.testing.assert_allclose(batch[1].anomaly_map, det(b).anomaly_map, atol=1e-5)
+    before = det(a).instances.max()
+    det.update(score_threshold=0.0)
+    assert det.config.score_threshold == 0.0 and det(a).instances.max() >= max(before, 1)
+    with pytest.raises(ValueError, match="model reload"):
+        det.update(input_width=256)
+    with pytest.raises(ValueError, match="outside"):
+        det.update(score_threshold=2.0)
+
+
+def test_scheme_requirements_are_checked(student, teacher, tmp_path):
+    ca = build_student(dataclasses.replace(get_preset("r18_fast"), distill_channels=0))
+    with pytest.raises(ValueError, match="distillation head"):
+        make("1", ca, None, tmp_path)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        Detector(DetectorConfig(scheme="2", device="cpu", **SIZE), student=student, teacher=None)
