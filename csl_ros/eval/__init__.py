@@ -1,0 +1,1 @@
+"""Offline evaluation: SMIYC / LostAndFound metrics, rosbag conversion and replay scoring."""
