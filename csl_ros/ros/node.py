@@ -263,7 +263,7 @@ class CslDetectorNode(LifecycleNode):
         k = [float(v) for v in msg.k]
         if k[0] <= 0.0 or k[4] <= 0.0:
             if self._state_log.ready("camera_info"):
-                self.get_logger().warn("camera_info has no calibration (fx or fy is 0): obstacles get no "
+                self.get_logger().warning("camera_info has no calibration (fx or fy is 0): obstacles get no "
                                        "metric position until a calibrated camera_info arrives")
             return
         self._camera_info = (k, int(msg.width), int(msg.height))
@@ -295,7 +295,7 @@ class CslDetectorNode(LifecycleNode):
             reason = bad_frame_reason(str(exc))
             self.stats.count_bad(reason)
             if self._bad_log.ready(reason):
-                log.warn(f"bad input frame on {self.input_topic} ({reason}): {exc}; skipped "
+                log.warning(f"bad input frame on {self.input_topic} ({reason}): {exc}; skipped "
                          f"(logged at most every {LOG_PERIOD_S:g} s per reason)")
             return
         with self._cfg_lock:
@@ -350,8 +350,8 @@ class CslDetectorNode(LifecycleNode):
         publishers = self.count_publishers(topic)
         level, message = diagnostic_summary(self._state, snap, input_topic=topic, recent_input=recent_input,
                                             recent_bad=recent_bad, input_publishers=publishers)
-        if self._state != "active" and (recent_input or publishers) and self._state_log.ready("state"):
-            self.get_logger().warn(message)
+        if self._state != "active" and (recent_input or publishers) and self._state_log.ready(self._state):
+            self.get_logger().warning(message)
         cfg = self._det_cfg
         backend, device = self._backend_device
         values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,

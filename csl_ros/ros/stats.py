@@ -224,7 +224,8 @@ def diagnostic_summary(state: str, snapshot: dict[str, Any], *, input_topic: str
                        "; configure and activate it (ros2 lifecycle set <node> configure, then activate) "
                        "or set auto_activate")
     if state == "inactive":
-        extra = f" ({recent_input} frame(s) on {input_topic} ignored)" if recent_input else ""
+        extra = (f" ({recent_input} frame(s) on {input_topic} ignored)" if recent_input else
+                 f" ({input_publishers} publisher(s) on {input_topic} are ignored)" if input_publishers else "")
         return WARN, "node is inactive: nothing is processed" + extra + "; activate it to start"
     if state != "active":
         return ERROR, f"node is {state}"

@@ -1,0 +1,533 @@
+"""The csl_detector lifecycle node with real rclpy and DDS in the test process.
+
+A model-free detector (csl_ros.ros.testing.BrightnessDetector: anomaly = brightness) is injected
+through the node's factory, so these tests exercise the ROS layer without trained models.
+Each test builds its node in its own namespace; the module uses its own ROS domain and context.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState  # noqa: E402
+from rcl_interfaces.msg import Log, Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+
+from csl_ros.config import DetectorConfig, NodeConfig  # noqa: E402
+from csl_ros.ros.image_conversion import fill_image_msg  # noqa: E402
+from csl_ros.ros.node import CslDetectorNode, build_engine  # noqa: E402
+from csl_ros.ros.testing import BrightnessDetector  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
+
+DOMAIN_ID = random.randint(1, 200)
+OUTPUTS = {"score": ("anomaly_score", Image), "color": ("anomaly_score/color", Image),
+           "instances": ("ood_instances", Image), "overlay": ("overlay", Image),
+           "obstacles": ("obstacles", MarkerArray)}
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """A private rclpy context on a random domain, spun by a multi-threaded executor thread."""
+    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")}
+    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
+    # Read when the DDS participant is created: large images need the large-data transports.
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield context, executor
+    executor.shutdown(timeout_sec=5)
+    rclpy.shutdown(context=context)
+    thread.join(5)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+_COUNTER = iter(range(10_000))
+
+
+class Rig:
+    """One node under test plus a probe node publishing camera topics and recording every output."""
+
+    def __init__(self, ros, *, factory=None, overrides=None, activate=True, compressed=False):
+        context, self.executor = ros
+        self.ns = f"/t{next(_COUNTER)}"
+        self.detectors: list[BrightnessDetector] = []
+
+        def make(cfg):
+            det = (factory or BrightnessDetector.from_config)(cfg)
+            self.detectors.append(det)
+            return det
+
+        params = [Parameter("diagnostics_period_s", value=0.2)]
+        params += [Parameter(k, value=v) for k, v in (overrides or {}).items()]
+        self.node = CslDetectorNode(detector_factory=make, namespace=self.ns, context=context,
+                                    parameter_overrides=params)
+        self.probe = rclpy.create_node("probe", namespace=self.ns, context=context)
+        self.lock = threading.Lock()
+        self.outputs: dict[str, dict[int, object]] = {k: {} for k in OUTPUTS}
+        self.diagnostics: list = []
+        self.logs: list[str] = []
+        for key, (topic, typ) in OUTPUTS.items():
+            self.probe.create_subscription(typ, f"{self.ns}/csl_detector/{topic}",
+                                           lambda m, key=key: self._record(key, m), 10)
+        self.probe.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
+        self.probe.create_subscription(Log, "/rosout", self._on_log, 200)
+        self.pub = self.probe.create_publisher(CompressedImage if compressed else Image,
+                                               "image/compressed" if compressed else "image", 10)
+        self.info_pub = self.probe.create_publisher(CameraInfo, "camera_info", 10)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.probe)
+        if activate:
+            assert self.node.configure_and_activate()
+            self.wait_connected()
+
+    def _record(self, key, msg):
+        with self.lock:
+            self.outputs[key][msg.header.stamp.sec if key != "obstacles" else msg.markers[0].header.stamp.sec] = msg
+
+    def _on_diag(self, msg):
+        for st in msg.status:
+            if st.name.startswith(f"{self.ns}/csl_detector:"):
+                with self.lock:
+                    self.diagnostics.append(st)
+
+    def _on_log(self, msg):
+        if msg.name == f"{self.ns.strip('/')}.csl_detector":
+            with self.lock:
+                self.logs.append(msg.msg)
+
+    def wait_connected(self):
+        wait_for(lambda: self.pub.get_subscription_count() > 0, what="node subscription")
+        wait_for(lambda: all(self.node.count_subscribers(f"{self.ns}/csl_detector/{t}") > 0
+                             for t, _ in OUTPUTS.values()), what="probe subscriptions")
+        time.sleep(0.2)  # let the endpoints finish matching both ways
+
+    def send(self, image, stamp, encoding="rgb8", frame_id="camera_optical_frame"):
+        msg = fill_image_msg(Image(), image, encoding)
+        msg.header.stamp.sec = stamp
+        msg.header.frame_id = frame_id
+        self.pub.publish(msg)
+
+    def send_raw(self, **fields):
+        msg = Image()
+        for k, v in fields.items():
+            setattr(msg, k, v)
+        self.pub.publish(msg)
+
+    def answered(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles")):
+        with self.lock:
+            return all(stamp in self.outputs[k] for k in keys)
+
+    def wait_answer(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles"), timeout=10.0):
+        wait_for(lambda: self.answered(stamp, keys), timeout, f"outputs for stamp {stamp}")
+        with self.lock:
+            return {k: self.outputs[k][stamp] for k in keys}
+
+    def last_diag(self):
+        with self.lock:
+            return self.diagnostics[-1] if self.diagnostics else None
+
+    def diag_values(self, status):
+        return {kv.key: kv.value for kv in status.values}
+
+    def close(self):
+        self.executor.remove_node(self.node)
+        self.executor.remove_node(self.probe)
+        self.node.release_all()
+        self.node.destroy_node()
+        self.probe.destroy_node()
+
+
+@pytest.fixture
+def rig_factory(ros):
+    rigs = []
+
+    def make(**kw):
+        rig = Rig(ros, **kw)
+        rigs.append(rig)
+        return rig
+
+    yield make
+    for rig in rigs:
+        rig.close()
+
+
+def road_frame(seed=0, size=(512, 1024)):
+    """A synthroad frame (image, K) when the renderer is available; else a plain road picture."""
+    try:
+        from csl_ros.data.synthroad import render_frame
+    except ImportError:
+        h, w = size
+        img = np.full((h, w, 3), 90, np.uint8)
+        img[: h // 2] = (120, 160, 220)
+        img[h * 3 // 5: h * 3 // 5 + h // 10, w // 2 - w // 20: w // 2 + w // 20] = 250
+        K = np.array([[w * 0.9, 0, w / 2], [0, w * 0.9, h / 2], [0, 0, 1]])
+        return img, K
+    fr = render_frame(seed, size=size, obstacles="obstacle")
+    return fr.image, fr.camera.K
+
+
+def blob_image(level, size=(256, 512)):
+    img = np.zeros((*size, 3), np.uint8)
+    img[150:200, 200:300] = level
+    return img
+
+
+# --- outputs ------------------------------------------------------------------------------------------------
+def test_every_output_stamped_and_sized_like_the_input(rig_factory):
+    rig = rig_factory()
+    image, K = road_frame()
+    info = CameraInfo(width=image.shape[1], height=image.shape[0], k=[float(v) for v in np.ravel(K)])
+    rig.info_pub.publish(info)
+    wait_for(lambda: rig.node._camera_info is not None, what="camera_info")
+    for stamp in (1, 2, 3):
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        rig.send(bgr, stamp, encoding="bgr8")
+        out = rig.wait_answer(stamp)
+        h, w = image.shape[:2]
+        for key, enc in (("score", "32FC1"), ("instances", "16UC1"), ("color", "bgr8"), ("overlay", "bgr8")):
+            msg = out[key]
+            assert (msg.height, msg.width, msg.encoding) == (h, w, enc), key
+            assert msg.header.frame_id == "camera_optical_frame"
+        score = np.frombuffer(bytes(out["score"].data), np.float32).reshape(h, w)
+        expected = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+        np.testing.assert_allclose(score, expected, atol=1e-6)  # bgr8 input was converted correctly
+        inst = np.frombuffer(bytes(out["instances"].data), np.uint16).reshape(h, w)
+        markers = out["obstacles"].markers
+        assert markers[0].action == Marker.DELETEALL
+        cubes = [m for m in markers if m.type == Marker.CUBE]
+        assert inst.max() >= 1 and len(cubes) >= 1
+        for m in cubes:
+            assert m.header.frame_id == "camera_optical_frame" and m.header.stamp.sec == stamp
+            assert m.pose.position.z > 0 and m.scale.x > 0 and m.scale.y > 0
+        assert any(m.type == Marker.TEXT_VIEW_FACING for m in markers)
+    snap = rig.node.stats.snapshot(rig.node.frames_dropped)
+    assert snap["frames_processed"] == 3 and snap["bad_frames"] == 0
+
+
+def test_optional_outputs_can_be_switched_off_at_run_time(rig_factory):
+    rig = rig_factory()
+    rig.node.set_parameters([Parameter("publish_color", value=False), Parameter("publish_overlay", value=False)])
+    rig.send(blob_image(200), 1)
+    rig.wait_answer(1, keys=("score", "instances", "obstacles"))
+    time.sleep(0.3)
+    assert not rig.answered(1, keys=("color",)) and not rig.answered(1, keys=("overlay",))
+
+
+# --- parameters ---------------------------------------------------------------------------------------------
+def _set_remote(rig, **values):
+    """Set parameters through the node's parameter service, as `ros2 param set` does."""
+    client = rig.probe.create_client(SetParameters, f"{rig.ns}/csl_detector/set_parameters")
+    assert client.wait_for_service(timeout_sec=5)
+    req = SetParameters.Request()
+    for name, value in values.items():
+        pv = ParameterValue()
+        if isinstance(value, bool):
+            pv.type, pv.bool_value = ParameterType.PARAMETER_BOOL, value
+        elif isinstance(value, float):
+            pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, value
+        elif isinstance(value, int):
+            pv.type, pv.integer_value = ParameterType.PARAMETER_INTEGER, value
+        else:
+            pv.type, pv.string_value = ParameterType.PARAMETER_STRING, value
+        req.parameters.append(ParameterMsg(name=name, value=pv))
+    future = client.call_async(req)
+    wait_for(future.done, 5, "set_parameters response")
+    rig.probe.destroy_client(client)
+    return future.result().results
+
+
+def test_parameters_are_declared_with_descriptors(rig_factory):
+    rig = rig_factory(activate=False)
+    d = rig.node.describe_parameter("score_threshold")
+    assert "anomaly score" in d.description and not d.read_only
+    assert (d.floating_point_range[0].from_value, d.floating_point_range[0].to_value) == (0.0, 1.0)
+    d = rig.node.describe_parameter("min_instance_area")
+    assert d.integer_range[0].from_value == 0
+    d = rig.node.describe_parameter("teacher")
+    assert "sml" in d.additional_constraints and "reload" in d.additional_constraints
+    assert rig.node.get_parameter("diagnostics_period_s").value == 0.2  # override applied
+
+
+def test_live_threshold_change_takes_effect_on_the_next_frame(rig_factory):
+    rig = rig_factory()
+    img = blob_image(153)  # brightness 0.6
+    rig.send(img, 1)
+    out = rig.wait_answer(1)
+    assert np.frombuffer(bytes(out["instances"].data), np.uint16).max() == 1
+    (res,) = _set_remote(rig, score_threshold=0.7)
+    assert res.successful, res.reason
+    rig.send(img, 2)
+    out = rig.wait_answer(2)
+    assert np.frombuffer(bytes(out["instances"].data), np.uint16).max() == 0
+    assert [m.action for m in out["obstacles"].markers] == [Marker.DELETEALL]  # stale markers removed
+    assert rig.detectors[0].seen_thresholds == [0.5, 0.7]
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"score_threshold": 1.5}, "out of range"),
+    ({"score_threshold": -0.1}, "out of range"),
+    ({"min_instance_area": -5}, "out of range"),
+    ({"teacher": "bogus"}, "teacher='bogus' is not one of"),
+    ({"fusion_mode": "sum"}, "is not one of"),
+    ({"score_threshold": "high"}, "Wrong parameter type"),
+    ({"teacher": "msp"}, "teacher needs a model reload: deactivate/cleanup the node first"),
+    ({"use_compressed": True}, "use_compressed needs a model reload"),
+])
+def test_invalid_or_reload_parameters_rejected_with_reason(rig_factory, values, words):
+    rig = rig_factory()
+    (res,) = _set_remote(rig, **values)
+    assert not res.successful and words in res.reason
+    # Never clamped or half-applied: the parameter and the node's config keep the old value.
+    name = next(iter(values))
+    owner = DetectorConfig if name in DetectorConfig.__dataclass_fields__ else NodeConfig
+    default = getattr(owner(), name)
+    assert rig.node.get_parameter(name).value == default
+    cfg = rig.node.detector_config if owner is DetectorConfig else rig.node.node_config
+    assert getattr(cfg, name) == default
+
+
+def test_reload_parameter_accepted_while_inactive_and_applied_on_activate(rig_factory):
+    rig = rig_factory()
+    assert rig.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert rig.node.lifecycle_state == "inactive"
+    (res,) = _set_remote(rig, teacher="msp")
+    assert res.successful, res.reason
+    assert rig.node.detector is rig.detectors[0]  # not rebuilt until activation
+    assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # rebuilds with the new teacher
+    assert len(rig.detectors) == 2 and rig.detectors[0].closed
+    assert rig.node.detector.config.teacher == "msp"
+    rig.send(blob_image(200), 5)
+    rig.wait_answer(5)
+
+
+# --- lifecycle ----------------------------------------------------------------------------------------------
+def _change_state(rig, transition_id):
+    client = rig.probe.create_client(ChangeState, f"{rig.ns}/csl_detector/change_state")
+    assert client.wait_for_service(timeout_sec=5)
+    future = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+    wait_for(future.done, 10, "change_state response")
+    rig.probe.destroy_client(client)
+    return future.result().success
+
+
+def test_lifecycle_transitions_through_the_services(rig_factory):
+    rig = rig_factory(activate=False)
+    assert rig.node.lifecycle_state == "unconfigured" and rig.node.detector is None
+    # Unconfigured with a camera publishing: ERROR in diagnostics, and said in the log.
+    wait_for(lambda: rig.last_diag() is not None and rig.last_diag().level == b"\x02", what="ERROR diagnostics")
+    assert "unconfigured" in rig.last_diag().message
+    wait_for(lambda: any("unconfigured" in m for m in rig.logs), what="unconfigured log line")
+
+    assert _change_state(rig, Transition.TRANSITION_CONFIGURE)
+    assert rig.node.lifecycle_state == "inactive" and rig.detectors[0].warmed_up
+    wait_for(lambda: "inactive" in rig.last_diag().message and rig.last_diag().level == b"\x01",
+             what="WARN inactive diagnostics")
+    rig.wait_connected()
+    rig.send(blob_image(200), 1)  # ignored while inactive, and the log says so
+    wait_for(lambda: rig.node.stats.ignored_inactive >= 1, what="ignored frame")
+    wait_for(lambda: any("node is inactive" in m and "ignored" in m for m in rig.logs), what="inactive log line")
+    assert not rig.answered(1, keys=("score",))
+
+    assert _change_state(rig, Transition.TRANSITION_ACTIVATE)
+    rig.send(blob_image(200), 2)
+    rig.wait_answer(2)
+    wait_for(lambda: rig.last_diag().level == b"\x00", what="OK diagnostics")
+    values = rig.diag_values(rig.last_diag())
+    assert values["lifecycle_state"] == "active" and values["backend"] == "brightness" and values["device"] == "cpu"
+    for key in ("input_rate_hz", "processed_rate_hz", "frames_dropped", "latency_p50_ms", "latency_p95_ms",
+                "latency_p99_ms", "bad_frames"):
+        assert key in values
+
+    assert _change_state(rig, Transition.TRANSITION_DEACTIVATE)
+    rig.send(blob_image(200), 3)
+    wait_for(lambda: rig.node.stats.ignored_inactive >= 2, what="ignored frame after deactivate")
+    assert not rig.answered(3, keys=("score",))
+    assert _change_state(rig, Transition.TRANSITION_CLEANUP)
+    assert rig.node.lifecycle_state == "unconfigured" and rig.detectors[0].closed and rig.node.detector is None
+    assert not _change_state(rig, Transition.TRANSITION_ACTIVATE)  # invalid from unconfigured
+
+
+def test_configure_failure_is_reported_and_node_stays_unconfigured(rig_factory):
+    def broken(cfg):
+        raise FileNotFoundError("student checkpoint /nope/student.safetensors not found")
+
+    rig = rig_factory(factory=broken, activate=False)
+    assert not rig.node.configure_and_activate()
+    assert rig.node.lifecycle_state == "unconfigured"
+    wait_for(lambda: any("/nope/student.safetensors" in m for m in rig.logs), what="configure error log")
+
+
+def test_build_engine_reports_backend(rig_factory):
+    rig = rig_factory(activate=False)
+    assert build_engine(rig.node) == 0
+    assert rig.detectors[-1].closed
+    rig2 = rig_factory(activate=False, overrides={"backend": "tensorrt"})
+    assert build_engine(rig2.node) == 1  # the fake detector "falls back" to another backend
+    wait_for(lambda: any("requested backend tensorrt" in m for m in rig2.logs), what="fallback error log")
+
+
+# --- back-pressure ------------------------------------------------------------------------------------------
+def test_slow_model_processes_only_the_newest_frame(rig_factory):
+    delay = 0.25
+    rig = rig_factory(factory=lambda cfg: BrightnessDetector(cfg, delay_s=delay))
+    img = blob_image(200)
+    n = 20
+    for stamp in range(1, n + 1):  # 50 Hz camera, 4 Hz model
+        rig.send(img, stamp)
+        time.sleep(0.02)
+    rig.wait_answer(n, keys=("score",), timeout=5)  # the newest frame is always processed
+    time.sleep(delay + 0.2)
+    with rig.lock:
+        processed = sorted(rig.outputs["score"])
+    snap = rig.node.stats.snapshot(rig.node.frames_dropped)
+    assert len(processed) <= 5 < n, processed  # no backlog was worked through
+    assert snap["frames_dropped"] >= n - 5 - 2
+    assert snap["frames_dropped"] + snap["frames_processed"] == snap["frames_received"]
+    # Latency (receipt -> published) stays bounded by about two inference times, never the queue length.
+    assert snap["latency_p99_ms"] < 1000 * (2 * delay + 0.3)
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+W, H = 64, 32
+_GOOD = blob_image(200, size=(H, W))
+
+BAD_FRAMES = {
+    # rgb8 header on a mono8-sized buffer: step is one byte per pixel
+    "wrong_encoding": (dict(height=H, width=W, encoding="rgb8", step=W, data=bytes(W * H)), "step_mismatch"),
+    "step_not_matching_width": (dict(height=H, width=W, encoding="rgb8", step=3 * W - 1, data=bytes(3 * W * H)),
+                                "step_mismatch"),
+    "data_shorter_than_height_step": (dict(height=H, width=W, encoding="rgb8", step=3 * W, data=bytes(3 * W * H - 7)),
+                                      "data_too_short"),
+    "zero_size": (dict(height=0, width=0, encoding="rgb8", step=0, data=b""), "zero_size"),
+    "absurd_size": (dict(height=100_000, width=100_000, encoding="rgb8", step=300_000, data=bytes(16)), "absurd_size"),
+    "nan_in_float_image": (dict(height=H, width=W, encoding="32FC1", step=4 * W,
+                                data=np.where(np.arange(W * H) % 7 == 0, np.nan, 0.5).astype(np.float32).tobytes()),
+                           "non_finite"),
+    "unsupported_encoding": (dict(height=H, width=W, encoding="bayer_rggb8", step=W, data=bytes(W * H)),
+                             "unsupported_encoding"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
+def test_bad_input_is_counted_logged_and_skipped(rig_factory, case):
+    fields, reason = BAD_FRAMES[case]
+    rig = rig_factory()
+    rig.send(_GOOD, 1)
+    rig.wait_answer(1, keys=("score",))
+    fields = dict(fields)
+    fields["data"] = bytes(fields["data"])
+    rig.send_raw(**fields)
+    wait_for(lambda: rig.node.stats.bad_frames[reason] == 1, what=f"bad frame counted as {reason}")
+    wait_for(lambda: any(reason in m and "bad input frame" in m for m in rig.logs), what="bad-frame log line")
+    rig.send(_GOOD, 2)  # the next good frame is processed
+    rig.wait_answer(2, keys=("score", "instances"))
+    wait_for(lambda: rig.diag_values(rig.last_diag()).get(f"bad_frames.{reason}") == "1",
+             what="reason in /diagnostics")
+    assert rig.node.lifecycle_state == "active"
+
+
+def test_corrupt_compressed_image_is_skipped(rig_factory):
+    rig = rig_factory(overrides={"use_compressed": True}, compressed=True)
+    ok, jpeg = cv2.imencode(".jpg", _GOOD[..., ::-1])
+    assert ok
+
+    def send(data, stamp):
+        msg = CompressedImage(format="jpeg", data=bytes(data))
+        msg.header.stamp.sec = stamp
+        rig.pub.publish(msg)
+
+    send(jpeg.tobytes(), 1)
+    out = rig.wait_answer(1, keys=("score",))
+    assert (out["score"].height, out["score"].width) == (H, W)
+    corrupt = bytearray(jpeg.tobytes())
+    corrupt[2:] = os.urandom(len(corrupt) - 2)[: len(corrupt) - 2]  # keeps the JPEG magic, garbage after
+    send(corrupt[:40], 2)
+    wait_for(lambda: rig.node.stats.bad_frames["decode_failed"] == 1, what="corrupt jpeg counted")
+    wait_for(lambda: any("decode_failed" in m for m in rig.logs), what="decode log line")
+    send(jpeg.tobytes(), 3)
+    rig.wait_answer(3, keys=("score",))
+
+
+# --- large images through DDS, from another process ----------------------------------------------------------
+PUBLISHER = textwrap.dedent("""
+    import sys, time
+    import numpy as np, rclpy
+    from sensor_msgs.msg import Image
+    from rclpy.qos import qos_profile_sensor_data
+    from csl_ros.ros.image_conversion import fill_image_msg
+    ns, n, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    rclpy.init()
+    node = rclpy.create_node("camera", namespace=ns)
+    pub = node.create_publisher(Image, "image", qos_profile_sensor_data)
+    deadline = time.monotonic() + 20
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for stamp in range(1, n + 1):
+        msg = fill_image_msg(Image(), img, "rgb8")
+        msg.header.stamp.sec = stamp
+        pub.publish(msg)
+        time.sleep(float(sys.argv[5]))
+    time.sleep(1.0)
+    rclpy.shutdown()
+""")
+
+
+def test_full_size_frames_through_dds_from_another_process(rig_factory):
+    """1024x2048 rgb8 (6 MB) best effort between processes: every frame must get its answer."""
+    rig = rig_factory(overrides={"publish_overlay": False, "publish_color": False})
+    n, h, w = 5, 1024, 2048
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, rig.ns, str(n), str(h), str(w), "0.6"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for stamp in range(1, n + 1):
+            out = rig.wait_answer(stamp, keys=("score", "instances"), timeout=30)
+            assert (out["score"].height, out["score"].width) == (h, w)
+            assert (out["instances"].height, out["instances"].width) == (h, w)
+    finally:
+        try:
+            output = proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    snap = rig.node.stats.snapshot(rig.node.frames_dropped)
+    assert snap["frames_received"] == n and snap["frames_processed"] == n
