@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = [
     "csl_ros.data.synth_cli",
     "csl_ros.demo",
+    "csl_ros.detect_cli",
 ]
 
 

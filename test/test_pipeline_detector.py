@@ -118,3 +118,54 @@ def test_scheme_requirements_are_checked(student, teacher, tmp_path):
         make("1", ca, None, tmp_path)
     with pytest.raises(ValueError, match="needs a teacher"):
         Detector(DetectorConfig(scheme="2", device="cpu", **SIZE), student=student, teacher=None)
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory, student, teacher):
+    from csl_ros.model import save_checkpoint
+    from csl_ros.teachers.segmenter import save_segmenter
+
+    d = tmp_path_factory.mktemp("models")
+    save_checkpoint(d / "student.safetensors", student)
+    save_segmenter(teacher.model, d / "seg.safetensors")
+    return d
+
+
+def test_from_config_loads_files_and_names_a_bad_one(model_files, tmp_path):
+    from csl_ros.config import apply_overrides
+
+    cfg = apply_overrides(DetectorConfig(), dict(student_path=str(model_files / "student.safetensors"),
+                                                 teacher_path=str(model_files / "seg.safetensors"),
+                                                 teacher="msp", device="cpu", backend="eager", **SIZE))
+    det = Detector.from_config(cfg)
+    assert det(np.zeros((30, 40, 3), np.uint8)).anomaly_map.shape == (30, 40)
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="broken.safetensors"):
+        Detector.from_config(dataclasses.replace(cfg, student_path=str(bad)))
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        Detector.from_config(dataclasses.replace(cfg, student_path=str(tmp_path / "missing.safetensors")))
+
+
+def test_detect_cli_writes_all_outputs(model_files, tmp_path):
+    import json
+
+    import cv2
+
+    from csl_ros.cli import main
+
+    img = np.random.default_rng(5).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "frame.png"), img)
+    args = ["detect", str(tmp_path / "frame.png"), "--out", str(tmp_path / "out"), "--fx", "100", "--cy", "20",
+            "--set", f"student_path={model_files / 'student.safetensors'}",
+            "--set", f"teacher_path={model_files / 'seg.safetensors'}", "--set", "teacher=msp",
+            "--set", "device=cpu", "--set", "backend=eager", "--set", "score_threshold=0.0",
+            "--set", "input_height=64", "--set", "input_width=128"]
+    assert main(args) == 0
+    out = tmp_path / "out"
+    assert np.load(out / "frame_anomaly.npy").shape == (48, 80)
+    assert cv2.imread(str(out / "frame_instances.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert cv2.imread(str(out / "frame_overlay.jpg")).shape == (48, 80, 3)
+    report = json.loads((out / "frame_obstacles.json").read_text())
+    assert report["obstacles"] and report["obstacles"][0]["distance_m"] is not None
+    assert main(["detect", str(tmp_path / "nope.png"), "--out", str(out)]) == 2
