@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "csl_ros.data.synth_cli",
     "csl_ros.demo",
     "csl_ros.detect_cli",
+    "csl_ros.eval.metrics_cli",
 ]
 
 

@@ -1,0 +1,442 @@
+"""Loaders for the benchmark and training layouts, all yielding :class:`Record`.
+
+* SMIYC RoadAnomaly21 (Anomaly Track): ``dataset_AnomalyTrack/images/{fid}.jpg``,
+  ``labels_masks/{fid}_labels_semantic.png`` (0 in-distribution, 1 anomaly, anything else void).
+* SMIYC RoadObstacle21 (Obstacle Track): ``dataset_ObstacleTrack/images/{fid}.webp``, same labels
+  (255 off the road); scene = ``fid.split('_')[0]``.
+* LostAndFound: ``leftImg8bit/{split}/{NN}_{scene}/{fid}_leftImg8bit.png``,
+  ``gtCoarse/{split}/{NN}_{scene}/{fid}_gtCoarse_labelIds.png`` (id 0 void, 1 free space -> 0,
+  2..200 obstacle -> 1), ``camera/{split}/.../{fid}_camera.json`` when present; the official frame
+  selections ("valid": the benchmark's LostAndFound-test/-train, "noknown": LostAndFound NoKnown).
+* Fishyscapes LostAndFound validation (100 frames): ``fishyscapes_lostandfound/{NNNN}_{fid}_labels.png``
+  (0 in-distribution, 1 OOD, 255 void) with the LostAndFound images either in ``laf_images/`` or
+  in a LostAndFound tree.
+* Cityscapes: ``leftImg8bit/{split}/{city}/{fid}_leftImg8bit.png`` with
+  ``gtFine/{split}/{city}/{fid}_gtFine_labelTrainIds.png`` (or ``_labelIds.png``, mapped).
+* synthroad: rendered on the fly.
+
+numpy/OpenCV only. A missing or malformed tree raises FileNotFoundError / ValueError naming the path.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+VOID = 255
+
+
+@dataclass
+class Record:
+    """One frame: RGB image, OOD label map (0 in-distribution, 1 anomaly, 255 void), camera."""
+
+    frame_id: str
+    rgb: np.ndarray                       # (H, W, 3) uint8
+    label: np.ndarray | None              # (H, W) uint8 0/1/255; None where withheld (SMIYC test)
+    camera: dict | None = None            # fx, fy, cx, cy (px), height_m, pitch_deg (+ down), roll_deg
+    semantic: np.ndarray | None = None    # (H, W) uint8 Cityscapes trainIds (Cityscapes, synthroad)
+
+
+# --------------------------------------------------------------------------------------------------
+# label mappings
+# --------------------------------------------------------------------------------------------------
+
+def _lut(pairs: dict[int, int], default: int = VOID) -> np.ndarray:
+    lut = np.full(256, default, np.uint8)
+    for k, v in pairs.items():
+        lut[k] = v
+    return lut
+
+
+_SMIYC_LUT = _lut({0: 0, 1: 1})                               # anything else is void
+_LAF_LUT = _lut({1: 0, **{k: 1 for k in range(2, 201)}})      # 0 and > 200 void
+# Cityscapes labelId -> trainId (public label table; ids without a train class are void).
+_CS_LABEL_TO_TRAIN = _lut({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+                           23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18})
+
+
+def map_smiyc_label(raw: np.ndarray) -> np.ndarray:
+    """SMIYC ``*_labels_semantic.png``: 0 -> 0, 1 -> 1, everything else -> 255."""
+    return _SMIYC_LUT[raw]
+
+
+def map_fishyscapes_label(raw: np.ndarray) -> np.ndarray:
+    """Fishyscapes: 0 in-distribution, 1 OOD, 255 (and anything else) void."""
+    return _SMIYC_LUT[raw]
+
+
+def map_laf_label(raw: np.ndarray) -> np.ndarray:
+    """LostAndFound ``*_gtCoarse_labelIds.png``: 0 -> void, 1 (free space) -> 0, 2..200 -> 1.
+
+    The "non-hazard" ids (31, 33, 34, 36-39) count as obstacles, as in the benchmark.
+    """
+    return _LAF_LUT[raw]
+
+
+def cityscapes_label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
+    return _CS_LABEL_TO_TRAIN[label_ids]
+
+
+def train_ids_to_ood_label(train_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes has no anomalies: every valid class pixel is 0, void stays 255."""
+    return np.where(train_ids < 19, 0, VOID).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# file reading
+# --------------------------------------------------------------------------------------------------
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB."""
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image not found: {p}")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot decode image {p} (truncated or unsupported format)")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def _png_color_type(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return head[25]
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """A single-channel label PNG as (H, W) uint8 raw ids.
+
+    Palette PNGs give their palette indices (not colours); RGB PNGs are accepted only when the three
+    channels are equal.
+    """
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"label file not found: {p}")
+    if _png_color_type(p) == 3:     # palette: the indices are the labels
+        try:
+            from PIL import Image
+        except ImportError as exc:  # pragma: no cover - pillow ships with matplotlib
+            raise ValueError(f"{p} is a palette PNG; reading its indices needs Pillow") from exc
+        with Image.open(p) as im:
+            lab = np.array(im)
+    else:
+        lab = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if lab is None:
+            raise ValueError(f"cannot decode label file {p} (truncated or not an image)")
+    if lab.ndim == 3:
+        if lab.shape[2] >= 3 and np.array_equal(lab[..., 0], lab[..., 1]) \
+                and np.array_equal(lab[..., 0], lab[..., 2]):
+            lab = lab[..., 0]
+        else:
+            raise ValueError(f"label file {p} has {lab.shape[2]} distinct channels; expected a "
+                             f"single-channel id map")
+    if lab.dtype != np.uint8:
+        if lab.max(initial=0) > 255:
+            raise ValueError(f"label file {p} has ids > 255 ({lab.dtype}); expected 8-bit ids")
+        lab = lab.astype(np.uint8)
+    return lab
+
+
+def camera_from_cityscapes_json(path: str | Path) -> dict:
+    """Cityscapes / LostAndFound ``*_camera.json`` -> camera dict (height = extrinsic z)."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+        ext, intr = d["extrinsic"], d["intrinsic"]
+        return {"fx": float(intr["fx"]), "fy": float(intr["fy"]), "cx": float(intr["u0"]),
+                "cy": float(intr["v0"]), "height_m": float(ext["z"]),
+                "pitch_deg": math.degrees(float(ext["pitch"])),
+                "roll_deg": math.degrees(float(ext.get("roll", 0.0)))}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"malformed camera file {p}: {exc}") from exc
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------------
+
+class _Dataset:
+    """A list of frames; ``dataset[i]`` loads frame i, iteration loads them in order."""
+
+    name = "dataset"
+    frame_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def __iter__(self) -> Iterator[Record]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getitem__(self, i: int) -> Record:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class SmiycTrack(_Dataset):
+    """SMIYC RoadAnomaly21 / RoadObstacle21 in the benchmark layout.
+
+    ``root``: the ``dataset_AnomalyTrack`` / ``dataset_ObstacleTrack`` folder or its parent.
+    ``require_labels``: frames without a label file (the withheld test labels) are skipped when True,
+    yielded with ``label=None`` when False. ``scenes``: Obstacle Track scene filter
+    (``fid.split('_')[0]``), None for all.
+    """
+
+    def __init__(self, root: str | Path, track: str, require_labels: bool = True,
+                 scenes: Sequence[str] | None = None):
+        if track not in ("anomaly", "obstacle"):
+            raise ValueError(f"SMIYC track must be 'anomaly' or 'obstacle', got {track!r}")
+        sub, ext = (("dataset_AnomalyTrack", "jpg") if track == "anomaly"
+                    else ("dataset_ObstacleTrack", "webp"))
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"SMIYC root not found: {root}")
+        base = root if (root / "images").is_dir() else root / sub
+        self.name = f"smiyc-{track}"
+        self.root = base
+        self.images_dir = _require_dir(base / "images", f"SMIYC {track} images folder")
+        self.labels_dir = base / "labels_masks"
+        images = {}
+        for e in (ext, "jpg", "webp", "png"):   # the benchmark's format first, re-encoded copies next
+            images = {p.stem: p for p in self.images_dir.glob(f"*.{e}")}
+            if images:
+                break
+        if not images:
+            raise FileNotFoundError(f"no *.{ext} images in {self.images_dir}")
+        if require_labels:
+            _require_dir(self.labels_dir, f"SMIYC {track} labels folder")
+        fids = sorted(images)
+        if scenes is not None:
+            scenes = set(scenes)
+            fids = [f for f in fids if f.split("_")[0] in scenes]
+        if require_labels:
+            fids = [f for f in fids if self._label_path(f).is_file()]
+            if not fids:
+                raise FileNotFoundError(f"no {{fid}}_labels_semantic.png in {self.labels_dir} "
+                                        f"matches an image in {self.images_dir}")
+        self.frame_ids = fids
+        self._images = images
+
+    def _label_path(self, fid: str) -> Path:
+        return self.labels_dir / f"{fid}_labels_semantic.png"
+
+    def __getitem__(self, i: int) -> Record:
+        fid = self.frame_ids[i]
+        rgb = read_rgb(self._images[fid])
+        lp = self._label_path(fid)
+        label = map_smiyc_label(read_label_png(lp)) if lp.is_file() else None
+        if label is not None and label.shape != rgb.shape[:2]:
+            raise ValueError(f"label {lp} is {label.shape}, image is {rgb.shape[:2]}")
+        return Record(fid, rgb, label)
+
+
+def smiyc_anomaly(root, **kw) -> SmiycTrack:
+    return SmiycTrack(root, "anomaly", **kw)
+
+
+def smiyc_obstacle(root, **kw) -> SmiycTrack:
+    return SmiycTrack(root, "obstacle", **kw)
+
+
+# LostAndFound frame selections of the benchmark (road_anomaly_benchmark/datasets/tracks.py):
+# indices (into the split sorted by fid) of frames whose labels are all zero.
+LAF_INVALID_INDICES = {
+    "test": (17, 37, 55, 72, 91, 110, 129, 153, 174, 197, 218, 353, 490, 618, 686, 792, 793),
+    "train": (44, 67, 88, 109, 131, 614),
+}
+LAF_SPLIT_SIZES = {"test": 1203, "train": 1036}
+# NoKnown: LostAndFound-test without sequences showing children and bicycles (known classes).
+LAF_NOKNOWN_DROP_PREFIXES = ("15_Rechbergstr_Deckenpfronn", "01_Hanns_Klemm_Str_45_000006",
+                             "01_Hanns_Klemm_Str_45_000007", "10_Schlossberg_9_000004")
+LAF_SUBSETS = ("all", "valid", "noknown")
+
+
+def laf_select(fids: Sequence[str], split: str, subset: str, where: str = "") -> list[str]:
+    """The benchmark's LostAndFound frame selection from all fids of a split.
+
+    ``all``: every frame; ``valid``: drop the all-zero-label indices of the split sorted by fid
+    (LostAndFound-test: 1203 -> 1186); ``noknown`` (test only): then drop the known-class prefixes
+    (-> 1043). The index rule needs the complete split.
+    """
+    if subset not in LAF_SUBSETS:
+        raise ValueError(f"unknown LostAndFound subset {subset!r}; choose one of {LAF_SUBSETS}")
+    ordered = sorted(fids)
+    if subset == "all":
+        return ordered
+    if subset == "noknown" and split != "test":
+        raise ValueError("the NoKnown subset is defined on the LostAndFound test split only")
+    if split not in LAF_INVALID_INDICES:
+        raise ValueError(f"no official frame selection for LostAndFound split {split!r}")
+    expected = LAF_SPLIT_SIZES[split]
+    if len(ordered) != expected:
+        raise ValueError(f"the LostAndFound {split} split{' at ' + where if where else ''} has "
+                         f"{len(ordered)} frames, the benchmark's index rule needs all {expected}")
+    drop = set(LAF_INVALID_INDICES[split])
+    kept = [f for i, f in enumerate(ordered) if i not in drop]
+    if subset == "noknown":
+        kept = [f for f in kept if not f.startswith(LAF_NOKNOWN_DROP_PREFIXES)]
+    return kept
+
+
+class LostAndFound(_Dataset):
+    """LostAndFound (cityscapesScripts layout), frames discovered from the images as the benchmark."""
+
+    IMAGE_SUFFIX = "_leftImg8bit"
+
+    def __init__(self, root: str | Path, split: str = "test", subset: str = "all"):
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"LostAndFound root not found: {root}")
+        self.root, self.split, self.subset = root, split, subset
+        self.name = "laf-noknown" if subset == "noknown" else "laf"
+        img_dir = _require_dir(root / "leftImg8bit" / split, "LostAndFound image folder")
+        self.gt_dir = _require_dir(root / "gtCoarse" / split, "LostAndFound gtCoarse folder")
+        files: list[Path] = []
+        for ext in ("png", "webp", "jpg"):
+            files = list(img_dir.glob(f"*/*{self.IMAGE_SUFFIX}.{ext}"))
+            if files:
+                break
+        if not files:
+            raise FileNotFoundError(f"no */*{self.IMAGE_SUFFIX}.png images in {img_dir}")
+        self._images = {p.name[:-len(self.IMAGE_SUFFIX + p.suffix)]: p for p in files}
+        self.frame_ids = laf_select(list(self._images), split, subset, str(img_dir))
+        missing = [f for f in self.frame_ids if not self._label_path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} LostAndFound label file(s) missing under "
+                                    f"{self.gt_dir}, e.g. {self._label_path(missing[0])}")
+
+    def _label_path(self, fid: str) -> Path:
+        return self.gt_dir / self._images[fid].parent.name / f"{fid}_gtCoarse_labelIds.png"
+
+    def _camera_path(self, fid: str) -> Path:
+        return self.root / "camera" / self.split / self._images[fid].parent.name / f"{fid}_camera.json"
+
+    def __getitem__(self, i: int) -> Record:
+        fid = self.frame_ids[i]
+        rgb = read_rgb(self._images[fid])
+        lp = self._label_path(fid)
+        label = map_laf_label(read_label_png(lp))
+        if label.shape != rgb.shape[:2]:
+            raise ValueError(f"label {lp} is {label.shape}, image is {rgb.shape[:2]}")
+        cp = self._camera_path(fid)
+        camera = camera_from_cityscapes_json(cp) if cp.is_file() else None
+        return Record(fid, rgb, label, camera)
+
+
+def laf(root, split: str = "test") -> LostAndFound:
+    return LostAndFound(root, split, "all")
+
+
+def laf_noknown(root) -> LostAndFound:
+    return LostAndFound(root, "test", "noknown")
+
+
+class FishyscapesLAF(_Dataset):
+    """Fishyscapes LostAndFound validation: ``fishyscapes_lostandfound/{NNNN}_{fid}_labels.png``.
+
+    Images: ``{root}/laf_images/{fid}_leftImg8bit.png`` or, with ``laf_root`` (default: ``root``
+    when it holds ``leftImg8bit/``), a LostAndFound tree searched in its train and test splits.
+    """
+
+    name = "fishyscapes-laf"
+    LABEL_SUFFIX = "_labels.png"
+
+    def __init__(self, root: str | Path, laf_root: str | Path | None = None):
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"Fishyscapes root not found: {root}")
+        self.root = root
+        label_dir = _require_dir(root / "fishyscapes_lostandfound", "Fishyscapes label folder")
+        labels = sorted(label_dir.glob(f"*{self.LABEL_SUFFIX}"))
+        if not labels:
+            raise FileNotFoundError(f"no *{self.LABEL_SUFFIX} files in {label_dir}")
+        self._labels: dict[str, Path] = {}
+        for p in labels:
+            prefix, _, rest = p.name.partition("_")
+            if not (prefix.isdigit() and rest.endswith(self.LABEL_SUFFIX)):
+                raise ValueError(f"unexpected Fishyscapes label name {p} (expected "
+                                 f"NNNN_{{fid}}{self.LABEL_SUFFIX})")
+            self._labels[rest[:-len(self.LABEL_SUFFIX)]] = p
+        laf_tree = Path(laf_root) if laf_root is not None else root
+        index: dict[str, Path] = {}
+        flat = root / "laf_images"
+        if flat.is_dir():
+            index.update({p.name[:-len("_leftImg8bit.png")]: p
+                          for p in flat.glob("*_leftImg8bit.png")})
+        if (laf_tree / "leftImg8bit").is_dir():
+            index.update({p.name[:-len("_leftImg8bit.png")]: p
+                          for p in (laf_tree / "leftImg8bit").glob("*/*/*_leftImg8bit.png")})
+        self.frame_ids = sorted(self._labels)
+        missing = [f for f in self.frame_ids if f not in index]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} Fishyscapes frame(s) have no LostAndFound image in {flat} or "
+                f"{laf_tree / 'leftImg8bit'}/*/*/, e.g. {missing[0]}_leftImg8bit.png")
+        self._images = index
+
+    def __getitem__(self, i: int) -> Record:
+        fid = self.frame_ids[i]
+        rgb = read_rgb(self._images[fid])
+        label = map_fishyscapes_label(read_label_png(self._labels[fid]))
+        if label.shape != rgb.shape[:2]:
+            raise ValueError(f"label {self._labels[fid]} is {label.shape}, image is {rgb.shape[:2]}")
+        return Record(fid, rgb, label)
+
+
+class Cityscapes(_Dataset):
+    """Cityscapes ``leftImg8bit`` + ``gtFine`` (trainIds, or labelIds mapped to trainIds)."""
+
+    name = "cityscapes"
+
+    def __init__(self, root: str | Path, split: str = "val"):
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"Cityscapes root not found: {root}")
+        self.root, self.split = root, split
+        img_dir = _require_dir(root / "leftImg8bit" / split, "Cityscapes image folder")
+        self.gt_dir = _require_dir(root / "gtFine" / split, "Cityscapes gtFine folder")
+        files = sorted(img_dir.glob("*/*_leftImg8bit.png"))
+        if not files:
+            raise FileNotFoundError(f"no */*_leftImg8bit.png images in {img_dir}")
+        self._images = {p.name[:-len("_leftImg8bit.png")]: p for p in files}
+        self.frame_ids = sorted(self._images)
+        first = self.frame_ids[0]
+        if self._gt_path(first, "labelTrainIds") is None and self._gt_path(first, "labelIds") is None:
+            raise FileNotFoundError(f"no gtFine label for {first} under {self.gt_dir} (expected "
+                                    f"{first}_gtFine_labelTrainIds.png or _labelIds.png)")
+
+    def _gt_path(self, fid: str, kind: str) -> Path | None:
+        p = self.gt_dir / self._images[fid].parent.name / f"{fid}_gtFine_{kind}.png"
+        return p if p.is_file() else None
+
+    def __getitem__(self, i: int) -> Record:
+        fid = self.frame_ids[i]
+        rgb = read_rgb(self._images[fid])
+        tp = self._gt_path(fid, "labelTrainIds")
+        if tp is not None:
+            train_ids = read_label_png(tp)
+        else:
+            lp = self._gt_path(fid, "labelIds")
+            if lp is None:
+                raise FileNotFoundError(f"no gtFine label for {fid} under {self.gt_dir}")
+            train_ids = cityscapes_label_ids_to_train_ids(read_label_png(lp))
+        if train_ids.shape != rgb.shape[:2]:
+            raise ValueError(f"gtFine label of {fid} is {train_ids.shape}, image is {rgb.shape[:2]}")
+        cp = self.root / "camera" / self.split / self._images[fid].parent.name / f"{fid}_camera.json"
+        camera = camera_from_cityscapes_json(cp) if cp.is_file() else None
+        return Record(fid, rgb, train_ids_to_ood_label(train_ids), camera, semantic=train_ids)
