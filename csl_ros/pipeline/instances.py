@@ -33,7 +33,7 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
     student's regions (a component spanning two regions becomes two instances).
 
     ``roi``: optional boolean mask (e.g. the drivable road); instances not touching it are dropped.
-    Returns a uint16 label image (0 = none), ids 1..K ordered by first appearance (row-major).
+    Returns a uint16 label image (0 = none), ids 1..K ordered by (component, region).
     """
     mask = (scores >= threshold).astype(np.uint8)
     n_cc, cc = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
@@ -46,9 +46,16 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
         reg = regions.ravel()[idx].astype(np.int64)
         reg -= reg.min()
         key = cc.ravel()[idx].astype(np.int64) * (int(reg.max()) + 1) + reg
-        _, inv = np.unique(key, return_inverse=True)
+        span = int(n_cc) * (int(reg.max()) + 1)
+        if span <= 1 << 22:  # dense table: O(pixels), no sort
+            used = np.zeros(span, np.int64)
+            used[key] = 1
+            compact = np.cumsum(used)  # 1-based id of every used key
+            ids = compact[key]
+        else:
+            ids = np.unique(key, return_inverse=True)[1].ravel() + 1
         labels = np.zeros(scores.size, np.int64)
-        labels[idx] = inv.ravel() + 1
+        labels[idx] = ids
         labels = labels.reshape(scores.shape)
     else:
         labels = cc.astype(np.int64)
@@ -72,25 +79,32 @@ def describe_instances(instances: np.ndarray, scores: np.ndarray,
     k = int(instances.max())
     if k == 0:
         return []
-    flat = instances.ravel().astype(np.int64)
-    sel = flat > 0
-    ids = flat[sel]
-    s = scores.ravel()[sel].astype(np.float64)
-    ys, xs = np.divmod(np.flatnonzero(sel), instances.shape[1])
-    area = np.bincount(ids, minlength=k + 1)
-    ssum = np.bincount(ids, weights=s, minlength=k + 1)
-    smax = np.full(k + 1, -np.inf)
-    np.maximum.at(smax, ids, s)
-    x0 = np.full(k + 1, np.iinfo(np.int64).max); np.minimum.at(x0, ids, xs)
-    y0 = np.full(k + 1, np.iinfo(np.int64).max); np.minimum.at(y0, ids, ys)
-    x1 = np.full(k + 1, -1); np.maximum.at(x1, ids, xs)
-    y1 = np.full(k + 1, -1); np.maximum.at(y1, ids, ys)
-    # Contact point: mean column of the instance's bottom-most row.
-    bottom = ys == y1[ids]
-    bcount = np.bincount(ids[bottom], minlength=k + 1)
-    bx = np.bincount(ids[bottom], weights=xs[bottom], minlength=k + 1) / np.maximum(bcount, 1)
+    from scipy import ndimage
+
+    lab = instances.astype(np.int32, copy=False)
+    import torch
+
+    flat = lab.ravel()
+    area = np.bincount(flat, minlength=k + 1).astype(np.int64)
+    ssum = np.bincount(flat, weights=scores.ravel(), minlength=k + 1)
+    # Per-id max without sorting the image (scipy's ndimage.maximum argsorts every pixel).
+    smax = torch.zeros(k + 1, dtype=torch.float32).scatter_reduce_(
+        0, torch.from_numpy(flat.astype(np.int64)), torch.from_numpy(np.ascontiguousarray(scores, np.float32).ravel()),
+        "amax", include_self=False).numpy()
+    boxes = ndimage.find_objects(lab, max_label=k)  # C loops: one slice pair per id
+    x0 = np.zeros(k + 1, np.int64); x1 = np.full(k + 1, -1, np.int64)
+    y0 = np.zeros(k + 1, np.int64); y1 = np.full(k + 1, -1, np.int64)
+    bx = np.zeros(k + 1)
+    for i, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        y0[i], y1[i] = box[0].start, box[0].stop - 1
+        x0[i], x1[i] = box[1].start, box[1].stop - 1
+        # Contact point: mean column of the instance's bottom-most row.
+        cols = np.flatnonzero(lab[y1[i], box[1]] == i)
+        bx[i] = x0[i] + cols.mean()
     out = []
-    for i in range(1, k + 1):  # one record per instance (tens at most), arrays above are vectorised
+    for i in range(1, k + 1):  # one record per instance; the statistics above are computed in C
         if area[i] == 0:
             continue
         ob = Obstacle(id=i, area_px=int(area[i]), bbox=(int(x0[i]), int(y0[i]), int(x1[i]) + 1, int(y1[i]) + 1),
