@@ -147,7 +147,7 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, Tensor]:
     tensors = {}
     for key, value in state.items():
         if isinstance(value, np.ndarray):
-            value = torch.from_numpy(np.ascontiguousarray(value))
+            value = torch.from_numpy(np.array(value))  # a copy; keeps 0-d arrays 0-d
         if isinstance(value, Tensor):
             tensors[str(key)] = value
     return tensors
@@ -161,6 +161,8 @@ def load_backbone_weights(trunk: ResNetTrunk, path: str | os.PathLike) -> list[s
     statistic is missing or has the wrong shape (e.g. an R-50 file for an R-18 trunk).
     """
     state = detectron2_to_torchvision_keys(read_weight_file(path))
+    # BatchNorm step counters carry no weights (and detectron2 files lack them): keep the trunk's.
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     own = trunk.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

@@ -1,0 +1,134 @@
+"""Checkpoints (config stored with the weights, mismatch refusal, corrupt files) and export
+(torch.jit.trace, torch.onnx.export + onnxruntime) of the whole forward."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from csl_ros.model import build_student, file_sha256, get_preset, load_checkpoint, read_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_student(get_preset("r18_fast", num_queries=12, dec_layers=3)).eval()
+    for p in m.parameters():  # make every tensor distinctive so a mix-up cannot go unnoticed
+        p.data.add_(torch.randn_like(p) * 0.01)
+    return m
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_round_trip(model, tmp_path, suffix):
+    path = tmp_path / f"student{suffix}"
+    digest = save_checkpoint(path, model, metadata={"step": 123})
+    assert digest == file_sha256(path) and len(digest) == 64
+    loaded = load_checkpoint(path)
+    assert loaded.config == model.config and loaded.metadata == {"step": "123"} and loaded.sha256 == digest
+    assert not loaded.model.training
+    x = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        for a, b in zip(model(x)[:3], loaded.model(x)[:3]):
+            assert torch.equal(a, b)
+    assert load_checkpoint(path, expected_config=model.config).config == model.config
+
+
+def test_pt_checkpoint_loads_with_weights_only(model, tmp_path):
+    path = tmp_path / "student.pt"
+    save_checkpoint(path, model)
+    blob = torch.load(path, weights_only=True)
+    assert blob["model_config"] == model.config.to_dict() and "state_dict" in blob
+
+
+def test_expected_config_mismatch_is_refused_naming_the_fields(model, tmp_path):
+    path = tmp_path / "student.safetensors"
+    save_checkpoint(path, model)
+    with pytest.raises(ValueError, match=r"student\.safetensors.*num_queries: file 12 vs expected 50"):
+        load_checkpoint(path, expected_config=get_preset("r18_fast", dec_layers=3))
+
+
+def test_weights_not_matching_the_stored_config_are_refused(model, tmp_path):
+    from safetensors.torch import load_file, save_file
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(good, model)
+    config, state, _ = read_checkpoint(good)
+    # Same weights, but a config claiming 20 queries and no distillation head.
+    lying = dict(config.to_dict(), num_queries=20, distill_channels=0)
+    bad = tmp_path / "lying.safetensors"
+    save_file(load_file(good), bad, metadata={"format": "csl_ros.student", "format_version": "1",
+                                              "model_config": json.dumps(lying)})
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(bad)
+    message = str(err.value)
+    assert "lying.safetensors" in message and "query_feat.weight" in message and "distill_head" in message
+    # A .pt file with a tensor removed.
+    del state["transformer_decoder.level_embed.weight"]
+    pt = tmp_path / "partial.pt"
+    torch.save({"format": "csl_ros.student", "format_version": "1", "model_config": config.to_dict(),
+                "state_dict": state, "metadata": {}}, pt)
+    with pytest.raises(ValueError, match=r"partial\.pt.*missing.*level_embed"):
+        load_checkpoint(pt)
+
+
+def test_missing_corrupt_and_foreign_files(model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.safetensors"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+    for suffix in (".safetensors", ".pt"):
+        path = tmp_path / f"full{suffix}"
+        save_checkpoint(path, model)
+        truncated = tmp_path / f"truncated{suffix}"
+        truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(ValueError, match=f"truncated{suffix}"):
+            load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="garbage.safetensors"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "plain_state_dict.pt"
+    torch.save(model.state_dict(), foreign)
+    with pytest.raises(ValueError, match="not a csl_ros student checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(ValueError, match="reserved"):
+        save_checkpoint(tmp_path / "x.pt", model, metadata={"model_config": "{}"})
+
+
+# --- export --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def r18_fast():
+    torch.manual_seed(1)
+    return build_student("r18_fast").eval()
+
+
+def test_jit_trace_matches_eager(r18_fast):
+    x = torch.rand(1, 3, 96, 160) * 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace is deprecated upstream, still supported
+        with torch.no_grad():
+            traced = torch.jit.trace(r18_fast, x)
+    other = torch.rand(1, 3, 96, 160) * 255   # not the tracing input
+    with torch.no_grad():
+        eager, got = r18_fast(other), traced(other)
+    for a, b in zip(eager[:3], got[:3]):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+    assert got[3] == () and got[4] == ()
+
+
+@pytest.mark.slow
+def test_onnx_export_runs_in_onnxruntime_and_matches_eager(r18_fast, tmp_path):
+    import onnxruntime as ort
+    x = torch.rand(1, 3, 96, 160) * 255
+    path = tmp_path / "student.onnx"
+    torch.onnx.export(r18_fast, (x,), str(path), dynamo=True, input_names=["images"],
+                      output_names=["region_logits", "validity_logits", "distribution"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["region_logits", "validity_logits", "distribution"]
+    other = torch.rand(1, 3, 96, 160) * 255
+    got = session.run(None, {"images": other.numpy()})
+    with torch.no_grad():
+        eager = r18_fast(other)
+    for a, b in zip(eager[:3], got):
+        assert a.shape == b.shape
+        assert np.abs(a.numpy() - b).max() < 1e-4
