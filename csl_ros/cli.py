@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "csl_ros.demo",
     "csl_ros.detect_cli",
     "csl_ros.eval.metrics_cli",
+    "csl_ros.eval.bag_cli",
 ]
 
 

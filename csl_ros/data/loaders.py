@@ -440,3 +440,76 @@ class Cityscapes(_Dataset):
         cp = self.root / "camera" / self.split / self._images[fid].parent.name / f"{fid}_camera.json"
         camera = camera_from_cityscapes_json(cp) if cp.is_file() else None
         return Record(fid, rgb, train_ids_to_ood_label(train_ids), camera, semantic=train_ids)
+
+
+class Synthroad(_Dataset):
+    """A synthroad drive rendered on the fly (``csl_ros.data.synthroad.render_sequence``).
+
+    Frames are consecutive: iterate rather than index (``dataset[i]`` renders frames 0..i).
+    """
+
+    name = "synthroad"
+
+    def __init__(self, seed: int = 0, n_frames: int = 100, size: tuple[int, int] = (512, 1024),
+                 obstacles: str = "obstacle", speed_mps: float = 10.0, fps: float = 10.0):
+        if n_frames < 1:
+            raise ValueError(f"synthroad needs at least one frame, got {n_frames}")
+        if obstacles not in ("none", "obstacle", "anomaly"):
+            raise ValueError(f"synthroad obstacles must be none, obstacle or anomaly, got "
+                             f"{obstacles!r}")
+        self.seed, self.size, self.obstacles = int(seed), tuple(size), obstacles
+        self.speed_mps, self.fps = float(speed_mps), float(fps)
+        self.frame_ids = [f"synthroad_s{self.seed}_{i:06d}" for i in range(int(n_frames))]
+
+    @staticmethod
+    def record(frame, frame_id: str) -> Record:
+        cam = frame.camera
+        camera = {"fx": float(cam.fx), "fy": float(cam.fy), "cx": float(cam.cx),
+                  "cy": float(cam.cy), "height_m": float(cam.height_m),
+                  "pitch_deg": float(cam.pitch_deg), "roll_deg": float(cam.roll_deg)}
+        return Record(frame_id, frame.image, frame.ood_labels, camera, semantic=frame.train_ids)
+
+    def __iter__(self) -> Iterator[Record]:
+        from csl_ros.data.synthroad import render_sequence
+
+        frames = render_sequence(self.seed, len(self), size=self.size, obstacles=self.obstacles,
+                                 speed_mps=self.speed_mps, fps=self.fps)
+        for fid, frame in zip(self.frame_ids, frames):
+            yield self.record(frame, fid)
+
+    def __getitem__(self, i: int) -> Record:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        for k, rec in enumerate(self):
+            if k == i:
+                return rec
+        raise IndexError(i)  # pragma: no cover
+
+
+DATASETS = ("smiyc-anomaly", "smiyc-obstacle", "laf", "laf-noknown", "fishyscapes-laf",
+            "cityscapes", "synthroad")
+
+
+def open_dataset(name: str, root: str | Path | None = None, **options) -> _Dataset:
+    """A dataset by name (``DATASETS``); ``root`` is its folder (unused for synthroad).
+
+    Options: ``split`` (laf, cityscapes), ``laf_root`` (fishyscapes-laf), ``require_labels`` (smiyc),
+    ``seed``, ``n_frames``, ``size``, ``obstacles``, ``speed_mps``, ``fps`` (synthroad).
+    """
+    if name == "synthroad":
+        return Synthroad(**options)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if root is None:
+        raise ValueError(f"dataset {name} needs its root folder")
+    if name == "smiyc-anomaly":
+        return SmiycTrack(root, "anomaly", **options)
+    if name == "smiyc-obstacle":
+        return SmiycTrack(root, "obstacle", **options)
+    if name == "laf":
+        return LostAndFound(root, options.pop("split", "test"), "all", **options)
+    if name == "laf-noknown":
+        return LostAndFound(root, "test", "noknown", **options)
+    if name == "fishyscapes-laf":
+        return FishyscapesLAF(root, **options)
+    return Cityscapes(root, **options)

@@ -1,0 +1,402 @@
+"""rosbag2 conversion of benchmark datasets and reading back, with the pure-Python ``rosbags`` library.
+
+A converted bag holds, per frame and all with the same header stamp (and log time):
+
+* ``/camera/image_raw`` — sensor_msgs/Image ``rgb8`` (or ``/camera/image_raw/compressed``,
+  sensor_msgs/CompressedImage, with ``compressed=True``),
+* ``/camera/camera_info`` — sensor_msgs/CameraInfo, when the dataset knows the camera,
+* ``/eval/ood_labels`` — sensor_msgs/Image ``mono8``: 0 in-distribution, 1 anomaly, 255 void,
+* ``/eval/frame_id`` — std_msgs/String, the dataset's frame id (to name frames in reports).
+
+Camera mounting (height, pitch), which CameraInfo cannot carry, goes to the bag's ``custom_data``.
+The numpy <-> message conversion here is for ``rosbags`` message classes only (rclpy messages are
+converted in ``csl_ros.ros``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+IMAGE_TOPIC = "/camera/image_raw"
+COMPRESSED_TOPIC = "/camera/image_raw/compressed"
+INFO_TOPIC = "/camera/camera_info"
+LABEL_TOPIC = "/eval/ood_labels"
+FRAME_ID_TOPIC = "/eval/frame_id"
+CAMERA_FRAME = "camera_optical_frame"
+IMAGE_T = "sensor_msgs/msg/Image"
+COMPRESSED_T = "sensor_msgs/msg/CompressedImage"
+INFO_T = "sensor_msgs/msg/CameraInfo"
+STRING_T = "std_msgs/msg/String"
+DEFAULT_START_NS = 1_700_000_000 * 10**9   # a fixed, plausible epoch: bags are reproducible
+FORMATS = ("mcap", "sqlite3")
+
+
+class BagError(ValueError):
+    """A bag that cannot be read or written; the message names the file and what is wrong."""
+
+
+@lru_cache(maxsize=1)
+def typestore():
+    """ROS 2 message types (Kilted definitions; the message hashes equal Humble's and Jazzy's)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+# --------------------------------------------------------------------------------------------------
+# numpy <-> rosbags messages
+# --------------------------------------------------------------------------------------------------
+
+def _header(stamp_ns: int, frame: str = CAMERA_FRAME):
+    t = typestore().types
+    stamp = t["builtin_interfaces/msg/Time"](sec=int(stamp_ns // 10**9),
+                                             nanosec=int(stamp_ns % 10**9))
+    return t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame)
+
+
+def stamp_ns_of(msg) -> int:
+    return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+
+
+def array_to_image_msg(array: np.ndarray, stamp_ns: int, encoding: str | None = None):
+    """(H, W, 3) uint8 RGB -> ``rgb8``, (H, W) uint8 -> ``mono8`` sensor_msgs/Image."""
+    a = np.ascontiguousarray(array)
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
+        raise ValueError(f"expected (H, W, 3) or (H, W) uint8, got {a.shape} {a.dtype}")
+    enc = encoding or ("rgb8" if a.ndim == 3 else "mono8")
+    h, w = a.shape[:2]
+    channels = 3 if a.ndim == 3 else 1
+    return typestore().types[IMAGE_T](header=_header(stamp_ns), height=h, width=w, encoding=enc,
+                                      is_bigendian=0, step=w * channels,
+                                      data=a.reshape(-1).view(np.uint8))
+
+
+def image_msg_to_array(msg, where: str = "") -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> RGB (H, W, 3) or mono (H, W) uint8."""
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3}
+    enc = msg.encoding
+    if enc not in channels:
+        raise BagError(f"{where}: unsupported image encoding {enc!r}")
+    c = channels[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if step < w * c or data.size < step * h:
+        raise BagError(f"{where}: image data of {data.size} bytes is too short for {h}x{w} "
+                       f"{enc} with step {step}")
+    rows = data[: step * h].reshape(h, step)[:, : w * c]
+    a = rows.reshape(h, w, c) if c > 1 else rows.reshape(h, w)
+    if enc in ("bgr8", "bgra8"):
+        a = a[..., 2::-1]
+    elif c == 4:
+        a = a[..., :3]
+    return np.ascontiguousarray(a)
+
+
+def rgb_to_compressed_msg(rgb: np.ndarray, stamp_ns: int, fmt: str = "jpeg", quality: int = 95):
+    """RGB -> sensor_msgs/CompressedImage as image_transport's ``compressed`` plugin writes it."""
+    import cv2
+
+    ext = {"jpeg": ".jpg", "png": ".png"}[fmt]
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]), params)
+    if not ok:
+        raise ValueError(f"{fmt} encoding failed")
+    return typestore().types[COMPRESSED_T](header=_header(stamp_ns),
+                                           format=f"rgb8; {fmt} compressed bgr8",
+                                           data=buf.reshape(-1))
+
+
+def compressed_msg_to_rgb(msg, where: str = "") -> np.ndarray:
+    import cv2
+
+    img = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BagError(f"{where}: cannot decode the compressed image ({msg.format!r})")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def camera_info_msg(camera: dict, height: int, width: int, stamp_ns: int):
+    """Pinhole CameraInfo (no distortion) from a camera dict with fx, fy, cx, cy."""
+    t = typestore().types
+    fx, fy, cx, cy = (float(camera[k]) for k in ("fx", "fy", "cx", "cy"))
+    k = np.array([fx, 0, cx, 0, fy, cy, 0, 0, 1], np.float64)
+    p = np.array([fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0], np.float64)
+    roi = t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                do_rectify=False)
+    return t[INFO_T](header=_header(stamp_ns), height=height, width=width,
+                     distortion_model="plumb_bob", d=np.zeros(5), k=k,
+                     r=np.eye(3).reshape(-1), p=p, binning_x=0, binning_y=0, roi=roi)
+
+
+def camera_info_to_dict(msg) -> dict:
+    k = np.asarray(msg.k, np.float64)
+    return {"fx": float(k[0]), "fy": float(k[4]), "cx": float(k[2]), "cy": float(k[5]),
+            "height": int(msg.height), "width": int(msg.width)}
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class BagSummary:
+    path: Path
+    storage: str
+    frames: int
+    labelled: int
+    topics: dict
+
+
+def write_bag(records: Iterable, out: str | Path, storage: str = "mcap", compressed: bool = False,
+              compressed_format: str = "jpeg", rate_hz: float = 10.0,
+              start_ns: int = DEFAULT_START_NS, version: int = 8, dataset: str = "",
+              progress: bool = False, total: int | None = None) -> BagSummary:
+    """Write ``records`` (``csl_ros.data.loaders.Record``) as a rosbag2 at ``rate_hz``.
+
+    ``version`` 8 (Jazzy) is read by Jazzy and later; 9 is Kilted's. On any error the partial bag
+    folder is removed and the error re-raised.
+    """
+    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+
+    if storage not in FORMATS:
+        raise ValueError(f"unknown bag format {storage!r}; choose one of {FORMATS}")
+    if not rate_hz > 0:
+        raise ValueError(f"rate must be > 0 Hz, got {rate_hz}")
+    if compressed_format not in ("jpeg", "png"):
+        raise ValueError(f"compressed format must be jpeg or png, got {compressed_format!r}")
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"{out} exists already; rosbag2 writers never overwrite")
+    ts = typestore()
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    writer = Writer(out, version=version, storage_plugin=plugin)
+    period_ns = int(round(1e9 / rate_hz))
+    counts = {"frames": 0, "labelled": 0}
+    conns: dict[str, object] = {}
+    first_camera: dict | None = None
+
+    def conn(topic: str, msgtype: str):
+        if topic not in conns:
+            conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
+        return conns[topic]
+
+    it = records
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(records, total=total, desc=f"bag {out.name}", unit="frame")
+    try:
+        writer.open()
+        for i, rec in enumerate(it):
+            stamp = start_ns + i * period_ns
+            rgb = np.asarray(rec.rgb)
+            if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+                raise ValueError(f"frame {rec.frame_id}: image must be (H, W, 3) uint8, "
+                                 f"got {rgb.shape} {rgb.dtype}")
+            h, w = rgb.shape[:2]
+            if compressed:
+                msg = rgb_to_compressed_msg(rgb, stamp, compressed_format)
+                writer.write(conn(COMPRESSED_TOPIC, COMPRESSED_T), stamp,
+                             ts.serialize_cdr(msg, COMPRESSED_T))
+            else:
+                writer.write(conn(IMAGE_TOPIC, IMAGE_T), stamp,
+                             ts.serialize_cdr(array_to_image_msg(rgb, stamp), IMAGE_T))
+            if rec.camera is not None:
+                first_camera = first_camera or dict(rec.camera)
+                writer.write(conn(INFO_TOPIC, INFO_T), stamp,
+                             ts.serialize_cdr(camera_info_msg(rec.camera, h, w, stamp), INFO_T))
+            if rec.label is not None:
+                lab = np.asarray(rec.label)
+                if lab.shape != (h, w) or lab.dtype != np.uint8:
+                    raise ValueError(f"frame {rec.frame_id}: label must be ({h}, {w}) uint8, "
+                                     f"got {lab.shape} {lab.dtype}")
+                writer.write(conn(LABEL_TOPIC, IMAGE_T), stamp,
+                             ts.serialize_cdr(array_to_image_msg(lab, stamp), IMAGE_T))
+                counts["labelled"] += 1
+            writer.write(conn(FRAME_ID_TOPIC, STRING_T), stamp,
+                         ts.serialize_cdr(ts.types[STRING_T](data=str(rec.frame_id)), STRING_T))
+            counts["frames"] += 1
+        if counts["frames"] == 0:
+            raise ValueError("the dataset yielded no frames; nothing to write")
+        writer.set_custom_data("csl_ros.dataset", dataset)
+        writer.set_custom_data("csl_ros.rate_hz", repr(float(rate_hz)))
+        if first_camera is not None:
+            writer.set_custom_data("csl_ros.camera", json.dumps(first_camera))
+        writer.close()
+    except BaseException as exc:
+        try:
+            writer.abort()
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, WriterError):
+            raise BagError(f"{out}: {exc}") from exc
+        raise
+    return BagSummary(out, storage, counts["frames"], counts["labelled"],
+                      {t: c.msgtype for t, c in conns.items()})
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class BagFrame:
+    stamp_ns: int
+    frame_id: str | None
+    image: np.ndarray                 # (H, W, 3) uint8 RGB
+    labels: np.ndarray | None         # (H, W) uint8 0/1/255, None when the bag has none
+    camera_info: dict | None
+
+
+@dataclass
+class BagReadStats:
+    images: int = 0
+    labels: int = 0
+    matched: int = 0                   # frames with image and labels of the same stamp
+    unmatched_labels: int = 0          # labels without an image of the same stamp
+    notes: list = field(default_factory=list)
+
+
+def _storage_files(path: Path) -> list[Path]:
+    return sorted([*path.glob("*.mcap"), *path.glob("*.db3"), *path.glob("*.zstd")])
+
+
+def _describe(path: Path) -> str:
+    files = _storage_files(path) if path.is_dir() else [path]
+    return ", ".join(str(f) for f in files) or str(path)
+
+
+class BagReader:
+    """Frames of a bag: grouped by header stamp, images decoded, errors naming the file.
+
+    ``frames()`` yields :class:`BagFrame` in stamp order; ``stats`` counts what was matched. A frame
+    is complete once the log time passes its stamp by ``lag_ns`` (0 for converted bags, where all
+    messages of a frame are logged at its stamp).
+    """
+
+    def __init__(self, path: str | Path, image_topic: str | None = None,
+                 labels_topic: str = LABEL_TOPIC, lag_ns: int = 0):
+        from rosbags.rosbag2 import Reader
+
+        self.lag_ns = int(lag_ns)   # for bags whose log times trail the stamps (recorded live)
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"bag not found: {self.path}")
+        if self.path.is_dir() and not (self.path / "metadata.yaml").is_file():
+            raise BagError(f"{self.path}: not a rosbag2 folder (metadata.yaml is missing)")
+        self.stats = BagReadStats()
+        try:
+            self._reader = Reader(self.path)
+            self._reader.open()
+        except Exception as exc:  # rosbags raises ReaderError, sqlite3/zstd/yaml errors, ...
+            raise BagError(f"cannot open bag {_describe(self.path)}: {exc} (the file is truncated, "
+                           f"corrupt or not a rosbag2)") from exc
+        topics = {c.topic: c.msgtype for c in self._reader.connections}
+        self.topics = topics
+        if image_topic is None:
+            image_topic = next((t for t in (IMAGE_TOPIC, COMPRESSED_TOPIC) if t in topics), None)
+            if image_topic is None:
+                self.close()
+                raise BagError(f"{self.path}: no {IMAGE_TOPIC} or {COMPRESSED_TOPIC} topic; the "
+                               f"bag has {sorted(topics)}")
+        elif image_topic not in topics:
+            self.close()
+            raise BagError(f"{self.path}: no topic {image_topic}; the bag has {sorted(topics)}")
+        if topics[image_topic] not in (IMAGE_T, COMPRESSED_T):
+            self.close()
+            raise BagError(f"{self.path}: {image_topic} is {topics[image_topic]}, not an image")
+        self.image_topic, self.labels_topic = image_topic, labels_topic
+        storage = getattr(self._reader, "storage", None)
+        self.custom = dict(getattr(getattr(storage, "metadata", None), "custom", None) or {})
+
+    @property
+    def message_count(self) -> int:
+        return int(self._reader.message_count)
+
+    def close(self) -> None:
+        reader, self._reader = getattr(self, "_reader", None), None
+        if reader is not None:
+            try:
+                reader.close()
+            except Exception:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _decode(self, conn, raw, t_ns):
+        where = f"{_describe(self.path)}: {conn.topic} at {t_ns} ns"
+        try:
+            return typestore().deserialize_cdr(raw, conn.msgtype)
+        except Exception as exc:
+            raise BagError(f"{where}: corrupt message ({exc})") from exc
+
+    def frames(self) -> Iterator[BagFrame]:
+        wanted = {self.image_topic, self.labels_topic, INFO_TOPIC, FRAME_ID_TOPIC}
+        conns = [c for c in self._reader.connections if c.topic in wanted]
+        pending: dict[int, dict] = {}
+
+        def flush(upto: int | None):
+            for stamp in sorted(k for k in pending if upto is None or k < upto):
+                yield from self._emit(stamp, pending.pop(stamp))
+
+        last_t = None
+        try:
+            for conn, t_ns, raw in self._reader.messages(connections=conns):
+                msg = self._decode(conn, raw, t_ns)
+                stamp = stamp_ns_of(msg) if conn.topic != FRAME_ID_TOPIC else t_ns
+                slot = pending.setdefault(stamp, {})
+                slot[conn.topic] = (msg, t_ns)
+                if last_t is not None and t_ns > last_t:
+                    yield from flush(t_ns - self.lag_ns)
+                last_t = t_ns
+        except BagError:
+            raise
+        except Exception as exc:
+            raise BagError(f"{_describe(self.path)}: unreadable after {self.stats.images} "
+                           f"frame(s) ({type(exc).__name__}: {exc}); the file is truncated or "
+                           f"corrupt") from exc
+        yield from flush(None)
+
+    def _emit(self, stamp: int, slot: dict) -> Iterator[BagFrame]:
+        where = f"{_describe(self.path)}: frame at {stamp} ns"
+        if self.labels_topic in slot:
+            self.stats.labels += 1
+        if self.image_topic not in slot:
+            if self.labels_topic in slot:
+                self.stats.unmatched_labels += 1
+            return
+        msg, _ = slot[self.image_topic]
+        if msg.__msgtype__ == COMPRESSED_T:
+            image = compressed_msg_to_rgb(msg, where)
+        else:
+            image = image_msg_to_array(msg, where)
+            if image.ndim == 2:
+                image = np.repeat(image[:, :, None], 3, axis=2)
+        labels = None
+        if self.labels_topic in slot:
+            labels = image_msg_to_array(slot[self.labels_topic][0], where)
+            if labels.ndim != 2 or labels.shape != image.shape[:2]:
+                raise BagError(f"{where}: labels {labels.shape} do not match the image "
+                               f"{image.shape[:2]}")
+            self.stats.matched += 1
+        info = camera_info_to_dict(slot[INFO_TOPIC][0]) if INFO_TOPIC in slot else None
+        fid = slot[FRAME_ID_TOPIC][0].data if FRAME_ID_TOPIC in slot else None
+        self.stats.images += 1
+        yield BagFrame(stamp, fid, image, labels, info)
+
+
+def read_bag(path: str | Path, image_topic: str | None = None,
+             labels_topic: str = LABEL_TOPIC) -> Iterator[BagFrame]:
+    """Iterate the frames of a bag (see :class:`BagReader`)."""
+    with BagReader(path, image_topic, labels_topic) as reader:
+        yield from reader.frames()
