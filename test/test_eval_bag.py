@@ -142,3 +142,28 @@ def test_cli_convert_and_info(tmp_path, capsys):
     assert "/eval/ood_labels" in text and "2 decoded, 2 with labels" in text
     with pytest.raises(ValueError, match="--root is required"):
         cli(["bag", "convert", "--dataset", "laf", "--out", str(tmp_path / "x")])
+
+
+def test_cli_convert_synthroad_round_trip(tmp_path):
+    from csl_ros.data.loaders import Synthroad
+
+    out = tmp_path / "drive"
+    assert cli(["bag", "convert", "--dataset", "synthroad", "--frames", "3", "--size", "48x96",
+                "--seed", "3", "--rate", "5", "--format", "sqlite3", "--out", str(out),
+                "--quiet"]) == 0
+    want = list(Synthroad(seed=3, n_frames=3, size=(48, 96), fps=5.0))
+    with B.BagReader(out) as reader:
+        got = list(reader.frames())
+        assert reader.custom["csl_ros.dataset"] == "synthroad"
+        assert json_camera(reader.custom["csl_ros.camera"])["height_m"] == want[0].camera["height_m"]
+    assert [g.frame_id for g in got] == [w.frame_id for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.image, w.rgb)
+        np.testing.assert_array_equal(g.labels, w.label)
+        assert g.camera_info["fy"] == pytest.approx(w.camera["fy"])
+    assert np.all(np.diff([g.stamp_ns for g in got]) == 200_000_000)
+
+
+def json_camera(text):
+    import json
+    return json.loads(text)
