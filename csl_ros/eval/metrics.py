@@ -320,6 +320,7 @@ class PixelResult:
     n_pos: int
     n_neg: int
     ap: float | None
+    ap_trapezoid: float | None             # the benchmark's AP rule before Aug 2023, for old tables
     auroc: float | None
     fpr95: float | None
     tpr95_threshold: float | None
@@ -375,7 +376,8 @@ def _exact_curve_metrics(pos_by_value: np.ndarray, neg_by_value: np.ndarray,
     fp = np.concatenate(([0.0], np.cumsum(neg_by_value[nz][::-1])))
     thresholds = np.concatenate(([np.inf], values))
     n_pos, n_neg = tp[-1], fp[-1]
-    out = {"n_pos": int(n_pos), "n_neg": int(n_neg), "ap": None, "auroc": None, "fpr95": None,
+    out = {"n_pos": int(n_pos), "n_neg": int(n_neg), "ap": None, "ap_trapezoid": None,
+           "auroc": None, "fpr95": None,
            "tpr95_threshold": None, "best_f1": None, "best_f1_threshold": None, "curve": {}}
     if n_pos == 0:
         return out
@@ -384,6 +386,7 @@ def _exact_curve_metrics(pos_by_value: np.ndarray, neg_by_value: np.ndarray,
     precision = np.ones_like(tp)
     precision[n_pred > 0] = tp[n_pred > 0] / n_pred[n_pred > 0]
     out["ap"] = float(np.sum(np.diff(recall) * precision[1:]))
+    out["ap_trapezoid"] = _trapezoid(precision, recall)
     f1 = _safe_div(2 * tp, 2 * tp + fp + (n_pos - tp))
     ix = int(np.nanargmax(f1))
     out["best_f1"] = float(f1[ix])
@@ -466,8 +469,8 @@ class PixelAccumulator:
                          + (" ..." if len(self.void_frames) > 5 else ""))
         base = dict(protocol=self.protocol, n_frames=self.n_frames,
                     n_frames_void=len(self.void_frames), n_pos=self._n_pos, n_neg=self._n_neg)
-        empty = dict(ap=None, auroc=None, fpr95=None, tpr95_threshold=None, best_f1=None,
-                     best_f1_threshold=None, best_f1_point_threshold=None,
+        empty = dict(ap=None, ap_trapezoid=None, auroc=None, fpr95=None, tpr95_threshold=None,
+                     best_f1=None, best_f1_threshold=None, best_f1_point_threshold=None,
                      component_threshold=None)
         ap_rule = "step sum: sum(diff(recall) * precision[1:])"
         if self._n_pos + self._n_neg == 0:
@@ -485,7 +488,8 @@ class PixelAccumulator:
             thr = m["best_f1_threshold"]
             # score >= thr  <=>  score > (the next float16 below thr), for float16 scores
             comp_thr = float(np.nextafter(np.float16(thr), np.float16(-np.inf)))
-            return PixelResult(ap_rule=ap_rule, **base, ap=m["ap"], auroc=m["auroc"],
+            return PixelResult(ap_rule=ap_rule, **base, ap=m["ap"], ap_trapezoid=m["ap_trapezoid"],
+                               auroc=m["auroc"],
                                fpr95=m["fpr95"], tpr95_threshold=m["tpr95_threshold"],
                                best_f1=m["best_f1"], best_f1_threshold=thr,
                                best_f1_point_threshold=thr, component_threshold=comp_thr,
@@ -547,7 +551,8 @@ class PixelAccumulator:
         ix = int(np.nanargmax(f1))
         best_thr = reported_threshold(ix, "best-F1 threshold")
         curve = (_curve_dict(recall, precision, tpr, fpr, point_thr, [ix]) if with_curve else {})
-        return PixelResult(ap_rule=ap_rule, **base, ap=ap, auroc=auroc, fpr95=fpr95,
+        return PixelResult(ap_rule=ap_rule, **base, ap=ap,
+                           ap_trapezoid=_trapezoid(precision, recall), auroc=auroc, fpr95=fpr95,
                            tpr95_threshold=tpr95_thr, best_f1=float(f1[ix]),
                            best_f1_threshold=best_thr,
                            best_f1_point_threshold=float(point_thr[ix]),
