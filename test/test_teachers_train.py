@@ -1,0 +1,139 @@
+"""Teachers: segmenter training loop (loss decreases, exact resume), fit-stats CLI."""
+import argparse
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from csl_ros.teachers import cli as teacher_cli
+from csl_ros.teachers.segmenter import ClosedSetSegmenter, load_segmenter, preset, save_segmenter
+from csl_ros.teachers.segmenter_train import (SegmenterTrainConfig, augment, evaluate_miou,
+                                              train_segmenter)
+from csl_ros.teachers.stats import TeacherStats, file_sha256
+from csl_ros.teachers.teacher import build_teacher
+
+torch.set_num_threads(2)
+
+COLOURS = np.array([[128, 64, 128], [244, 35, 232], [70, 70, 70], [107, 142, 35], [70, 130, 180]],
+                   np.uint8)
+
+
+class ToyScenes:
+    """Frames of horizontal colour bands (sky/building/vegetation/sidewalk/road order shuffled
+    per frame), label = band class; a colour→class task a segmenter learns in a few steps."""
+
+    def __init__(self, n=4, size=(64, 128)):
+        self.items = []
+        rng = np.random.default_rng(0)
+        h, w = size
+        for _ in range(n):
+            order = rng.permutation(5)
+            bounds = np.sort(rng.choice(np.arange(8, h - 8), 4, replace=False))
+            lab = np.zeros((h, w), np.uint8)
+            edges = [0, *bounds, h]
+            for b, c in enumerate(order):
+                lab[edges[b]:edges[b + 1]] = c
+            img = COLOURS[lab].astype(np.int16) + rng.integers(-12, 13, (h, w, 3))
+            lab[:, :3] = 255  # a void strip
+            self.items.append((np.clip(img, 0, 255).astype(np.uint8), lab))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path / "run"), preset="lraspp_mobilenet_v3_large", render_size=(64, 128),
+                crop_size=(64, 128), scale_range=(0.9, 1.1), steps=20, batch_size=2, lr=2e-3,
+                warmup_steps=0, log_every=5, checkpoint_every=10, progress=False, save_dtype="float32")
+    base.update(kw)
+    return SegmenterTrainConfig(**base)
+
+
+def test_augment_keeps_image_label_alignment_and_void():
+    img, lab = ToyScenes(1)[0]
+    cfg = SegmenterTrainConfig(crop_size=(48, 96), scale_range=(0.5, 2.0), color_jitter=0.0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        x, y = augment(img, lab, cfg, gen)
+        assert x.shape == (3, 48, 96) and y.shape == (48, 96)
+        assert set(torch.unique(y).tolist()) <= {0, 1, 2, 3, 4, 255}
+        # every labelled pixel still has (close to) its class colour: geometry moved both alike
+        keep = y != 255
+        colours = torch.from_numpy(COLOURS).float() / 255
+        err = (x.permute(1, 2, 0)[keep] - colours[y[keep]]).abs().amax(1)
+        assert float((err < 0.2).float().mean()) > 0.9
+
+
+def test_loss_decreases_and_log_checkpoint_segmenter_written(tmp_path):
+    data = ToyScenes()
+    res = train_segmenter(_cfg(tmp_path), dataset=data, val_dataset=data)
+    losses = [v for _, v in res.losses]
+    assert len(losses) == 20
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+    rows = list(csv.DictReader(open(res.log_path)))
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+    model = load_segmenter(res.segmenter_path)
+    assert model.config.arch == "lraspp_mobilenet_v3_large"
+    miou, per_class = evaluate_miou(model, data)
+    assert miou == pytest.approx(res.miou) and 0 <= miou <= 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["miou"] == pytest.approx(miou)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    data = ToyScenes()
+    kw = dict(steps=4, checkpoint_every=2)
+    straight = train_segmenter(_cfg(tmp_path / "a", **kw), dataset=data)
+    first = train_segmenter(_cfg(tmp_path / "b", **kw), dataset=data, stop_at_step=2)  # interrupted
+    assert [s for s, _ in first.losses] == [0, 1]
+    assert torch.load(first.checkpoint_path, weights_only=True)["step"] == 2
+    resumed = train_segmenter(_cfg(tmp_path / "b", **kw), dataset=data)
+    assert [s for s, _ in resumed.losses] == [2, 3]
+    assert [v for _, v in first.losses + resumed.losses] == pytest.approx([v for _, v in straight.losses],
+                                                                          rel=1e-6)
+    a = load_segmenter(straight.segmenter_path).state_dict()
+    b = load_segmenter(resumed.segmenter_path).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    with pytest.raises(ValueError, match="last.pt.*preset"):
+        train_segmenter(_cfg(tmp_path / "b", steps=8, preset="fpn_resnet18", num_classes=5), dataset=data)
+
+
+def _parser():
+    p = argparse.ArgumentParser()
+    teacher_cli.register(p.add_subparsers(dest="command"))
+    return p
+
+
+def test_fit_stats_cli_on_an_image_folder(tmp_path):
+    import cv2
+
+    folder = tmp_path / "imgs" / "sub"
+    folder.mkdir(parents=True)
+    for i, (img, _) in enumerate(ToyScenes(3, size=(60, 100))):
+        cv2.imwrite(str(folder / f"f{i}.png"), img[:, :, ::-1])
+    torch.manual_seed(0)
+    seg = save_segmenter(ClosedSetSegmenter(preset("lraspp_mobilenet_v3_large")).eval(),
+                         tmp_path / "seg.safetensors")
+    args = _parser().parse_args(["teacher", "fit-stats", "--segmenter", str(seg), "--data", "images",
+                                 "--root", str(tmp_path / "imgs"), "--size", "64x128", "--quiet",
+                                 "--reservoir", "5000"])
+    assert args.func(args) == 0
+    stats = TeacherStats.load(tmp_path / "seg.stats.json")
+    assert stats.segmenter_sha256 == file_sha256(seg)
+    assert stats.fit_info["images"] == 3 and stats.fit_info["pixels"] == 3 * 64 * 128
+    assert stats.fit_info["data"] == "images" and stats.fit_info["size"] == [64, 128]
+    assert sum(stats.class_count) == 3 * 64 * 128
+    out = build_teacher("sml", seg, device="cpu")(torch.from_numpy(ToyScenes(1)[0][0]).permute(2, 0, 1)[None])
+    assert out.score_map.shape == (1, 1, 64, 128)
+    bad = _parser().parse_args(["teacher", "fit-stats", "--segmenter", str(seg), "--data", "images",
+                                "--root", str(tmp_path / "nothing")])
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        bad.func(bad)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["teacher", "fit-stats", "--segmenter", str(seg), "--data", "images",
+                              "--size", "64by128"])
