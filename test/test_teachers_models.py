@@ -8,7 +8,7 @@ from torch import nn
 
 from csl_ros.config import TEACHERS
 from csl_ros.teachers.onnx_runner import OnnxModel, set_onnx_metadata
-from csl_ros.teachers.scores import SCORE_FUNCTIONS
+from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score
 from csl_ros.teachers.segmenter import (ARCHS, IMAGENET_MEAN, IMAGENET_STD, ClosedSetSegmenter,
                                         PRESETS, SegmenterConfig, load_segmenter, preset,
                                         save_segmenter, to_unit_float)
@@ -155,6 +155,7 @@ def test_build_teacher_all_logit_teachers(small_segmenter, tmp_path):
         assert float(out.score_map.min()) >= 0 and float(out.score_map.max()) <= 1
         assert out.logits.shape == (2, 19, 64, 128) and out.segmentation.shape == (2, 64, 128)
         torch.testing.assert_close(out.segmentation, out.logits.argmax(1))
+        torch.testing.assert_close(out.raw_score, compute_score(name, out.logits, stats))
         # global: the map is the stored calibration of each pixel's raw score, whatever the batch
         torch.testing.assert_close(teacher.calibration(out.raw_score[1:]), out.score_map[1:])
         alone = teacher(img[1:])  # same up to the network's batch-size float noise

@@ -77,13 +77,14 @@ def standardized_max_logit(logits: torch.Tensor, class_mean: torch.Tensor, class
     """
     check_logits(logits)
     k = logits.shape[1]
-    class_mean = torch.as_tensor(class_mean, dtype=torch.float32, device=logits.device).flatten()
-    class_std = torch.as_tensor(class_std, dtype=torch.float32, device=logits.device).flatten()
+    class_mean = torch.as_tensor(class_mean, dtype=torch.float32).flatten()
+    class_std = torch.as_tensor(class_std, dtype=torch.float32).flatten()
     if class_mean.numel() != k or class_std.numel() != k:
         raise ValueError(f"SML statistics have {class_mean.numel()} means and {class_std.numel()} "
                          f"standard deviations but the logits have K={k} classes")
-    if not bool((class_std > 0).all()):
+    if class_std.device.type == "cpu" and not bool((class_std > 0).all()):  # no GPU sync per frame
         raise ValueError("SML class standard deviations must all be > 0")
+    class_mean, class_std = class_mean.to(logits.device), class_std.to(logits.device)
     max_logit, pred = logits.float().max(dim=1)
     s = -(max_logit - class_mean[pred]) / class_std[pred]
     return s.unsqueeze(1), pred

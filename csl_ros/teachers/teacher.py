@@ -19,7 +19,7 @@ import torch
 
 from csl_ros.config import TEACHERS
 from csl_ros.teachers.calibration import Calibration
-from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score
+from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score, sml_score
 from csl_ros.teachers.stats import TeacherStats, default_stats_path, file_sha256
 
 TEACHER_NAMES = tuple(t for t in TEACHERS if t != "none")
@@ -45,30 +45,40 @@ class Teacher:
     """
 
     def __init__(self, name: str, model, score_fn: str, calibration: Calibration,
-                 stats: TeacherStats | None = None, device: str | torch.device = "cpu"):
+                 stats: TeacherStats | None = None, device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
         if score_fn not in SCORE_FUNCTIONS + ("map",):
             raise ValueError(f"unknown score function {score_fn!r}")
         if score_fn == "sml" and (stats is None or not stats.has_class_stats):
             raise ValueError("the sml teacher needs class-wise statistics (teacher stats file)")
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
         self.name = name
         self.score_fn = score_fn
         self.calibration = calibration
         self.stats = stats
         self.device = torch.device(device)
+        # fp16 only on CUDA and only for the network; scores are computed in float32.
+        self.autocast = precision == "fp16" and self.device.type == "cuda"
         self.model = model.to(self.device).eval()
+        self._sml = None
+        if score_fn == "sml":
+            self._sml = (torch.tensor(stats.class_mean, dtype=torch.float32, device=self.device),
+                         stats.class_std.to(self.device), dict(stats.sml_params))
 
     @property
     def is_global(self) -> bool:
         return self.calibration.is_global
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> TeacherOutput:
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if images.dim() == 3:
             raise ValueError("images must be batched B×3×H×W (got a single 3-D image; add a batch dim)")
         images = images.to(self.device)
-        out = self.model(images)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):
+            out = self.model(images)
         if self.score_fn == "map":
             if out.shape[1] != 1:
                 raise ValueError(f"the {self.name} teacher expected a 1-channel anomaly map, got "
@@ -80,7 +90,11 @@ class Teacher:
             if self.stats is not None and self.stats.num_classes != logits.shape[1]:
                 raise ValueError(f"the teacher statistics are for {self.stats.num_classes} classes but "
                                  f"the model gives {logits.shape[1]}")
-            raw = compute_score(self.score_fn, logits, self.stats)
+            if self._sml is not None:
+                mean, std, params = self._sml
+                raw = sml_score(logits, mean, std, **params)
+            else:
+                raw = compute_score(self.score_fn, logits, self.stats)
             seg = logits.argmax(dim=1)
         return TeacherOutput(score_map=self.calibration(raw), raw_score=raw, logits=logits,
                              segmentation=seg)
@@ -136,7 +150,7 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
                   onnx_path: str | os.PathLike = "", device: str | torch.device = "auto", *,
                   calibration: str | None = None, onnx_score: str | None = None,
                   onnx_input_normalization: str | None = None, segmenter_preset: str | None = None,
-                  verify_stats: bool = True) -> Teacher:
+                  verify_stats: bool = True, precision: str = "fp32") -> Teacher:
     """Build teacher ``name`` ∈ {msp, maxlogit, sml, entropy, energy, onnx}.
 
     * Logit teachers load the closed-set segmenter ``segmenter_path`` (empty: the shipped synthroad
@@ -149,6 +163,7 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
       model they were fitted with, a different model file is refused (``verify_stats``).
     * ``calibration`` overrides the stored method: logistic, quantile_linear (refitted from the stored
       quantiles), identity, or per_image_minmax (**ablation only**, not comparable across images).
+    * ``precision``: ``fp16`` runs the segmenter under CUDA autocast (ignored on CPU and for ONNX).
     """
     if name == "none":
         raise ValueError("teacher 'none' has no teacher to build (scheme 1 needs none)")
@@ -184,7 +199,7 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
                              f"outputs {model.num_channels}")
         cal = _choose_calibration(score_fn, stats, calibration, where=str(stats_path or
                                                                           default_stats_path(path)))
-        return Teacher(name, model, score_fn, cal, stats, dev)
+        return Teacher(name, model, score_fn, cal, stats, dev)  # ONNX: precision is the model's
 
     from csl_ros.teachers.segmenter import load_segmenter
 
@@ -202,4 +217,4 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
     model = load_segmenter(model_path, segmenter_preset, device=dev,
                            expected_num_classes=stats.num_classes if stats is not None else None)
     cal = _choose_calibration(name, stats, calibration, where=str(stats_path or default_stats_path(model_path)))
-    return Teacher(name, model, name, cal, stats, dev)
+    return Teacher(name, model, name, cal, stats, dev, precision=precision)
