@@ -137,3 +137,30 @@ def test_fit_stats_cli_on_an_image_folder(tmp_path):
     with pytest.raises(SystemExit):
         _parser().parse_args(["teacher", "fit-stats", "--segmenter", str(seg), "--data", "images",
                               "--size", "64by128"])
+
+
+def test_fit_stats_cli_on_a_cityscapes_layout(tmp_path):
+    import cv2
+
+    for i, (img, lab) in enumerate(ToyScenes(2, size=(64, 128))):
+        d_img = tmp_path / "cs" / "leftImg8bit" / "train" / "aachen"
+        d_gt = tmp_path / "cs" / "gtFine" / "train" / "aachen"
+        d_img.mkdir(parents=True, exist_ok=True)
+        d_gt.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d_img / f"aachen_{i:06d}_000019_leftImg8bit.png"), img[:, :, ::-1])
+        cv2.imwrite(str(d_gt / f"aachen_{i:06d}_000019_gtFine_labelTrainIds.png"), lab)
+    torch.manual_seed(0)
+    seg = save_segmenter(ClosedSetSegmenter(preset("lraspp_mobilenet_v3_large")).eval(),
+                         tmp_path / "seg.pt")
+    out = tmp_path / "stats" / "cs.json"
+    args = _parser().parse_args(["teacher", "fit-stats", "--segmenter", str(seg), "--data", "cityscapes",
+                                 "--root", str(tmp_path / "cs"), "--size", "32x64", "--quiet",
+                                 "--out", str(out), "--calibration", "quantile_linear"])
+    assert args.func(args) == 0
+    stats = TeacherStats.load(out)
+    assert stats.fit_info["data"] == "cityscapes" and stats.fit_info["images"] == 2
+    assert stats.calibration["sml"].method == "quantile_linear"
+    missing = _parser().parse_args(["teacher", "fit-stats", "--segmenter", str(seg), "--data",
+                                    "cityscapes"])
+    with pytest.raises(ValueError, match="--root"):
+        missing.func(missing)
