@@ -69,19 +69,40 @@ def test_augment_keeps_image_label_alignment_and_void():
         assert float((err < 0.2).float().mean()) > 0.9
 
 
-def test_loss_decreases_and_log_checkpoint_segmenter_written(tmp_path):
-    data = ToyScenes()
-    res = train_segmenter(_cfg(tmp_path), dataset=data, val_dataset=data)
+def test_loss_decreases_on_synthroad_and_log_checkpoint_segmenter_written(tmp_path):
+    # the default dataset: two synthroad frames without obstacles, rendered at 64×128
+    cfg = _cfg(tmp_path, first_seed=0, frames=2, val_frames=2, val_first_seed=1_000_000)
+    res = train_segmenter(cfg)
     losses = [v for _, v in res.losses]
     assert len(losses) == 20
     assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
     rows = list(csv.DictReader(open(res.log_path)))
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     model = load_segmenter(res.segmenter_path)
     assert model.config.arch == "lraspp_mobilenet_v3_large"
-    miou, per_class = evaluate_miou(model, data)
-    assert miou == pytest.approx(res.miou) and 0 <= miou <= 1
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["miou"] == pytest.approx(miou)
+    assert 0 <= res.miou <= 1 and len(res.per_class_iou) == 19
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["miou"] == pytest.approx(res.miou)
+
+
+def test_evaluate_miou_by_hand():
+    class Fixed(torch.nn.Module):  # predicts class 0 on the left half, class 1 on the right
+        num_classes = 3
+
+        def forward(self, x):
+            z = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+            z[:, 0, :, : x.shape[-1] // 2] = 1
+            z[:, 1, :, x.shape[-1] // 2:] = 1
+            return z
+
+    lab = np.zeros((2, 4), np.uint8)
+    lab[:, 3] = 1
+    lab[0, 0] = 255
+    data = [(np.zeros((2, 4, 3), np.uint8), lab)]
+    miou, iou = evaluate_miou(Fixed(), data)
+    # class 0: tp 3 (cols 0-1 minus the void), pred 3, gt 5 → 3/5; class 1: tp 2, pred 4, gt 2 → 2/4
+    assert iou[0] == pytest.approx(3 / 5) and iou[1] == pytest.approx(0.5) and np.isnan(iou[2])
+    assert miou == pytest.approx((3 / 5 + 0.5) / 2)
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
@@ -164,3 +185,15 @@ def test_fit_stats_cli_on_a_cityscapes_layout(tmp_path):
                                     "cityscapes"])
     with pytest.raises(ValueError, match="--root"):
         missing.func(missing)
+
+
+def test_fit_stats_cli_on_synthroad(tmp_path):
+    torch.manual_seed(0)
+    seg = save_segmenter(ClosedSetSegmenter(preset("lraspp_mobilenet_v3_large")).eval(),
+                         tmp_path / "seg.safetensors")
+    args = _parser().parse_args(["teacher", "fit-stats", "--segmenter", str(seg), "--data", "synthroad",
+                                 "--frames", "2", "--first-seed", "5", "--size", "64x128", "--quiet"])
+    assert args.func(args) == 0
+    stats = TeacherStats.load(tmp_path / "seg.stats.json")
+    assert stats.fit_info["seeds"] == [5, 6] and stats.fit_info["obstacles"] == "none"
+    assert stats.fit_info["pixels"] == 2 * 64 * 128
