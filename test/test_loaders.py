@@ -111,3 +111,173 @@ def test_laf_incomplete_split_and_missing_files(tmp_path):
         L.laf(tmp_path / "nope")
     with pytest.raises(ValueError, match="NoKnown subset is defined on the LostAndFound test"):
         L.laf_select([fid], "train", "noknown")
+
+
+# ------------------------------------------------------------------------------------------------
+# fixture trees written by synthroad's dataset writers
+# ------------------------------------------------------------------------------------------------
+
+SIZE = (64, 128)
+
+
+@pytest.fixture(scope="module")
+def synth_frames():
+    from csl_ros.data.synthroad import render_frame
+    return {"anomaly": [render_frame(s, SIZE, "anomaly") for s in (1, 2)],
+            "obstacle": [render_frame(s, SIZE, "obstacle") for s in (3, 4)]}
+
+
+def close_rgb(a, b, tol=12.0):
+    """Lossy formats (jpg/webp) change pixel values slightly: compare the mean abs difference."""
+    assert a.shape == b.shape and a.dtype == np.uint8
+    assert np.abs(a.astype(float) - b).mean() < tol
+
+
+def test_smiyc_tracks_from_writers(tmp_path, synth_frames):
+    from csl_ros.data.writers import SmiycWriter
+
+    wa = SmiycWriter(tmp_path, "anomaly")
+    wo = SmiycWriter(tmp_path, "obstacle", prefix="gravel")
+    for i, f in enumerate(synth_frames["anomaly"]):
+        wa.write(f, i)
+    for i, f in enumerate(synth_frames["obstacle"]):
+        wo.write(f, i)
+    wo2 = SmiycWriter(tmp_path, "obstacle", prefix="snowstorm")
+    wo2.write(synth_frames["obstacle"][0], 7)
+    at = L.open_dataset("smiyc-anomaly", tmp_path)
+    assert at.frame_ids == ["validation0000", "validation0001"]
+    for rec, f in zip(at, synth_frames["anomaly"]):
+        np.testing.assert_array_equal(rec.label, f.ood_labels)
+        close_rgb(rec.rgb, f.image)
+        assert rec.camera is None
+    ot = L.smiyc_obstacle(tmp_path / "dataset_ObstacleTrack")     # the track folder works too
+    assert ot.frame_ids == ["gravel_000000", "gravel_000001", "snowstorm_000007"]
+    assert L.smiyc_obstacle(tmp_path, scenes=["gravel"]).frame_ids == ot.frame_ids[:2]
+    rec = ot[1]
+    np.testing.assert_array_equal(rec.label, synth_frames["obstacle"][1].ood_labels)
+    assert set(np.unique(rec.label)) <= {0, 1, 255} and (rec.label == 1).any()
+    # Test frames without labels: skipped, or yielded with label None.
+    (tmp_path / "dataset_AnomalyTrack" / "labels_masks" / "validation0001_labels_semantic.png").unlink()
+    assert len(L.smiyc_anomaly(tmp_path)) == 1
+    unlabelled = L.smiyc_anomaly(tmp_path, require_labels=False)
+    assert len(unlabelled) == 2 and unlabelled[1].label is None
+
+
+def test_lostandfound_from_writers(tmp_path, synth_frames):
+    from csl_ros.data.writers import LostAndFoundWriter
+
+    w = LostAndFoundWriter(tmp_path, "test")
+    frames = synth_frames["obstacle"]
+    for i, f in enumerate(frames):
+        w.write(f, 4, "Maurener_Weg_8", seq=0, frame_no=10 * (i + 1))
+    ds = L.open_dataset("laf", tmp_path)
+    assert ds.frame_ids == ["04_Maurener_Weg_8_000000_000010", "04_Maurener_Weg_8_000000_000020"]
+    for rec, f in zip(ds, frames):
+        np.testing.assert_array_equal(rec.rgb, f.image)                 # png: lossless
+        # free space -> 0, obstacle ids -> 1, id 0 -> void: the SMIYC obstacle encoding
+        np.testing.assert_array_equal(rec.label, f.ood_labels)
+        for key in ("fx", "fy", "cx", "cy", "height_m", "pitch_deg"):
+            assert rec.camera[key] == pytest.approx(getattr(f.camera, key)), key
+
+
+def test_cityscapes_from_writers(tmp_path, synth_frames):
+    from csl_ros.data.writers import CityscapesWriter
+
+    w = CityscapesWriter(tmp_path, "val", city="frankfurt")
+    frames = synth_frames["anomaly"]
+    paths = [w.write(f, seq=i) for i, f in enumerate(frames)]
+    ds = L.open_dataset("cityscapes", tmp_path, split="val")
+    assert ds.frame_ids == ["frankfurt_000000_000019", "frankfurt_000001_000019"]
+    for rec, f in zip(ds, frames):
+        np.testing.assert_array_equal(rec.semantic, f.train_ids)
+        np.testing.assert_array_equal(rec.label, np.where(f.train_ids == 255, 255, 0))
+        np.testing.assert_array_equal(rec.rgb, f.image)
+        assert rec.camera["height_m"] == pytest.approx(f.camera.height_m)
+    # Without labelTrainIds the labelIds are mapped to the same trainIds.
+    paths[0]["train_ids"].unlink()
+    np.testing.assert_array_equal(ds[0].semantic, frames[0].train_ids)
+
+
+def test_fishyscapes_layouts(tmp_path, synth_frames):
+    from csl_ros.data.writers import LostAndFoundWriter
+
+    frames = synth_frames["obstacle"]
+    w = LostAndFoundWriter(tmp_path / "laf", "train")
+    fids = []
+    for i, f in enumerate(frames):
+        p = w.write(f, 13, "Elly_Beinhorn_Str", seq=i, frame_no=50)
+        fids.append(p["image"].name[:-len("_leftImg8bit.png")])
+    labels = tmp_path / "fs" / "fishyscapes_lostandfound"
+    labels.mkdir(parents=True)
+    for i, (fid, f) in enumerate(zip(fids, frames)):
+        raw = f.ood_labels.copy()
+        raw[raw == 255] = 7                 # any other value is void too
+        cv2.imwrite(str(labels / f"{i:04d}_{fid}_labels.png"), raw)
+    ds = L.open_dataset("fishyscapes-laf", tmp_path / "fs", laf_root=tmp_path / "laf")
+    assert ds.frame_ids == sorted(fids)
+    for rec, f in zip(ds, frames):
+        np.testing.assert_array_equal(rec.label, f.ood_labels)
+        np.testing.assert_array_equal(rec.rgb, f.image)
+    # RbA-style flat image folder next to the labels
+    flat = tmp_path / "fs" / "laf_images"
+    flat.mkdir()
+    for fid, f in zip(fids, frames):
+        cv2.imwrite(str(flat / f"{fid}_leftImg8bit.png"), f.image[:, :, ::-1])
+    assert len(L.FishyscapesLAF(tmp_path / "fs")) == 2
+    (flat / f"{fids[1]}_leftImg8bit.png").unlink()
+    with pytest.raises(FileNotFoundError, match=f"1 Fishyscapes frame.*{fids[1]}"):
+        L.FishyscapesLAF(tmp_path / "fs")
+
+
+def test_synthroad_loader_matches_render_sequence():
+    from csl_ros.data.synthroad import render_sequence
+
+    ds = L.open_dataset("synthroad", seed=5, n_frames=2, size=SIZE, obstacles="anomaly")
+    recs = list(ds)
+    want = list(render_sequence(5, 2, size=SIZE, obstacles="anomaly"))
+    assert [r.frame_id for r in recs] == ["synthroad_s5_000000", "synthroad_s5_000001"]
+    for r, f in zip(recs, want):
+        np.testing.assert_array_equal(r.rgb, f.image)
+        np.testing.assert_array_equal(r.label, f.ood_labels)
+        np.testing.assert_array_equal(r.semantic, f.train_ids)
+        assert r.camera["pitch_deg"] == f.camera.pitch_deg
+    np.testing.assert_array_equal(ds[1].label, want[1].ood_labels)
+
+
+def test_malformed_trees_and_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="SMIYC root not found"):
+        L.smiyc_anomaly(tmp_path / "none")
+    (tmp_path / "dataset_ObstacleTrack" / "images").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no \\*.webp images in .*dataset_ObstacleTrack/images"):
+        L.smiyc_obstacle(tmp_path)
+    cv2.imwrite(str(tmp_path / "dataset_ObstacleTrack" / "images" / "a_000000.webp"),
+                np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match="labels folder not found.*labels_masks"):
+        L.smiyc_obstacle(tmp_path)
+    with pytest.raises(FileNotFoundError, match="Cityscapes gtFine folder not found"):
+        (tmp_path / "cs" / "leftImg8bit" / "val").mkdir(parents=True)
+        L.Cityscapes(tmp_path / "cs")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        L.open_dataset("kitti", tmp_path)
+    # a truncated image and odd label files
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((16, 16, 3), 9, np.uint8))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(ValueError, match="cannot decode image .*bad.png"):
+        L.read_rgb(bad)
+    with pytest.raises(ValueError, match="cannot decode label file .*bad.png"):
+        L.read_label_png(bad)
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 1] = 1
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgb)
+    with pytest.raises(ValueError, match="3 distinct channels"):
+        L.read_label_png(tmp_path / "rgb.png")
+    from PIL import Image
+    pal = Image.fromarray(np.array([[0, 1], [255, 1]], np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 200, 10, 10] + [0, 0, 0] * 253 + [255, 255, 255])
+    pal.save(tmp_path / "pal.png")
+    np.testing.assert_array_equal(L.read_label_png(tmp_path / "pal.png"), [[0, 1], [255, 1]])
+    with pytest.raises(ValueError, match="malformed camera file"):
+        (tmp_path / "c.json").write_text("{}")
+        L.camera_from_cityscapes_json(tmp_path / "c.json")
