@@ -1,7 +1,6 @@
 """Teachers: segmenter presets and checkpoints, ONNX round trip, build_teacher."""
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -9,7 +8,7 @@ from torch import nn
 from csl_ros.config import TEACHERS
 from csl_ros.teachers.onnx_runner import OnnxModel, set_onnx_metadata
 from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score
-from csl_ros.teachers.segmenter import (ARCHS, IMAGENET_MEAN, IMAGENET_STD, ClosedSetSegmenter,
+from csl_ros.teachers.segmenter import (IMAGENET_MEAN, IMAGENET_STD, ClosedSetSegmenter,
                                         PRESETS, SegmenterConfig, load_segmenter, preset,
                                         save_segmenter, to_unit_float)
 from csl_ros.teachers.stats import StatsAccumulator, default_stats_path, file_sha256

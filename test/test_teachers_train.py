@@ -69,6 +69,7 @@ def test_augment_keeps_image_label_alignment_and_void():
         assert float((err < 0.2).float().mean()) > 0.9
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_synthroad_and_log_checkpoint_segmenter_written(tmp_path):
     # the default dataset: two synthroad frames without obstacles, rendered at 64×128
     cfg = _cfg(tmp_path, first_seed=0, frames=2, val_frames=2, val_first_seed=1_000_000)
@@ -105,6 +106,7 @@ def test_evaluate_miou_by_hand():
     assert miou == pytest.approx((3 / 5 + 0.5) / 2)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     data = ToyScenes()
     kw = dict(steps=4, checkpoint_every=2)

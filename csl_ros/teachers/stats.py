@@ -39,7 +39,6 @@ QUANTILE_PROBS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.99
 # "map" is the raw output of a one-channel ONNX teacher (usually already a probability).
 DEFAULT_CALIBRATION = {"msp": "identity", "entropy": "identity", "maxlogit": "logistic",
                        "sml": "logistic", "energy": "logistic", "map": "identity"}
-LOGIT_SCORES = ("msp", "maxlogit", "entropy", "energy", "sml")
 
 
 def default_stats_path(checkpoint: str | os.PathLike) -> Path:
