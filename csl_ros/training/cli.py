@@ -1,0 +1,186 @@
+"""``csl-ros train``: train the CSL student or the closed-set segmenter (teacher base).
+
+  csl-ros train student --scheme ca --config my.yaml --set optim.max_steps=20000 --out runs/ca
+  csl-ros train student --scheme 1 --set student.teacher=sml --set student.teacher_path=seg.safetensors
+  torchrun --nproc_per_node 8 -m csl_ros train student --scheme ca --set data.dataset=cityscapes \\
+      --set data.root=/data/cityscapes            # multi-GPU (nccl) or multi-process CPU (gloo)
+  csl-ros train segmenter --set steps=2000 --out runs/segmenter
+
+Student settings are the sections of ``csl_ros.training.config.TrainConfig`` (data, optim, student,
+run; defaults = the Mask2Former recipe of the spec); ``--set section.key=value`` (or ``key=value``
+when the key is unique) overrides a YAML ``--config``. A run resumes from ``<out>/last.pt`` when it
+exists (``--no-resume`` starts afresh, ``--resume PATH`` picks a checkpoint).
+The segmenter is trained by ``csl_ros.teachers.segmenter_train`` (its own flat config,
+``--set key=value`` on ``SegmenterTrainConfig``), reading the same synthroad frame cache.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train the CSL student or the closed-set segmenter",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="train_command", metavar="WHAT")
+    sub.required = True
+
+    s = sub.add_parser("student", help="class-agnostic (ca) or scheme-1 (distilled) CSL student",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--scheme", choices=("ca", "1"), help="ca: regions only; 1: + distillation head and "
+                   "Huber loss against a frozen teacher (overrides student.scheme)")
+    _common(s)
+    s.add_argument("--export-fp16", type=Path, default=None, metavar="PATH",
+                   help="also write a float16 copy of the final student here (for shipping)")
+    s.add_argument("--prepare-only", action="store_true",
+                   help="only render / check the training data (fills the synthroad cache), then exit")
+    s.set_defaults(func=run_student)
+
+    g = sub.add_parser("segmenter", help="closed-set segmenter for the logit teachers",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(g)
+    g.add_argument("--cache-dir", default="", help="synthroad frame cache (default ~/.cache/csl_ros/synthroad)")
+    g.add_argument("--export", type=Path, default=None, metavar="PATH",
+                   help="copy the final segmenter checkpoint here")
+    g.set_defaults(func=run_segmenter)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML training config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value (repeatable)")
+    p.add_argument("--out", default=None, help="output folder (overrides the config's)")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="resume from this checkpoint")
+    p.add_argument("--no-resume", action="store_true", help="ignore <out>/last.pt and start afresh")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def student_config_from_args(args):
+    from csl_ros.training.config import load_train_config, parse_set_args
+
+    overrides = parse_set_args(args.set)
+    if getattr(args, "scheme", None):
+        overrides["student.scheme"] = args.scheme
+    if args.out:
+        overrides["run.out_dir"] = args.out
+    overrides.setdefault("task", "student")
+    return load_train_config(args.config, overrides)
+
+
+def run_student(args) -> int:
+    cfg = student_config_from_args(args)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from csl_ros.training.datasets import build_dataset
+    from csl_ros.training.distributed import barrier, cleanup_distributed, init_distributed
+    from csl_ros.training.student import export_fp16, train_student
+
+    env = init_distributed(cfg.run.device)
+    try:
+        dataset = build_dataset(cfg.data)
+        if env.is_main:
+            rendered = dataset.prepare(progress=cfg.run.progress)
+            if rendered:
+                print(f"rendered {rendered} frames into the cache")
+        barrier(env)
+        if args.prepare_only:
+            return 0
+        resume = False if args.no_resume else (args.resume or True)
+        summary, trainer = train_student(cfg, env, dataset=dataset, resume=resume)
+        if env.is_main:
+            out = Path(cfg.run.out_dir)
+            final = out / "student.safetensors"
+            result = {"steps_run": summary.steps_run, "final_step": summary.final_step,
+                      "wall_s": round(summary.wall_s, 1), "last_loss": summary.last_loss,
+                      "world_size": env.world_size, "student": str(final) if final.is_file() else None}
+            if args.export_fp16 is not None and final.is_file():
+                result["fp16_sha256"] = export_fp16(final, args.export_fp16, {"train_steps": summary.final_step})
+                result["fp16"] = str(args.export_fp16)
+            (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+            print(json.dumps(result))
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+# --- segmenter: delegated to csl_ros.teachers.segmenter_train ------------------------------------
+
+def _flat_overrides(cfg, values: dict):
+    """Apply ``{key: value}`` to a flat dataclass, coercing to each field's current type."""
+    from csl_ros.training.config import _coerce
+
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    updates = {}
+    for key, raw in values.items():
+        if key not in fields:
+            raise ValueError(f"unknown segmenter training key {key!r}; known keys: {', '.join(sorted(fields))}")
+        current = getattr(cfg, key)
+        if isinstance(current, tuple):
+            if isinstance(raw, str):
+                raw = [v for v in raw.replace("x", ",").split(",") if v.strip()]
+            if not isinstance(raw, (list, tuple)) or len(raw) != len(current):
+                raise ValueError(f"{key}: expected {len(current)} values, got {raw!r}")
+            updates[key] = tuple(_coerce(v, c, key) for v, c in zip(raw, current))
+        else:
+            updates[key] = _coerce(raw, current, key)
+    return dataclasses.replace(cfg, **updates)
+
+
+def segmenter_config_from_args(args):
+    import yaml
+
+    from csl_ros.teachers.segmenter_train import SegmenterTrainConfig
+    from csl_ros.training.config import parse_set_args
+
+    cfg = SegmenterTrainConfig()
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        cfg = _flat_overrides(cfg, data)
+    cfg = _flat_overrides(cfg, parse_set_args(args.set))
+    if args.out:
+        cfg = dataclasses.replace(cfg, out_dir=args.out)
+    if args.no_resume:
+        cfg = dataclasses.replace(cfg, resume=False)
+    cfg.validate()
+    return cfg
+
+
+def run_segmenter(args) -> int:
+    cfg = segmenter_config_from_args(args)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    if args.resume:
+        raise ValueError("train segmenter resumes from <out>/last.pt automatically; --resume PATH is "
+                         "only supported for the student")
+    import shutil
+
+    from csl_ros.teachers.segmenter_train import train_segmenter
+    from csl_ros.training.datasets import SynthroadFrames
+
+    dataset = val = None
+    if cfg.cache_frames:  # share the on-disk frame cache with the student trainer and fit-stats
+        dataset = SynthroadFrames(cfg.first_seed, cfg.frames, cfg.render_size, args.cache_dir or None)
+        dataset.prepare(progress=cfg.progress)
+        if cfg.val_frames > 0:
+            val = SynthroadFrames(cfg.val_first_seed, cfg.val_frames, cfg.render_size, args.cache_dir or None)
+    result = train_segmenter(cfg, dataset=dataset, val_dataset=val)
+    summary = {"segmenter": str(result.segmenter_path), "steps": cfg.steps,
+               "last_loss": result.losses[-1][1] if result.losses else None, "miou": result.miou}
+    if args.export is not None and result.segmenter_path is not None:
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.segmenter_path, args.export)
+        summary["export"] = str(args.export)
+    (Path(cfg.out_dir) / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+    return 0

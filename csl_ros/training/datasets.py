@@ -1,0 +1,117 @@
+"""Training data sources: ``ds[i]`` -> (H x W x 3 uint8 RGB image, H x W uint8 Cityscapes trainIds,
+255 void). Only in-distribution data: no OOD object is ever used for training (as in the paper).
+
+* :class:`SynthroadFrames`: synthroad frames rendered with ``obstacles="none"`` for seeds
+  ``first_seed .. first_seed + frames - 1``, rendered once and kept as PNG pairs in a cache folder
+  (``~/.cache/csl_ros/synthroad/<H>x<W>/`` by default; never part of the repository), so the
+  segmenter, the students and the statistics fit all read the same frames without re-rendering.
+* :class:`CityscapesFrames`: the real Cityscapes layout through :class:`csl_ros.data.loaders.Cityscapes`
+  (``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine/..._gtFine_labelTrainIds.png``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+DEFAULT_CACHE = Path(os.path.expanduser("~/.cache/csl_ros/synthroad"))
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    if not cv2.imwrite(str(tmp), array):
+        raise OSError(f"cannot write {tmp}")
+    os.replace(tmp, path)  # a killed render never leaves a half-written frame under the real name
+
+
+class SynthroadFrames:
+    """In-distribution synthroad frames with a PNG cache (module docstring)."""
+
+    def __init__(self, first_seed: int = 0, frames: int = 1000, size: tuple[int, int] = (256, 512),
+                 cache_dir: str | os.PathLike | None = None):
+        if frames < 1:
+            raise ValueError(f"synthroad: frames must be >= 1, got {frames}")
+        self.first_seed, self.frames, self.size = int(first_seed), int(frames), (int(size[0]), int(size[1]))
+        base = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+        self.cache_dir = base / f"{self.size[0]}x{self.size[1]}"
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def _paths(self, seed: int) -> tuple[Path, Path]:
+        return (self.cache_dir / f"{seed:08d}_image.png", self.cache_dir / f"{seed:08d}_trainIds.png")
+
+    def render(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        from csl_ros.data.synthroad import render_frame
+
+        frame = render_frame(seed, size=self.size, obstacles="none")
+        return frame.image, frame.train_ids
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= i < self.frames:
+            raise IndexError(f"synthroad frame {i} out of range 0..{self.frames - 1}")
+        seed = self.first_seed + i
+        image_path, label_path = self._paths(seed)
+        if image_path.is_file() and label_path.is_file():
+            image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+            labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+            if image is not None and labels is not None:
+                return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), labels
+        image, labels = self.render(seed)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        _write_png(image_path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        _write_png(label_path, labels.astype(np.uint8))
+        return image, labels
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.frames) if not all(p.is_file() for p in self._paths(self.first_seed + i))]
+
+    def prepare(self, progress: bool = True) -> int:
+        """Render every frame not yet in the cache; returns how many were rendered."""
+        todo = self.missing()
+        if todo:
+            from tqdm import tqdm
+
+            for i in tqdm(todo, desc=f"render synthroad {self.size[0]}x{self.size[1]}", unit="frame",
+                          disable=not progress):
+                self[i]
+        return len(todo)
+
+    def describe(self) -> str:
+        return (f"synthroad obstacles=none seeds {self.first_seed}..{self.first_seed + self.frames - 1} "
+                f"at {self.size[0]}x{self.size[1]}")
+
+
+class CityscapesFrames:
+    """Cityscapes fine annotations (trainIds) of one split."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train"):
+        from csl_ros.data.loaders import Cityscapes
+
+        self._ds = Cityscapes(root, split)
+        self.root, self.split = Path(root), split
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        record = self._ds[i]
+        return record.rgb, record.semantic
+
+    def prepare(self, progress: bool = True) -> int:
+        return 0
+
+    def describe(self) -> str:
+        return f"Cityscapes {self.split} ({len(self)} frames) under {self.root}"
+
+
+def build_dataset(data_cfg) -> SynthroadFrames | CityscapesFrames:
+    """The training source of a :class:`~csl_ros.training.config.DataConfig`."""
+    if data_cfg.dataset == "synthroad":
+        return SynthroadFrames(data_cfg.synth_seed, data_cfg.synth_frames,
+                               (data_cfg.synth_height, data_cfg.synth_width), data_cfg.root or None)
+    if data_cfg.dataset == "cityscapes":
+        return CityscapesFrames(data_cfg.root, data_cfg.split)
+    raise ValueError(f"unknown dataset {data_cfg.dataset!r}")
