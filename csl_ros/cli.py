@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "csl_ros.eval.metrics_cli",
     "csl_ros.eval.bag_cli",
     "csl_ros.teachers.cli",
+    "csl_ros.training.cli",
 ]
 
 
