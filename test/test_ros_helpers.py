@@ -213,3 +213,15 @@ def test_marker_array_msg_starts_with_deleteall():
     assert kinds == [msgs.Marker.CUBE, msgs.Marker.TEXT_VIEW_FACING] * 2
     assert all(m.header.frame_id == "camera_optical_frame" and m.header.stamp.sec == 42 for m in arr.markers)
     assert arr.markers[1].scale.x == pytest.approx(0.4) and arr.markers[1].pose.orientation.w == 1.0
+
+
+def test_docs_list_every_parameter_with_its_reload_class():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ros.md").read_text()
+    runtime_par = text[text.index("Changeable at run time"):text.index("Need a model reload")]
+    reload_par = text[text.index("Need a model reload"):text.index("## Diagnostics")]
+    specs = parameter_specs()
+    assert set(re.findall(r"`(\w+)`", runtime_par)) == {s.name for s in specs if not s.reload}
+    assert set(re.findall(r"`(\w+)`", reload_par)) == {s.name for s in specs if s.reload}

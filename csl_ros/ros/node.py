@@ -284,8 +284,16 @@ class CslDetectorNode(LifecycleNode):
     def _work(self) -> None:
         while not self._stop.is_set():
             item = self._slot.take(timeout=0.1)
-            if item is not None:
+            if item is None:
+                continue
+            try:
                 self._process(*item)
+            except Exception as exc:  # the worker must outlive any single frame
+                if not self.context.ok():
+                    return  # ROS is shutting down (e.g. SIGINT while publishing)
+                self.stats.publish_errors += 1
+                if self._bad_log.ready("publish_error"):
+                    self.get_logger().error(f"publishing a frame's outputs failed: {type(exc).__name__}: {exc}")
 
     def _process(self, msg, t_received: float) -> None:
         log = self.get_logger()

@@ -92,10 +92,6 @@ class RateMeter:
             span = self._times[-1] - self._times[0]
             return (len(self._times) - 1) / span if span > 0 else 0.0
 
-    def count_since(self, t0: float) -> int:
-        with self._lock:
-            return sum(1 for t in self._times if t >= t0)
-
 
 class LatencyWindow:
     """The last ``size`` latency samples (milliseconds) and their percentiles."""
@@ -177,6 +173,7 @@ class NodeStats:
     bad_frames: collections.Counter = field(default_factory=collections.Counter)
     ignored_inactive: int = 0
     detector_errors: int = 0
+    publish_errors: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_bad(self, reason: str) -> None:
@@ -198,6 +195,7 @@ class NodeStats:
             "frames_ignored_inactive": self.ignored_inactive,
             "bad_frames": sum(bad.values()),
             "detector_errors": self.detector_errors,
+            "publish_errors": self.publish_errors,
             "latency_p50_ms": lat[50],
             "latency_p95_ms": lat[95],
             "latency_p99_ms": lat[99],
@@ -231,8 +229,9 @@ def diagnostic_summary(state: str, snapshot: dict[str, Any], *, input_topic: str
         return ERROR, f"node is {state}"
     if recent_bad:
         return WARN, f"{recent_bad} bad input frame(s) rejected since the last report"
-    if snapshot.get("detector_errors"):
-        return WARN, f"{snapshot['detector_errors']} detector error(s) so far"
+    if snapshot.get("detector_errors") or snapshot.get("publish_errors"):
+        return WARN, (f"{snapshot['detector_errors']} detector error(s), {snapshot.get('publish_errors', 0)} "
+                      "publishing error(s) so far")
     if recent_input == 0:
         return WARN, f"active, but no input on {input_topic}"
     return OK, "active"
