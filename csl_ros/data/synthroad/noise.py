@@ -51,6 +51,20 @@ def sample(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return flat.take(idx)
 
 
+def sample_bilinear(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bilinearly interpolated sample of a tile (for smooth, magnified uses such as clouds)."""
+    flat, bits = flat_tile(name)
+    m = (1 << bits) - 1
+    fa, fb = np.floor(a), np.floor(b)
+    wa, wb = (a - fa).astype(np.float32), (b - fb).astype(np.float32)
+    ia, ib = fa.astype(np.int64), fb.astype(np.int64)
+    r0, r1 = (ib & m) << bits, ((ib + 1) & m) << bits
+    c0, c1 = ia & m, (ia + 1) & m
+    top = flat.take(r0 | c0) * (1 - wa) + flat.take(r0 | c1) * wa
+    bot = flat.take(r1 | c0) * (1 - wa) + flat.take(r1 | c1) * wa
+    return top * (1 - wb) + bot * wb
+
+
 @lru_cache(maxsize=8)
 def sensor_noise(h: int, w: int) -> np.ndarray:
     """A (h + 64, w + 64, 3) uint8 field of 128 + 16 N(0, 1); frames take random crops of it."""

@@ -159,6 +159,20 @@ def draw_vehicle(rs: Raster, world: World, o: Obj, pose: Pose, light, shadows_on
         return
     paint = p["paint"]
     inst = o.inst
+    ppm = pixels_per_metre(rs, pose.base)
+    if ppm * Lh < 28:
+        # far away: a painted body box with a darker glass box on top, no textures
+        c = pose.local(box_corners(-W / 2, W / 2, -Lh / 2, Lh / 2, 0.15, H * 0.62))
+        draw_box(rs, c, {k: ("color", paint) for k in ("back", "front", "left", "right", "top")}, light, o.label, inst)
+        if o.kind == "car":
+            c = pose.local(box_corners(-W / 2 + 0.1, W / 2 - 0.1, -Lh / 4, Lh / 5, H * 0.62, H))
+            draw_box(rs, c, {k: ("color", p["glass"]) for k in ("back", "front", "left", "right")} |
+                     {"top": ("color", paint)}, light, o.label, inst)
+        else:
+            c = pose.local(box_corners(-W / 2, W / 2, -Lh / 2, Lh / 2, H * 0.62, H))
+            draw_box(rs, c, {k: ("color", paint * 0.9) for k in ("back", "front", "left", "right")}, light,
+                     o.label, inst)
+        return
     pk = tuple(np.round(paint, 3).tolist())
     gk = tuple(np.round(p["glass"], 3).tolist())
     if o.kind == "car":
@@ -297,6 +311,22 @@ def _view_axis(rs: Raster, pose: Pose):
     return float(pose.fwd @ rh), rh
 
 
+def pixels_per_metre(rs: Raster, point: np.ndarray) -> float:
+    """Image scale at a world point (0 behind the camera)."""
+    z = float((point - rs.view.C) @ rs.view.R[:, 2])
+    return rs.view.fx / z if z > 0.1 else 0.0
+
+
+def person_parts_far(o: Obj, label: int, inst: int, light_v) -> list[Part]:
+    """A distant pedestrian (under ~16 px): legs, torso and head only."""
+    p = o.p
+    h, b = o.height, p["build"]
+    hip, shy, hr_ = 0.5 * h, 0.81 * h, 0.062 * h
+    return [Part(quad(-0.15 * b, 0.0, 0.15 * b, hip), np.asarray(p["pants"]) * light_v, label, inst),
+            Part(quad(-0.21 * b, hip - 0.04, 0.21 * b, shy + 0.04), np.asarray(p["shirt"]) * light_v, label, inst),
+            Part(ellipse(0.0, h - hr_, hr_ * 0.9, hr_, 8), np.asarray(p["skin"]) * light_v, label, inst)]
+
+
 def person_parts(o: Obj, label: int, inst: int, light_v) -> list[Part]:
     p = o.p
     h = o.height
@@ -404,7 +434,7 @@ def bicycle_parts(o: Obj, world: World, rs: Raster, pose: Pose, light_v) -> list
     return parts
 
 
-def tree_parts(o: Obj, light_v) -> list[Part]:
+def tree_parts(o: Obj, light_v, detail: bool = True) -> list[Part]:
     p = o.p
     lab = L.VEGETATION
     parts = []
@@ -425,10 +455,10 @@ def tree_parts(o: Obj, light_v) -> list[Part]:
                               green * (0.85 + 0.05 * k), lab, 0, tex=0.35, tex_scale=18))
     else:
         cy = top - crown
-        for bx, by, bz in p["blobs"]:
+        for bx, by, bz in (p["blobs"] if detail else p["blobs"][:3]):
             parts.append(Part(ellipse(bx * crown * 0.55, cy + by * crown * 0.35, crown * (0.6 + 0.15 * bz),
                                       crown * (0.55 + 0.12 * bz)), green * (0.9 + 0.12 * by), lab, 0,
-                              tex=0.38, tex_scale=16))
+                              tex=0.42, tex_scale=28))
     return parts
 
 
@@ -539,12 +569,18 @@ def draw_object(rs: Raster, world: World, o: Obj, t: float, light, shadows_only:
                                   pose, light, 150, 200, 0.05)
         return
     lv = light.vertical
+    ppm = pixels_per_metre(rs, pose.base)
+    if ppm * o.height < 2.0:
+        return   # smaller than two pixels: nothing a segmentation label could keep
     if o.kind == "person":
-        rs.sprite(pose.base, person_parts(o, L.PERSON, o.inst, lv))
+        if ppm * o.height < 16:
+            rs.sprite(pose.base, person_parts_far(o, L.PERSON, o.inst, lv))
+        else:
+            rs.sprite(pose.base, person_parts(o, L.PERSON, o.inst, lv))
     elif o.kind in ("bicycle", "motorcycle"):
         rs.sprite(pose.base, bicycle_parts(o, world, rs, pose, lv))
     elif o.kind == "tree":
-        rs.sprite(pose.base, tree_parts(o, lv))
+        rs.sprite(pose.base, tree_parts(o, lv, detail=ppm * o.p["crown"] > 8))
     elif o.kind == "bush":
         rs.sprite(pose.base, bush_parts(o, lv))
     elif o.kind in ("lamp", "sign", "traffic_light"):

@@ -14,16 +14,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
 from .camera import View, clip_near
 from .labels import VOID
-from .noise import sample
+from .noise import tile
 
 _SHIFT = 3            # sub-pixel bits for cv2 polygon filling
 _ONE = 1 << _SHIFT
+
+
+@lru_cache(maxsize=4)
+def _pixel_noise(h: int, w: int) -> np.ndarray:
+    """Leafy noise at pixel scale, (h + 512, w + 512), tiled from the noise tiles (read-only)."""
+    t = 0.6 * tile("mid") + 0.5 * tile("fine")
+    reps = ((h + 512) // 512 + 1, (w + 512) // 512 + 1)
+    field = np.tile(t, reps)[:h + 512, :w + 512].astype(np.float32)
+    field.setflags(write=False)
+    return field
 
 
 @dataclass
@@ -209,37 +220,91 @@ class Raster:
             special = special or p.tex or p.cyl
         colors = cv2.LUT(cv2.merge((canvas, canvas, canvas)), pal)
         if special and canvas.size > 1500:
-            self._sprite_shading(parts, canvas, colors, aff, u0 - x0, v0 - y0)
+            self._sprite_shading(parts, canvas, colors, aff, u0 - x0, v0 - y0, qi, sizes)
         self._commit(box, vis, invz, colors, cv2.LUT(canvas, labs), cv2.LUT(canvas, insts) if n else 0)
         return True
 
-    def _sprite_shading(self, parts, canvas, colors, aff, ou, ov):
-        """Foliage/fabric texture and cylinder shading in the sprite's metric coordinates."""
-        inv = np.linalg.inv(aff)
+    def _sprite_shading(self, parts, canvas, colors, aff, ou, ov, qi, sizes):
+        """Foliage/fabric texture and cylinder shading in the sprite's metric coordinates.
+
+        Each effect is computed only inside the bounding box of the parts that use it. The texture
+        is the noise tiles mapped by the sprite's own affine map (cv2.warpAffine, wrap-around), so it
+        sticks to the object; one texture scale per sprite (that of its first textured part).
+        """
         bh, bw = canvas.shape
-        du = (np.arange(bw, dtype=np.float32) - np.float32(ou))[None, :]
-        dv = (np.arange(bh, dtype=np.float32) - np.float32(ov))[:, None]
-        lx = np.float32(inv[0, 0]) * du + np.float32(inv[0, 1]) * dv
-        fac = None
-        if any(p.tex for p in parts):
+        inv = np.linalg.inv(aff)
+        spans = []
+        start = 0
+        for p, n in zip(parts, sizes):
+            q = qi[start:start + n]
+            start += n
+            spans.append((q[:, 0].min() >> _SHIFT, q[:, 0].max() >> _SHIFT, q[:, 1].min() >> _SHIFT,
+                          q[:, 1].max() >> _SHIFT))
+
+        def sub(flag):
+            sel = [sp for p, sp in zip(parts, spans) if flag(p)]
+            if not sel:
+                return None
+            x0 = max(min(sp[0] for sp in sel) - 2, 0)
+            x1 = min(max(sp[1] for sp in sel) + 3, bw)
+            y0 = max(min(sp[2] for sp in sel) - 2, 0)
+            y1 = min(max(sp[3] for sp in sel) + 3, bh)
+            return (x0, x1, y0, y1) if x1 > x0 and y1 > y0 else None
+
+        tex_box = sub(lambda p: p.tex)
+        if tex_box is not None:
+            x0, x1, y0, y1 = tex_box
             texa = np.zeros((256, 1), np.float32)
-            tsc = np.ones((256, 1), np.float32)
             for k, p in enumerate(parts):
-                texa[k + 1, 0], tsc[k + 1, 0] = p.tex, p.tex_scale
-            ly = np.float32(inv[1, 0]) * du + np.float32(inv[1, 1]) * dv
-            sc = cv2.LUT(canvas, tsc)
-            fac = 1.0 + cv2.LUT(canvas, texa) * sample("mid", lx * sc, ly * sc)
-        if any(p.cyl for p in parts):
+                texa[k + 1, 0] = p.tex
+            sc = next(p.tex_scale for p in parts if p.tex)
+            px_per_texel = math.sqrt(abs(np.linalg.det(aff))) / (sc * 3.1)
+            if px_per_texel < 0.35:
+                # Minified far away: the world-scaled texture would only alias, so use pixel-scale
+                # noise anchored at the sprite's ground point (cheap: a slice of a cached field).
+                sw, sh = x1 - x0, y1 - y0
+                field = _pixel_noise(self.h, self.w)
+                oy, ox = int(y0 - ov) % 512, int(x0 - ou) % 512
+                n1 = field[oy:oy + sh, ox:ox + sw] * cv2.LUT(canvas[y0:y1, x0:x1], texa)
+                n1 += np.float32(1.0)
+                colors[y0:y1, x0:x1] *= n1[..., None]
+                tex_box = None
+        if tex_box is not None:
+            # Pixels per finest texel: where the texture is magnified, evaluate it on a coarser
+            # grid and upsample (same picture, a fraction of the work).
+            f = int(min(4, max(1, px_per_texel)))
+            sw, sh = x1 - x0, y1 - y0
+            gw, gh = -(-sw // f), -(-sh // f)
+            # grid pixel (x, y) -> sub-box pixel (f x, f y) -> metres -> texels
+            lin = inv * (sc * f)
+            off = -(inv * sc) @ np.array([ou - x0, ov - y0])
+            m1 = np.hstack([lin, off[:, None]]).astype(np.float64)
+            n1 = cv2.warpAffine(tile("mid"), m1, (gw, gh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_WRAP)
+            n2 = cv2.warpAffine(tile("fine"), m1 * 3.1, (gw, gh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_WRAP)
+            n1 *= np.float32(0.6)
+            n1 += np.float32(0.5) * n2
+            if f > 1:
+                n1 = cv2.resize(n1, (gw * f, gh * f), interpolation=cv2.INTER_LINEAR)[:sh, :sw]
+            n1 *= cv2.LUT(canvas[y0:y1, x0:x1], texa)
+            n1 += np.float32(1.0)
+            colors[y0:y1, x0:x1] *= n1[..., None]
+        cyl_box = sub(lambda p: p.cyl)
+        if cyl_box is not None:
+            x0, x1, y0, y1 = cyl_box
             rad = np.zeros((256, 1), np.float32)
             cxs = np.zeros((256, 1), np.float32)
             for k, p in enumerate(parts):
                 rad[k + 1, 0] = 1.0 / p.cyl if p.cyl else 0.0
                 cxs[k + 1, 0] = p.cyl_x
-            r = (lx - cv2.LUT(canvas, cxs)) * cv2.LUT(canvas, rad)
-            cyl = np.clip(1.0 - 0.55 * r * r + 0.12 * r, 0.3, 1.2)
-            fac = cyl if fac is None else fac * cyl
-        if fac is not None:
-            colors *= fac[..., None]
+            du = (np.arange(x0, x1, dtype=np.float32) - np.float32(ou))[None, :]
+            dv = (np.arange(y0, y1, dtype=np.float32) - np.float32(ov))[:, None]
+            lx = np.float32(inv[0, 0]) * du + np.float32(inv[0, 1]) * dv
+            c = canvas[y0:y1, x0:x1]
+            r = (lx - cv2.LUT(c, cxs)) * cv2.LUT(c, rad)
+            f = np.clip(1.0 - 0.55 * r * r + 0.12 * r, 0.3, 1.2)
+            colors[y0:y1, x0:x1] *= f[..., None]
 
     # -- shadows on the ground ------------------------------------------------------------------
     def ground_shadow(self, pts: np.ndarray, value: int) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import labels as L
 from .camera import CameraModel, View
-from .noise import sample, sensor_noise
+from .noise import sample, sample_bilinear, sensor_noise
 from .objects import Pose, draw_object
 from .obstacles import MAX_HEIGHT, draw_obstacle, footprint, make_obstacle
 from .raster import Raster
@@ -258,13 +258,19 @@ def _assign_uids(world: World, obstacles: list[Obj]) -> None:
 # =============================================================================================
 # Sky, backdrop, ground
 # =============================================================================================
-def _sky(rs: Raster, view: View, light, yaw: float) -> None:
+def _sky(rs: Raster, view: View, light) -> None:
+    """Sky gradient, sun glow and clouds on a plane 1 km up, at quarter resolution, upsampled.
+
+    Only the rows down to a little below the horizon are shaded; the ground covers the rest.
+    """
     h, w = rs.h, rs.w
-    f = 8
-    hs, ws = max(2, h // f), max(2, w // f)
+    hor = view.horizon_rows(np.array([0.0, w - 1.0]))
+    rows = int(np.clip(np.ceil(hor.max()) + 8, 1, h))
+    f = 4
+    hs, ws = max(2, -(-rows // f)), max(2, w // f)
     m = view.ray_coefficients()
-    us = (np.arange(ws, dtype=np.float64) + 0.5) * (w / ws)
-    vs = (np.arange(hs, dtype=np.float64) + 0.5) * (h / hs)
+    us = (np.arange(ws, dtype=np.float64) + 0.5) * (w / ws) - 0.5
+    vs = (np.arange(hs, dtype=np.float64) + 0.5) * (rows / hs) - 0.5
     d = [m[i, 0] * us[None, :] + m[i, 1] * vs[:, None] + m[i, 2] for i in range(3)]
     norm = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
     dy = d[1] / norm
@@ -275,15 +281,19 @@ def _sky(rs: Raster, view: View, light, yaw: float) -> None:
     glow = np.clip(cos_sun, 0, 1) ** 24 * 0.35 + np.clip(cos_sun, 0, 1) ** 4 * 0.08
     col = col + glow[..., None] * np.array([1.0, 0.95, 0.85])
     if light.clouds > 0.02:
-        yy = np.maximum(dy, 0.03)
-        cx = d[0] / norm / yy * 6.0 + view.C[0] / 180.0
-        cz = d[2] / norm / yy * 6.0 + view.C[2] / 180.0
-        n = sample("coarse", cx * 9.0 + 1000, cz * 9.0 + 1000) + 0.5 * sample("mid", cx * 40 + 500, cz * 40 + 500)
+        yy = np.maximum(dy, 0.02)
+        # cloud layer 1000 m above the camera, in world metres (it drifts past in a drive)
+        cx = d[0] / norm / yy * 1000.0 + view.C[0]
+        cz = d[2] / norm / yy * 1000.0 + view.C[2]
+        n = sample_bilinear("coarse", cx * 0.05 + 1000, cz * 0.05 + 1000) \
+            + 0.45 * sample_bilinear("mid", cx * 0.3 + 500, cz * 0.3 + 500)
         thr = 1.6 - 3.0 * light.clouds
-        cov = np.clip((n - thr) * 0.8, 0, 1) * np.clip(el / 0.03, 0, 1) * (0.55 + 0.45 * g)
-        shade = np.clip(1.0 - 0.25 * np.clip(n - thr - 0.8, 0, 2), 0.6, 1.0)
+        cov = np.clip((n - thr) * 0.8, 0, 1) * np.clip(el / 0.04, 0, 1) ** 0.7
+        shade = np.clip(1.0 - 0.22 * np.clip(n - thr - 0.7, 0, 2), 0.65, 1.0)
         col = col * (1 - cov[..., None]) + (light.cloud_color[None, None, :] * shade[..., None]) * cov[..., None]
-    rs.img[:] = cv2.resize(col.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    rs.img[:rows] = cv2.resize(col.astype(np.float32), (w, rows), interpolation=cv2.INTER_LINEAR)
+    if rows < h:
+        rs.img[rows:] = light.sky_horizon
     rs.lab[:] = L.SKY
 
 
@@ -322,9 +332,20 @@ def _backdrop(rs: Raster, view: View, world: World, light) -> None:
     rs.invz[y0:y1][vis] = np.float32(1.0 / 5000.0)
 
 
-def _frac(x: np.ndarray) -> np.ndarray:
-    """x - floor(x) (much faster than np.mod for float32)."""
-    return x - np.floor(x)
+FINE_FADE_M = 32.0   # fine asphalt grain and paving joints fade out by this distance (at 1024 px width)
+
+
+def _road_coords(world: World, X: np.ndarray, Z: np.ndarray):
+    """(table index, lateral offset d) of world ground points, through the tabulated centre line."""
+    f32 = np.float32
+    fi = (Z - f32(world.s0)) * f32(1.0 / DS)
+    np.clip(fi, 0, world.n - 2.001, out=fi)
+    i = fi.astype(np.int32)
+    fi -= i
+    c0 = world.c_tab.take(i)
+    d = X - c0
+    d -= (world.c_tab.take(i + 1) - c0) * fi
+    return i, d
 
 
 def _ground(rs: Raster, view: View, world: World, light, shadow_blur: int) -> None:
@@ -332,7 +353,9 @@ def _ground(rs: Raster, view: View, world: World, light, shadow_blur: int) -> No
 
     Every pixel below the horizon is intersected with the plane Y = 0 (camera depth t), mapped to
     road coordinates (s = Z, d = X - c(s)) and shaded from world-anchored textures, so markings,
-    pavers and asphalt grain keep their perspective and stay put in a video.
+    pavers and asphalt grain keep their perspective and stay put in a video. Smooth large-scale
+    stains are evaluated at half resolution; fine grain and paving joints only in the rows near
+    enough to show them.
     """
     h, w = rs.h, rs.w
     m = view.ray_coefficients().astype(np.float64)
@@ -342,28 +365,27 @@ def _ground(rs: Raster, view: View, world: World, light, shadow_blur: int) -> No
     if r0 >= h:
         return
     f32 = np.float32
-    us = np.arange(w, dtype=np.float32)
-    vs = np.arange(r0, h, dtype=np.float32)
+    cx, cz = f32(view.C[0]), f32(view.C[2])
 
-    def lin(i, scale=1.0):
+    def lin(i, us, vs, scale=1.0):
         return (f32(m[i, 0] * scale) * us)[None, :] + (f32(m[i, 1] * scale) * vs + f32(m[i, 2] * scale))[:, None]
 
-    invz = lin(1, -1.0 / cam_h)                     # 1 / camera depth of the ground point
+    def ground_xz(us, vs):
+        iz = lin(1, us, vs, -1.0 / cam_h)
+        t = 1.0 / np.maximum(iz, f32(1.0 / GROUND_TMAX))
+        X = lin(0, us, vs)
+        X *= t
+        X += cx
+        Z = lin(2, us, vs)
+        Z *= t
+        Z += cz
+        return iz, t, X, Z
+
+    us = np.arange(w, dtype=np.float32)
+    vs = np.arange(r0, h, dtype=np.float32)
+    invz, t, X, Z = ground_xz(us, vs)
     valid = invz > f32(1.0 / GROUND_TMAX)
-    t = 1.0 / np.maximum(invz, f32(1.0 / GROUND_TMAX))
-    X = lin(0)
-    X *= t
-    X += f32(view.C[0])
-    Z = lin(2)
-    Z *= t
-    Z += f32(view.C[2])
-    # Road coordinates through the tabulated centre line (linear interpolation).
-    fi = (Z - f32(world.s0)) * f32(1.0 / DS)
-    np.clip(fi, 0, world.n - 2.001, out=fi)
-    i = fi.astype(np.int32)
-    fi -= i
-    c0 = world.c_tab.take(i)
-    d = X - c0 - (world.c_tab.take(i + 1) - c0) * fi
+    i, d = _road_coords(world, X, Z)
     hw = world.hw_tab.take(i)
     ad = np.abs(d)
     e = ad - hw
@@ -373,21 +395,36 @@ def _ground(rs: Raster, view: View, world: World, light, shadow_blur: int) -> No
     mat = (e >= 0).view(np.uint8) + (e >= curb).view(np.uint8) + (e >= curb + sw).view(np.uint8)
     # 0 road, 1 curb, 2 sidewalk, 3 terrain
 
-    # Texture: fine grain fading with distance, mid-scale stains, coarse patches.
-    fade = np.minimum(f32(1.0), np.maximum(f32(0.0), f32(1.4) - t * f32(w / (1024.0 * 22.0))))
-    mod = sample("fine", Z * f32(45.0), d * f32(45.0)) * fade
-    mod *= np.array([world.asphalt_grain, 0.05, 0.06, 0.22], np.float32).take(mat)
-    mid = sample("mid", Z * f32(6.0) + f32(77.0), d * f32(6.0) + f32(33.0))
-    mod += mid * np.array([world.asphalt_patches, 0.04, 0.05, 0.16], np.float32).take(mat)
-    mod += sample("coarse", Z * f32(0.9) + f32(11.0), d * f32(0.9) + f32(5.0)) * \
-        np.array([0.05, 0.03, 0.04, 0.22], np.float32).take(mat)
+    # Large-scale stains and patches (smooth): half resolution, then upsampled.
+    h2, w2 = max(1, (h - r0 + 1) // 2), max(1, (w + 1) // 2)
+    _, _, X2, Z2 = ground_xz(np.arange(w2, dtype=np.float32) * 2 + 0.5, r0 + np.arange(h2, dtype=np.float32) * 2 + 0.5)
+    _, d2 = _road_coords(world, X2, Z2)
+    low = sample("mid", Z2 * f32(6.0) + f32(77.0), d2 * f32(6.0) + f32(33.0))
+    low += sample("coarse", Z2 * f32(0.9) + f32(11.0), d2 * f32(0.9) + f32(5.0))
+    low = cv2.resize(low, (w, h - r0), interpolation=cv2.INTER_LINEAR)
+    mod = low * np.array([world.asphalt_patches, 0.035, 0.045, 0.19], np.float32).take(mat)
     mod += f32(1.0)
-    # Paving joints on sidewalks (faded out where they would alias).
-    inv_p = f32(1.0 / world.paver_size)
-    jz = np.abs(_frac(Z * inv_p) - f32(0.5))
-    jd = np.abs(_frac(d * inv_p) - f32(0.5))
-    joint = (np.maximum(jz, jd) > f32(0.5 - 0.014 * inv_p)) & (mat == 2)
-    mod *= f32(1.0) - joint * (f32(world.paver) * fade)
+
+    # Fine grain and paving joints, only in rows where they do not alias away.
+    t_fade = FINE_FADE_M * 1024.0 / w
+    rowmax = np.maximum(invz[:, 0], invz[:, -1])
+    near = np.nonzero(rowmax > f32(1.0 / t_fade))[0]
+    if len(near):
+        rf = int(near[0])
+        tf, Zf, df, mf = t[rf:], Z[rf:], d[rf:], mat[rf:]
+        fade = np.minimum(f32(1.0), np.maximum(f32(0.0), f32(1.4) - tf * f32(1.4 / t_fade)))
+        g = sample("fine", Zf * f32(45.0), df * f32(45.0))
+        g *= fade
+        g *= np.array([world.asphalt_grain, 0.05, 0.06, 0.22], np.float32).take(mf)
+        inv_p = f32(1.0 / world.paver_size)
+        jz = Zf * inv_p
+        jz -= np.floor(jz)
+        jd = df * inv_p
+        jd -= np.floor(jd)
+        jw = f32(0.014 * inv_p)
+        joint = (np.minimum(jz, jd) < jw) & (mf == 2)
+        g -= joint * (f32(world.paver) * fade)
+        mod[rf:] += g
 
     # Lane markings (world coordinates), antialiased by the lateral pixel footprint.
     cov = None
@@ -398,8 +435,11 @@ def _ground(rs: Raster, view: View, world: World, light, shadow_blur: int) -> No
         lw = hw * f32(2.0 / n)
         q = (d + hw) / lw
         k = np.rint(q)
-        dist = np.abs(q - k) * lw
-        dash = _frac(Z * f32(1.0 / world.dash_period)) < f32(world.dash_len / world.dash_period)
+        dist = np.abs(q - k)
+        dist *= lw
+        zf = Z * f32(1.0 / world.dash_period)
+        zf -= np.floor(zf)
+        dash = zf < f32(world.dash_len / world.dash_period)
         inner = (k > 0) & (k < n)
         if world.two_way:
             is_center = k == (n // 2)
@@ -408,46 +448,51 @@ def _ground(rs: Raster, view: View, world: World, light, shadow_blur: int) -> No
             on = inner & (dash | is_center) if world.center_style != "dashed" else inner & dash
         else:
             on = inner & dash
-        cov = np.minimum(f32(1.0), np.maximum(f32(0.0), (half - dist) * inv_fp + f32(0.5))) * on
+        cov = (half - dist) * inv_fp
+        cov += f32(0.5)
+        np.clip(cov, 0.0, 1.0, out=cov)
+        cov *= on
         if world.edge_lines:
-            ed = np.abs(e + f32(0.35))
-            np.maximum(cov, np.minimum(f32(1.0), (half * f32(1.3) - ed) * inv_fp + f32(0.5)), out=cov)
+            ed = (half * f32(1.3) - np.abs(e + f32(0.35))) * inv_fp
+            ed += f32(0.5)
+            np.maximum(cov, ed, out=cov)
+            np.minimum(cov, f32(1.0), out=cov)
     if world.zebra_tab.any():
-        zb = world.zebra_tab.take(i) & (_frac(d) < f32(0.5)) & (e < f32(-0.3))
+        zb = world.zebra_tab.take(i) & ((d - np.floor(d)) < f32(0.5)) & (e < f32(-0.3))
         cov = zb.astype(np.float32) if cov is None else np.maximum(cov, zb)
     if cov is not None:
-        cov *= (mat == 0) * np.minimum(f32(1.0), np.maximum(f32(0.0), f32(1.0) - f32(world.mark_wear) * (f32(0.6) + mid)))
+        cov *= (mat == 0) * f32(1.0 - world.mark_wear * 0.6)
 
-    # Shadows (drawn into rs.shadow beforehand).
+    # Shadows (queued by the objects and rasterised beforehand) darken everything on the ground.
     light_g = np.asarray(light.ground, np.float32)
     if light.shadow > 0 and rs.shadow[r0:].any():
         sh = rs.shadow[r0:]
         if shadow_blur > 1:
             sh = cv2.blur(sh, (shadow_blur, shadow_blur))
-        sf = f32(1.0) - f32(light.shadow / 255.0) * sh
-    else:
-        sf = None
-    base = np.array([world.asphalt, world.curb_color, world.sidewalk, world.terrain], np.float32) * light_g
-    mark = np.asarray(world.mark_color, np.float32) * light_g
-    chans = []
-    for ch in range(3):
-        a = base[:, ch].take(mat)
-        a *= mod
-        if cov is not None:
-            a += cov * (mark[ch] - a)
-        if sf is not None:
-            a *= sf
-        chans.append(a)
-    col = cv2.merge(chans)
+        mod *= f32(1.0) - f32(light.shadow / 255.0) * sh
+    # Colour = base colour of the material x modulation, then the marking paint where it covers.
+    lut = np.zeros((256, 1, 3), np.float32)
+    lut[:4, 0] = np.array([world.asphalt, world.curb_color, world.sidewalk, world.terrain]) * light_g
+    col = cv2.LUT(cv2.merge((mat, mat, mat)), lut)
+    col *= mod[..., None]
+    if cov is not None:
+        nz = np.flatnonzero(cov)
+        if nz.size:
+            c2 = col.reshape(-1, 3)
+            cf = cov.ravel()[nz][:, None]
+            paint = (np.asarray(world.mark_color, np.float32) * light_g)[None, :] * \
+                np.minimum(mod.ravel()[nz], f32(1.05))[:, None]
+            c2[nz] += cf * (paint - c2[nz])
     lab = np.array([L.ROAD, L.SIDEWALK, L.SIDEWALK, L.TERRAIN], np.uint8).take(mat)
     if valid.all():
         rs.img[r0:] = col
         rs.lab[r0:] = lab
         rs.invz[r0:] = invz
     else:
-        np.copyto(rs.img[r0:], col, where=valid[..., None])
-        np.copyto(rs.lab[r0:], lab, where=valid)
-        np.copyto(rs.invz[r0:], invz, where=valid)
+        vm = valid.view(np.uint8)
+        cv2.copyTo(col, vm, rs.img[r0:])
+        cv2.copyTo(lab, vm, rs.lab[r0:])
+        cv2.copyTo(invz, vm, rs.invz[r0:])
 
 
 # =============================================================================================
@@ -570,7 +615,7 @@ def _render(drive: _Drive, view: View, t: float, index: int, timings: dict | Non
             timings[name] = timings.get(name, 0.0) + now - tick
             tick = now
 
-    _sky(rs, view, light, view.yaw)
+    _sky(rs, view, light)
     _backdrop(rs, view, world, light)
     lap("sky")
     objs = _visible_objects(view, world, world.objects, t, OBJECT_RANGE)
