@@ -97,18 +97,15 @@ def detector_config(size, device):
 
 
 def test_image(size):
-    try:
-        from csl_ros.data.synthroad import render_frame
+    from csl_ros.data.synthroad import render_frame
 
-        return render_frame(0, size=size, obstacles="obstacle").image
-    except ImportError:
-        return np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    return render_frame(0, size=size, obstacles="obstacle").image
 
 
 # --- node process ---------------------------------------------------------------------------------------
 def serve(args) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from csl_ros.ros.node import CslDetectorNode
@@ -122,7 +119,7 @@ def serve(args) -> int:
     node = CslDetectorNode(detector_factory=factory, parameter_overrides=params, namespace="/bench")
     if not node.configure_and_activate():
         return 1
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()  # as csl_node runs
     executor.add_node(node)
     try:
         executor.spin()
@@ -140,7 +137,7 @@ class Client:
     def __init__(self, size):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
 
@@ -151,7 +148,7 @@ class Client:
         self.subs = {}
         self.diag: dict[str, str] = {}
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         threading.Thread(target=self.executor.spin, daemon=True).start()
         self.size = size

@@ -127,8 +127,16 @@ def test_diagnostic_summary_levels():
     assert level == ERROR and "unconfigured" in msg and "/cam/image" in msg
     level, msg = diagnostic_summary("inactive", snap, recent_input=3, **kw)
     assert level == WARN and "inactive" in msg and "3 frame" in msg
-    assert diagnostic_summary("active", snap, recent_input=5, **kw) == (OK, "active")
-    assert diagnostic_summary("active", snap, recent_input=0, **kw)[0] == WARN
+    assert diagnostic_summary("active", snap, recent_input=5, input_age_s=0.1, **kw) == (OK, "active")
+    # A slow camera (no frame since the last report, but recently) is fine...
+    assert diagnostic_summary("active", snap, recent_input=0, input_age_s=1.5, **kw) == (OK, "active")
+    # ...a starved node is not, and the message names the usual cause.
+    for age in (None, 2.5):
+        level, msg = diagnostic_summary("active", snap, recent_input=0, input_age_s=age, **kw)
+        assert level == WARN and "nothing received" in msg and "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA" in msg
+    level, msg = diagnostic_summary("active", snap, recent_input=0, input_topic="/x", recent_bad=0,
+                                    input_publishers=0)
+    assert level == WARN and "no publisher on /x" in msg
     level, msg = diagnostic_summary("active", snap, recent_input=5, input_topic="/x", recent_bad=2,
                                     input_publishers=1)
     assert level == WARN and "2 bad" in msg

@@ -25,13 +25,13 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rcl_interfaces.msg import Log, Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from csl_ros.config import DetectorConfig, NodeConfig  # noqa: E402
+from csl_ros.data.synthroad import render_frame  # noqa: E402
 from csl_ros.ros.image_conversion import fill_image_msg  # noqa: E402
 from csl_ros.ros.node import CslDetectorNode, build_engine  # noqa: E402
 from csl_ros.ros.testing import BrightnessDetector  # noqa: E402
@@ -46,20 +46,15 @@ OUTPUTS = {"score": ("anomaly_score", Image), "color": ("anomaly_score/color", I
 
 @pytest.fixture(scope="module")
 def ros():
-    """A private rclpy context on a random domain, spun by a multi-threaded executor thread."""
+    """A private rclpy context on a random domain (each Rig spins its own executor in it)."""
     saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")}
     os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
     # Read when the DDS participant is created: large images need the large-data transports.
     os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
     context = rclpy.context.Context()
     rclpy.init(context=context)
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield context, executor
-    executor.shutdown(timeout_sec=5)
+    yield context
     rclpy.shutdown(context=context)
-    thread.join(5)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -83,7 +78,7 @@ class Rig:
     """One node under test plus a probe node publishing camera topics and recording every output."""
 
     def __init__(self, ros, *, factory=None, overrides=None, activate=True, compressed=False):
-        context, self.executor = ros
+        context = ros
         self.ns = f"/t{next(_COUNTER)}"
         self.detectors: list[BrightnessDetector] = []
 
@@ -109,8 +104,13 @@ class Rig:
         self.pub = self.probe.create_publisher(CompressedImage if compressed else Image,
                                                "image/compressed" if compressed else "image", 10)
         self.info_pub = self.probe.create_publisher(CameraInfo, "camera_info", 10)
+        # One executor thread, as csl_node runs: entities the node destroys (cleanup, reload) are then
+        # never in another thread's wait set (rclpy's executors race against destruction there).
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
         if activate:
             assert self.node.configure_and_activate()
             self.wait_connected()
@@ -165,8 +165,8 @@ class Rig:
         return {kv.key: kv.value for kv in status.values}
 
     def close(self):
-        self.executor.remove_node(self.node)
-        self.executor.remove_node(self.probe)
+        self.executor.shutdown(timeout_sec=5)
+        self.thread.join(5)
         self.node.release_all()
         self.node.destroy_node()
         self.probe.destroy_node()
@@ -187,16 +187,7 @@ def rig_factory(ros):
 
 
 def road_frame(seed=0, size=(512, 1024)):
-    """A synthroad frame (image, K) when the renderer is available; else a plain road picture."""
-    try:
-        from csl_ros.data.synthroad import render_frame
-    except ImportError:
-        h, w = size
-        img = np.full((h, w, 3), 90, np.uint8)
-        img[: h // 2] = (120, 160, 220)
-        img[h * 3 // 5: h * 3 // 5 + h // 10, w // 2 - w // 20: w // 2 + w // 20] = 250
-        K = np.array([[w * 0.9, 0, w / 2], [0, w * 0.9, h / 2], [0, 0, 1]])
-        return img, K
+    """A synthroad driving frame with an obstacle: (image RGB, camera matrix K)."""
     fr = render_frame(seed, size=size, obstacles="obstacle")
     return fr.image, fr.camera.K
 
@@ -323,12 +314,13 @@ def test_invalid_or_reload_parameters_rejected_with_reason(rig_factory, values, 
 
 def test_reload_parameter_accepted_while_inactive_and_applied_on_activate(rig_factory):
     rig = rig_factory()
-    assert rig.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert _change_state(rig, Transition.TRANSITION_DEACTIVATE)
     assert rig.node.lifecycle_state == "inactive"
     (res,) = _set_remote(rig, teacher="msp")
     assert res.successful, res.reason
     assert rig.node.detector is rig.detectors[0]  # not rebuilt until activation
-    assert rig.node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # rebuilds with the new teacher
+    assert _change_state(rig, Transition.TRANSITION_ACTIVATE)  # rebuilds with the new teacher
+    rig.wait_connected()  # the rebuilt topics are new endpoints
     assert len(rig.detectors) == 2 and rig.detectors[0].closed
     assert rig.node.detector.config.teacher == "msp"
     rig.send(blob_image(200), 5)

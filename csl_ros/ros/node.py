@@ -356,9 +356,13 @@ class CslDetectorNode(LifecycleNode):
         self._last_report = (received, bad)
         topic = self.input_topic
         publishers = self.count_publishers(topic)
+        last = self.stats.received.last
+        age = None if last is None else time.monotonic() - last
         level, message = diagnostic_summary(self._state, snap, input_topic=topic, recent_input=recent_input,
-                                            recent_bad=recent_bad, input_publishers=publishers)
-        if self._state != "active" and (recent_input or publishers) and self._state_log.ready(self._state):
+                                            recent_bad=recent_bad, input_publishers=publishers, input_age_s=age,
+                                            starved_after_s=max(2.0, 2 * self._node_cfg.diagnostics_period_s))
+        silent = self._state != "active" or "nothing received" in message
+        if silent and (recent_input or publishers) and self._state_log.ready(message.split(":")[0]):
             self.get_logger().warning(message)
         cfg = self._det_cfg
         backend, device = self._backend_device
@@ -399,7 +403,7 @@ def build_engine(node: CslDetectorNode) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.utilities import remove_ros_args
 
     argv = list(sys.argv if argv is None else argv)
@@ -420,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             return build_engine(node)
         if (args.auto_activate or node.node_config.auto_activate) and not node.configure_and_activate():
             node.get_logger().error("auto-activation failed (see above); the node stays up, unconfigured")
-        executor = MultiThreadedExecutor(num_threads=2)
+        # One executor thread: entities destroyed by cleanup are never in another thread's wait set
+        # (rclpy's executors race against destruction there); inference has its own worker thread.
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

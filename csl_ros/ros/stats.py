@@ -69,12 +69,14 @@ class RateMeter:
         self._times: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
         self.total = 0
+        self.last: float | None = None  # clock time of the latest event
 
     def tick(self, now: float | None = None) -> None:
         now = self._clock() if now is None else now
         with self._lock:
             self._times.append(now)
             self.total += 1
+            self.last = now
             self._trim(now)
 
     def _trim(self, now: float) -> None:
@@ -211,10 +213,13 @@ OK, WARN, ERROR = 0, 1, 2
 
 
 def diagnostic_summary(state: str, snapshot: dict[str, Any], *, input_topic: str,
-                       recent_input: int, recent_bad: int, input_publishers: int) -> tuple[int, str]:
+                       recent_input: int, recent_bad: int, input_publishers: int,
+                       input_age_s: float | None = None, starved_after_s: float = 2.0) -> tuple[int, str]:
     """(level, message) for /diagnostics from the lifecycle state and the recent figures.
 
-    ``recent_input``/``recent_bad``: frames received / rejected since the previous report.
+    ``recent_input``/``recent_bad``: frames received / rejected since the previous report;
+    ``input_age_s``: seconds since the latest frame (None: none yet). An active node without input for
+    ``starved_after_s`` is reported (a slow camera between two reports is not).
     """
     if state == "unconfigured":
         extra = f" ({input_publishers} publisher(s) on {input_topic} are ignored)" if input_publishers else ""
@@ -232,6 +237,12 @@ def diagnostic_summary(state: str, snapshot: dict[str, Any], *, input_topic: str
     if snapshot.get("detector_errors") or snapshot.get("publish_errors"):
         return WARN, (f"{snapshot['detector_errors']} detector error(s), {snapshot.get('publish_errors', 0)} "
                       "publishing error(s) so far")
-    if recent_input == 0:
-        return WARN, f"active, but no input on {input_topic}"
+    starved = input_age_s is None or input_age_s > starved_after_s
+    if starved and input_publishers:
+        # The classic silent failure: large images that the transport cannot deliver.
+        return WARN, (f"active, but nothing received on {input_topic} from its {input_publishers} publisher(s): "
+                      "check QoS compatibility, and for large images on Fast DDS set "
+                      "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in the camera driver's environment too (docs/ros.md)")
+    if starved:
+        return WARN, f"active, but no publisher on {input_topic}"
     return OK, "active"
