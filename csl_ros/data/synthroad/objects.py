@@ -75,14 +75,18 @@ def draw_box(rs: Raster, corners: np.ndarray, faces: dict, light, label: int, in
     and spans the face height once.
     """
     names = list(faces)
-    q = corners[np.stack([_FACE_IDX[k] for k in names])]          # (F, 4, 3)
+    q = corners[np.concatenate([_FACE_IDX[k] for k in names])].reshape(len(names), 4, 3)
     a, b, d = q[:, 0], q[:, 1], q[:, 3]
-    n = np.cross(b - a, d - a)
-    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
-    outward = np.einsum("ij,ij->i", n, q.mean(axis=1) - corners.mean(axis=0))
-    n *= np.where(outward < 0, -1.0, 1.0)[:, None]
-    facing = np.einsum("ij,ij->i", n, rs.view.C - a) > 1e-9
-    for f in np.nonzero(facing)[0]:
+    u, w = b - a, d - a
+    n = np.empty_like(u)
+    n[:, 0] = u[:, 1] * w[:, 2] - u[:, 2] * w[:, 1]
+    n[:, 1] = u[:, 2] * w[:, 0] - u[:, 0] * w[:, 2]
+    n[:, 2] = u[:, 0] * w[:, 1] - u[:, 1] * w[:, 0]
+    n /= np.sqrt((n * n).sum(axis=1))[:, None] + 1e-12
+    centre = (corners[0] + corners[6]) * 0.5
+    n *= np.where((((q[:, 0] + q[:, 2]) * 0.5 - centre) * n).sum(axis=1) < 0, -1.0, 1.0)[:, None]
+    facing = ((rs.view.C - a) * n).sum(axis=1) > 1e-9
+    for f in np.flatnonzero(facing):
         spec = faces[names[f]]
         shade = light.shade(n[f])
         pts = q[f]

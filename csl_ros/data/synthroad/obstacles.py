@@ -38,8 +38,9 @@ def _random_color(rng, asphalt) -> np.ndarray:
 def make_obstacle(world: World, rng: np.random.Generator, s: float, d: float, kind: str | None = None) -> Obj:
     """A random obstacle standing at road coordinates (s, d) (not yet added to the world)."""
     kind = kind or OBSTACLE_KINDS[rng.choice(len(OBSTACLE_KINDS), p=[0.28, 0.12, 0.16, 0.12, 0.16, 0.16])]
-    # Largest dimension, log-uniform: small obstacles are the common (and hard) case.
-    m = float(np.exp(rng.uniform(np.log(SIZE_RANGE[0]), np.log(SIZE_RANGE[1]))))
+    # Largest dimension: half log-uniform (small obstacles are the common and hard case), half uniform.
+    lo, hi = SIZE_RANGE
+    m = float(np.exp(rng.uniform(np.log(lo), np.log(hi))) if rng.random() < 0.5 else rng.uniform(lo, hi))
     p = {"color": _random_color(rng, world.asphalt), "second": _random_color(rng, world.asphalt),
          "pattern": T.PATTERNS[rng.integers(len(T.PATTERNS))], "tex_seed": int(rng.integers(1 << 30))}
     if kind == "box":

@@ -270,9 +270,10 @@ class Raster:
                 colors[y0:y1, x0:x1] *= n1[..., None]
                 tex_box = None
         if tex_box is not None:
-            # Pixels per finest texel: where the texture is magnified, evaluate it on a coarser
-            # grid and upsample (same picture, a fraction of the work).
-            f = int(min(4, max(1, px_per_texel)))
+            # Evaluate the texture on a grid as coarse as its finest detail allows, then upsample;
+            # below one pixel per fine texel the fine layer is left out (it would only alias).
+            use_fine = px_per_texel >= 1.0
+            f = int(min(4, max(1, 2 * px_per_texel if use_fine else 1.5 * 3.1 * px_per_texel)))
             sw, sh = x1 - x0, y1 - y0
             gw, gh = -(-sw // f), -(-sh // f)
             # grid pixel (x, y) -> sub-box pixel (f x, f y) -> metres -> texels
@@ -281,10 +282,13 @@ class Raster:
             m1 = np.hstack([lin, off[:, None]]).astype(np.float64)
             n1 = cv2.warpAffine(tile("mid"), m1, (gw, gh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_WRAP)
-            n2 = cv2.warpAffine(tile("fine"), m1 * 3.1, (gw, gh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_WRAP)
-            n1 *= np.float32(0.6)
-            n1 += np.float32(0.5) * n2
+            if use_fine:
+                n2 = cv2.warpAffine(tile("fine"), m1 * 3.1, (gw, gh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=cv2.BORDER_WRAP)
+                n1 *= np.float32(0.6)
+                n1 += np.float32(0.5) * n2
+            else:
+                n1 *= np.float32(0.8)
             if f > 1:
                 n1 = cv2.resize(n1, (gw * f, gh * f), interpolation=cv2.INTER_LINEAR)[:sh, :sw]
             n1 *= cv2.LUT(canvas[y0:y1, x0:x1], texa)

@@ -165,7 +165,7 @@ def _place_for_frame(drive: _Drive, view: View, rng: np.random.Generator) -> lis
     for _ in range(n_target * 25):
         if len(placed) == n_target:
             break
-        dist = OBSTACLE_RANGE[0] + (OBSTACLE_RANGE[1] - OBSTACLE_RANGE[0]) * rng.random() ** 1.3
+        dist = OBSTACLE_RANGE[0] + (OBSTACLE_RANGE[1] - OBSTACLE_RANGE[0]) * rng.random() ** 1.5
         s = s_cam + dist
         o = make_obstacle(world, rng, s, 0.0)
         lo, hi = _lateral_range(world, s, drive.mode, o.radius)
@@ -261,39 +261,42 @@ def _assign_uids(world: World, obstacles: list[Obj]) -> None:
 def _sky(rs: Raster, view: View, light) -> None:
     """Sky gradient, sun glow and clouds on a plane 1 km up, at quarter resolution, upsampled.
 
-    Only the rows down to a little below the horizon are shaded; the ground covers the rest.
+    Only the rows down to 8 pixels below the horizon are shaded; the ground covers the rest (its
+    rays there meet the ground well within ``GROUND_TMAX``).
     """
     h, w = rs.h, rs.w
     hor = view.horizon_rows(np.array([0.0, w - 1.0]))
     rows = int(np.clip(np.ceil(hor.max()) + 8, 1, h))
     f = 4
     hs, ws = max(2, -(-rows // f)), max(2, w // f)
-    m = view.ray_coefficients()
-    us = (np.arange(ws, dtype=np.float64) + 0.5) * (w / ws) - 0.5
-    vs = (np.arange(hs, dtype=np.float64) + 0.5) * (rows / hs) - 0.5
-    d = [m[i, 0] * us[None, :] + m[i, 1] * vs[:, None] + m[i, 2] for i in range(3)]
-    norm = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
-    dy = d[1] / norm
-    el = np.arcsin(np.clip(dy, -1, 1))
-    g = np.clip(el / 0.6, 0, 1) ** 0.55
-    col = light.sky_horizon[None, None, :] * (1 - g[..., None]) + light.sky_top[None, None, :] * g[..., None]
-    cos_sun = (d[0] * light.sun[0] + d[1] * light.sun[1] + d[2] * light.sun[2]) / norm
-    glow = np.clip(cos_sun, 0, 1) ** 24 * 0.35 + np.clip(cos_sun, 0, 1) ** 4 * 0.08
-    col = col + glow[..., None] * np.array([1.0, 0.95, 0.85])
+    m = view.ray_coefficients().astype(np.float32)
+    us = ((np.arange(ws, dtype=np.float32) + 0.5) * (w / ws) - 0.5)[None, :]
+    vs = ((np.arange(hs, dtype=np.float32) + 0.5) * (rows / hs) - 0.5)[:, None]
+    d0, d1, d2 = (m[i, 0] * us + m[i, 1] * vs + m[i, 2] for i in range(3))
+    inv_norm = 1.0 / np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+    dy = d1 * inv_norm                                   # sine of the elevation
+    g = np.sqrt(np.clip(dy * np.float32(1 / 0.56), 0, 1))
+    col = light.sky_horizon.astype(np.float32) + g[..., None] * (light.sky_top - light.sky_horizon).astype(np.float32)
+    c = np.clip((d0 * light.sun[0] + d1 * light.sun[1] + d2 * light.sun[2]) * inv_norm, 0, 1)
+    c2 = c * c
+    c4 = c2 * c2
+    c8 = c4 * c4
+    glow = c8 * c8 * c8 * np.float32(0.35) + c4 * np.float32(0.08)
+    col += glow[..., None] * np.array([1.0, 0.95, 0.85], np.float32)
     if light.clouds > 0.02:
-        yy = np.maximum(dy, 0.02)
+        yy = 1000.0 / np.maximum(dy, np.float32(0.02))
         # cloud layer 1000 m above the camera, in world metres (it drifts past in a drive)
-        cx = d[0] / norm / yy * 1000.0 + view.C[0]
-        cz = d[2] / norm / yy * 1000.0 + view.C[2]
-        n = sample_bilinear("coarse", cx * 0.05 + 1000, cz * 0.05 + 1000) \
-            + 0.45 * sample_bilinear("mid", cx * 0.3 + 500, cz * 0.3 + 500)
-        thr = 1.6 - 3.0 * light.clouds
-        cov = np.clip((n - thr) * 0.8, 0, 1) * np.clip(el / 0.04, 0, 1) ** 0.7
-        shade = np.clip(1.0 - 0.22 * np.clip(n - thr - 0.7, 0, 2), 0.65, 1.0)
-        col = col * (1 - cov[..., None]) + (light.cloud_color[None, None, :] * shade[..., None]) * cov[..., None]
+        cx = d0 * inv_norm * yy + np.float32(view.C[0])
+        cz = d2 * inv_norm * yy + np.float32(view.C[2])
+        n = sample_bilinear("coarse", cx * 0.04 + 1000, cz * 0.04 + 1000) \
+            + 0.22 * sample_bilinear("mid", cx * 0.12 + 500, cz * 0.12 + 500)
+        thr = 1.5 - 2.8 * light.clouds
+        cov = np.clip((n - thr) * 0.9, 0, 1) * np.sqrt(np.clip(dy * np.float32(25.0), 0, 1))
+        # thicker cloud is darker underneath
+        shade = np.clip(1.0 - 0.18 * np.clip(n - thr - 0.6, 0, 2), 0.7, 1.0)
+        cc = light.cloud_color.astype(np.float32)[None, None, :] * shade[..., None]
+        col += cov[..., None] * (cc - col)
     rs.img[:rows] = cv2.resize(col.astype(np.float32), (w, rows), interpolation=cv2.INTER_LINEAR)
-    if rows < h:
-        rs.img[rows:] = light.sky_horizon
     rs.lab[:] = L.SKY
 
 
