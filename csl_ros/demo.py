@@ -56,16 +56,19 @@ def step_video(ctx: DemoContext) -> None:
 
     from csl_ros.data.preview import label_overlay
     h, w = ctx.size
-    # even dimensions divisible by 16 keep every MP4 player happy
-    vw, vh = (w // 16) * 16 or 16, (h // 16) * 16 or 16
+    # at most 640 px wide, dimensions divisible by 16 (keeps every MP4 player happy)
+    vw = max(16, (min(w, 640) // 16) * 16)
+    vh = max(16, (int(round(h * vw / w)) // 16) * 16)
     mp4 = ctx.out / "synthroad_drive.mp4"
-    with imageio.get_writer(mp4, fps=ctx.fps, codec="libx264", quality=7, macro_block_size=16) as wr:
+    with imageio.get_writer(mp4, fps=ctx.fps, codec="libx264", quality=6, macro_block_size=16,
+                            ffmpeg_params=["-threads", "1"]) as wr:
         for f in ctx.frames:
-            both = np.vstack([f.image, label_overlay(f)])
-            wr.append_data(cv2.resize(both, (vw, 2 * vh), interpolation=cv2.INTER_AREA))
+            img = cv2.resize(f.image, (vw, vh), interpolation=cv2.INTER_AREA)
+            ov = cv2.resize(label_overlay(f), (vw, vh), interpolation=cv2.INTER_NEAREST)
+            wr.append_data(np.vstack([img, ov]))
     ctx.artifacts["video"] = mp4
     gif = ctx.out / "synthroad_drive.gif"
-    gw = min(480, w)
+    gw = min(400, w)
     gh = max(2, int(round(h * gw / w)))
     small = [cv2.resize(f.image, (gw, gh), interpolation=cv2.INTER_AREA) for f in ctx.frames[::2]]
     imageio.mimsave(gif, small, duration=2.0 / ctx.fps, loop=0)
