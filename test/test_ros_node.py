@@ -506,7 +506,7 @@ def test_full_size_frames_through_dds_from_another_process(rig_factory):
     """1024x2048 rgb8 (6 MB) best effort between processes: every frame must get its answer."""
     rig = rig_factory(overrides={"publish_overlay": False, "publish_color": False})
     n, h, w = 5, 1024, 2048
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA")
+    env = _node_env()
     proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, rig.ns, str(n), str(h), str(w), "0.6"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -523,3 +523,49 @@ def test_full_size_frames_through_dds_from_another_process(rig_factory):
     assert proc.returncode == 0, output
     snap = rig.node.stats.snapshot(rig.node.frames_dropped)
     assert snap["frames_received"] == n and snap["frames_processed"] == n
+
+
+# --- the csl_node executable -------------------------------------------------------------------------------
+def _node_env():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
+
+
+def test_csl_node_rejects_an_invalid_parameter_with_one_clear_line():
+    proc = subprocess.run([sys.executable, "-m", "csl_ros.ros.node", "--ros-args", "-p", "teacher:=bogus"],
+                          env=_node_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "csl_node: error:" in proc.stderr and "teacher='bogus' is not one of" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_csl_node_reports_unconfigured_and_exits_cleanly_on_sigint(ros):
+    import signal
+
+    ns = f"/t{next(_COUNTER)}"
+    probe = rclpy.create_node("probe", namespace=ns, context=ros)
+    executor = SingleThreadedExecutor(context=ros)
+    executor.add_node(probe)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    statuses = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics",
+                              lambda m: statuses.extend(s for s in m.status if s.name.startswith(f"{ns}/csl_detector:")), 10)
+    proc = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.node", "--ros-args", "-r", f"__ns:={ns}",
+                             "-p", "diagnostics_period_s:=0.2"], env=_node_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: statuses, timeout=60, what="diagnostics of the csl_node process")
+        assert statuses[-1].level == b"\x02" and "unconfigured" in statuses[-1].message
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0, output
+        assert "Traceback" not in output, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        executor.shutdown(timeout_sec=5)
+        thread.join(5)
+        probe.destroy_node()
