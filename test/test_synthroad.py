@@ -46,6 +46,15 @@ def test_deterministic_per_seed():
     assert not np.array_equal(s1[0].image, s1[2].image)   # the ego moves
 
 
+def test_output_does_not_depend_on_process_caches():
+    from csl_ros.data.synthroad import textures
+    a = render_frame(13, SIZE, "anomaly")
+    textures._CACHE.clear()
+    textures.facade.cache_clear()
+    render_frame(14, SIZE, "none")          # refill the texture caches from another scene first
+    assert _same(a, render_frame(13, SIZE, "anomaly"))
+
+
 def test_types_shapes_and_label_ranges(obstacle_frames, anomaly_frames):
     assert len(TRAIN_ID_NAMES) == 19
     for f in obstacle_frames + anomaly_frames + [render_frame(3, (96, 160), "none")]:

@@ -177,8 +177,8 @@ def draw_vehicle(rs: Raster, world: World, o: Obj, pose: Pose, light, shadows_on
             draw_box(rs, c, {k: ("color", paint * 0.9) for k in ("back", "front", "left", "right")}, light,
                      o.label, inst)
         return
-    pk = tuple(np.round(paint, 3).tolist())
-    gk = tuple(np.round(p["glass"], 3).tolist())
+    pk = tuple(paint.tolist())          # exact values: a cached texture is a pure function of its key
+    gk = tuple(p["glass"].tolist())
     if o.kind == "car":
         body = p["body"]
         hb = round({"sedan": 0.68, "hatch": 0.66, "suv": 0.6, "van": 0.5}[body] * H, 2)

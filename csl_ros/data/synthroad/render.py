@@ -188,6 +188,16 @@ def _place_for_frame(drive: _Drive, view: View, rng: np.random.Generator) -> lis
             continue
         boxes.append(bb)
         placed.append(o)
+    if not placed:
+        # Rare fallback: one obstacle 8-20 m ahead on the camera's line, clearing what stands there.
+        for _ in range(50):
+            s = s_cam + rng.uniform(8.0, 20.0)
+            o = make_obstacle(world, rng, s, float(view.C[0] - world.center(s)) + rng.uniform(-0.5, 0.5))
+            bb = _obstacle_bbox(view, world, o)
+            if bb is not None and bb[0] >= 1 and bb[2] <= drive.w - 2 and 0 <= bb[1] and bb[3] <= drive.h - 2:
+                world.objects = [q for q in world.objects if q.linear or math.hypot(q.s - s, q.d - o.d) > 5.0]
+                placed.append(o)
+                break
     _remove_occluders(world, placed, [view])
     return placed
 
@@ -526,6 +536,14 @@ def _vignette_r2(h: int, w: int) -> np.ndarray:
     return r2
 
 
+@lru_cache(maxsize=8)
+def _constant_image(h: int, w: int, color: tuple) -> np.ndarray:
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = color
+    img.setflags(write=False)
+    return img
+
+
 def _finish(rs: Raster, view: View, light, photo: dict, index: int) -> np.ndarray:
     """Haze, exposure, white balance, vignetting, tone curve, blur, sensor noise and JPEG."""
     h, w = rs.h, rs.w
@@ -539,9 +557,7 @@ def _finish(rs: Raster, view: View, light, photo: dict, index: int) -> np.ndarra
     vig = f32(1.0) - f32(photo["vignette"]) * _vignette_r2(h, w)
     w2 = haze * vig
     w1 = vig - w2
-    haze_img = np.empty_like(rs.img)
-    haze_img[:] = np.asarray(light.haze, np.float32)
-    img = cv2.blendLinear(rs.img, haze_img, w1, w2)
+    img = cv2.blendLinear(rs.img, _constant_image(h, w, tuple(float(c) for c in light.haze)), w1, w2)
     # Auto exposure towards a target mean, exposure offset; white balance and tone curve per
     # channel in one lookup table.
     mean = float(img[::4, ::4].mean())
