@@ -22,7 +22,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import time  # noqa: E402
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 from csl_ros.data.synth_cli import parse_size  # noqa: E402
 from csl_ros.data.synthroad import render_frame, render_sequence  # noqa: E402

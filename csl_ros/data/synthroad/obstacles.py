@@ -14,7 +14,7 @@ import numpy as np
 
 from . import labels as L
 from . import textures as T
-from .objects import Pose, _circle_xz, _ground_shadow_of_box, _rect_xz, box_corners, draw_box, ellipse, quad
+from .objects import Pose, _circle_xz, _ground_shadow_of_box, _rect_xz, box_corners, draw_box, ellipse
 from .raster import Part, Raster
 from .world import Obj, World
 

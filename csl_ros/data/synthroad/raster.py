@@ -259,7 +259,7 @@ class Raster:
                 texa[k + 1, 0] = p.tex
             sc = next(p.tex_scale for p in parts if p.tex)
             px_per_texel = math.sqrt(abs(np.linalg.det(aff))) / (sc * 3.1)
-            if px_per_texel < 0.35:
+            if px_per_texel < 1.0:
                 # Minified far away: the world-scaled texture would only alias, so use pixel-scale
                 # noise anchored at the sprite's ground point (cheap: a slice of a cached field).
                 sw, sh = x1 - x0, y1 - y0

@@ -14,13 +14,13 @@ from . import labels as L
 from .camera import CameraModel, View
 from .noise import sample, sample_bilinear, sensor_noise
 from .objects import Pose, draw_object
-from .obstacles import MAX_HEIGHT, draw_obstacle, footprint, make_obstacle
+from .obstacles import draw_obstacle, footprint, make_obstacle
 from .raster import Raster
 from .world import DS, LEFT, RIGHT, Obj, World
 
 OBSTACLE_MODES = ("none", "obstacle", "anomaly")
 GROUND_TMAX = 1500.0          # rays meeting the ground further than this count as horizon haze
-OBJECT_RANGE = 200.0          # objects further ahead than this are not drawn
+OBJECT_RANGE = 180.0          # objects further ahead than this are not drawn (the backdrop closes the view)
 SHADOW_RANGE = 150.0
 OBSTACLE_RANGE = (5.0, 60.0)  # forward distance of placed OOD obstacles
 

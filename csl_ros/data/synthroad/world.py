@@ -133,7 +133,8 @@ class World:
         self.curve = (amp1, l1, ph1, amp2, l2, ph2)
         self.c_tab = (amp1 * np.sin(2 * np.pi * s / l1 + ph1) + amp2 * np.sin(2 * np.pi * s / l2 + ph2)).astype(np.float32)
         wamp = rng.uniform(0, 0.07)
-        self.hw_tab = (self.hw0 * (1 + wamp * np.sin(2 * np.pi * s / rng.uniform(80, 250) + rng.uniform(0, 6.3)))).astype(np.float32)
+        wave = np.sin(2 * np.pi * s / rng.uniform(80, 250) + rng.uniform(0, 6.3))
+        self.hw_tab = (self.hw0 * (1 + wamp * wave)).astype(np.float32)
 
         # -- markings -----------------------------------------------------------------------
         self.markings = kind != "residential"
@@ -331,7 +332,7 @@ class World:
                     self._add_tree(rng, s, d)
                 else:
                     self._add_bush(rng, s, d)
-                s += rng.uniform(4, 14)
+                s += rng.uniform(5, 15)
             if rng.random() < 0.35:   # houses set back behind the trees
                 s = s_a
                 while s < s_b:
@@ -482,7 +483,8 @@ class World:
                 while s < self.s_hi:
                     if rng.random() < 0.5:
                         v = rng.uniform(7, 14) * (1 if side == RIGHT else -1)
-                        o = self._add_vehicle(rng, s, lc + rng.uniform(-0.25, 0.25), rng.uniform(-0.02, 0.02) + (0 if side == RIGHT else np.pi), v, parked=False)
+                        yaw = rng.uniform(-0.02, 0.02) + (0 if side == RIGHT else np.pi)
+                        o = self._add_vehicle(rng, s, lc + rng.uniform(-0.25, 0.25), yaw, v, parked=False)
                         o.p["lane"] = lc
                     s += rng.uniform(15, 70)
         # Cyclists at the right edge.
