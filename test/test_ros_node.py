@@ -569,3 +569,51 @@ def test_csl_node_reports_unconfigured_and_exits_cleanly_on_sigint(ros):
         executor.shutdown(timeout_sec=5)
         thread.join(5)
         probe.destroy_node()
+
+
+# --- the real detector --------------------------------------------------------------------------------------
+def _random_weight_detector(cfg):
+    """The real CSL Detector (scheme 2, r18_fast student, MSP teacher) with random weights: the real
+    contract and code path; only the scores are meaningless."""
+    import dataclasses
+
+    import torch
+
+    from csl_ros.model import build_student, get_preset
+    from csl_ros.pipeline import Detector
+    from csl_ros.teachers.calibration import Calibration
+    from csl_ros.teachers.segmenter import DEFAULT_PRESET, ClosedSetSegmenter
+    from csl_ros.teachers.segmenter import preset as seg_preset
+    from csl_ros.teachers.teacher import Teacher
+
+    torch.manual_seed(0)
+    teacher = Teacher("msp", ClosedSetSegmenter(seg_preset(DEFAULT_PRESET)), "msp", Calibration("identity"))
+    return Detector(dataclasses.replace(cfg, teacher="msp"), student=build_student(get_preset("r18_fast")),
+                    teacher=teacher)
+
+
+@pytest.mark.slow
+def test_real_detector_behind_the_node(rig_factory):
+    rig = rig_factory(factory=_random_weight_detector,
+                      overrides={"input_height": 128, "input_width": 256, "device": "cpu", "backend": "eager",
+                                 "teacher": "msp"})
+    image, K = road_frame(size=(256, 512))
+    rig.info_pub.publish(CameraInfo(width=512, height=256, k=[float(v) for v in np.ravel(K)]))
+    wait_for(lambda: rig.node._camera_info is not None, what="camera_info")
+    rig.send(image, 1)
+    out = rig.wait_answer(1, timeout=60)
+    assert (out["score"].height, out["score"].width) == (256, 512)
+    score = np.frombuffer(bytes(out["score"].data), np.float32)
+    assert np.isfinite(score).all() and score.min() >= 0 and score.max() <= 1
+    results = _set_remote(rig, score_threshold=0.9, min_instance_area=0)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    rig.send(image, 2)
+    out = rig.wait_answer(2, timeout=60)
+    cfg = rig.node.detector.config  # the real Detector.update took the run-time changes
+    assert (cfg.score_threshold, cfg.min_instance_area) == (0.9, 0)
+    inst = np.frombuffer(bytes(out["instances"].data), np.uint16).reshape(256, 512)
+    cubes = [m for m in out["obstacles"].markers if m.type == Marker.CUBE]
+    assert len(cubes) <= int(inst.max())  # one per instance with a ground contact point
+    score2 = np.frombuffer(bytes(out["score"].data), np.float32).reshape(256, 512)
+    assert (score2[inst > 0] >= 0.9).all()  # instances are made at the new threshold
+    wait_for(lambda: rig.diag_values(rig.last_diag()).get("backend") == "eager", what="backend in diagnostics")
