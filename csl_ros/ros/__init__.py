@@ -1,3 +1,9 @@
 """ROS 2 glue (rclpy). Nothing here computes model math: it converts messages, calls
-:class:`csl_ros.pipeline.Detector` and publishes. Modules import rclpy lazily where they can, so the
-conversion helpers work (and are tested) without a ROS graph."""
+:class:`csl_ros.pipeline.Detector` and publishes.
+
+- ``node``: the lifecycle node ``csl_detector`` and the ``csl_node`` executable (imports rclpy);
+- ``image_conversion``: sensor_msgs/Image and CompressedImage <-> numpy (cv_bridge equivalent);
+- ``params``, ``stats``, ``markers``, ``launch_support``: ROS-free parameter planning, statistics,
+  latest-frame slot, marker geometry and launch helpers, tested without a ROS graph;
+- ``testing``: a model-free detector implementing the Detector contract, for tests and benchmarks.
+"""
