@@ -19,10 +19,14 @@ motorcycle, bicycle) and per OOD obstacle (listed in ``frame.obstacles``); ``ood
 SMIYC encoding 0 in-distribution / 1 anomaly / 255 void: "obstacle" scenes void everything that is
 not drivable road (trainId 0) or obstacle, "anomaly" scenes have no void, "none" scenes are all 0.
 """
-from .camera import CameraModel
-from .labels import OOD_COLOR, PALETTE, TRAIN_ID_NAMES, TRAIN_TO_LABEL_ID, VOID
-from .obstacles import OBSTACLE_KINDS
-from .render import OBSTACLE_MODES, Frame, render_frame, render_sequence
+# Bumped whenever the frames rendered for a given (seed, size, obstacles) change, so caches of
+# rendered frames (e.g. training data) can be keyed on it.
+GENERATOR_VERSION = 1
+
+from .camera import CameraModel  # noqa: E402
+from .labels import OOD_COLOR, PALETTE, TRAIN_ID_NAMES, TRAIN_TO_LABEL_ID, VOID  # noqa: E402
+from .obstacles import OBSTACLE_KINDS  # noqa: E402
+from .render import OBSTACLE_MODES, Frame, render_frame, render_sequence  # noqa: E402
 
 __all__ = ["render_frame", "render_sequence", "Frame", "CameraModel", "TRAIN_ID_NAMES", "TRAIN_TO_LABEL_ID",
-           "PALETTE", "OOD_COLOR", "VOID", "OBSTACLE_KINDS", "OBSTACLE_MODES"]
+           "PALETTE", "OOD_COLOR", "VOID", "OBSTACLE_KINDS", "OBSTACLE_MODES", "GENERATOR_VERSION"]
