@@ -5,15 +5,32 @@ reads what earlier steps left there and records the files it writes in ``ctx.art
 stages of the project append their steps (record a bag, run the node, write a report) without
 changing the command.
 
-Step "drive": render an obstacle-track drive with synthroad; "contact_sheet": 12 frames with their
-label overlays; "video": the drive as MP4 (image above its label overlay) and a small GIF.
+Step "models": build the detector from ``config/driving.yaml`` (default: the shipped synthroad models;
+fails at once, naming models/manifest.json, when they are missing); "drive": render an
+obstacle-track drive with synthroad; "contact_sheet": 12 frames with their label overlays; "video":
+the drive as MP4 (image above its label overlay) and a small GIF; "bag": the drive as a rosbag2
+(images, camera_info, ground truth); "node_eval": start the ``csl_detector`` node (in this process,
+on its own ROS context) with that detector, replay the bag to it over ROS topics with
+``csl-ros evaluate --live`` (``--rate max``: every frame is answered), score what it published and
+write the report (``eval/report.html``) and an overlay video (``eval/overlay.mp4``).
+
+The network runs at 256x512 (the shipped models' training size) unless ``--set input_height=...``
+says otherwise, so the demo takes a few minutes on two CPU cores.
 """
 from __future__ import annotations
 
+import os
+import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+# The demo's network size: what the shipped synthroad models were trained at, and CPU-friendly.
+DEMO_OVERRIDES = {"input_height": 256, "input_width": 512}
+DEMO_SWEEP = "score_threshold=0.3:0.9:0.1"
+NODE_NAMESPACE = "/csl/camera"                 # as launch/replay_eval.launch.py starts the node
 
 
 @dataclass
@@ -27,6 +44,45 @@ class DemoContext:
     frames: list = field(default_factory=list)        # synthroad Frames of the drive
     artifacts: dict = field(default_factory=dict)     # name -> Path
     notes: list = field(default_factory=list)         # lines for the summary
+    config_path: str | None = None                    # ROS params file of the node
+    overrides: dict = field(default_factory=dict)     # --set values (after DEMO_OVERRIDES)
+    rate: str = "max"                                 # replay rate of the live evaluation
+    detector_config: object = None
+    node_config: object = None
+    detector: object = None                           # built by "models", handed to the node
+
+
+def default_params_file() -> Path:
+    """config/driving.yaml: the source tree's, else the installed share/csl_ros/config one."""
+    import sys
+
+    candidates = [Path(__file__).resolve().parents[1] / "config" / "driving.yaml"]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("csl_ros")) / "config" / "driving.yaml")
+    except Exception:  # not in a sourced ROS workspace
+        pass
+    candidates.append(Path(sys.prefix) / "share" / "csl_ros" / "config" / "driving.yaml")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError("config/driving.yaml not found (looked in: "
+                            + ", ".join(str(c) for c in candidates) + "); pass --config")
+
+
+def step_models(ctx: DemoContext) -> None:
+    """Build the detector first: a missing model fails before anything is rendered."""
+    from csl_ros.config import load_configs
+    from csl_ros.pipeline import Detector
+
+    ctx.detector_config, ctx.node_config = load_configs(ctx.config_path, ctx.overrides)
+    t0 = time.perf_counter()
+    ctx.detector = Detector.from_config(ctx.detector_config)
+    cfg = ctx.detector_config
+    ctx.notes.append(f"detector: scheme {cfg.scheme}, teacher {cfg.teacher}, network {cfg.input_height}x"
+                     f"{cfg.input_width}, backend {ctx.detector.backend} on {ctx.detector.device}, loaded in "
+                     f"{time.perf_counter() - t0:.1f} s")
 
 
 def step_drive(ctx: DemoContext) -> None:
@@ -75,11 +131,104 @@ def step_video(ctx: DemoContext) -> None:
     ctx.artifacts["gif"] = gif
 
 
+def step_bag(ctx: DemoContext) -> None:
+    from csl_ros.data.loaders import Synthroad
+    from csl_ros.eval.bag import write_bag
+
+    bag = ctx.out / "drive_bag"
+    if bag.exists():            # the demo's own bag from an earlier run (rosbag2 never overwrites)
+        shutil.rmtree(bag)
+    records = (Synthroad.record(f, f"demo_s{ctx.seed}_{i:06d}") for i, f in enumerate(ctx.frames))
+    summary = write_bag(records, bag, rate_hz=ctx.fps, dataset="synthroad")
+    ctx.artifacts["bag"] = summary.path
+
+
+def _parameters(ctx: DemoContext):
+    import dataclasses
+
+    from rclpy.parameter import Parameter
+
+    values = {**dataclasses.asdict(ctx.detector_config), **dataclasses.asdict(ctx.node_config)}
+    return [Parameter(k, value=v) for k, v in values.items()]
+
+
+def step_node_eval(ctx: DemoContext) -> None:
+    """The node on its own ROS context in this process, the live evaluator talking to it over DDS."""
+    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")}
+    # A private domain unless the user chose one, so a running ROS graph is not disturbed.
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
+    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")   # read by rclpy.init below
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from csl_ros.cli import build_parser
+    from csl_ros.eval.evaluate import LIVE_CAMERA_INFO_TOPIC, LIVE_IMAGE_TOPIC, evaluate_command
+    from csl_ros.ros.node import CslDetectorNode, default_detector_factory
+
+    prebuilt = [ctx.detector]
+
+    def factory(cfg):  # the detector built by "models" first; a reconfigure builds a new one
+        return prebuilt.pop() if prebuilt else default_detector_factory(cfg)
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    node = executor = thread = None
+    try:
+        node = CslDetectorNode(detector_factory=factory, namespace=NODE_NAMESPACE, context=context,
+                               parameter_overrides=_parameters(ctx),
+                               cli_args=["--ros-args", "-r", f"image:={LIVE_IMAGE_TOPIC}",
+                                         "-r", f"camera_info:={LIVE_CAMERA_INFO_TOPIC}"])
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        thread = threading.Thread(target=executor.spin, name="csl_demo_node", daemon=True)
+        thread.start()
+        if not node.configure_and_activate():
+            raise RuntimeError("the csl_detector node failed to configure/activate (see its log above)")
+        print(f"[demo] node {node.get_fully_qualified_name()} active on ROS_DOMAIN_ID="
+              f"{os.environ['ROS_DOMAIN_ID']}, listening on {LIVE_IMAGE_TOPIC}")
+        out = ctx.out / "eval"
+        argv = ["evaluate", "--live", "--bag", str(ctx.artifacts["bag"]), "--out", str(out), "--rate", ctx.rate,
+                "--video", "--sweep", DEMO_SWEEP, "--track", "obstacle"]
+        if ctx.config_path:
+            argv += ["--config", str(ctx.config_path)]
+        for k, v in ctx.overrides.items():
+            argv += ["--set", f"{k}={v}"]
+        rc = evaluate_command(build_parser().parse_args(argv))
+        if rc != 0:
+            raise RuntimeError(f"the live evaluation failed (exit code {rc})")
+        stats = node.stats.snapshot(node.frames_dropped)
+        ctx.notes.append(f"node: {stats.get('frames_processed')} frames processed, "
+                         f"{stats.get('frames_dropped')} dropped")
+        for name in ("report.html", "report.md", "metrics.json", "overlay.mp4"):
+            ctx.artifacts[name.replace(".", "_")] = out / name
+    finally:
+        if node is not None:
+            node.release_all()
+        if executor is not None:
+            executor.shutdown(timeout_sec=5)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        if thread is not None:
+            thread.join(timeout=5)
+        ctx.detector = None
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 # Steps run in order; later stages append (name, function) pairs.
 DEMO_STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
+    ("models", step_models),
     ("drive", step_drive),
     ("contact_sheet", step_contact_sheet),
     ("video", step_video),
+    ("bag", step_bag),
+    ("node_eval", step_node_eval),
 ]
 
 
@@ -87,8 +236,16 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo on a synthetic drive and write its outputs",
                        description=__doc__)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--frames", type=int, default=60, help="frames of the synthetic drive (default 60)")
+    p.add_argument("--frames", type=int, default=40, help="frames of the synthetic drive (default 40)")
     p.add_argument("--size", default="512x1024", help="frame size HxW (default 512x1024)")
+    p.add_argument("--config", default=None,
+                   help="the node's ROS parameters file (default: config/driving.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of csl_ros.config (repeatable); the demo itself sets "
+                        + ", ".join(f"{k}={v}" for k, v in DEMO_OVERRIDES.items()))
+    p.add_argument("--rate", default="max",
+                   help="replay rate of the live evaluation: max (every frame answered), recorded, or a "
+                        "factor of the recorded rate")
     p.set_defaults(func=run)
 
 
@@ -101,7 +258,13 @@ def run(args) -> int:
     size = parse_size(args.size)
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
-    ctx = DemoContext(out=Path(args.out), frames_n=int(args.frames), size=size)
+    from csl_ros.config import parse_set_args
+    from csl_ros.eval.live import parse_rate
+
+    parse_rate(args.rate)
+    ctx = DemoContext(out=Path(args.out), frames_n=int(args.frames), size=size,
+                      config_path=str(args.config or default_params_file()),
+                      overrides={**DEMO_OVERRIDES, **parse_set_args(args.set)}, rate=args.rate)
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for name, step in DEMO_STEPS:
@@ -113,4 +276,6 @@ def run(args) -> int:
     print(f"[demo] done in {time.perf_counter() - t0:.1f} s; outputs:")
     for name, path in ctx.artifacts.items():
         print(f"  {name:14s} {path}")
+    if "report_html" in ctx.artifacts:
+        print(f"[demo] the report is {ctx.artifacts['report_html']} (Markdown: {ctx.artifacts['report_md']})")
     return 0
