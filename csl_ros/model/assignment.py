@@ -211,7 +211,7 @@ def structure_constrained_fusion(D: Tensor, regions: Tensor, mode: str = "produc
     if regions.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise ValueError(f"regions must be an integer label map, got {regions.dtype}")
     d = D if batched else D.unsqueeze(0)
-    r = regions if batched else regions.unsqueeze(0)
+    r = (regions if batched else regions.unsqueeze(0)).to(D.device)
     if r.shape != (d.shape[0],) + tuple(d.shape[2:]):
         raise ValueError(f"regions shape {tuple(regions.shape)} does not match D shape {tuple(D.shape)}")
     if d.numel() and bool((d < 0).any()):
