@@ -372,8 +372,9 @@ def evaluate_command(args, detector_factory=None) -> int:
         if info.get("frame_ms"):
             timing["frame_ms"] = summarize(info.pop("frame_ms"))
         info.pop("frame_ms", None)
-        if info.get("load_s") is not None:
+        if info.get("load_s") is not None:   # in process: loading the models is not frame time
             timing["model_load_s"] = info.pop("load_s")
+            t_frames -= timing["model_load_s"]
         timing["frames_wall_s"] = t_frames
         timing["scored_per_s"] = counts["scored"] / t_frames if t_frames > 0 else None
         result = {
