@@ -361,7 +361,6 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
     fig_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     px = metrics["pixel"]
-    comp = metrics.get("components")
     cfg = metrics.get("config", {})
     curve = px.get("curve") or {}
     for name, fn in (("pr_curve", lambda p: plot_pr(curve, px, p)),
