@@ -3,9 +3,9 @@
     ros2 launch csl_ros replay_eval.launch.py bag:=/data/laf_val out:=/tmp/laf_report
 
 Starts one ``csl_detector`` (auto-activated, in ``/<namespace>/<camera>``) and
-``csl-ros evaluate --live --bag BAG --out DIR``, which publishes the bag's images on the camera topic,
-scores what the node publishes on ``~/anomaly_score`` and counts the frames the node dropped. The
-launch ends when the evaluator exits.
+``csl-ros evaluate --live --bag BAG --out DIR`` (with the node's topics), which publishes the bag's
+images on the camera topic, scores what the node publishes on ``~/anomaly_score`` and counts the
+frames the node dropped. The launch ends when the evaluator exits.
 """
 import os
 
@@ -18,8 +18,8 @@ from launch.events import Shutdown
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
-from csl_ros.ros.launch_support import (FORWARDED_PARAMETERS, camera_remappings, node_namespace, parse_bool,
-                                        parse_cameras, typed_overrides)
+from csl_ros.ros.launch_support import (FORWARDED_PARAMETERS, camera_remappings, evaluator_command, node_namespace,
+                                        parse_bool, parse_cameras, typed_overrides)
 
 PACKAGE = "csl_ros"
 
@@ -43,7 +43,10 @@ LAUNCH_ARGUMENTS = (
      "file's value."),
     ("auto_activate", "true", "Configure and activate the node on start (the evaluator needs it active)."),
     ("use_sim_time", "false", "Use /clock for the node."),
-    ("evaluator_args", "", "Extra arguments appended to `csl-ros evaluate --live` (space-separated)."),
+    ("rate", "recorded", "Evaluator publishing rate: 'recorded' (the bag's stamps), a factor of it, or "
+     "'max' (next frame as soon as the node answered)."),
+    ("evaluator_args", "", "Extra arguments appended to `csl-ros evaluate --live` (space-separated), "
+     "e.g. '--track laf --video'."),
 )
 
 
@@ -68,8 +71,11 @@ def _launch(context, *args, **kwargs):
         parameters=[params_file, overrides],
         remappings=camera_remappings(camera, arg("image_topic"), arg("camera_info_topic")),
         output="screen", emulate_tty=True)
+    # Topics follow the node's remappings and namespace, so changing camera/namespace keeps them paired.
     evaluator = ExecuteProcess(
-        cmd=["csl-ros", "evaluate", "--live", "--bag", bag, "--out", out, *arg("evaluator_args").split()],
+        cmd=evaluator_command(bag, out, camera=camera, image_topic=arg("image_topic"),
+                              camera_info_topic=arg("camera_info_topic"), namespace=arg("namespace"),
+                              rate=arg("rate"), extra=arg("evaluator_args")),
         name="csl_evaluate", output="screen", emulate_tty=True)
     # The evaluation is the point of this launch: stop everything when it finishes.
     stop_when_done = RegisterEventHandler(OnProcessExit(

@@ -226,7 +226,21 @@ def test_replay_eval_launch(monkeypatch, tmp_path):
     node = next(a for a in actions if type(a).__name__ == "LifecycleNode")
     assert _check_parameters(node)["teacher"] == "energy"
     proc = next(a for a in actions if type(a).__name__ == "ExecuteProcess")
-    assert proc.kwargs["cmd"] == ["csl-ros", "evaluate", "--live", "--bag", str(bag), "--out", str(tmp_path / "out")]
+    cmd = proc.kwargs["cmd"]
+    assert cmd[:7] == ["csl-ros", "evaluate", "--live", "--bag", str(bag), "--out", str(tmp_path / "out")]
+    flags = dict(zip(cmd[7::2], cmd[8::2]))
+    remaps = dict(node.kwargs["remappings"])
+    # The evaluator publishes where the node listens and scores what the node publishes.
+    assert flags["--image-topic"] == remaps["image"] and flags["--camera-info-topic"] == remaps["camera_info"]
+    assert flags["--scores-topic"] == f"{node.kwargs['namespace']}/csl_detector/anomaly_score"
+    # ...and the evaluator's own parser accepts every flag (the default topics are its defaults too).
+    from csl_ros.cli import build_parser
+    from csl_ros.eval import evaluate as evaluate_module
+
+    args = build_parser().parse_args(cmd[1:])
+    assert args.live and (args.image_topic, args.scores_topic) == (evaluate_module.LIVE_IMAGE_TOPIC,
+                                                                   evaluate_module.LIVE_SCORES_TOPIC)
+    assert args.camera_info_topic == evaluate_module.LIVE_CAMERA_INFO_TOPIC
     assert any(type(a).__name__ == "RegisterEventHandler" for a in actions)
     with pytest.raises(ValueError, match="bag"):
         _run(monkeypatch, "replay_eval.launch.py")

@@ -54,6 +54,17 @@ def camera_remappings(camera: str, image_topic: str, camera_info_topic: str) -> 
     return [("image", image), ("image/compressed", f"{image}/compressed"), ("camera_info", topic(camera_info_topic))]
 
 
+def evaluator_command(bag: str, out: str, *, camera: str, image_topic: str, camera_info_topic: str,
+                      namespace: str, rate: str = "recorded", extra: str = "") -> list[str]:
+    """``csl-ros evaluate --live`` wired to the node that replay_eval.launch.py starts: the evaluator
+    publishes on the topics the node's inputs are remapped to and scores the node's anomaly_score."""
+    remap = dict(camera_remappings(camera, image_topic, camera_info_topic))
+    scores = f"{node_namespace(namespace, camera)}/csl_detector/anomaly_score"
+    return ["csl-ros", "evaluate", "--live", "--bag", bag, "--out", out,
+            "--image-topic", remap["image"], "--camera-info-topic", remap["camera_info"],
+            "--scores-topic", scores, "--rate", rate, *extra.split()]
+
+
 def typed_overrides(raw: Mapping[str, str]) -> dict:
     """Launch-argument strings -> parameter values of the schema's types, for the given non-empty
     arguments. Raises ValueError naming an invalid value, so a typo fails the launch at once."""
