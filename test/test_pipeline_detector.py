@@ -95,6 +95,9 @@ def test_torchscript_backend_matches_eager_and_is_cached(student, tmp_path):
     assert ts.backend == "torchscript"
     assert len(list(tmp_path.glob("torchscript_*.ts"))) == 1
     np.testing.assert_allclose(ts(img).anomaly_map, eager.anomaly_map, atol=1e-4)
+    cached = make("1", student, None, tmp_path, backend="torchscript")  # loads the cached trace
+    assert cached.backend == "torchscript" and cached.network.fallback_reason is None
+    np.testing.assert_allclose(cached(img).anomaly_map, eager.anomaly_map, atol=1e-4)
 
 
 def test_batch_equals_single_and_runtime_update(student, teacher, tmp_path):

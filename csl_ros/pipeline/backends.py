@@ -70,21 +70,23 @@ def _cache_path(cache_dir: str, model_hash: str, shape, precision: str, kind: st
 
 
 def _torchscript(module, example, path: Path, force: bool):
-    if path.is_file() and not force:
-        log.info("loading cached TorchScript module %s", path)
-        return torch.jit.load(str(path), map_location=example.device)
     import warnings
 
     # Shape-to-int conversions in the trace are intended: the engine is built for one input size.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(module, example, check_trace=False, strict=False)
+        if path.is_file() and not force:
+            log.info("loading cached TorchScript module %s", path)
+            traced = torch.jit.load(str(path), map_location=example.device)
+        else:
+            traced = torch.jit.trace(module, example, check_trace=False, strict=False)
+            # The trace is cached, not the frozen module: frozen + optimised graphs do not survive
+            # a save/load round trip ("required keyword attribute 'value' is undefined").
+            torch.jit.save(traced, str(path))
         # freeze + optimize_for_inference folds BatchNorm into convolutions (and, on CPU, picks
         # MKLDNN-friendly layouts): the CPU speed-up comes from here.
-        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-        torch.jit.save(frozen, str(path))
-    return frozen
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
 
 def _tensorrt(module, example, path: Path, force: bool):
