@@ -29,7 +29,7 @@ from typing import Callable
 
 # The demo's network size: what the shipped synthroad models were trained at, and CPU-friendly.
 DEMO_OVERRIDES = {"input_height": 256, "input_width": 512}
-DEMO_SWEEP = "score_threshold=0.3:0.9:0.1"
+DEMO_SWEEP = "score_threshold=0.02,0.05,0.1,0.2,0.3,0.5,0.7"   # wide: scores of obstacles vary by model
 NODE_NAMESPACE = "/csl/camera"                 # as launch/replay_eval.launch.py starts the node
 
 
