@@ -385,6 +385,9 @@ def evaluate_command(args, detector_factory=None) -> int:
             "counts": counts, "count_meanings": {k: COUNT_MEANINGS[k] for k in counts},
             **metrics, "timing": timing, "config": dataclasses.asdict(cfg_used),
         }
+        shipped = _shipped_models(cfg_used)
+        if shipped:
+            result["run"]["shipped_models"] = shipped
         if counts["dropped"]:
             result["notes"].append(f"{counts['dropped']} labelled frame(s) were dropped (no score map): the "
                                    f"metrics cover {counts['scored']} of {counts['labelled']} labelled frames")
@@ -410,6 +413,22 @@ def evaluate_command(args, detector_factory=None) -> int:
         print(f"note: {note}")
     print(f"wrote {out / 'metrics.json'}, report {written['report_html']}")
     return 0
+
+
+def _shipped_models(cfg) -> dict | None:
+    """Which shipped models an empty model path stands for: the manifest's file names and SHA-256
+    (of this machine's models/ folder; --live runs the node's, normally the same install)."""
+    if cfg.student_path and cfg.teacher_path:
+        return None
+    try:
+        from csl_ros.shipped import MANIFEST, models_dir, read_manifest
+
+        directory = models_dir()
+        entries = read_manifest(directory).get("models", {})
+    except (FileNotFoundError, ValueError):
+        return None
+    return {"manifest": str(directory / MANIFEST),
+            "models": {k: {"file": v.get("file"), "sha256": v.get("sha256")} for k, v in entries.items()}}
 
 
 def _json_default(o):

@@ -370,8 +370,11 @@ def evaluate_live(bag, sink, opts: LiveOptions, *, limit=None, quiet=True) -> tu
             pending[fr.stamp_ns] = (fr, t_last_pub)
             counts["published"] += 1
             if factor is None:
+                # score the earlier answers while the node works on this frame, then wait for its answer
+                drain()
                 s = fr.stamp_ns
-                wait_until(lambda: s not in pending, time.monotonic() + opts.timeout_s)
+                with inbox.arrived:
+                    inbox.arrived.wait_for(lambda: s in inbox.scores or s not in pending, timeout=opts.timeout_s)
         counts["unmatched_labels"] = reader.stats.unmatched_labels
         wait_until(lambda: not pending, time.monotonic() + opts.timeout_s)
         drain(force_instances=True)

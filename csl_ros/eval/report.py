@@ -16,6 +16,7 @@ import numpy as np
 
 FIGURES = "figures"
 PANEL_TITLES = ("image", "anomaly score", "ground truth (grey: void)", "instances (red), GT (green)")
+WORST_PANEL_WIDTH = 512         # px per panel of a worst-frame picture (2x2 panels)
 MAX_LABELLED_OBSTACLES = 12     # more labels than this hide the picture: outlines only
 
 
@@ -378,10 +379,10 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
     worst = []
     for rank, row in enumerate(worst_frames(metrics["per_frame"], worst_n), 1):
         fr = sink.load_frame(row["index"])
-        pic = frame_panels(fr["image"], fr["scores"], fr["instances"], fr["labels"])
+        pic = frame_panels(fr["image"], fr["scores"], fr["instances"], fr["labels"], max_width=WORST_PANEL_WIDTH)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in row["frame_id"])[:60]
         rel = f"{FIGURES}/worst_{rank:02d}_{safe}.png"
-        cv2.imwrite(str(out / rel), pic)
+        cv2.imwrite(str(out / rel), pic, [cv2.IMWRITE_PNG_COMPRESSION, 9])
         worst.append({"rank": rank, "frame_id": row["frame_id"], "index": row["index"],
                       "f1_at_threshold": row["f1_at_threshold"], "ap": row["ap"],
                       "tp_px": row["tp_px"], "fp_px": row["fp_px"], "fn_px": row["fn_px"], "picture": rel})
@@ -419,6 +420,9 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
         f"{cfg.get('input_height', '?')}x{cfg.get('input_width', '?')} (HxW), score_threshold "
         f"{cfg.get('score_threshold', '?')}, min_instance_area {cfg.get('min_instance_area', '?')}",
         f"backend {run.get('backend') or '?'} on {run.get('device') or '?'}",
+        *([("shipped models: " + ", ".join(f"{k} `{v['file']}` (sha256 {str(v['sha256'])[:12]})"
+                                           for k, v in run["shipped_models"]["models"].items()))]
+          if run.get("shipped_models") else []),
         f"written {run.get('created', '')} by csl-ros {run.get('version', '')}; "
         f"all numbers in [metrics.json](metrics.json), per frame in [per_frame.csv](per_frame.csv)",
     ])
@@ -454,8 +458,8 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
     doc.p(inst.get("description", "") + (". " + inst["note"] if inst.get("note") else ""))
     for sw in m.get("sweeps", []):
         doc.h(2, f"Sweep: {sw['parameter']}")
-        doc.p(sw["description"] + ". One pass of network outputs: the fused anomaly maps and regions "
-              "were cached once and only the steps after the network were recomputed per value.")
+        doc.p(sw["description"] + ". One pass of network outputs: nothing before the instance step "
+              "was run again per value.")
         header = ["value", "instances", "false", "GT detected", "GT components", "inst. recall",
                   "inst. precision"]
         has_comp = any("components" in r for r in sw["rows"])
@@ -490,6 +494,10 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
         doc.table(["ms", "n", "mean", "median", "p95", "max"], rows)
     doc.ul([f"{k.replace('_', ' ')}: {num(v, '{:.2f}')}" for k, v in timing.items()
             if not isinstance(v, dict) and v is not None])
+    diag = run.get("node_diagnostics")
+    if diag:
+        doc.p(f"The node's own statistics (its last `/diagnostics` message, {run.get('node', '')}):")
+        doc.table(["value", ""], [[k, v] for k, v in diag.items()])
     doc.h(2, "Worst frames")
     worst = m.get("worst_frames", [])
     if worst:

@@ -463,15 +463,18 @@ class ScoreSink:
                                      "f1_50": c.f1_50, "n_pred_components": c.n_pred_components,
                                      "n_gt_components": c.n_gt_components, "notes": c.notes}
             rows.append(row)
+        source = ("the cached fused maps and the student's regions" if not self._missing_regions else
+                  "the cached score maps (the student's regions are not available in this mode: "
+                  "instances are connected components of the thresholded map)")
         if sw.parameter == "score_threshold":
             what = (f"score_threshold varies; min_instance_area stays {cfg.min_instance_area}. Per value: "
-                    f"the detector's instances re-extracted from the cached fused maps and regions "
+                    f"the detector's instances re-extracted from {source} "
                     f"(score >= value), pixel precision/recall/F1 at score >= value, and the official "
                     f"component metrics (sIoU, PPV, F1) with the value as a fixed threshold "
                     f"(score > value) instead of the benchmark's best-F1 threshold")
         else:
             what = (f"min_instance_area varies; score_threshold stays {cfg.score_threshold:g}. Per value: "
-                    f"the detector's instances re-extracted from the cached fused maps and regions. "
+                    f"the detector's instances re-extracted from {source}. "
                     f"Pixel and component metrics do not depend on it (the official component metrics "
                     f"use the track's own size filters)")
         return {"parameter": sw.parameter, "values": list(sw.values), "description": what,
