@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Reproduce the shipped synthroad models in models/ (CPU, reduced schedule; see models/*.md).
+#
+#   bash bench/train_shipped.sh [RUN_DIR]        # default RUN_DIR=/tmp/csl_runs
+#
+# Steps: render the in-distribution training frames once into ~/.cache/csl_ros/synthroad (seeds 0..999,
+# obstacles="none"), train the closed-set segmenter, fit its SML statistics / calibration on
+# validation seeds 1,000,000+, train the class-agnostic student, then the scheme-1 student
+# (initialised from the class-agnostic one, distilled from the frozen SML teacher), and register
+# every file in models/manifest.json with its SHA-256. No OOD data is used anywhere.
+set -euo pipefail
+R=${1:-/tmp/csl_runs}
+M=$(cd "$(dirname "$0")/.." && pwd)/models
+mkdir -p "$R" "$M"
+CSL=${CSL:-csl-ros}
+
+STUDENT_COMMON=(--set student.preset=r18_fast --set data.synth_frames=1000 --set data.crop_height=128
+  --set data.crop_width=256 --set data.min_scale=0.5 --set data.max_scale=1.25 --set optim.batch_size=4
+  --set optim.lr=5e-4 --set optim.backbone_lr_multiplier=1.0 --set student.num_points=2048
+  --set run.threads=1 --set run.checkpoint_every=50 --set run.log_every=10)
+
+# 1. training frames (shared by every step)
+$CSL train student --prepare-only --set data.synth_frames=1000
+
+# 2. closed-set segmenter (teacher base), LR-ASPP MobileNetV3, from scratch
+$CSL train segmenter --out "$R/segmenter" --set frames=1000 --set render_size=256x512 \
+  --set crop_size=128x256 --set scale_range=0.5,1.25 --set steps=700 --set batch_size=4 --set lr=1e-3 \
+  --set num_threads=1 --set checkpoint_every=100 --set val_frames=100 --export "$M/teacher_segmenter.safetensors"
+
+# 3. SML statistics + global calibrations on in-distribution validation frames
+$CSL teacher fit-stats --segmenter "$M/teacher_segmenter.safetensors" --data synthroad \
+  --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter.stats.json"
+
+# 4. class-agnostic CSL student (scheme 2 default)
+$CSL train student --scheme ca --out "$R/student_ca" "${STUDENT_COMMON[@]}" --set optim.max_steps=500 \
+  --export-fp16 "$M/student_ca.safetensors"
+
+# 5. scheme-1 student: + distillation head, Huber loss against the frozen SML teacher
+$CSL train student --scheme 1 --out "$R/student_scheme1" "${STUDENT_COMMON[@]}" --set optim.max_steps=200 \
+  --set student.init_from="$R/student_ca/student.safetensors" --set student.teacher=sml \
+  --set student.teacher_path="$M/teacher_segmenter.safetensors" \
+  --set student.teacher_stats_path="$M/teacher_segmenter.stats.json" \
+  --export-fp16 "$M/student_scheme1.safetensors"
+
+# 6. manifest
+python - "$M" <<'EOF'
+import sys
+from pathlib import Path
+from csl_ros.shipped import register_shipped
+m = Path(sys.argv[1])
+for name, file, kind in [("teacher_segmenter", "teacher_segmenter.safetensors", "segmenter"),
+                         ("teacher_segmenter_stats", "teacher_segmenter.stats.json", "teacher_stats"),
+                         ("student_ca", "student_ca.safetensors", "student"),
+                         ("student_scheme1", "student_scheme1.safetensors", "student")]:
+    print(name, register_shipped(name, m / file, kind, m, card=Path(file).name.split(".")[0] + ".md"))
+EOF
