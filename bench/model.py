@@ -15,6 +15,12 @@ column is ours / reference (< 1 = faster than the reference).
 from __future__ import annotations
 
 import argparse
+import os
+
+# OpenMP threads busy-wait by default; on a shared 2-core machine that made two threads ~20x slower than
+# one whenever another process held a core. Passive waiting keeps the numbers meaningful there.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import statistics
 import time
 import warnings

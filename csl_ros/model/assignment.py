@@ -130,7 +130,10 @@ def soft_assign_logits(region_logits: Tensor, validity_logits: Tensor, out_size:
 
     ``exact=False`` (default): argmax at the stride-4 resolution, labels upsampled (see soft_assign).
     ``exact=True``: the logits are bilinearly upsampled to ``out_size`` (as Mask2Former does before its
-    argmax) ``chunk_rows`` output rows at a time, so at most N x chunk_rows x W floats exist at once.
+    argmax) in bands of about ``chunk_rows`` output rows, so at most N x chunk_rows x W floats exist at
+    once. Integer scale factors (e.g. the stride-4 maps of an input whose sides are multiples of 4) use
+    ``F.interpolate`` on overlapping bands (bit-identical to one full-size interpolation); other sizes
+    use an explicit gather, several times slower on CPU.
     """
     if validity_logits.dim() != 2 or validity_logits.shape[-1] != 2:
         raise ValueError(f"validity_logits must be N x 2, got shape {tuple(validity_logits.shape)}")
@@ -140,15 +143,26 @@ def soft_assign_logits(region_logits: Tensor, validity_logits: Tensor, out_size:
     _check_regions_validity(region_logits, validity)
     logits = region_logits.float()
     _, h, w = logits.shape
-    ys0, ys1, wy = _bilinear_taps(out_size[0], h, logits.device)
-    xs0, xs1, wx = _bilinear_taps(out_size[1], w, logits.device)
-    labels = torch.empty(out_size, dtype=torch.long, device=logits.device)
-    for start in range(0, out_size[0], chunk_rows):
-        rows = slice(start, min(start + chunk_rows, out_size[0]))
-        ly = wy[rows][None, :, None]
-        band = logits[:, ys0[rows]] * (1 - ly) + logits[:, ys1[rows]] * ly  # N x R x w
-        full = band[:, :, xs0] * (1 - wx) + band[:, :, xs1] * wx            # N x R x W
-        labels[rows] = (full.sigmoid_() * validity[:, None, None]).argmax(dim=0)
+    v = validity[:, None, None]
+    labels = torch.empty(tuple(out_size), dtype=torch.long, device=logits.device)
+    if out_size[0] % h == 0 and out_size[1] % w == 0:
+        sy, sx = out_size[0] // h, out_size[1] // w
+        band = max(1, chunk_rows // sy)
+        for s0 in range(0, h, band):
+            s1 = min(s0 + band, h)
+            a, b = max(s0 - 1, 0), min(s1 + 1, h)  # one context row each side: exact interior rows
+            up = F.interpolate(logits[None, :, a:b], scale_factor=(sy, sx), mode="bilinear", align_corners=False)[0]
+            up = up[:, (s0 - a) * sy:(s1 - a) * sy]
+            labels[s0 * sy:s1 * sy] = up.sigmoid_().mul_(v).argmax(dim=0)
+    else:
+        ys0, ys1, wy = _bilinear_taps(out_size[0], h, logits.device)
+        xs0, xs1, wx = _bilinear_taps(out_size[1], w, logits.device)
+        for start in range(0, out_size[0], chunk_rows):
+            rows = slice(start, min(start + chunk_rows, out_size[0]))
+            ly = wy[rows][None, :, None]
+            rows_up = logits[:, ys0[rows]] * (1 - ly) + logits[:, ys1[rows]] * ly   # N x R x w
+            full = rows_up[:, :, xs0] * (1 - wx) + rows_up[:, :, xs1] * wx          # N x R x W
+            labels[rows] = full.sigmoid_().mul_(v).argmax(dim=0)
     return _split_regions(labels, connectivity) if split_components else labels
 
 
