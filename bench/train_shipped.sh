@@ -36,7 +36,7 @@ $CSL train student --scheme ca --out "$R/student_ca" "${STUDENT_COMMON[@]}" --se
   --export-fp16 "$M/student_ca.safetensors"
 
 # 5. scheme-1 student: + distillation head, Huber loss against the frozen SML teacher
-$CSL train student --scheme 1 --out "$R/student_scheme1" "${STUDENT_COMMON[@]}" --set optim.max_steps=200 \
+$CSL train student --scheme 1 --out "$R/student_scheme1" "${STUDENT_COMMON[@]}" --set optim.max_steps=200 --set run.threads=2 \
   --set student.init_from="$R/student_ca/student.safetensors" --set student.teacher=sml \
   --set student.teacher_path="$M/teacher_segmenter.safetensors" \
   --set student.teacher_stats_path="$M/teacher_segmenter.stats.json" \

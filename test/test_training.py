@@ -305,3 +305,18 @@ def test_torchrun_two_process_gloo_loss_decreases(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["final_step"] == 10
     assert (out / "student.safetensors").is_file()
+
+
+def test_train_segmenter_cli_delegates_to_the_teachers_loop(tmp_path):
+    from csl_ros.cli import main
+    from csl_ros.teachers.segmenter import load_segmenter
+
+    out, export = tmp_path / "seg", tmp_path / "exported.safetensors"
+    code = main(["train", "segmenter", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 "--set", "preset=fpn_resnet18", "--set", "frames=2", "--set", "render_size=64x128",
+                 "--set", "crop_size=64x128", "--set", "steps=1", "--set", "batch_size=1",
+                 "--set", "progress=false", "--set", "device=cpu", "--export", str(export)])
+    assert code == 0
+    assert len(list((tmp_path / "cache" / "64x128").glob("*_trainIds.png"))) == 2  # shared frame cache
+    assert load_segmenter(export).config.arch == "fpn_resnet18"
+    assert main(["train", "segmenter", "--set", "stepz=1", "--print-config"]) == 2
