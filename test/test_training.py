@@ -221,7 +221,6 @@ def test_scheme1_distills_a_frozen_teacher(tmp_path):
     assert loaded.config.distill_channels == 1 and loaded.metadata["scheme"] == "1"
 
 
-@pytest.mark.slow
 def test_resume_gives_the_same_next_step(tmp_path):
     straight, _ = train_student(tiny_config(tmp_path / "a"), DistEnv(), dataset=ToyFrames(), resume=False)
     cfg_b = tiny_config(tmp_path / "b")
