@@ -7,6 +7,8 @@ VENV ?= $(HOME)/.cache/csl_ros/venv-$(REQ_HASH)
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
+# OpenMP threads that spin-wait make torch ~20x slower on a busy 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test venv
 
