@@ -11,7 +11,6 @@ expects, with a message naming the file and the offending keys.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,20 +18,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from csl_ros.shipped import sha256_file as file_sha256  # one SHA-256 helper for every model file
+
 from .config import ModelConfig
 from .student import CSLStudent
 
 FORMAT = "csl_ros.student"
 FORMAT_VERSION = "1"
-
-
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file (used to key engine caches and to record which weights were run)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
