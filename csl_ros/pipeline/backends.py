@@ -108,8 +108,8 @@ def compile_network(module: torch.nn.Module, example: torch.Tensor, *, backend: 
                     model_hash: str = "nohash", force_rebuild: bool = False) -> CompiledModel:
     """Prepare ``module`` for inference on ``device`` with the requested backend (or the best one).
 
-    ``auto``: TensorRT fp16 when torch-tensorrt and a GPU are present, else frozen TorchScript with
-    channels-last memory on CPU (measured in bench/pipeline.py), else eager.
+    ``auto``: TensorRT fp16 when torch-tensorrt and a GPU are present, else eager (channels-last
+    memory on CPU; faster than frozen TorchScript there, see docs/performance.md).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
@@ -121,7 +121,9 @@ def compile_network(module: torch.nn.Module, example: torch.Tensor, *, backend: 
     example = example.to(device)
     if channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
-    order = {"auto": (["tensorrt"] if device.type == "cuda" else []) + ["torchscript", "eager"],
+    # auto: measured in bench/pipeline.py (docs/performance.md), frozen TorchScript was slower than
+    # eager + channels-last on CPU, so it is never picked automatically.
+    order = {"auto": (["tensorrt"] if device.type == "cuda" else []) + ["eager"],
              "tensorrt": ["tensorrt", "eager"], "torchscript": ["torchscript", "eager"],
              "eager": ["eager"]}[backend]
     reasons = []
