@@ -23,6 +23,17 @@ COMMAND_MODULES = [
 ]
 
 
+def image_size_arg(text: str) -> tuple[int, int]:
+    """argparse type for ``--size HxW`` (at least 16x16), shared by the subcommands."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 512x1024, got {text!r}") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"size {text} is too small (at least 16x16)")
+    return h, w
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csl-ros",

@@ -9,18 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from csl_ros.cli import image_size_arg
+
 BAG_DATASETS = ("smiyc-anomaly", "smiyc-obstacle", "laf", "laf-noknown", "fishyscapes-laf",
                 "synthroad")
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 512x1024, got {text!r}") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"size {text} is too small (at least 16x16)")
-    return h, w
 
 
 def register(subparsers) -> None:
@@ -51,7 +43,7 @@ def register(subparsers) -> None:
     g = c.add_argument_group("synthroad")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--frames", type=int, default=100)
-    g.add_argument("--size", type=_size, default=(512, 1024), help="HxW")
+    g.add_argument("--size", type=image_size_arg, default=(512, 1024), help="HxW")
     g.add_argument("--obstacles", default="obstacle", choices=("none", "obstacle", "anomaly"))
     g.add_argument("--speed", type=float, default=10.0, help="ego speed (m/s)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -15,17 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from csl_ros.cli import image_size_arg
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 512x1024, got {text!r}") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
-    return h, w
 
 
 def register(subparsers) -> None:
@@ -47,7 +39,7 @@ def register(subparsers) -> None:
     f.add_argument("--frames", type=int, default=None,
                    help="number of frames (synthroad: required-ish, default 200; others: all)")
     f.add_argument("--first-seed", type=int, default=0, help="first synthroad seed (default 0)")
-    f.add_argument("--size", type=_size, default=(default.input_height, default.input_width),
+    f.add_argument("--size", type=image_size_arg, default=(default.input_height, default.input_width),
                    help="fitting resolution HxW, the teacher's test-time input size "
                         f"(default {default.input_height}x{default.input_width})")
     f.add_argument("--batch-size", type=int, default=2)
