@@ -23,7 +23,7 @@ import time  # noqa: E402
 
 import cv2  # noqa: E402
 
-from csl_ros.data.synth_cli import parse_size  # noqa: E402
+from csl_ros.cli import image_size_arg  # noqa: E402
 from csl_ros.data.synthroad import render_frame, render_sequence  # noqa: E402
 
 
@@ -34,10 +34,10 @@ def _clock():
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=30, help="frames per mode (default 30)")
-    ap.add_argument("--size", default="512x1024")
+    ap.add_argument("--size", type=image_size_arg, default=(512, 1024))
     ap.add_argument("--core", type=int, default=0, help="CPU core to pin to (-1: no pinning)")
     args = ap.parse_args()
-    size = parse_size(args.size)
+    size = args.size
     cv2.setNumThreads(1)
     if args.core >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.core})

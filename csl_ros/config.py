@@ -114,13 +114,14 @@ def schema_fields(cls) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls))
 
 
-def _coerce(value: Any, typ: type, name: str) -> Any:
-    """Convert YAML/CLI/ROS values to the field's type; reject anything lossy."""
+def coerce_value(value: Any, typ: type, name: str) -> Any:
+    """Convert a YAML / command-line / ROS value to the field type ``typ`` (bool, int, float, str);
+    reject anything lossy with a ValueError naming ``name``. Used by every configuration in csl_ros."""
     if typ is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
         raise ValueError(f"{name}: expected a boolean, got {value!r}")
     if typ is int:
         if isinstance(value, bool):
@@ -131,7 +132,7 @@ def _coerce(value: Any, typ: type, name: str) -> Any:
             return int(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return int(value.replace("_", ""))
             except ValueError:
                 pass
         raise ValueError(f"{name}: expected an integer, got {value!r}")
@@ -188,7 +189,7 @@ def apply_overrides(cfg, values: Mapping[str, Any], *, strict: bool = True):
                                  + ", ".join(sorted(names)))
             continue
         f = names[key]
-        val = _coerce(raw, field_type(f), key)
+        val = coerce_value(raw, field_type(f), key)
         err = check_value(f, val)
         if err:
             raise ValueError(err)

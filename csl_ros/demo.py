@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from csl_ros.cli import image_size_arg
+
 # The demo's network size: what the shipped synthroad models were trained at, and CPU-friendly.
 DEMO_OVERRIDES = {"input_height": 256, "input_width": 512}
 DEMO_SWEEP = "score_threshold=0.02,0.05,0.1,0.2,0.3,0.5,0.7"   # wide: scores of obstacles vary by model
@@ -237,7 +239,7 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--frames", type=int, default=40, help="frames of the synthetic drive (default 40)")
-    p.add_argument("--size", default="512x1024", help="frame size HxW (default 512x1024)")
+    p.add_argument("--size", type=image_size_arg, default=(512, 1024), help="frame size HxW (default 512x1024)")
     p.add_argument("--config", default=None,
                    help="the node's ROS parameters file (default: config/driving.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -252,10 +254,9 @@ def register(sub) -> None:
 def run(args) -> int:
     import cv2
 
-    from csl_ros.data.synth_cli import parse_size
 
     cv2.setNumThreads(1)
-    size = parse_size(args.size)
+    size = args.size
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     from csl_ros.config import parse_set_args

@@ -10,19 +10,8 @@ from csl_ros.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny_sets(tmp_path_factory):
-    import torch
-
-    from csl_ros.model import build_student, get_preset, save_checkpoint
-    from csl_ros.teachers.segmenter import ClosedSetSegmenter, preset, save_segmenter
-
-    d = tmp_path_factory.mktemp("tiny_models")
-    torch.manual_seed(0)
-    save_checkpoint(d / "student.safetensors", build_student(get_preset("r18_fast")).eval())
-    torch.manual_seed(1)
-    save_segmenter(ClosedSetSegmenter(preset("fpn_resnet18")).eval(), d / "seg.safetensors")
-    sets = [f"student_path={d / 'student.safetensors'}", f"teacher_path={d / 'seg.safetensors'}", "teacher=msp",
-            "input_height=64", "input_width=128", "device=cpu", "backend=eager"]
+def tiny_sets(tiny_model_files):
+    sets = [*tiny_model_files, "teacher=msp", "input_height=64", "input_width=128", "device=cpu", "backend=eager"]
     return [a for s in sets for a in ("--set", s)]
 
 

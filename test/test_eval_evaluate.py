@@ -256,18 +256,8 @@ def test_recorded_scores_topic(bag_frames, tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    import torch
-
-    from csl_ros.model import build_student, get_preset, save_checkpoint
-    from csl_ros.teachers.segmenter import ClosedSetSegmenter, preset, save_segmenter
-
-    d = tmp_path_factory.mktemp("tiny_models")
-    torch.manual_seed(0)
-    save_checkpoint(d / "student.safetensors", build_student(get_preset("r18_fast")).eval())
-    torch.manual_seed(1)
-    save_segmenter(ClosedSetSegmenter(preset("fpn_resnet18")).eval(), d / "seg.safetensors")
-    return [f"student_path={d / 'student.safetensors'}", f"teacher_path={d / 'seg.safetensors'}", *TINY]
+def tiny_models(tiny_model_files):
+    return [*tiny_model_files, *TINY]
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,6 @@ def test_launch_files_exist():
     assert {p.name for p in LAUNCH_FILES} >= {"driving.launch.py", "replay_eval.launch.py"}
 
 
-def _module_constant(tree: ast.Module, name: str):
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"{name} not found")
-
-
 def _used_configurations(tree: ast.Module) -> set[str]:
     """Names read through LaunchConfiguration("x") or the local arg("x") helper."""
     used = set()
@@ -45,22 +38,22 @@ def _used_configurations(tree: ast.Module) -> set[str]:
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_file_is_valid_python_with_described_arguments(path):
+def test_launch_file_is_valid_python_with_described_arguments(path, monkeypatch):
     source = path.read_text()
     tree = ast.parse(source, filename=str(path))
     compile(tree, str(path), "exec")
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
-    arguments = _module_constant(tree, "LAUNCH_ARGUMENTS")
+    arguments = _load_with_fakes(monkeypatch, path).LAUNCH_ARGUMENTS
     names = [a[0] for a in arguments]
     assert len(names) == len(set(names)), "duplicate launch argument"
     for name, default, description in arguments:
         assert isinstance(description, str) and len(description) > 15, f"{name} needs a description"
+        assert default is None or isinstance(default, str), name
     used = _used_configurations(tree)
     assert used <= set(names), f"undeclared launch arguments used: {used - set(names)}"
     # Every forwarded parameter is a declared argument and a schema field.
     assert set(FORWARDED_PARAMETERS) <= set(names)
     assert set(FORWARDED_PARAMETERS) <= SCHEMA_NAMES
-    assert "FASTDDS_BUILTIN_TRANSPORTS" in source and "LARGE_DATA" in source
 
 
 def test_params_file_and_rviz_config_are_valid():
@@ -78,6 +71,18 @@ def test_params_file_and_rviz_config_are_valid():
 
 
 # --- launch_support ---------------------------------------------------------------------------------------
+def test_shared_detector_arguments_are_described_by_the_schema():
+    from csl_ros.ros.launch_support import DETECTOR_LAUNCH_ARGUMENTS, launch_arguments
+
+    described = {name: (default, text) for name, default, text in DETECTOR_LAUNCH_ARGUMENTS}
+    assert set(FORWARDED_PARAMETERS) <= set(described)
+    assert described["teacher"][1].startswith(DetectorConfig.__dataclass_fields__["teacher"].metadata["help"])
+    assert "Range 0.0..1.0" in described["score_threshold"][1] and described["score_threshold"][0] == ""
+    assert described["auto_activate"][0] == "true"
+    resolved = dict((n, d) for n, d, _ in launch_arguments(DETECTOR_LAUNCH_ARGUMENTS, "/opt/share/csl_ros"))
+    assert resolved["params_file"] == "/opt/share/csl_ros/config/driving.yaml"
+
+
 def test_parse_cameras():
     assert parse_cameras("camera") == ["camera"]
     assert parse_cameras("[front, rear]") == ["front", "rear"]

@@ -25,13 +25,55 @@ def test_round_trip(model, tmp_path, suffix):
     digest = save_checkpoint(path, model, metadata={"step": 123})
     assert digest == file_sha256(path) and len(digest) == 64
     loaded = load_checkpoint(path)
-    assert loaded.config == model.config and loaded.metadata == {"step": "123"} and loaded.sha256 == digest
+    assert loaded.config == model.config and loaded.metadata == {"step": "123", "stored_dtype": "float32"} and loaded.sha256 == digest
     assert not loaded.model.training
     x = torch.rand(1, 3, 64, 96) * 255
     with torch.no_grad():
         for a, b in zip(model(x)[:3], loaded.model(x)[:3]):
             assert torch.equal(a, b)
     assert load_checkpoint(path, expected_config=model.config).config == model.config
+
+
+@pytest.mark.parametrize("storage,max_rel_err,size_ratio", [("float16", 1e-3, 0.55), ("int8", 1.0 / 127, 0.3)])
+def test_compact_storage_loads_as_float32_within_its_quantisation_step(model, tmp_path, storage, max_rel_err,
+                                                                       size_ratio):
+    full, small = tmp_path / "full.safetensors", tmp_path / f"{storage}.safetensors"
+    save_checkpoint(full, model)
+    save_checkpoint(small, model, metadata={"step": 1}, storage=storage)
+    assert small.stat().st_size < size_ratio * full.stat().st_size
+    loaded = load_checkpoint(small)
+    assert loaded.metadata["stored_dtype"] == storage
+    own = model.state_dict()
+    for k, v in loaded.model.state_dict().items():
+        assert v.dtype == own[k].dtype
+        if v.is_floating_point():
+            # per output channel: error <= half a step of max|w| / 127 (int8) or fp16 rounding
+            ref = own[k].float()
+            amax = ref.abs().reshape(ref.shape[0], -1).amax(1) if ref.dim() >= 1 and ref.numel() else ref.abs()
+            err = (v - ref).abs().reshape(v.shape[0], -1).amax(1) if v.dim() >= 1 and v.numel() else (v - ref).abs()
+            assert torch.all(err <= max_rel_err * amax + 1e-6), k
+    x = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        a, b = model(x).region_logits, loaded.model(x).region_logits
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+
+
+def test_int8_file_with_a_missing_scale_is_refused_naming_the_tensor(model, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    good = tmp_path / "int8.safetensors"
+    save_checkpoint(good, model, storage="int8")
+    with safe_open(good, framework="pt") as fh:
+        meta = fh.metadata()
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    victim = next(k for k in state if k.endswith(".__int8_scale"))
+    del state[victim]
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, bad, metadata=meta)
+    with pytest.raises(ValueError, match=r"bad\.safetensors: int8 tensor .* has no"):
+        load_checkpoint(bad)
+    with pytest.raises(ValueError, match="storage"):
+        save_checkpoint(tmp_path / "x.safetensors", model, storage="bfloat16")
 
 
 def test_pt_checkpoint_loads_with_weights_only(model, tmp_path):

@@ -64,6 +64,29 @@ def test_presets_are_what_they_say():
     with pytest.raises(ValueError, match="backbone"):
         ModelConfig(backbone="vit")
     assert ModelConfig.from_json(fast.to_json()) == fast
+    lite = get_preset("r18_lite")
+    assert (lite.backbone, lite.backbone_width, lite.hidden_dim, lite.nheads) == ("resnet18", 0.5, 96, 3)
+    assert ModelConfig.from_json(lite.to_json()) == lite
+    with pytest.raises(ValueError, match="backbone_width"):
+        ModelConfig(backbone_width=0)
+
+
+def test_narrow_trunk_has_the_resnet_layout_at_scaled_widths():
+    from csl_ros.model.backbone import ResNetTrunk
+
+    full, half = ResNetTrunk("resnet18"), ResNetTrunk("resnet18", width=0.5)
+    assert half.out_channels == (32, 64, 128, 256)
+    # the same parameter names (torchvision layout), each conv with half the channels
+    assert list(full.state_dict()) == list(half.state_dict())
+    assert half.layer3[0].conv1.weight.shape == (128, 64, 3, 3)
+    n_full = sum(p.numel() for p in full.parameters())
+    n_half = sum(p.numel() for p in half.parameters())
+    assert 0.2 < n_half / n_full < 0.3  # ~width^2
+    deep = ResNetTrunk("resnet50", width=0.25)
+    assert deep.out_channels == (64, 128, 256, 512)  # bottleneck expansion 4 of 16, 32, 64, 128
+    with torch.no_grad():
+        res = half(torch.rand(1, 3, 64, 96))
+    assert [tuple(r.shape[1:]) for r in res] == [(32, 16, 24), (64, 8, 12), (128, 4, 6), (256, 2, 3)]
 
 
 def test_padding_equals_running_on_a_mean_coloured_canvas(r18):

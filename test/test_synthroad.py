@@ -298,9 +298,10 @@ def test_synth_cli_writes_a_layout_and_preview(tmp_path, capsys):
 
 def test_synth_cli_bad_input_is_one_error_line(tmp_path, capsys):
     from csl_ros.cli import main
-    rc = main(["synth", "--layout", "smiyc", "--split", "validation", "--frames", "1", "--size", "64by128",
-               "--out", str(tmp_path)])
-    assert rc == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        main(["synth", "--layout", "smiyc", "--split", "validation", "--frames", "1", "--size", "64by128",
+              "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
     assert "HxW" in capsys.readouterr().err
     rc = main(["synth", "--layout", "smiyc", "--split", "validation", "--frames", "1", "--obstacles", "none",
                "--out", str(tmp_path)])

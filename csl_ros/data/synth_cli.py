@@ -7,17 +7,10 @@ scene folder per drive, as in the real dataset.
 from __future__ import annotations
 
 import argparse
-import re
+
+from csl_ros.cli import image_size_arg
 
 DEFAULT_OBSTACLES = {"cityscapes": "none", "smiyc": "obstacle", "laf": "obstacle"}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W), e.g. '512x1024'."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    if not m:
-        raise ValueError(f"size must look like HxW (e.g. 512x1024), got {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def register(sub) -> None:
@@ -28,7 +21,7 @@ def register(sub) -> None:
                    help="split folder (cityscapes/laf, e.g. train, val, test); for smiyc the fid prefix / scene, "
                         "e.g. validation -> validation0000 (anomaly) or validation_000001 (obstacle)")
     p.add_argument("--frames", type=int, required=True, help="number of frames to write")
-    p.add_argument("--size", default="512x1024", help="frame size HxW (default 512x1024)")
+    p.add_argument("--size", type=image_size_arg, default=(512, 1024), help="frame size HxW (default 512x1024)")
     p.add_argument("--out", required=True, help="root folder of the layout")
     p.add_argument("--obstacles", choices=("none", "obstacle", "anomaly"), default=None,
                    help="OOD obstacles: none, obstacle (on the road, Obstacle-Track labels) or anomaly (anywhere, "
@@ -50,7 +43,7 @@ def run(args) -> int:
     from .writers import CityscapesWriter, LostAndFoundWriter, SmiycWriter
 
     cv2.setNumThreads(1)
-    size = parse_size(args.size)
+    size = args.size
     n = int(args.frames)
     if n < 1:
         raise ValueError(f"--frames must be >= 1, got {n}")

@@ -306,10 +306,6 @@ def evaluate_recorded(bag, sink, scores_topic: str, instances_topic: str | None,
 # the command
 # --------------------------------------------------------------------------------------------------
 
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}"
-
-
 def run(args) -> int:
     try:
         return evaluate_command(args)
@@ -322,6 +318,7 @@ def evaluate_command(args, detector_factory=None) -> int:
     """The ``csl-ros evaluate`` command; ``detector_factory`` replaces ``Detector.from_config`` (tests)."""
     from csl_ros import __version__
     from csl_ros.eval.report import write_report
+    from csl_ros.eval.metrics import summary_lines
     from csl_ros.eval.scoring import ScoreSink, parse_sweep, summarize
 
     if args.limit is not None and args.limit < 1:
@@ -398,19 +395,12 @@ def evaluate_command(args, detector_factory=None) -> int:
         written = write_report(out, result, sink, worst_n=args.worst)
         result["timing"]["report_s"] = time.perf_counter() - t0
         (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
-    px, comp = result["pixel"], result["components"]
     print(f"{mode}: {counts['scored']} of {counts['labelled']} labelled frames scored "
           f"({counts['images']} images, {counts['dropped']} dropped, {counts['unlabelled_images']} unlabelled, "
           f"{counts['unmatched_labels']} labels without image)")
-    print(f"{result['track']} ({result['protocol']}): AP {_pct(px['ap'])}  FPR95 {_pct(px['fpr95'])}  "
-          f"AUROC {_pct(px['auroc'])}  best F1 {_pct(px['best_f1'])}")
-    if comp is not None:
-        print(f"components @ score > {comp['score_threshold']:.4g}: sIoU gt {_pct(comp['siou_gt'])}  "
-              f"PPV {_pct(comp['ppv'])}  mean F1 {_pct(comp['f1_mean'])}")
+    print("\n".join(summary_lines(result)))
     for sw in result["sweeps"]:
         print(f"sweep {sw['parameter']}: {len(sw['rows'])} values (see the report)")
-    for note in result["notes"]:
-        print(f"note: {note}")
     print(f"wrote {out / 'metrics.json'}, report {written['report_html']}")
     return 0
 

@@ -879,3 +879,20 @@ class FrameCache:
         for k, fid in enumerate(self._ids):
             yield (fid, np.load(self.dir / f"{k:06d}_scores.npy"),
                    np.load(self.dir / f"{k:06d}_labels.npy"))
+
+
+def summary_lines(result: dict, frames: int | None = None) -> list[str]:
+    """The console summary of a ``MetricsResult.to_dict()``: pixel metrics, component metrics at their
+    threshold, and the notes (one line each; percentages, ``n/a`` where undefined)."""
+    def pct(v) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}"
+
+    px, comp = result["pixel"], result["components"]
+    n = f", {frames} frames" if frames is not None else ""
+    lines = [f"{result['track']} ({result['protocol']}{n}): AP {pct(px['ap'])}  FPR95 {pct(px['fpr95'])}  "
+             f"AUROC {pct(px['auroc'])}  best F1 {pct(px['best_f1'])}"]
+    if comp is not None:
+        lines.append(f"components @ score > {comp['score_threshold']:.4g}: sIoU gt {pct(comp['siou_gt'])}  "
+                     f"PPV {pct(comp['ppv'])}  mean F1 {pct(comp['f1_mean'])}")
+    lines += [f"note: {note}" for note in result["notes"]]
+    return lines

@@ -86,7 +86,7 @@ def load_label(path: Path, kind: str):
 
 def run(args) -> int:
     from csl_ros.data.loaders import laf_select
-    from csl_ros.eval.metrics import evaluate
+    from csl_ros.eval.metrics import evaluate, summary_lines
 
     labels = find_labels(args.labels)
     if args.laf_subset != "all":
@@ -120,16 +120,6 @@ def run(args) -> int:
                             f"{unused[0]}.npy")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
-    px, comp = result.pixel, result.components
-
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}"
-    print(f"{args.track} ({args.protocol}, {len(fids)} frames): AP {pct(px.ap)}  "
-          f"FPR95 {pct(px.fpr95)}  AUROC {pct(px.auroc)}  best F1 {pct(px.best_f1)}")
-    if comp is not None:
-        print(f"components @ score > {comp.score_threshold:.6g}: sIoU gt {pct(comp.siou_gt)}  "
-              f"PPV {pct(comp.ppv)}  mean F1 {pct(comp.f1_mean)}")
-    for note in out["notes"]:
-        print(f"note: {note}")
+    print("\n".join(summary_lines(out, frames=len(fids))))
     print(f"wrote {args.out}")
     return 0

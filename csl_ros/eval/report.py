@@ -123,8 +123,13 @@ def plot_pr(curve: dict, pixel: dict, path: Path) -> Path | None:
             ax.plot([rec[i]], [prec[i]], "o", color="tab:red",
                     label=f"best F1 {100 * f1:.1f} at score >= {thr:.3g}")
             ax.legend(loc="lower left", fontsize=8)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
+    return _save_unit_square(fig, ax, "recall", "precision", path)
+
+
+def _save_unit_square(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
+    """Label and bound a curve plot whose axes are both rates in [0, 1], then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -146,12 +151,7 @@ def plot_roc(curve: dict, pixel: dict, path: Path) -> Path | None:
         ax.axhline(0.95, color="tab:red", lw=0.8, ls=":")
         ax.plot([fpr95], [0.95], "o", color="tab:red", label=f"FPR95 {100 * fpr95:.2f}")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _save_unit_square(fig, ax, "false positive rate", "true positive rate", path)
 
 
 def plot_histogram(hist: dict, thresholds: dict, path: Path) -> Path | None:

@@ -33,22 +33,70 @@ RESNET_CHANNELS = {
 }
 
 
+# Residual blocks per stage and block type per depth (He et al. 2016, as in torchvision).
+RESNET_LAYOUT = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+}
+
+
+def _narrow_resnet(name: str, width: float, norm_layer) -> nn.Module:
+    """A torchvision-layout ResNet whose stem and stage widths (64, 128, 256, 512) are scaled by
+    ``width``: same depth, blocks, strides and attribute names, ~width^2 of the parameters."""
+    kind, blocks = RESNET_LAYOUT[name]
+    block = torchvision.models.resnet.BasicBlock if kind == "basic" else torchvision.models.resnet.Bottleneck
+    planes = [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
+    net = nn.Module()
+    net.conv1 = nn.Conv2d(3, planes[0], kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1, net.relu = norm_layer(planes[0]), nn.ReLU(inplace=True)
+    net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    inplanes = planes[0]
+    for i, (p, n) in enumerate(zip(planes, blocks)):
+        stride = 1 if i == 0 else 2
+        downsample = None
+        if stride != 1 or inplanes != p * block.expansion:
+            downsample = nn.Sequential(nn.Conv2d(inplanes, p * block.expansion, 1, stride=stride, bias=False),
+                                       norm_layer(p * block.expansion))
+        layers = [block(inplanes, p, stride, downsample, norm_layer=norm_layer)]
+        inplanes = p * block.expansion
+        layers += [block(inplanes, p, norm_layer=norm_layer) for _ in range(1, n)]
+        setattr(net, f"layer{i + 1}", nn.Sequential(*layers))
+    for m in net.modules():  # torchvision's initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    net.out_channels = tuple(p * block.expansion for p in planes)
+    return net
+
+
 class ResNetTrunk(nn.Module):
     """torchvision ResNet without pooling/fc. ``forward`` returns (res2, res3, res4, res5) at strides
-    4, 8, 16, 32 (spec section 2.1)."""
+    4, 8, 16, 32 (spec section 2.1). ``width`` != 1 scales every stage's channels (a narrow trunk for
+    small shipped models; ImageNet weights then no longer fit)."""
 
-    def __init__(self, name: str = "resnet50", norm: str = "bn"):
+    def __init__(self, name: str = "resnet50", norm: str = "bn", width: float = 1.0):
         super().__init__()
         if name not in RESNET_CHANNELS:
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_CHANNELS)}")
         if norm not in ("bn", "frozen_bn"):
             raise ValueError(f"unknown backbone norm {norm!r}; choose 'bn' or 'frozen_bn'")
+        if not 0 < width <= 4:
+            raise ValueError(f"backbone width {width!r}: must be in (0, 4]")
         norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
-        net = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer)
+        if width == 1.0:
+            net = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer)
+            self.out_channels = RESNET_CHANNELS[name]
+        else:
+            net = _narrow_resnet(name, width, norm_layer)
+            self.out_channels = net.out_channels
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = RESNET_CHANNELS[name]
         self.name = name
+        self.width = width
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

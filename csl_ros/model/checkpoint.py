@@ -5,6 +5,12 @@
 * anything else (``.pt``/``.pth``): ``torch.save({"format": ..., "format_version": ..., "model_config":
   <dict>, "state_dict": ..., "metadata": {...}})``, read back with ``torch.load(weights_only=True)``.
 
+Stored precision (``storage=`` of :func:`save_checkpoint`): ``float32``; ``float16``; or ``int8``, where
+every conv / linear weight of at least ``INT8_MIN_NUMEL`` elements is stored as symmetric int8 with one
+float32 scale per output channel (``<key>`` + ``<key>.__int8_scale``) and every other tensor as float16.
+Loading always gives a float32 model: int8 weights are dequantised (``q * scale``), which halves the
+float16 file again at a per-weight error of at most half a quantisation step (checked by the tests).
+
 Loading builds the model from the stored config and refuses any disagreement between config and
 weights (missing, unexpected or mis-shaped tensors), or between the stored config and one the caller
 expects, with a message naming the file and the offending keys.
@@ -25,6 +31,9 @@ from .student import CSLStudent
 
 FORMAT = "csl_ros.student"
 FORMAT_VERSION = "1"
+STORAGE_DTYPES = ("float32", "float16", "int8")
+INT8_SCALE_SUFFIX = ".__int8_scale"
+INT8_MIN_NUMEL = 1024  # small tensors (norms, biases, embeddings of a few values) stay float16
 
 
 @dataclass
@@ -35,15 +44,59 @@ class LoadedCheckpoint:
     sha256: str = ""
 
 
-def save_checkpoint(path: str | os.PathLike, model: CSLStudent, metadata: dict[str, str] | None = None) -> str:
+def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-output-channel int8: ``(q, scale)`` with ``weight ~= q * scale``, ``scale`` shaped
+    to broadcast over dim 0 (one value per output channel, ``max|w| / 127``)."""
+    w = weight.detach().float()
+    amax = w.abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(1e-12)
+    scale = (amax / 127.0).reshape((-1,) + (1,) * (w.dim() - 1))
+    return torch.round(w / scale).clamp_(-127, 127).to(torch.int8), scale
+
+
+def _stored_state(model: CSLStudent, storage: str) -> dict[str, Tensor]:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if storage == "float32":
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        if not v.is_floating_point():
+            out[k] = v
+        elif storage == "int8" and v.dim() >= 2 and v.numel() >= INT8_MIN_NUMEL:
+            out[k], out[k + INT8_SCALE_SUFFIX] = (t.contiguous() for t in quantize_int8(v))
+        else:
+            out[k] = v.half()
+    return out
+
+
+def _dequantized_state(path: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Undo the int8 storage (see the module docstring); a quantised tensor without its scale, or the
+    reverse, is a corrupt file."""
+    scales = {k[:-len(INT8_SCALE_SUFFIX)]: v for k, v in state.items() if k.endswith(INT8_SCALE_SUFFIX)}
+    out = {k: v for k, v in state.items() if not k.endswith(INT8_SCALE_SUFFIX)}
+    for k, v in out.items():
+        if v.dtype == torch.int8 and k not in scales:
+            raise ValueError(f"{path}: int8 tensor {k!r} has no {INT8_SCALE_SUFFIX!r} scale (corrupt file)")
+    for k, scale in scales.items():
+        if k not in out or out[k].dtype != torch.int8:
+            raise ValueError(f"{path}: scale {k + INT8_SCALE_SUFFIX!r} without its int8 tensor (corrupt file)")
+        out[k] = out[k].float() * scale.float()
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, model: CSLStudent, metadata: dict[str, str] | None = None,
+                    storage: str = "float32") -> str:
     """Write ``model``'s weights and config to ``path`` (format by extension); returns the file's
-    SHA-256. ``metadata``: extra string key/values (e.g. training step, data set)."""
+    SHA-256. ``metadata``: extra string key/values (e.g. training step, data set). ``storage``: one of
+    STORAGE_DTYPES (see the module docstring); recorded as the ``stored_dtype`` metadata."""
     path = os.fspath(path)
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"storage={storage!r}: must be one of {STORAGE_DTYPES}")
     metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-    reserved = {"format", "format_version", "model_config"} & set(metadata)
+    reserved = {"format", "format_version", "model_config", "stored_dtype"} & set(metadata)
     if reserved:
         raise ValueError(f"metadata keys {sorted(reserved)} are reserved")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata["stored_dtype"] = storage
+    state = _stored_state(model, storage)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     if path.endswith(".safetensors"):
@@ -91,7 +144,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Ten
         raise ValueError(f"{path}: invalid stored model config: {exc}") from exc
     meta.pop("format", None)
     meta.pop("format_version", None)
-    return config, state, meta
+    return config, _dequantized_state(path, state), meta
 
 
 def load_checkpoint(path: str | os.PathLike, expected_config: ModelConfig | None = None,

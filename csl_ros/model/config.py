@@ -19,6 +19,10 @@ Presets:
     attended twice), 4 heads of 32 channels (the paper's head width), FFN 512 (4x hidden instead of the
     paper's 8x, to keep the decoder cheap). Everything else (losses, deep supervision, post-norm,
     assignment, fusion) is identical to ``r50_paper``.
+``r18_lite``
+    ``r18_fast`` with a half-width ResNet-18 trunk (stages of 32, 64, 128, 256 channels) and 96
+    decoder channels (3 heads of 32, FFN 384): about a third of its parameters, so the shipped
+    models trained from scratch on synthroad stay a few MB in float16. No ImageNet weights fit it.
 """
 from __future__ import annotations
 
@@ -40,6 +44,9 @@ class ModelConfig:
     """Every architecture choice of the CSL student (spec section 2). Frozen: presets are shared."""
 
     backbone: str = field(default="resnet50", metadata={"help": "ResNet trunk, one of BACKBONES."})
+    backbone_width: float = field(default=1.0, metadata={
+        "help": "Channel multiplier of the ResNet trunk's stages (1 = the standard network, which ImageNet "
+                "weights fit; 0.5 = a quarter of the parameters, for small shipped models)."})
     backbone_norm: str = field(default="bn", metadata={
         "help": "'bn' (trainable BatchNorm, the released configs) or 'frozen_bn' (fixed statistics, for "
                 "fine-tuning with tiny per-device batches; spec ambiguity #13)."})
@@ -68,12 +75,17 @@ class ModelConfig:
         # JSON round trips give lists; keep the frozen dataclass hashable and comparable.
         object.__setattr__(self, "pixel_mean", tuple(float(v) for v in self.pixel_mean))
         object.__setattr__(self, "pixel_std", tuple(float(v) for v in self.pixel_std))
+        if isinstance(self.backbone_width, int) and not isinstance(self.backbone_width, bool):
+            object.__setattr__(self, "backbone_width", float(self.backbone_width))
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
         if self.backbone not in BACKBONES:
             raise ValueError(f"ModelConfig.backbone={self.backbone!r}: must be one of {BACKBONES}")
+        if isinstance(self.backbone_width, bool) or not isinstance(self.backbone_width, (int, float)) \
+                or not 0 < self.backbone_width <= 4:
+            raise ValueError(f"ModelConfig.backbone_width={self.backbone_width!r}: must be a number in (0, 4]")
         if self.backbone_norm not in BACKBONE_NORMS:
             raise ValueError(f"ModelConfig.backbone_norm={self.backbone_norm!r}: must be one of "
                              f"{BACKBONE_NORMS}")
@@ -135,6 +147,8 @@ PRESETS: dict[str, ModelConfig] = {
     "r101": ModelConfig(backbone="resnet101"),
     "r18_fast": ModelConfig(backbone="resnet18", conv_dim=128, mask_dim=128, hidden_dim=128,
                             num_queries=50, dec_layers=6, nheads=4, dim_feedforward=512),
+    "r18_lite": ModelConfig(backbone="resnet18", backbone_width=0.5, conv_dim=96, mask_dim=96, hidden_dim=96,
+                            num_queries=50, dec_layers=6, nheads=3, dim_feedforward=384),
 }
 
 

@@ -58,7 +58,7 @@ class CSLStudent(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.backbone = ResNetTrunk(config.backbone, config.backbone_norm)
+        self.backbone = ResNetTrunk(config.backbone, config.backbone_norm, config.backbone_width)
         self.pixel_decoder = FPNPixelDecoder(self.backbone.out_channels, config.conv_dim, config.mask_dim,
                                              config.gn_groups)
         self.transformer_decoder = MaskedTransformerDecoder(

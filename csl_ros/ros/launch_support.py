@@ -1,11 +1,13 @@
 """Helpers of the launch files (launch/*.launch.py), kept ROS-free so they are tested without the
-``launch``/``launch_ros`` packages: camera list parsing, topic remappings and the typed parameter
-overrides a launch argument forwards to the node (validated against the one schema)."""
+``launch``/``launch_ros`` packages: the launch arguments both files declare (the forwarded ones
+described by the one schema), camera list parsing, topic remappings, the typed parameter overrides a
+launch argument forwards to the node (validated against the schema) and the detector node's settings."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
-from typing import Mapping
+from typing import Callable, Mapping
 
 from csl_ros.config import DetectorConfig, NodeConfig, apply_overrides
 
@@ -13,6 +15,78 @@ from csl_ros.config import DetectorConfig, NodeConfig, apply_overrides
 # params file's value (or the schema default); anything else is validated here, at launch time.
 FORWARDED_PARAMETERS = ("teacher", "scheme", "score_threshold", "min_instance_area", "device", "backend",
                         "auto_activate")
+
+
+
+def _schema_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for cls in (DetectorConfig, NodeConfig) for f in dataclasses.fields(cls)}
+
+
+def _forwarded_argument(name: str) -> tuple[str, str, str]:
+    """(name, default, description) of a forwarded parameter's launch argument, from the schema's help."""
+    meta = _schema_fields()[name].metadata
+    if name == "auto_activate":  # the launch files always start a usable node unless told otherwise
+        return name, "true", meta["help"] + " false leaves the node unconfigured for a lifecycle manager."
+    extra = f" Range {meta['range'][0]}..{meta['range'][1]}." if meta.get("range") else ""
+    return name, "", f"{meta['help']}{extra} Empty keeps the params file's value."
+
+
+# (name, default, description) of the arguments every detector launch file declares, in order; the
+# params_file default None stands for the installed config/driving.yaml (see launch_arguments).
+DETECTOR_LAUNCH_ARGUMENTS = (
+    ("image_topic", "image_raw", "Image topic of each camera, relative to its namespace (or absolute). "
+     "With use_compressed the node reads <image_topic>/compressed."),
+    ("camera_info_topic", "camera_info", "CameraInfo topic of each camera, relative to its namespace "
+     "(or absolute); gives the flat-ground geometry for obstacle distances."),
+    ("namespace", "csl", "Namespace of the detector nodes; the node of camera C runs in /<namespace>/C."),
+    ("params_file", None, "ROS 2 parameters file (/**: ros__parameters:) of the detector nodes; default "
+     "the installed config/driving.yaml."),
+    *(_forwarded_argument(name) for name in FORWARDED_PARAMETERS),
+    ("use_sim_time", "false", "Use /clock (replaying a bag with --clock)."),
+)
+
+
+def launch_arguments(arguments, share_dir: str) -> list[tuple[str, str, str]]:
+    """The (name, default, description) triples to declare, the params_file default resolved to
+    ``<share_dir>/config/driving.yaml``."""
+    default_params = os.path.join(share_dir, "config", "driving.yaml")
+    return [(n, default_params if n == "params_file" and d is None else d, t) for n, d, t in arguments]
+
+
+def detector_launch_description(arguments, launch_function):
+    """The LaunchDescription of a detector launch file: Fast DDS large-data transports, the declared
+    ``arguments`` (name, default, description) and ``OpaqueFunction(launch_function)``. Imports the
+    launch packages here, so this module stays importable (and tested) without them."""
+    from ament_index_python.packages import get_package_share_directory
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+    from launch.substitutions import EnvironmentVariable
+
+    share = get_package_share_directory("csl_ros")
+    return LaunchDescription([
+        # Fast DDS's default transports deliver no 512x1024 or larger image to a best-effort
+        # subscriber; LARGE_DATA (TCP + shared memory) delivers them all. Read at participant
+        # creation, so it must be set before the nodes start; a value already in the environment
+        # wins. Ignored by other RMWs.
+        SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS",
+                               EnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", default_value="LARGE_DATA")),
+        *(DeclareLaunchArgument(name, default_value=default, description=description)
+          for name, default, description in launch_arguments(arguments, share)),
+        OpaqueFunction(function=launch_function),
+    ])
+
+
+def detector_node_settings(arg: Callable[[str], str], camera: str) -> dict:
+    """``namespace``, ``parameters`` and ``remappings`` of the csl_detector node of ``camera``, from the
+    launch arguments read by ``arg(name)``. Raises ValueError / FileNotFoundError naming a bad value."""
+    overrides = typed_overrides({name: arg(name) for name in FORWARDED_PARAMETERS})
+    overrides["use_sim_time"] = parse_bool(arg("use_sim_time"), "use_sim_time")
+    params_file = arg("params_file")
+    if not os.path.isfile(params_file):
+        raise FileNotFoundError(f"params_file {params_file} does not exist")
+    return {"namespace": node_namespace(arg("namespace"), camera), "parameters": [params_file, overrides],
+            "remappings": camera_remappings(camera, arg("image_topic"), arg("camera_info_topic"))}
+
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 

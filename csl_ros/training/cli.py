@@ -32,8 +32,11 @@ def register(subparsers) -> None:
     s.add_argument("--scheme", choices=("ca", "1"), help="ca: regions only; 1: + distillation head and "
                    "Huber loss against a frozen teacher (overrides student.scheme)")
     _common(s)
-    s.add_argument("--export-fp16", type=Path, default=None, metavar="PATH",
-                   help="also write a float16 copy of the final student here (for shipping)")
+    s.add_argument("--export", type=Path, default=None, metavar="PATH",
+                   help="also write a compact copy of the final student here (for shipping)")
+    s.add_argument("--export-dtype", choices=("float16", "int8", "float32"), default="float16",
+                   help="weight storage of --export: float16, or int8 conv/linear weights with per-channel "
+                        "scales (half the size again); loading always gives float32")
     s.add_argument("--prepare-only", action="store_true",
                    help="only render / check the training data (fills the synthroad cache), then exit")
     s.set_defaults(func=run_student)
@@ -76,7 +79,7 @@ def run_student(args) -> int:
         return 0
     from csl_ros.training.datasets import build_dataset
     from csl_ros.training.distributed import barrier, cleanup_distributed, init_distributed
-    from csl_ros.training.student import export_fp16, train_student
+    from csl_ros.training.student import export_student, train_student
 
     env = init_distributed(cfg.run.device)
     try:
@@ -96,9 +99,10 @@ def run_student(args) -> int:
             result = {"steps_run": summary.steps_run, "final_step": summary.final_step,
                       "wall_s": round(summary.wall_s, 1), "last_loss": summary.last_loss,
                       "world_size": env.world_size, "student": str(final) if final.is_file() else None}
-            if args.export_fp16 is not None and final.is_file():
-                result["fp16_sha256"] = export_fp16(final, args.export_fp16, {"train_steps": summary.final_step})
-                result["fp16"] = str(args.export_fp16)
+            if args.export is not None and final.is_file():
+                result["export_sha256"] = export_student(final, args.export, args.export_dtype,
+                                                         {"train_steps": summary.final_step})
+                result["export"] = str(args.export)
             (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
             print(json.dumps(result))
     finally:

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from csl_ros.config import coerce_value
+
 DATASETS = ("synthroad", "cityscapes")
 SCHEMES = ("ca", "1")
 TEACHER_SCORES = ("msp", "maxlogit", "sml", "entropy", "energy")
@@ -197,33 +199,7 @@ def _section_name(cfg: TrainConfig, section: Any) -> str:
 
 def _coerce(value: Any, current: Any, name: str) -> Any:
     """Convert a YAML / command-line value to the type of the field's current value."""
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ValueError(f"{name}: expected a boolean, got {value!r}")
-    if isinstance(current, int):
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected an integer, got {value!r}") from None
-    if isinstance(current, float):
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if isinstance(current, str):
-        if isinstance(value, (dict, list, bool)) or value is None:
-            raise ValueError(f"{name}: expected a string, got {value!r}")
-        return str(value)
-    return value
+    return coerce_value(value, type(current), name)
 
 
 def apply_overrides(cfg: TrainConfig, values: Mapping[str, Any], source: str = "--set") -> TrainConfig:

@@ -169,12 +169,12 @@ def train_student(cfg: TrainConfig, env: DistEnv, dataset=None, resume=True, sto
     return summary, trainer
 
 
-def export_fp16(src: str | Path, dst: str | Path, metadata: dict | None = None) -> str:
-    """A half-precision copy of a student checkpoint (loading casts back to float32)."""
+def export_student(src: str | Path, dst: str | Path, storage: str = "float16", metadata: dict | None = None) -> str:
+    """A copy of a student checkpoint stored as ``storage`` (float16 or int8 weights, for shipping;
+    loading gives float32 back). Returns the new file's SHA-256."""
     from csl_ros.model import load_checkpoint
 
     loaded = load_checkpoint(src)
-    meta = dict(loaded.metadata)
+    meta = {k: v for k, v in loaded.metadata.items() if k != "stored_dtype"}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    meta["stored_dtype"] = "float16"
-    return save_checkpoint(dst, loaded.model.half(), meta)
+    return save_checkpoint(dst, loaded.model, meta, storage=storage)
