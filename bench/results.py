@@ -248,11 +248,40 @@ def oracle_fusion(frames, keep):
     return {"ap": r.ap, "fpr95": r.fpr95}
 
 
+def distillation_fidelity(frames, keep, args):
+    """Scheme 1 without the fusion: how well the distilled head D-hat reproduces its SML teacher on the
+    test frames (Pearson correlation over all pixels, mean absolute difference) and how it ranks
+    obstacle pixels by itself (AUPR / FPR95 of D-hat alone)."""
+    import torch.nn.functional as F
+
+    from csl_ros.eval.metrics import PixelAccumulator
+
+    student = student_for("1", args).inner
+    teacher_maps = keep[("teacher_only", "sml", "soft")]
+    acc = PixelAccumulator("official")
+    xs, ys = [], []
+    with torch.inference_mode():
+        for start in range(0, len(frames), args.batch):
+            chunk = frames[start:start + args.batch]
+            x = torch.from_numpy(np.stack([f.image for f in chunk])).permute(0, 3, 1, 2).float()
+            dhat = F.interpolate(student(x).distribution[:, :1], scale_factor=4, mode="bilinear",
+                                 align_corners=False)[:, 0].numpy()
+            for f, d, (t, _) in zip(chunk, dhat, teacher_maps[start:start + args.batch]):
+                acc.update(d, f.ood_labels, f"{f.seed}")
+                xs.append(d[::4, ::4].ravel())
+                ys.append(t.astype(np.float32)[::4, ::4].ravel())
+    r = acc.result(with_curve=False)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return {"ap": r.ap, "fpr95": r.fpr95, "pearson": float(np.corrcoef(x, y)[0, 1]),
+            "mean_abs_diff": float(np.abs(x - y).mean()), "mean_dhat": float(x.mean()),
+            "mean_teacher": float(y.mean())}
+
+
 def fmt(v, scale=100.0):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{scale * v:.2f}"
 
 
-def write_markdown(path, args, results, regions, seg, diag, n_test, wall, manifest, oracle):
+def write_markdown(path, args, results, regions, seg, diag, n_test, wall, manifest, oracle, fidelity):
     name = {"msp": "MSP (1 − max softmax)", "maxlogit": "Max logit", "sml": "SML", "entropy": "Entropy",
             "energy": "Energy"}
     lines = ["# Results: CSL on synthroad (issue 4)", "",
@@ -279,8 +308,13 @@ def write_markdown(path, args, results, regions, seg, diag, n_test, wall, manife
               f"{fmt(results[('2', 'sml', 'soft')]['fpr95'])} |",
               f"| SML + CSL, hard assignment (M2F thresholds) | {fmt(h['ap'])} | {fmt(h['fpr95'])} |",
               f"| CSL scheme 1 (distilled from SML, no teacher at run time) | {fmt(s1['ap'])} | {fmt(s1['fpr95'])} |",
+              f"| *diagnostic:* scheme-1 head D̂ alone (no fusion) | {fmt(fidelity['ap'])} | "
+              f"{fmt(fidelity['fpr95'])} |",
               f"| *diagnostic:* SML + ground-truth regions (Eq. 3 with perfect proposals) | {fmt(oracle['ap'])} | "
               f"{fmt(oracle['fpr95'])} |",
+              "", f"Scheme-1 distillation on the test frames: Pearson correlation of D̂ with the SML teacher's map "
+              f"{fidelity['pearson']:.3f}, mean |D̂ − D| {fidelity['mean_abs_diff']:.4f} (mean D̂ "
+              f"{fidelity['mean_dhat']:.4f}, mean D {fidelity['mean_teacher']:.4f}).",
               "", "## Closed-set segmenter and region proposals", "",
               f"* Segmenter (teacher base) mIoU on {args.val_frames} synthroad validation frames (seeds "
               f"{VAL_SEED}+, no obstacles, {args.height}×{args.width}): **{fmt(seg[0])}**.",
@@ -343,6 +377,8 @@ def main(argv=None) -> int:
     diag = diagnostics(test, keep)
     oracle = oracle_fusion(test, keep)
     log(f"oracle-region fusion: {oracle}")
+    fidelity = distillation_fidelity(test, keep, args)
+    log(f"scheme-1 distillation: {fidelity}")
     from csl_ros.shipped import read_manifest
 
     manifest = {}
@@ -351,10 +387,12 @@ def main(argv=None) -> int:
         manifest = {k: v["sha256"] for k, v in sorted(m.items())}
     except (FileNotFoundError, ValueError):
         pass
-    write_markdown(args.out, args, results, regions, seg, diag, len(test), time.time() - t0, manifest, oracle)
+    write_markdown(args.out, args, results, regions, seg, diag, len(test), time.time() - t0, manifest, oracle,
+                   fidelity)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": {"/".join(k): v for k, v in results.items()},
                                                "regions": regions, "segmenter_miou": seg[0], "oracle": oracle,
+                                               "distillation": fidelity,
                                                "diagnostics": {"/".join(k): v for k, v in diag.items()}},
                                               indent=1) + "\n")
     log(f"wrote {args.out}")

@@ -14,33 +14,38 @@ M=$(cd "$(dirname "$0")/.." && pwd)/models
 mkdir -p "$R" "$M"
 CSL=${CSL:-csl-ros}
 
-STUDENT_COMMON=(--set student.preset=r18_fast --set data.synth_frames=1000 --set data.crop_height=128
-  --set data.crop_width=256 --set data.min_scale=0.5 --set data.max_scale=1.25 --set optim.batch_size=4
-  --set optim.lr=5e-4 --set optim.backbone_lr_multiplier=1.0 --set student.num_points=2048
-  --set run.threads=1 --set run.checkpoint_every=50 --set run.log_every=10)
+# Mask split minimum 25 px: the spec's 100 px is for 512x1024 crops; our 128x256 crops have 1/16 of the
+# pixels, so 25 px still keeps small objects (poles, signs, far cars) as regions of their own.
+STUDENT_COMMON=(--set student.preset=r18_lite --set data.synth_frames=1000 --set data.crop_height=128
+  --set data.crop_width=256 --set data.min_scale=0.5 --set data.max_scale=1.25 --set data.min_component_area=25
+  --set optim.batch_size=4 --set optim.lr=5e-4 --set optim.backbone_lr_multiplier=1.0 --set student.num_points=2048
+  --set run.threads=2 --set run.checkpoint_every=250 --set run.log_every=50)
 
 # 1. training frames (shared by every step)
 $CSL train student --prepare-only --set data.synth_frames=1000
 
 # 2. closed-set segmenter (teacher base), LR-ASPP MobileNetV3, from scratch
 $CSL train segmenter --out "$R/segmenter" --set frames=1000 --set render_size=256x512 \
-  --set crop_size=128x256 --set scale_range=0.5,1.25 --set steps=700 --set batch_size=4 --set lr=1e-3 \
-  --set num_threads=1 --set checkpoint_every=100 --set val_frames=100 --export "$M/teacher_segmenter.safetensors"
+  --set crop_size=128x256 --set scale_range=0.5,1.25 --set steps=4000 --set batch_size=8 --set lr=1e-3 \
+  --set num_threads=1 --set checkpoint_every=500 --set val_frames=100 --export "$M/teacher_segmenter.safetensors"
 
 # 3. SML statistics + global calibrations on in-distribution validation frames
 $CSL teacher fit-stats --segmenter "$M/teacher_segmenter.safetensors" --data synthroad \
   --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter.stats.json"
 
 # 4. class-agnostic CSL student (scheme 2 default)
-$CSL train student --scheme ca --out "$R/student_ca" "${STUDENT_COMMON[@]}" --set optim.max_steps=500 \
-  --export-fp16 "$M/student_ca.safetensors"
+$CSL train student --scheme ca --out "$R/student_ca" "${STUDENT_COMMON[@]}" --set optim.max_steps=4000 \
+  --export "$M/student_ca.safetensors" --export-dtype int8
 
-# 5. scheme-1 student: + distillation head, Huber loss against the frozen SML teacher
-$CSL train student --scheme 1 --out "$R/student_scheme1" "${STUDENT_COMMON[@]}" --set optim.max_steps=200 --set run.threads=2 \
+# 5. scheme-1 student: + distillation head, Huber loss against the frozen SML teacher. lambda_d = 100:
+#    the teacher's calibrated maps are near 0 on in-distribution frames, so with the spec's lambda_d = 1
+#    the Huber term is ~1/6000 of the loss and the shared features never serve the distillation.
+$CSL train student --scheme 1 --out "$R/student_scheme1" "${STUDENT_COMMON[@]}" --set optim.max_steps=1500 \
+  --set student.distill_weight=100 \
   --set student.init_from="$R/student_ca/student.safetensors" --set student.teacher=sml \
   --set student.teacher_path="$M/teacher_segmenter.safetensors" \
   --set student.teacher_stats_path="$M/teacher_segmenter.stats.json" \
-  --export-fp16 "$M/student_scheme1.safetensors"
+  --export "$M/student_scheme1.safetensors" --export-dtype int8
 
 # 6. manifest
 python - "$M" <<'EOF'

@@ -8,6 +8,7 @@ torch-tensorrt or a TensorRT build error must never take the node down.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -141,9 +142,12 @@ def compile_network(module: torch.nn.Module, example: torch.Tensor, *, backend: 
                 import torch_tensorrt  # noqa: F401  (ImportError -> fallback below)
                 import tensorrt
 
-                path = _cache_path(cache_dir, model_hash, example.shape, "fp16", kind, f"trt{tensorrt.__version__}")
-                fn = _tensorrt(module.half(), example, path, force_rebuild)
-                module = module.float()
+                # Engines are specific to the GPU architecture as well as to TensorRT's version.
+                major, minor = torch.cuda.get_device_capability(device)
+                path = _cache_path(cache_dir, model_hash, example.shape, "fp16", kind,
+                                   f"trt{tensorrt.__version__}_sm{major}{minor}")
+                # A half copy: the float module must stay intact for the eager fallback.
+                fn = _tensorrt(copy.deepcopy(module).half(), example, path, force_rebuild)
             compiled = CompiledModel(fn, kind, device, channels_last and kind != "tensorrt",
                                      fp16 or kind == "tensorrt")
             compiled(example)  # a failing compiled artefact must fail here, not on the first frame
