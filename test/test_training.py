@@ -221,6 +221,21 @@ def test_scheme1_distills_a_frozen_teacher(tmp_path):
     assert loaded.config.distill_channels == 1 and loaded.metadata["scheme"] == "1"
 
 
+def test_export_writes_a_compact_student_that_loads(tmp_path):
+    from csl_ros.model import load_checkpoint
+    from csl_ros.training.student import export_student
+
+    cfg = tiny_config(tmp_path, **{"student.preset": "r18_lite", "optim.max_steps": 1})
+    train_student(cfg, DistEnv(), dataset=ToyFrames(), resume=False)
+    src = tmp_path / "student.safetensors"
+    digest = export_student(src, tmp_path / "small.safetensors", "int8", {"train_steps": 1})
+    small = load_checkpoint(tmp_path / "small.safetensors")
+    assert small.sha256 == digest and small.metadata["stored_dtype"] == "int8"
+    assert small.metadata["train_steps"] == "1" and small.metadata["scheme"] == "ca"
+    assert small.config == load_checkpoint(src).config
+    assert (tmp_path / "small.safetensors").stat().st_size < 0.3 * src.stat().st_size
+
+
 def test_resume_gives_the_same_next_step(tmp_path):
     straight, _ = train_student(tiny_config(tmp_path / "a"), DistEnv(), dataset=ToyFrames(), resume=False)
     cfg_b = tiny_config(tmp_path / "b")
