@@ -34,7 +34,12 @@ def test_demo_runs_the_node_live_and_writes_the_report(tiny_sets, tmp_path, caps
     # the node ran what the demo configured: driving.yaml plus the --set overrides
     assert m["run"]["config_source"] == "node parameters"
     assert m["config"]["teacher"] == "msp" and m["config"]["input_width"] == 128
-    assert m["config"]["score_threshold"] == 0.5          # from config/driving.yaml
+    from csl_ros.config import DetectorConfig, load_configs
+    from csl_ros.demo import default_params_file
+
+    det_cfg, _ = load_configs(default_params_file())
+    assert det_cfg.score_threshold != DetectorConfig().score_threshold  # the YAML sets its own
+    assert m["config"]["score_threshold"] == det_cfg.score_threshold  # from config/driving.yaml
     assert [s["parameter"] for s in m["sweeps"]] == ["score_threshold"]
 
 
