@@ -3,8 +3,9 @@
     python bench/pipeline.py [--sizes 512x1024,1024x2048] [--repeats 3] [--presets r18_fast,r50_paper]
 
 For each input size (network size = image size, as for full-resolution evaluation) and student preset:
-  * the CSL detector (scheme 2 with the shipped-architecture teacher, random weights: speed does not
-    depend on the weights) on the eager backend and on the frozen-TorchScript + channels-last backend
+  * the CSL detector (scheme 2, the shipped SML teacher; the shipped student or a preset with random
+    weights, whose speed does not depend on the weights) on a synthroad obstacle frame, on the eager
+    backend and on the frozen-TorchScript + channels-last backend
     (BatchNorm folded into the convolutions), per stage;
   * post-processing share = (assignment + fusion + instances) / total; the budget is < 5 % at 1024x2048;
   * the HF transformers Mask2Former (R-50, 100 queries, random init, built from config) forward pass
@@ -42,21 +43,27 @@ def hf_mask2former_ms(size, repeats):
 
 
 def detector_ms(preset, size, backend, repeats, cache, device):
+    """Median per-stage timings of the detector on a synthroad obstacle frame of ``size``. The teacher is
+    the shipped default (LR-ASPP segmenter, SML score: the real per-frame cost, with realistic score
+    maps for the post-processing); the student is the shipped one for ``preset="shipped"``, else the
+    preset with random weights (speed does not depend on the weights)."""
     from csl_ros.config import DetectorConfig
-    from csl_ros.model import build_student, get_preset
+    from csl_ros.data.synthroad import render_frame
+    from csl_ros.model import build_student, get_preset, load_checkpoint
     from csl_ros.pipeline import Detector
-    from csl_ros.teachers.calibration import Calibration
-    from csl_ros.teachers.segmenter import DEFAULT_PRESET, ClosedSetSegmenter
-    from csl_ros.teachers.segmenter import preset as seg_preset
-    from csl_ros.teachers.teacher import Teacher
+    from csl_ros.shipped import resolve_shipped
+    from csl_ros.teachers.teacher import build_teacher
 
-    torch.manual_seed(0)
-    student = build_student(get_preset(preset))
-    teacher = Teacher("msp", ClosedSetSegmenter(seg_preset(DEFAULT_PRESET)), "msp", Calibration("identity"))
     cfg = DetectorConfig(scheme="2", input_height=size[0], input_width=size[1], device=device,
                          backend=backend, engine_cache_dir=cache)
+    if preset == "shipped":
+        student = load_checkpoint(resolve_shipped("student_ca")).model
+    else:
+        torch.manual_seed(0)
+        student = build_student(get_preset(preset, distill_channels=0))
+    teacher = build_teacher(cfg.teacher, segmenter_path="", stats_path="", device=device)
     det = Detector(cfg, student=student, teacher=teacher)
-    img = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
+    img = render_frame(10_000_005, size=size, obstacles="obstacle").image
     det(img)
     runs = [det(img).timings_ms for _ in range(repeats)]
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -66,7 +73,8 @@ def detector_ms(preset, size, backend, repeats, cache, device):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="512x1024,1024x2048")
-    ap.add_argument("--presets", default="r18_fast,r50_paper")
+    ap.add_argument("--presets", default="shipped,r18_fast,r50_paper",
+                    help="student presets; 'shipped' = the shipped student_ca (r18_lite) with its weights")
     ap.add_argument("--backends", default="eager,torchscript")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")

