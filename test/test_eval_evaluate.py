@@ -21,7 +21,7 @@ from csl_ros.eval import bag as B  # noqa: E402
 from csl_ros.eval.evaluate import evaluate_command, instances_topic_for  # noqa: E402
 from csl_ros.eval.metrics import evaluate as reference_evaluate  # noqa: E402
 from csl_ros.eval.scoring import instance_counts, parse_sweep  # noqa: E402
-from csl_ros.ros.testing import BrightnessDetector  # noqa: E402
+from csl_ros.ros.testing import BrightnessDetector, private_ros_context  # noqa: E402
 
 TINY = ["teacher=msp", "input_height=64", "input_width=128", "device=cpu", "backend=eager"]
 N_FRAMES = 6
@@ -328,48 +328,38 @@ def live_node():
     """A csl_detector node (model-free detector) in /csl/camera, as replay_eval.launch.py starts it,
     on a private context and a random ROS domain."""
     pytest.importorskip("rclpy")
-    import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from csl_ros.ros.node import CslDetectorNode
 
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")}
-    os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 200))
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    started = []
+    with private_ros_context(random.randint(1, 200)) as context:
+        started = []
 
-    def start(delay_s=0.0, **params):
-        detectors = []
+        def start(delay_s=0.0, **params):
+            detectors = []
 
-        def factory(cfg):
-            detectors.append(BrightnessDetector(cfg, delay_s=delay_s))
-            return detectors[-1]
-        node = CslDetectorNode(detector_factory=factory, namespace="/csl/camera", context=context,
-                               parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
-                               cli_args=["--ros-args", "-r", "image:=/camera/image_raw",
-                                         "-r", "camera_info:=/camera/camera_info"])
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        thread = threading.Thread(target=executor.spin, daemon=True)
-        thread.start()
-        assert node.configure_and_activate()
-        started.append((node, executor, thread))
-        return node, detectors
+            def factory(cfg):
+                detectors.append(BrightnessDetector(cfg, delay_s=delay_s))
+                return detectors[-1]
+            node = CslDetectorNode(detector_factory=factory, namespace="/csl/camera", context=context,
+                                   parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
+                                   cli_args=["--ros-args", "-r", "image:=/camera/image_raw",
+                                             "-r", "camera_info:=/camera/camera_info"])
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            thread = threading.Thread(target=executor.spin, daemon=True)
+            thread.start()
+            assert node.configure_and_activate()
+            started.append((node, executor, thread))
+            return node, detectors
 
-    yield start
-    for node, executor, thread in started:
-        node.release_all()
-        executor.shutdown(timeout_sec=5)
-        node.destroy_node()
-        thread.join(5)
-    rclpy.shutdown(context=context)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+        yield start
+        for node, executor, thread in started:
+            node.release_all()
+            executor.shutdown(timeout_sec=5)
+            node.destroy_node()
+            thread.join(5)
 
 
 @pytest.mark.ros

@@ -34,7 +34,7 @@ from csl_ros.config import DetectorConfig, NodeConfig  # noqa: E402
 from csl_ros.data.synthroad import render_frame  # noqa: E402
 from csl_ros.ros.image_conversion import fill_image_msg  # noqa: E402
 from csl_ros.ros.node import CslDetectorNode, build_engine  # noqa: E402
-from csl_ros.ros.testing import BrightnessDetector  # noqa: E402
+from csl_ros.ros.testing import BrightnessDetector, private_ros_context  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
@@ -47,19 +47,8 @@ OUTPUTS = {"score": ("anomaly_score", Image), "color": ("anomaly_score/color", I
 @pytest.fixture(scope="module")
 def ros():
     """A private rclpy context on a random domain (each Rig spins its own executor in it)."""
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")}
-    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
-    # Read when the DDS participant is created: large images need the large-data transports.
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with private_ros_context(DOMAIN_ID, large_data=True) as context:  # large images: large-data transports
+        yield context
 
 
 def wait_for(predicate, timeout=10.0, what="condition"):

@@ -90,9 +90,9 @@ def describe_instances(instances: np.ndarray, scores: np.ndarray,
 
     def per_id(values: np.ndarray, how: str) -> np.ndarray:
         # Per-id max/min by one scatter (no sort, no Python loop over instances).
-        init = torch.zeros(k + 1, dtype=torch.from_numpy(values[:1]).dtype)
-        return init.scatter_reduce_(0, torch.from_numpy(lab), torch.from_numpy(values), how,
-                                    include_self=False).numpy()
+        src = torch.from_numpy(values)
+        return torch.zeros(k + 1, dtype=src.dtype).scatter_reduce_(0, torch.from_numpy(lab), src, how,
+                                                                   include_self=False).numpy()
 
     smax = per_id(vals, "amax")
     x0, x1 = per_id(xs, "amin"), per_id(xs, "amax")

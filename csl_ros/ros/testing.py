@@ -1,4 +1,5 @@
-"""A model-free detector that implements the Detector contract, for exercising the ROS layer.
+"""Helpers for exercising the ROS layer: a model-free detector that implements the Detector contract,
+and a private rclpy context on its own ROS domain.
 
 The ROS tests and ``bench/node.py`` inject it through the node's ``detector_factory`` so the graph
 (subscriptions, conversion, publishing, lifecycle, parameters) is tested without trained models.
@@ -7,7 +8,9 @@ blobs; instances and obstacle records come from the pipeline's own instance code
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import threading
 import time
 
@@ -89,3 +92,27 @@ class BrightnessDetector:
 
     def close(self) -> None:
         self.closed = True
+
+
+@contextlib.contextmanager
+def private_ros_context(domain_id: int, large_data: bool = False):
+    """An rclpy context on ``ROS_DOMAIN_ID=domain_id`` (so parallel test runs do not see each other),
+    optionally with Fast DDS's large-data transports (read when the DDS participant is created, needed
+    for large images). The environment is restored and the context shut down on exit."""
+    import rclpy
+
+    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")}
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+    if large_data:
+        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        rclpy.shutdown(context=context)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
