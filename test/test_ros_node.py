@@ -219,6 +219,23 @@ def test_every_output_stamped_and_sized_like_the_input(rig_factory):
     assert snap["frames_processed"] == 3 and snap["bad_frames"] == 0
 
 
+def test_best_effort_camera_info_with_reliable_image_input_still_gives_markers(rig_factory):
+    """camera_info is subscribed best effort whatever input_reliability says, so it matches a
+    best-effort camera_info publisher (a reliable subscription would not)."""
+    from rclpy.qos import qos_profile_sensor_data
+
+    rig = rig_factory(overrides={"input_reliability": "reliable"})
+    info_pub = rig.probe.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
+    wait_for(lambda: info_pub.get_subscription_count() > 0, what="camera_info matched best effort")
+    image, K = road_frame()
+    info = CameraInfo(width=image.shape[1], height=image.shape[0], k=[float(v) for v in np.ravel(K)])
+    info_pub.publish(info)
+    wait_for(lambda: rig.node._camera_info is not None, what="camera_info received")
+    rig.send(image, 1)
+    out = rig.wait_answer(1)
+    assert [m for m in out["obstacles"].markers if m.type == Marker.CUBE]
+
+
 def test_optional_outputs_can_be_switched_off_at_run_time(rig_factory):
     rig = rig_factory()
     rig.node.set_parameters([Parameter("publish_color", value=False), Parameter("publish_overlay", value=False)])
@@ -276,6 +293,17 @@ def test_live_threshold_change_takes_effect_on_the_next_frame(rig_factory):
     assert np.frombuffer(bytes(out["instances"].data), np.uint16).max() == 0
     assert [m.action for m in out["obstacles"].markers] == [Marker.DELETEALL]  # stale markers removed
     assert rig.detectors[0].seen_thresholds == [0.5, 0.7]
+
+
+def test_float_parameter_accepts_an_integer(rig_factory):
+    """`ros2 param set <node> score_threshold 1` sends an integer: it is the float 1.0."""
+    rig = rig_factory()
+    (res,) = _set_remote(rig, score_threshold=1)
+    assert res.successful, res.reason
+    assert rig.node.get_parameter("score_threshold").value == 1.0
+    assert rig.node.detector_config.score_threshold == 1.0
+    (res,) = _set_remote(rig, score_threshold=2)  # still range-checked
+    assert not res.successful and "out of range" in res.reason
 
 
 @pytest.mark.parametrize("values, words", [
@@ -345,19 +373,28 @@ def test_lifecycle_transitions_through_the_services(rig_factory):
     assert not rig.answered(1, keys=("score",))
 
     assert _change_state(rig, Transition.TRANSITION_ACTIVATE)
+    # Start-up grace: right after activation, no false "nothing received".
+    wait_for(lambda: "waiting for the first frame" in rig.last_diag().message, what="start-up grace")
+    assert rig.last_diag().level == b"\x00"
     rig.send(blob_image(200), 2)
     rig.wait_answer(2)
+    wait_for(lambda: "no camera_info received" in rig.last_diag().message, what="camera_info missing")
+    assert rig.diag_values(rig.last_diag())["camera_info"] == "missing"
+    rig.info_pub.publish(CameraInfo(width=512, height=256, k=[400.0, 0, 256, 0, 400.0, 128, 0, 0, 1]))
+    rig.send(blob_image(200), 3)
+    rig.wait_answer(3)
     wait_for(lambda: rig.last_diag().level == b"\x00", what="OK diagnostics")
     values = rig.diag_values(rig.last_diag())
     assert values["lifecycle_state"] == "active" and values["backend"] == "brightness" and values["device"] == "cpu"
+    assert values["camera_info"] == "calibrated" and float(values["camera_info_age_s"]) < 5
     for key in ("input_rate_hz", "processed_rate_hz", "frames_dropped", "latency_p50_ms", "latency_p95_ms",
                 "latency_p99_ms", "bad_frames"):
         assert key in values
 
     assert _change_state(rig, Transition.TRANSITION_DEACTIVATE)
-    rig.send(blob_image(200), 3)
+    rig.send(blob_image(200), 4)
     wait_for(lambda: rig.node.stats.ignored_inactive >= 2, what="ignored frame after deactivate")
-    assert not rig.answered(3, keys=("score",))
+    assert not rig.answered(4, keys=("score",))
     assert _change_state(rig, Transition.TRANSITION_CLEANUP)
     assert rig.node.lifecycle_state == "unconfigured" and rig.detectors[0].closed and rig.node.detector is None
     assert not _change_state(rig, Transition.TRANSITION_ACTIVATE)  # invalid from unconfigured
@@ -421,6 +458,9 @@ BAD_FRAMES = {
                            "non_finite"),
     "unsupported_encoding": (dict(height=H, width=W, encoding="bayer_rggb8", step=W, data=bytes(W * H)),
                              "unsupported_encoding"),
+    "yuv422_odd_width": (dict(height=H, width=W - 1, encoding="yuv422", step=2 * (W - 1), data=bytes(2 * (W - 1) * H)),
+                         "odd_width"),
+    "yuyv_width_1": (dict(height=H, width=1, encoding="yuyv", step=2, data=bytes(2 * H)), "odd_width"),
 }
 
 
@@ -462,6 +502,26 @@ def test_corrupt_compressed_image_is_skipped(rig_factory):
     wait_for(lambda: any("decode_failed" in m for m in rig.logs), what="decode log line")
     send(jpeg.tobytes(), 3)
     rig.wait_answer(3, keys=("score",))
+    huge = bytearray(cv2.imencode(".png", _GOOD)[1].tobytes())
+    huge[16:24] = (100_000).to_bytes(4, "big") * 2  # the header claims 100000x100000
+    send(huge, 4)
+    wait_for(lambda: rig.node.stats.bad_frames["absurd_size"] == 1, what="huge png counted as absurd_size")
+    send(jpeg.tobytes(), 5)
+    rig.wait_answer(5, keys=("score",))
+    assert rig.node.stats.publish_errors == 0 and rig.node.stats.detector_errors == 0
+
+
+def test_diagnostics_return_to_nothing_received_after_an_error(rig_factory):
+    """A past error does not hide a camera that stopped: the level follows a recent window."""
+    rig = rig_factory()
+    rig.info_pub.publish(CameraInfo(width=W, height=H, k=[100.0, 0, 32, 0, 100.0, 16, 0, 0, 1]))
+    rig.send(_GOOD, 1)
+    rig.wait_answer(1, keys=("score",))
+    rig.send_raw(**BAD_FRAMES["yuyv_width_1"][0])
+    wait_for(lambda: "bad input frame" in rig.last_diag().message, what="bad-frame WARN")
+    # The camera stops (its publisher stays): within a few periods "nothing received", not the old error.
+    wait_for(lambda: "nothing received" in rig.last_diag().message, timeout=10, what="nothing received")
+    assert rig.node.stats.publish_errors == 0
 
 
 # --- large images through DDS, from another process ----------------------------------------------------------

@@ -20,6 +20,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
@@ -32,6 +33,9 @@ from csl_ros.ros.stats import LatestFrameSlot, NodeStats, Throttle, bad_frame_re
 
 NODE_NAME = "csl_detector"
 LOG_PERIOD_S = 5.0  # throttle for repeated warnings (per bad-frame reason, inactive node)
+# After activation, the first frame may take this long (DDS discovery, a camera starting up) before
+# /diagnostics reports "nothing received".
+STARTUP_GRACE_S = 5.0
 
 
 def default_detector_factory(cfg: DetectorConfig):
@@ -74,6 +78,7 @@ class CslDetectorNode(LifecycleNode):
         self._node_cfg = apply_overrides(NodeConfig(), {k: v for k, v in values.items() if owners[k] == "node"})
         self._cfg_lock = threading.Lock()
         self._pending: dict[str, Any] = {}  # run-time detector changes, applied before the next frame
+        self.add_pre_set_parameters_callback(self._integers_as_floats)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.stats = NodeStats()
@@ -84,12 +89,14 @@ class CslDetectorNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._subs: list = []
         self._camera_info: tuple | None = None  # (K, width, height)
+        self._camera_info_state, self._camera_info_at = "missing", None  # or "uncalibrated"/"calibrated", time
+        self._active_since: float | None = None
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._backend_device = ("", "")
         self._bad_log = Throttle(LOG_PERIOD_S)
         self._state_log = Throttle(LOG_PERIOD_S)
-        self._last_report = (0, 0)  # frames received, bad frames at the previous diagnostics
+        self._last_report = 0  # frames received at the previous diagnostics
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(self._node_cfg.diagnostics_period_s, self._publish_diagnostics)
 
@@ -123,6 +130,13 @@ class CslDetectorNode(LifecycleNode):
         return ok and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     # --- parameters -------------------------------------------------------------------------------------
+    def _integers_as_floats(self, params: list) -> list:
+        """``ros2 param set <node> score_threshold 1`` sends an integer: make it the float it means
+        (rclpy would refuse it as the wrong type before any validation)."""
+        floats = {s.name for s in self._specs if s.type is float}
+        return [Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+                if p.name in floats and p.type_ == Parameter.Type.INTEGER else p for p in params]
+
     def _on_set_parameters(self, params) -> SetParametersResult:
         with self._cfg_lock:
             try:
@@ -171,12 +185,14 @@ class CslDetectorNode(LifecycleNode):
         self._slot.reopen()
         self._worker = threading.Thread(target=self._work, name="csl_detector_worker", daemon=True)
         self._worker.start()
+        self._active_since = time.monotonic()
         self._state = "active"
         self.get_logger().info(f"active: processing {self.input_topic}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
+        self._active_since = None
         self._state = "inactive"
         return super().on_deactivate(state)
 
@@ -226,7 +242,10 @@ class CslDetectorNode(LifecycleNode):
             self._subs = [self.create_subscription(CompressedImage, "image/compressed", self._on_image, q_in)]
         else:
             self._subs = [self.create_subscription(Image, "image", self._on_image, q_in)]
-        self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, q_in))
+        # camera_info is always best effort: a best-effort subscription matches every publisher, while a
+        # reliable one would not match a best-effort camera_info (no markers, and no error anywhere).
+        self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
+                                                   _qos("best_effort", 5)))
         log.info(f"configured: input {self.input_topic} ({node_cfg.input_reliability}), outputs under "
                  f"{self.get_fully_qualified_name()}/ ({node_cfg.output_reliability})")
 
@@ -236,6 +255,7 @@ class CslDetectorNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._subs, self._pubs, self._camera_info = [], {}, None
+        self._camera_info_state, self._camera_info_at = "missing", None
         if self._detector is not None:
             try:
                 self._detector.close()
@@ -261,12 +281,15 @@ class CslDetectorNode(LifecycleNode):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         k = [float(v) for v in msg.k]
+        self._camera_info_at = time.monotonic()
         if k[0] <= 0.0 or k[4] <= 0.0:
+            self._camera_info_state = "uncalibrated"
             if self._state_log.ready("camera_info"):
                 self.get_logger().warning("camera_info has no calibration (fx or fy is 0): obstacles get no "
                                        "metric position until a calibrated camera_info arrives")
             return
         self._camera_info = (k, int(msg.width), int(msg.height))
+        self._camera_info_state = "calibrated"
 
     def _camera_geometry(self, height: int, width: int, cfg: DetectorConfig):
         info = self._camera_info
@@ -291,20 +314,26 @@ class CslDetectorNode(LifecycleNode):
             except Exception as exc:  # the worker must outlive any single frame
                 if not self.context.ok():
                     return  # ROS is shutting down (e.g. SIGINT while publishing)
-                self.stats.publish_errors += 1
+                self.stats.count_publish_error()
                 if self._bad_log.ready("publish_error"):
                     self.get_logger().error(f"publishing a frame's outputs failed: {type(exc).__name__}: {exc}")
 
-    def _process(self, msg, t_received: float) -> None:
-        log = self.get_logger()
+    def _convert(self, msg) -> np.ndarray | None:
+        """The frame as RGB, or None after counting it as a bad frame under its reason."""
         try:
-            rgb = compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
-        except ImageFormatError as exc:
-            reason = bad_frame_reason(str(exc))
+            return compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
+        except Exception as exc:  # every undecodable input is a bad frame, never a publishing error
+            reason = bad_frame_reason(str(exc)) if isinstance(exc, ImageFormatError) else "conversion_failed"
             self.stats.count_bad(reason)
             if self._bad_log.ready(reason):
-                log.warning(f"bad input frame on {self.input_topic} ({reason}): {exc}; skipped "
-                         f"(logged at most every {LOG_PERIOD_S:g} s per reason)")
+                self.get_logger().warning(f"bad input frame on {self.input_topic} ({reason}): {exc}; skipped "
+                                          f"(logged at most every {LOG_PERIOD_S:g} s per reason)")
+            return None
+
+    def _process(self, msg, t_received: float) -> None:
+        log = self.get_logger()
+        rgb = self._convert(msg)
+        if rgb is None:
             return
         with self._cfg_lock:
             cfg, node_cfg, pending, self._pending = self._det_cfg, self._node_cfg, self._pending, {}
@@ -316,7 +345,7 @@ class CslDetectorNode(LifecycleNode):
             det = detector(rgb, self._camera_geometry(rgb.shape[0], rgb.shape[1], cfg))
             detector_ms = (time.monotonic() - t0) * 1e3
         except Exception as exc:  # never let one frame take the node down
-            self.stats.detector_errors += 1
+            self.stats.count_detector_error()
             if self._bad_log.ready("detector_error"):
                 log.error(f"detector failed on a frame: {type(exc).__name__}: {exc}")
             return
@@ -351,24 +380,35 @@ class CslDetectorNode(LifecycleNode):
     # --- diagnostics ----------------------------------------------------------------------------------
     def _diagnostics_status(self) -> DiagnosticStatus:
         snap = self.stats.snapshot(self._slot.dropped)
-        received, bad = snap["frames_received"], snap["bad_frames"]
-        recent_input, recent_bad = received - self._last_report[0], bad - self._last_report[1]
-        self._last_report = (received, bad)
+        received = snap["frames_received"]
+        recent_input, self._last_report = received - self._last_report, received
         topic = self.input_topic
         publishers = self.count_publishers(topic)
-        last = self.stats.received.last
-        age = None if last is None else time.monotonic() - last
-        level, message = diagnostic_summary(self._state, snap, input_topic=topic, recent_input=recent_input,
-                                            recent_bad=recent_bad, input_publishers=publishers, input_age_s=age,
-                                            starved_after_s=max(2.0, 2 * self._node_cfg.diagnostics_period_s))
+        now = time.monotonic()
+        last, since = self.stats.received.last, self._active_since
+        starved_after = max(2.0, 2 * self._node_cfg.diagnostics_period_s)
+        # Age of the input, counted from activation when no frame came since: the start-up grace.
+        first_pending = since is not None and (last is None or last < since)
+        if first_pending:
+            age, starved_after = now - since, max(starved_after, STARTUP_GRACE_S)
+        else:
+            age = None if last is None else now - last
+        info_topic = self.resolve_topic_name("camera_info")
+        level, message = diagnostic_summary(
+            self._state, snap, input_topic=topic, recent_input=recent_input, input_publishers=publishers,
+            input_age_s=age, starved_after_s=starved_after, recent=self.stats.recent_errors(),
+            camera_info=self._camera_info_state, camera_info_topic=info_topic, first_frame_pending=first_pending)
         silent = self._state != "active" or "nothing received" in message
         if silent and (recent_input or publishers) and self._state_log.ready(message.split(":")[0]):
             self.get_logger().warning(message)
         cfg = self._det_cfg
         backend, device = self._backend_device
+        info_age = "" if self._camera_info_at is None else now - self._camera_info_at
         values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,
                   "backend": backend or f"{cfg.backend} (requested)", "device": device or f"{cfg.device} (requested)",
-                  "scheme": cfg.scheme, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold, **snap}
+                  "scheme": cfg.scheme, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold,
+                  "camera_info_topic": info_topic, "camera_info": self._camera_info_state,
+                  "camera_info_age_s": info_age, **snap}
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: csl detector",
                                   message=message, hardware_id=device or cfg.device)
         status.values = [KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v))
