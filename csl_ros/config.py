@@ -109,6 +109,19 @@ class NodeConfig:
 
 SCHEMA = (DetectorConfig, NodeConfig)
 
+# DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model.checkpoint):
+# the input size it was trained for and the score threshold tuned for it.
+MODEL_SETTINGS = ("input_height", "input_width", "score_threshold")
+
+
+def apply_model_settings(cfg: DetectorConfig, settings: Mapping[str, Any]) -> tuple[DetectorConfig, dict]:
+    """``cfg`` with the model's ``settings`` for every MODEL_SETTINGS field still at its schema default
+    (a value the user set wins), and the dict of what was taken from the model."""
+    defaults = DetectorConfig()
+    taken = {k: v for k, v in settings.items()
+             if k in MODEL_SETTINGS and getattr(cfg, k) == getattr(defaults, k) and getattr(cfg, k) != v}
+    return dataclasses.replace(cfg, **taken), taken
+
 
 def schema_fields(cls) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls))
