@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -18,9 +19,21 @@ TEACHERS = ("none", "msp", "maxlogit", "sml", "entropy", "energy", "onnx")
 SCHEMES = ("1", "2", "teacher_only")
 
 
-def _opt(default, help, *, range=None, choices=None, reload=False, ros=True):
-    """A schema field. ``reload``: changing it needs the models reloaded (refused while active)."""
-    meta = {"help": help, "range": range, "choices": choices, "reload": reload, "ros": ros}
+# Torch device strings accepted by every setting named device (checked before torch sees them).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
+
+
+def device_error(name: str, value: str) -> str | None:
+    """Why ``value`` is not a device string, or None."""
+    if isinstance(value, str) and DEVICE_PATTERN.fullmatch(value):
+        return None
+    return f"{name}={value!r} is not a device: auto, cpu, cuda, cuda:N, mps"
+
+
+def _opt(default, help, *, range=None, choices=None, reload=False, ros=True, device=False):
+    """A schema field. ``reload``: changing it needs the models reloaded (refused while active).
+    ``device``: the value must be a torch device string (DEVICE_PATTERN)."""
+    meta = {"help": help, "range": range, "choices": choices, "reload": reload, "ros": ros, "device": device}
     return field(default=default, metadata=meta)
 
 
@@ -65,7 +78,8 @@ class DetectorConfig:
     input_height: int = _opt(512, "Network input height in pixels (images are resized/padded to it).",
                              range=(64, 4096), reload=True)
     input_width: int = _opt(1024, "Network input width in pixels.", range=(64, 8192), reload=True)
-    device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True)
+    device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True,
+                       device=True)
     backend: str = _opt("auto", "Inference backend: auto (fastest available), eager, torchscript, "
                         "tensorrt (torch-tensorrt, GPU only). Failures fall back to eager.",
                         choices=("auto", "eager", "torchscript", "tensorrt"), reload=True)
@@ -173,6 +187,8 @@ def field_type(f: dataclasses.Field) -> type:
 def check_value(f: dataclasses.Field, value: Any) -> str | None:
     """Return why ``value`` is invalid for field ``f``, or None. Never clamps."""
     meta = f.metadata
+    if meta.get("device"):
+        return device_error(f.name, value)
     if meta.get("choices") is not None and value not in meta["choices"]:
         return f"{f.name}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
     if meta.get("range") is not None:
@@ -221,15 +237,30 @@ def parse_set_args(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str = "YAML file") -> dict[str, Any]:
+    """The top-level mapping of a YAML file (empty file: {}). A missing file, broken YAML syntax or a
+    non-mapping is one error naming the file (and the line of a syntax error)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    with open(path, "r", encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 def read_yaml_parameters(path: str | os.PathLike, node_name: str = "csl_detector") -> dict[str, Any]:
     """Read a ROS 2 params file (``/**: ros__parameters:`` or ``<node>: ros__parameters:``) or a
     plain mapping, and return the flat parameter dict."""
-    import yaml
-
-    with open(path, "r", encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, "parameters file")
     params: dict[str, Any] = {}
     ros_style = False
     for key, val in data.items():

@@ -55,9 +55,9 @@ def run(args) -> int:
     else:
         raise FileNotFoundError(f"{src}: no such file or directory")
     cfg = detector_config_from_args(args)
-    detector = Detector.from_config(cfg)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails before the models load
+    detector = Detector.from_config(cfg)
     for f in files:
         bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
         if bgr is None:

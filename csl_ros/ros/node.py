@@ -9,7 +9,7 @@ so a camera faster than inference never builds a queue (replaced frames are coun
 """
 from __future__ import annotations
 
-import argparse
+import re
 import sys
 import threading
 import time
@@ -442,12 +442,20 @@ def build_engine(node: CslDetectorNode) -> int:
     return 0
 
 
+def _rcl_error_line(exc: Exception) -> str:
+    """rcl's message on one line, without its C source locations (", at /project/src/parse.c:835")."""
+    text = " ".join(str(exc).split())
+    return re.sub(r",? at /\S+:\d+", "", text).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.utilities import remove_ros_args
 
+    from csl_ros.cli import OneLineErrorParser
+
     argv = list(sys.argv if argv is None else argv)
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="csl_node", description="CSL road-obstacle detector (ROS 2 lifecycle node csl_detector). "
         "Parameters: --ros-args --params-file FILE -p name:=value; see `ros2 param describe`.")
     parser.add_argument("--auto-activate", action="store_true",
@@ -455,7 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-engine", action="store_true",
                         help="build and cache the inference engine (TensorRT/TorchScript) for the "
                              "configured model, input size and precision, then exit")
-    args = parser.parse_args(remove_ros_args(argv)[1:])
+    try:
+        args = parser.parse_args(remove_ros_args(argv)[1:])
+    except rclpy._rclpy_pybind11.RCLError as exc:  # a broken or missing --params-file, bad --ros-args
+        print(f"csl_node: error: {_rcl_error_line(exc)}", file=sys.stderr)
+        return 2
     rclpy.init(args=argv)
     node = None
     try:
