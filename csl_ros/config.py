@@ -67,17 +67,20 @@ class DetectorConfig:
                             choices=("product", "region_mean", "arithmetic"))
 
     # --- instances and obstacles ----------------------------------------------------------------
-    score_threshold: float = _opt(0.5, "Fused anomaly score at or above which a pixel is anomalous.",
-                                  range=(0.0, 1.0))
+    score_threshold: float = _opt(0.25, "Fused anomaly score at or above which a pixel is anomalous. "
+                                  "Default: the shipped models' tuned threshold; a student checkpoint "
+                                  "that carries its own replaces the default.", range=(0.0, 1.0))
     min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
                                   range=(0, 10_000_000))
     road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
                           "teacher's segmenter (when the teacher has one).")
 
     # --- compute --------------------------------------------------------------------------------
-    input_height: int = _opt(512, "Network input height in pixels (images are resized/padded to it).",
-                             range=(64, 4096), reload=True)
-    input_width: int = _opt(1024, "Network input width in pixels.", range=(64, 8192), reload=True)
+    input_height: int = _opt(256, "Network input height in pixels (images are resized/padded to it). "
+                             "Default: the shipped models' training size; a student checkpoint that "
+                             "carries its own replaces the default.", range=(64, 4096), reload=True)
+    input_width: int = _opt(512, "Network input width in pixels (default: as input_height).",
+                            range=(64, 8192), reload=True)
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True,
                        device=True)
     backend: str = _opt("auto", "Inference backend: auto (fastest available), eager, torchscript, "

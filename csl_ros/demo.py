@@ -14,8 +14,8 @@ on its own ROS context) with that detector, replay the bag to it over ROS topics
 ``csl-ros evaluate --live`` (``--rate max``: every frame is answered), score what it published and
 write the report (``eval/report.html``) and an overlay video (``eval/overlay.mp4``).
 
-The network runs at 256x512 (the shipped models' training size) unless ``--set input_height=...``
-says otherwise, so the demo takes a few minutes on two CPU cores.
+The network runs at the schema default 256x512 (the shipped models' training size) unless ``--set
+input_height=...`` says otherwise, so the demo takes a few minutes on two CPU cores.
 """
 from __future__ import annotations
 
@@ -29,8 +29,6 @@ from typing import Callable
 
 from csl_ros.cli import image_size_arg
 
-# The demo's network size: what the shipped synthroad models were trained at, and CPU-friendly.
-DEMO_OVERRIDES = {"input_height": 256, "input_width": 512}
 DEMO_SWEEP = "score_threshold=0.02,0.05,0.1,0.2,0.3,0.5,0.7"   # wide: scores of obstacles vary by model
 NODE_NAMESPACE = "/csl/camera"                 # as launch/replay_eval.launch.py starts the node
 
@@ -47,7 +45,7 @@ class DemoContext:
     artifacts: dict = field(default_factory=dict)     # name -> Path
     notes: list = field(default_factory=list)         # lines for the summary
     config_path: str | None = None                    # ROS params file of the node
-    overrides: dict = field(default_factory=dict)     # --set values (after DEMO_OVERRIDES)
+    overrides: dict = field(default_factory=dict)     # --set values
     rate: str = "max"                                 # replay rate of the live evaluation
     detector_config: object = None
     node_config: object = None
@@ -243,8 +241,7 @@ def register(sub) -> None:
     p.add_argument("--config", default=None,
                    help="the node's ROS parameters file (default: config/driving.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting of csl_ros.config (repeatable); the demo itself sets "
-                        + ", ".join(f"{k}={v}" for k, v in DEMO_OVERRIDES.items()))
+                   help="override a setting of csl_ros.config (repeatable)")
     p.add_argument("--rate", default="max",
                    help="replay rate of the live evaluation: max (every frame answered), recorded, or a "
                         "factor of the recorded rate")
@@ -265,7 +262,7 @@ def run(args) -> int:
     parse_rate(args.rate)
     ctx = DemoContext(out=Path(args.out), frames_n=int(args.frames), size=size,
                       config_path=str(args.config or default_params_file()),
-                      overrides={**DEMO_OVERRIDES, **parse_set_args(args.set)}, rate=args.rate)
+                      overrides=parse_set_args(args.set), rate=args.rate)
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for name, step in DEMO_STEPS:

@@ -292,7 +292,7 @@ def test_live_threshold_change_takes_effect_on_the_next_frame(rig_factory):
     out = rig.wait_answer(2)
     assert np.frombuffer(bytes(out["instances"].data), np.uint16).max() == 0
     assert [m.action for m in out["obstacles"].markers] == [Marker.DELETEALL]  # stale markers removed
-    assert rig.detectors[0].seen_thresholds == [0.5, 0.7]
+    assert rig.detectors[0].seen_thresholds == [DetectorConfig().score_threshold, 0.7]
 
 
 def test_float_parameter_accepts_an_integer(rig_factory):
@@ -408,6 +408,24 @@ def test_configure_failure_is_reported_and_node_stays_unconfigured(rig_factory):
     assert not rig.node.configure_and_activate()
     assert rig.node.lifecycle_state == "unconfigured"
     wait_for(lambda: any("/nope/student.safetensors" in m for m in rig.logs), what="configure error log")
+
+
+def test_parameters_follow_the_settings_the_detector_took_from_its_checkpoint(rig_factory):
+    """Detector.from_config may take input size / threshold from the student's metadata for
+    parameters left at their defaults: the node's parameters then say what is used."""
+    import dataclasses
+
+    def from_checkpoint(cfg):
+        return BrightnessDetector(dataclasses.replace(cfg, input_height=96, score_threshold=0.4))
+
+    rig = rig_factory(factory=from_checkpoint)
+    assert rig.node.get_parameter("input_height").value == 96
+    assert rig.node.get_parameter("score_threshold").value == 0.4
+    assert rig.node.detector_config.score_threshold == 0.4
+    wait_for(lambda: any("from the student checkpoint" in m for m in rig.logs), what="log line")
+    rig.send(blob_image(153), 1)
+    rig.wait_answer(1)
+    assert rig.detectors[0].seen_thresholds == [0.4]
 
 
 def test_build_engine_reports_backend(rig_factory):

@@ -9,6 +9,7 @@ so a camera faster than inference never builds a queue (replaced frames are coun
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import threading
@@ -25,7 +26,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
-from csl_ros.config import DetectorConfig, NodeConfig, apply_overrides
+from csl_ros.config import MODEL_SETTINGS, DetectorConfig, NodeConfig, apply_overrides
 from csl_ros.ros.image_conversion import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
 from csl_ros.ros.markers import marker_array_msg
 from csl_ros.ros.params import parameter_specs, plan_parameter_changes
@@ -77,6 +78,7 @@ class CslDetectorNode(LifecycleNode):
         self._det_cfg = apply_overrides(DetectorConfig(), {k: v for k, v in values.items() if owners[k] == "detector"})
         self._node_cfg = apply_overrides(NodeConfig(), {k: v for k, v in values.items() if owners[k] == "node"})
         self._cfg_lock = threading.Lock()
+        self._adopting = False
         self._pending: dict[str, Any] = {}  # run-time detector changes, applied before the next frame
         self.add_pre_set_parameters_callback(self._integers_as_floats)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -138,6 +140,10 @@ class CslDetectorNode(LifecycleNode):
                 if p.name in floats and p.type_ == Parameter.Type.INTEGER else p for p in params]
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        if self._adopting:  # the detector's own values, already in use (see _adopt_model_settings)
+            with self._cfg_lock:
+                self._det_cfg = dataclasses.replace(self._det_cfg, **{p.name: p.value for p in params})
+            return SetParametersResult(successful=True)
         with self._cfg_lock:
             try:
                 plan = plan_parameter_changes(self._det_cfg, self._node_cfg, {p.name: p.value for p in params},
@@ -223,10 +229,9 @@ class CslDetectorNode(LifecycleNode):
         log = self.get_logger()
         log.info(f"loading the detector: scheme {cfg.scheme}, teacher {cfg.teacher}, device {cfg.device}, "
                  f"backend {cfg.backend}, precision {cfg.precision}, input {cfg.input_width}x{cfg.input_height}")
-        if cfg.backend == "tensorrt" or (cfg.backend == "auto" and cfg.device != "cpu"):
-            log.info(f"a TensorRT engine that is not cached in {cfg.engine_cache_dir} is built now; "
-                     "this can take several minutes (csl_node --build-engine does it ahead of time)")
+        # (csl_ros.pipeline.backends logs when it actually builds a TensorRT engine, and only then.)
         self._detector = self.detector_factory(cfg)
+        self._adopt_model_settings(cfg, getattr(self._detector, "config", cfg))
         self._detector.warmup()
         self._built_with = self._reload_key()
         q_out = _qos(node_cfg.output_reliability, 5)
@@ -248,6 +253,20 @@ class CslDetectorNode(LifecycleNode):
                                                    _qos("best_effort", 5)))
         log.info(f"configured: input {self.input_topic} ({node_cfg.input_reliability}), outputs under "
                  f"{self.get_fully_qualified_name()}/ ({node_cfg.output_reliability})")
+
+    def _adopt_model_settings(self, asked: DetectorConfig, used: DetectorConfig) -> None:
+        """Make the parameters say what the detector uses when it took settings from the student
+        checkpoint (input size, tuned threshold) for parameters left at their defaults."""
+        taken = {k: getattr(used, k) for k in MODEL_SETTINGS if getattr(used, k) != getattr(asked, k)}
+        if not taken:
+            return
+        self.get_logger().info("from the student checkpoint (parameters left at their defaults): "
+                               + ", ".join(f"{k}={v}" for k, v in taken.items()))
+        self._adopting = True
+        try:
+            self.set_parameters([Parameter(k, value=v) for k, v in taken.items()])
+        finally:
+            self._adopting = False
 
     def _release(self) -> None:
         for sub in self._subs:
