@@ -119,6 +119,22 @@ class NodeConfig:
                                    reload=True)
     publish_color: bool = _opt(True, "Publish ~/anomaly_score/color (bgr8 colour map).")
     publish_overlay: bool = _opt(True, "Publish ~/overlay (bgr8 image with instances outlined).")
+    marker_lifetime_frames: float = _opt(2.0, "Lifetime of the obstacle markers in frame periods of the "
+                                         "node's output (its measured processing rate; 1 s per period "
+                                         "until measured), so they vanish when the camera stops. 0: "
+                                         "until replaced.", range=(0.0, 1000.0))
+    output_frame: str = _opt("", "Frame of ~/obstacles and ~/obstacle_points, e.g. base_link, placed "
+                             "by the mount_* parameters (the camera's pose in it; tf2 is not used). "
+                             "Empty: the input image's optical frame (header.frame_id).")
+    mount_x_m: float = _opt(0.0, "Camera position in output_frame: x (metres).", range=(-100.0, 100.0))
+    mount_y_m: float = _opt(0.0, "Camera position in output_frame: y (metres).", range=(-100.0, 100.0))
+    mount_z_m: float = _opt(0.0, "Camera position in output_frame: z (metres).", range=(-100.0, 100.0))
+    mount_roll_deg: float = _opt(0.0, "Camera roll in output_frame (degrees; REP 103 body frame x "
+                                 "forward, y left, z up).", range=(-180.0, 180.0))
+    mount_pitch_deg: float = _opt(0.0, "Camera pitch in output_frame (degrees, positive looking down).",
+                                  range=(-90.0, 90.0))
+    mount_yaw_deg: float = _opt(0.0, "Camera yaw in output_frame (degrees, positive turning left).",
+                                range=(-180.0, 180.0))
     diagnostics_period_s: float = _opt(1.0, "Period of /diagnostics messages in seconds.",
                                        range=(0.05, 60.0), reload=True)
     auto_activate: bool = _opt(False, "Configure and activate the lifecycle node on start.", reload=True)

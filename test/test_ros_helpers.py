@@ -13,7 +13,8 @@ import pytest
 from csl_ros.config import DetectorConfig, NodeConfig
 from csl_ros.ros.image_conversion import (ImageFormatError, compressed_image_size, compressed_msg_to_rgb,
                                          image_msg_to_rgb)
-from csl_ros.ros.markers import MAX_DEPTH_M, marker_array_msg, obstacle_marker_specs, score_color
+from csl_ros.ros.markers import (MAX_DEPTH_M, Mounting, marker_array_msg, obstacle_marker_specs, obstacle_points,
+                                 obstacle_points_msg, score_color)
 from csl_ros.ros.params import parameter_specs, plan_parameter_changes
 from csl_ros.ros.stats import (ERROR, OK, RECENT_WINDOW_S, WARN, LatencyWindow, LatestFrameSlot, NodeStats, RateMeter,
                                Throttle, bad_frame_reason, diagnostic_summary)
@@ -281,6 +282,54 @@ def test_marker_array_msg_starts_with_deleteall():
     assert kinds == [msgs.Marker.CUBE, msgs.Marker.TEXT_VIEW_FACING] * 2
     assert all(m.header.frame_id == "camera_optical_frame" and m.header.stamp.sec == 42 for m in arr.markers)
     assert arr.markers[1].scale.x == pytest.approx(0.4) and arr.markers[1].pose.orientation.w == 1.0
+
+
+def test_mounting_places_optical_points_in_the_output_frame_by_hand():
+    # Camera 2 m ahead of base_link, 1.5 m up, looking along base_link's x: optical (x right, y down,
+    # z forward) -> base_link (x forward, y left, z up).
+    m = Mounting(x=2.0, z=1.5)
+    assert m.point((1.0, 1.5, 10.0)) == pytest.approx((12.0, -1.0, 0.0))  # 10 m ahead, 1 m right, on the ground
+    # The same camera turned 90 deg to the left (yaw): forward becomes +y, right becomes +x.
+    m = Mounting(x=2.0, z=1.5, yaw_deg=90.0)
+    assert m.point((1.0, 1.5, 10.0)) == pytest.approx((3.0, 10.0, 0.0))
+    # Pitched 10 deg down: a point 10 m along the optical axis is 10 cos10 ahead and 10 sin10 below.
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    assert Mounting(pitch_deg=10.0).point((0.0, 0.0, 10.0)) == pytest.approx((10 * c, 0.0, -10 * s))
+    # The orientation quaternion rotates the optical axes the same way.
+    for mount in (Mounting(), Mounting(yaw_deg=90.0), Mounting(roll_deg=30, pitch_deg=-20, yaw_deg=170)):
+        x, y, z, w = mount.quaternion()
+        q = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        np.testing.assert_allclose(q, mount.rotation(), atol=1e-9)
+
+
+def test_obstacle_points_one_per_obstacle_with_geometry():
+    pts = obstacle_points([_obstacle(3), _obstacle(4, contact=None, w=None, h=None)], Mounting(x=2.0, z=1.5))
+    assert pts == [pytest.approx((12.0, -0.5, 0.0, 3, 0.9, 0.4, 0.3))]
+    msgs = pytest.importorskip("sensor_msgs.msg")
+    std = pytest.importorskip("std_msgs.msg")
+    header = std.Header(frame_id="camera_optical_frame")
+    cloud = obstacle_points_msg([_obstacle(3)], header, mounting=Mounting(x=2.0, z=1.5), output_frame="base_link")
+    assert cloud.header.frame_id == "base_link" and (cloud.width, cloud.height, cloud.point_step) == (1, 1, 28)
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "score", "width_m", "height_m"]
+    assert cloud.fields[3].datatype == msgs.PointField.UINT32 and cloud.fields[0].datatype == msgs.PointField.FLOAT32
+    x, y, z, i, score, w, h = __import__("struct").unpack("<fffIfff", bytes(cloud.data))
+    assert (x, y, z, i) == (pytest.approx(12.0), pytest.approx(-0.5), pytest.approx(0.0), 3)
+
+
+def test_marker_lifetime_and_output_frame():
+    pytest.importorskip("visualization_msgs.msg")
+    std = pytest.importorskip("std_msgs.msg")
+    header = std.Header(frame_id="camera_optical_frame")
+    arr = marker_array_msg([_obstacle(1)], header, lifetime_s=0.25, mounting=Mounting(x=2.0, z=1.5),
+                           output_frame="base_link")
+    cube = arr.markers[1]
+    assert all(m.header.frame_id == "base_link" for m in arr.markers)
+    assert (cube.lifetime.sec, cube.lifetime.nanosec) == (0, 250_000_000)
+    # the cube's centre: half its height above and half its depth behind the contact point (optical),
+    # i.e. in base_link 0.2 m further ahead and 0.15 m up
+    assert (cube.pose.position.x, cube.pose.position.z) == pytest.approx((12.0 + 0.2, 0.15))
 
 
 def test_docs_list_every_parameter_with_its_reload_class():

@@ -27,7 +27,7 @@ from rcl_interfaces.msg import Log, Parameter as ParameterMsg, ParameterType, Pa
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from csl_ros.config import DetectorConfig, NodeConfig  # noqa: E402
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 DOMAIN_ID = random.randint(1, 200)
 OUTPUTS = {"score": ("anomaly_score", Image), "color": ("anomaly_score/color", Image),
            "instances": ("ood_instances", Image), "overlay": ("overlay", Image),
-           "obstacles": ("obstacles", MarkerArray)}
+           "obstacles": ("obstacles", MarkerArray), "points": ("obstacle_points", PointCloud2)}
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +137,12 @@ class Rig:
             setattr(msg, k, v)
         self.pub.publish(msg)
 
-    def answered(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles")):
+    def answered(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles", "points")):
         with self.lock:
             return all(stamp in self.outputs[k] for k in keys)
 
-    def wait_answer(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles"), timeout=10.0):
+    def wait_answer(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles", "points"),
+                    timeout=10.0):
         wait_for(lambda: self.answered(stamp, keys), timeout, f"outputs for stamp {stamp}")
         with self.lock:
             return {k: self.outputs[k][stamp] for k in keys}
@@ -234,6 +235,60 @@ def test_best_effort_camera_info_with_reliable_image_input_still_gives_markers(r
     rig.send(image, 1)
     out = rig.wait_answer(1)
     assert [m for m in out["obstacles"].markers if m.type == Marker.CUBE]
+
+
+class FixedObstacleDetector(BrightnessDetector):
+    """One obstacle record with known geometry on every frame (contact point in the optical frame)."""
+
+    def __call__(self, image, camera=None):
+        from csl_ros.pipeline.instances import Obstacle
+
+        det = super().__call__(image, camera)
+        det.obstacles = [Obstacle(id=7, area_px=100, bbox=(0, 0, 10, 10), mean_score=0.8, max_score=0.9,
+                                  contact_point_m=(1.0, 1.5, 10.0), distance_m=10.0, width_m=0.5, height_m=0.4)]
+        return det
+
+
+def test_obstacle_points_in_output_frame_match_hand_geometry(rig_factory):
+    """Camera 2 m ahead of base_link, 1.5 m up, turned 90 deg left: the optical point (1 right,
+    1.5 down, 10 forward) is at x = 2 + 1, y = 10, z = 1.5 - 1.5 in base_link."""
+    import struct
+
+    rig = rig_factory(factory=FixedObstacleDetector, overrides={
+        "output_frame": "base_link", "mount_x_m": 2.0, "mount_z_m": 1.5, "mount_yaw_deg": 90.0})
+    rig.send(blob_image(200), 1)
+    out = rig.wait_answer(1)
+    cloud = out["points"]
+    assert cloud.header.frame_id == "base_link" and cloud.header.stamp.sec == 1 and cloud.width == 1
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "score", "width_m", "height_m"]
+    x, y, z, ident, score, w, h = struct.unpack("<fffIfff", bytes(cloud.data))
+    assert (x, y, z) == pytest.approx((3.0, 10.0, 0.0), abs=1e-5)
+    assert (ident, score, w, h) == (7, pytest.approx(0.9), pytest.approx(0.5), pytest.approx(0.4))
+    cube = next(m for m in out["obstacles"].markers if m.type == Marker.CUBE)
+    assert cube.header.frame_id == "base_link" and cube.id == 7
+    # the cube stands on the road: its centre is 0.2 m above the contact point (half its height)
+    assert cube.pose.position.z == pytest.approx(0.2, abs=1e-5)
+
+
+def test_markers_expire_after_the_camera_stops_and_clear_on_deactivate(rig_factory):
+    rig = rig_factory(factory=FixedObstacleDetector)
+    for stamp in range(1, 7):  # ~10 Hz: the lifetime is two periods of the node's output
+        rig.send(blob_image(200), stamp)
+        rig.wait_answer(stamp)
+        time.sleep(0.1)
+    with rig.lock:
+        markers = rig.outputs["obstacles"][6].markers
+    rate = rig.node.stats.processed.rate_hz()
+    lifetimes = [m.lifetime.sec + m.lifetime.nanosec * 1e-9 for m in markers[1:]]
+    assert lifetimes and all(lt == pytest.approx(2.0 / rate, rel=0.3) for lt in lifetimes)
+    assert 0.1 < lifetimes[0] < 0.5  # 2 periods of ~0.1-0.15 s: gone in rviz soon after the camera stops
+    with rig.lock:
+        rig.outputs["obstacles"].clear()
+    assert _change_state(rig, Transition.TRANSITION_DEACTIVATE)
+    wait_for(lambda: rig.outputs["obstacles"], what="markers cleared on deactivate")
+    with rig.lock:
+        (cleared,) = rig.outputs["obstacles"].values()
+    assert [m.action for m in cleared.markers] == [Marker.DELETEALL]
 
 
 def test_optional_outputs_can_be_switched_off_at_run_time(rig_factory):

@@ -23,12 +23,12 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from csl_ros.config import MODEL_SETTINGS, DetectorConfig, NodeConfig, apply_overrides
 from csl_ros.ros.image_conversion import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
-from csl_ros.ros.markers import marker_array_msg
+from csl_ros.ros.markers import Mounting, clear_markers_msg, marker_array_msg, obstacle_points_msg
 from csl_ros.ros.params import parameter_specs, plan_parameter_changes
 from csl_ros.ros.stats import LatestFrameSlot, NodeStats, Throttle, bad_frame_reason, diagnostic_summary
 
@@ -93,6 +93,7 @@ class CslDetectorNode(LifecycleNode):
         self._camera_info: tuple | None = None  # (K, width, height)
         self._camera_info_state, self._camera_info_at = "missing", None  # or "uncalibrated"/"calibrated", time
         self._active_since: float | None = None
+        self._last_marker_header = None  # of the latest ~/obstacles message, for clearing them
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._backend_device = ("", "")
@@ -199,6 +200,8 @@ class CslDetectorNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
         self._active_since = None
+        if self._last_marker_header is not None and "obstacles" in self._pubs:  # no stale obstacles in rviz
+            self._pubs["obstacles"].publish(clear_markers_msg(self._last_marker_header))
         self._state = "inactive"
         return super().on_deactivate(state)
 
@@ -241,6 +244,7 @@ class CslDetectorNode(LifecycleNode):
             "instances": self.create_lifecycle_publisher(Image, "~/ood_instances", q_out),
             "overlay": self.create_lifecycle_publisher(Image, "~/overlay", q_out),
             "obstacles": self.create_lifecycle_publisher(MarkerArray, "~/obstacles", q_out),
+            "points": self.create_lifecycle_publisher(PointCloud2, "~/obstacle_points", q_out),
         }
         q_in = _qos(node_cfg.input_reliability, 1)
         if node_cfg.use_compressed:
@@ -393,8 +397,17 @@ class CslDetectorNode(LifecycleNode):
             image("color", lambda: colorize_scores(det.anomaly_map), "bgr8")
         if node_cfg.publish_overlay:
             image("overlay", lambda: draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles), "bgr8")
+        mounting = Mounting.from_config(node_cfg) if node_cfg.output_frame else None
         if pubs["obstacles"].get_subscription_count():
-            pubs["obstacles"].publish(marker_array_msg(det.obstacles, header))
+            rate = self.stats.processed.rate_hz()
+            lifetime = node_cfg.marker_lifetime_frames * (1.0 / rate if rate > 0 else 1.0)
+            markers = marker_array_msg(det.obstacles, header, lifetime_s=lifetime, mounting=mounting,
+                                       output_frame=node_cfg.output_frame)
+            pubs["obstacles"].publish(markers)
+            self._last_marker_header = markers.markers[0].header
+        if pubs["points"].get_subscription_count():
+            pubs["points"].publish(obstacle_points_msg(det.obstacles, header, mounting=mounting,
+                                                       output_frame=node_cfg.output_frame))
 
     # --- diagnostics ----------------------------------------------------------------------------------
     def _diagnostics_status(self) -> DiagnosticStatus:
