@@ -312,14 +312,16 @@ def main() -> int:
         return serve(args)
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+
+    use_large_image_profile()
     import rclpy
 
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     kind = resolve_kind(args.detector, detector_config(sizes[0], args.device))
     print(f"detector: {make_factory(kind)[1]}")
     print(f"transport: {os.environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp (default)')}, "
-          f"FASTDDS_BUILTIN_TRANSPORTS={os.environ['FASTDDS_BUILTIN_TRANSPORTS']}, node in its own process, "
+          f"{PROFILE_VARIABLE}={os.environ.get(PROFILE_VARIABLE)}, node in its own process, "
           f"{os.cpu_count()} CPU cores, device {args.device}\n")
     rclpy.init()
     results = []

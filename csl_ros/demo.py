@@ -154,10 +154,12 @@ def _parameters(ctx: DemoContext):
 
 def step_node_eval(ctx: DemoContext) -> None:
     """The node on its own ROS context in this process, the live evaluator talking to it over DDS."""
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")}
+    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+
+    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", PROFILE_VARIABLE)}
     # A private domain unless the user chose one, so a running ROS graph is not disturbed.
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")   # read by rclpy.init below
+    use_large_image_profile()   # read by Fast DDS before rclpy.init below creates the participant
     import threading
 
     import rclpy

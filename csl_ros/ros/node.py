@@ -27,6 +27,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from csl_ros.config import MODEL_SETTINGS, DetectorConfig, NodeConfig, apply_overrides
+from csl_ros.ros.dds import use_large_image_profile
 from csl_ros.ros.image_conversion import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
 from csl_ros.ros.markers import Mounting, clear_markers_msg, marker_array_msg, obstacle_points_msg
 from csl_ros.ros.params import parameter_specs, plan_parameter_changes
@@ -500,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     except rclpy._rclpy_pybind11.RCLError as exc:  # a broken or missing --params-file, bad --ros-args
         print(f"csl_node: error: {_rcl_error_line(exc)}", file=sys.stderr)
         return 2
+    use_large_image_profile()  # before the DDS participant exists (csl_ros.ros.dds)
     rclpy.init(args=argv)
     node = None
     try:
