@@ -624,33 +624,108 @@ PUBLISHER = textwrap.dedent("""
 """)
 
 
-def test_full_size_frames_through_dds_from_another_process(rig_factory):
-    """1024x2048 rgb8 (6 MB) best effort between processes: every frame must get its answer."""
-    rig = rig_factory(overrides={"publish_overlay": False, "publish_color": False})
+@pytest.mark.parametrize("discovery_range", [None, "LOCALHOST"], ids=["range_unset", "LOCALHOST"])
+def test_full_size_frames_through_dds_from_another_process(discovery_range):
+    """1024x2048 rgb8 (6 MB) best effort between processes, with ROS_AUTOMATIC_DISCOVERY_RANGE unset and
+    LOCALHOST: every frame reaches the node (counted) and gets its answer. The camera process has the
+    setting docs/ros.md asks of a camera driver (the large-image Fast DDS profile)."""
     n, h, w = 5, 1024, 2048
-    env = _node_env()
-    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, rig.ns, str(n), str(h), str(w), "0.6"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for stamp in range(1, n + 1):
-            out = rig.wait_answer(stamp, keys=("score", "instances"), timeout=30)
-            assert (out["score"].height, out["score"].width) == (h, w)
-            assert (out["instances"].height, out["instances"].width) == (h, w)
-    finally:
+    domain = (DOMAIN_ID + 17) % 200 + 1
+    env = dict(_node_env(), ROS_DOMAIN_ID=str(domain))
+    if discovery_range:
+        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = discovery_range
+    with private_ros_context(domain, large_data=True, discovery_range=discovery_range) as context:
+        rig = Rig(context, overrides={"publish_overlay": False, "publish_color": False})
         try:
-            output = proc.communicate(timeout=30)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output = proc.communicate()[0]
-    assert proc.returncode == 0, output
-    snap = rig.node.stats.snapshot(rig.node.frames_dropped)
-    assert snap["frames_received"] == n and snap["frames_processed"] == n
+            proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, rig.ns, str(n), str(h), str(w), "0.6"],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                for stamp in range(1, n + 1):
+                    out = rig.wait_answer(stamp, keys=("score", "instances"), timeout=30)
+                    assert (out["score"].height, out["score"].width) == (h, w)
+                    assert (out["instances"].height, out["instances"].width) == (h, w)
+            finally:
+                try:
+                    output = proc.communicate(timeout=30)[0]
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    output = proc.communicate()[0]
+            assert proc.returncode == 0, output
+            snap = rig.node.stats.snapshot(rig.node.frames_dropped)
+            assert snap["frames_received"] == n and snap["frames_processed"] == n
+        finally:
+            rig.close()
+
+
+DEFAULT_ENV_SUBSCRIBER = textwrap.dedent("""
+    import sys, time
+    import rclpy
+    from sensor_msgs.msg import Image
+    topic = sys.argv[1]
+    rclpy.init()
+    node = rclpy.create_node("user_tool")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and topic not in dict(node.get_topic_names_and_types()):
+        rclpy.spin_once(node, timeout_sec=0.1)
+    print("visible", topic in dict(node.get_topic_names_and_types()), flush=True)
+    got = []
+    node.create_subscription(Image, topic, got.append, 10)  # what `ros2 topic echo` subscribes with
+    while time.monotonic() < deadline and not got:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    print("received", " ".join(f"{m.width}x{m.height}:{m.encoding}" for m in got[:1]) or "nothing", flush=True)
+    rclpy.shutdown()
+""")
+
+
+def _default_env(**extra):
+    """The environment of a shell where nobody configured DDS (no Fast DDS variables)."""
+    env = {k: v for k, v in _node_env().items() if not k.startswith(("FASTDDS_", "FASTRTPS_"))}
+    return dict(env, **extra)
+
+
+@pytest.mark.timeout(240)
+def test_default_environment_tool_reads_the_node_started_like_the_launch_file(ros):
+    """csl_node as driving.launch.py starts it (params file, auto_activate, real shipped models), and a
+    ROS 2 tool in a default environment (no Fast DDS settings): the tool sees the node's topic and
+    reads its full-size anomaly_score (512x1024 float32, 2 MB)."""
+    ns = f"/t{next(_COUNTER)}"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    node = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.node", "--ros-args", "--params-file",
+                             os.path.join(root, "config", "driving.yaml"), "-r", f"__ns:={ns}",
+                             "-p", "device:=cpu", "-p", "backend:=eager"],
+                            env=_default_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tool = subprocess.Popen([sys.executable, "-c", DEFAULT_ENV_SUBSCRIBER, f"{ns}/csl_detector/anomaly_score"],
+                            env=_default_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    camera = rclpy.create_node("camera", namespace=ns, context=ros)
+    try:
+        pub = camera.create_publisher(Image, "image", 1)
+        image, _ = road_frame(size=(512, 1024))
+        stamp, deadline = 0, time.monotonic() + 200
+        while tool.poll() is None and node.poll() is None and time.monotonic() < deadline:
+            stamp += 1
+            msg = fill_image_msg(Image(), image, "rgb8")
+            msg.header.stamp.sec = stamp
+            pub.publish(msg)
+            time.sleep(1.0)
+        output = tool.communicate(timeout=30)[0]
+        assert "visible True" in output and "received 1024x512:32FC1" in output, output
+    finally:
+        for proc in (tool, node):
+            if proc.poll() is None:
+                proc.send_signal(__import__("signal").SIGINT)
+                try:
+                    proc.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+        camera.destroy_node()
 
 
 # --- the csl_node executable -------------------------------------------------------------------------------
 def _node_env():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+    # os.environ holds the large-image Fast DDS profile (test/conftest.py): the camera driver's setting.
+    return dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID),
                 PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
 
 
