@@ -4,7 +4,7 @@
 
 The node runs in its own process (as deployed; a fresh one per configuration so its own figures cover
 exactly the measured frames), the camera publisher and the output subscriber in this one, over Fast DDS
-with the large-data transports. For each input size it reports, in the same run:
+with csl_ros's large-image profile (csl_ros.ros.dds). For each input size it reports, in the same run:
   * the bare detector alone in this process (reference; nothing else of the bench running);
   * closed loop (the next frame is published when the previous answer is complete): end-to-end latency
     p50/p99 and frames/s, for the core outputs (anomaly_score, ood_instances, obstacles) and for all
