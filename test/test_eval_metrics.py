@@ -271,11 +271,30 @@ def test_nan_inf_and_bad_input_name_the_frame():
         acc.update(np.full((4, 4), 1e6), labels, "big")
     with pytest.raises(ValueError, match="frame lab.*label values.*\\[2\\]"):
         acc.update(np.zeros((4, 4)), labels + 2, "lab")
-    with pytest.raises(ValueError, match="larger than its label"):
+    with pytest.raises(ValueError, match="frame size: score map is 8x8 .* label is 4x4"):
         acc.update(np.zeros((8, 8)), labels, "size")
     with pytest.raises(ValueError, match="unknown protocol"):
         M.PixelAccumulator("binned")
     assert acc.n_frames == 0                        # rejected frames leave no trace
+
+
+@pytest.mark.parametrize("protocol", M.PROTOCOLS)
+def test_size_rule_upsamples_only_narrower_maps(protocol):
+    """The benchmark upsamples a map only when it is narrower than its label; e.g. a 200x512 map
+    for a 256x512 label is an error naming the frame and both sizes, never a silent stretch."""
+    labels = np.zeros((256, 512), np.uint8)
+    labels[100:120, 200:240] = 1
+    for shape in ((200, 512), (300, 512), (256, 600), (128, 600)):
+        with pytest.raises(ValueError, match=rf"frame cam_3: score map is {shape[0]}x{shape[1]} "
+                                             r"\(HxW\) but its label is 256x512"):
+            M.prepare_scores(np.zeros(shape, np.float32), labels.shape, protocol, "cam_3")
+    for shape in ((128, 256), (256, 511), (300, 256)):      # narrower: upsampled to the label size
+        assert M.prepare_scores(np.zeros(shape, np.float32), labels.shape, protocol,
+                                "cam_3").shape == labels.shape
+    acc = M.PixelAccumulator(protocol)
+    with pytest.raises(ValueError, match="frame f7: score map is 200x512"):
+        acc.update(np.zeros((200, 512), np.float32), labels, "f7")
+    assert acc.n_frames == 0
 
 
 def test_smaller_maps_are_upsampled_bilinearly():

@@ -138,18 +138,21 @@ def prepare_scores(scores, label_shape: tuple[int, int], protocol: str = "offici
                    frame_id: str = "?") -> np.ndarray:
     """The score map as the benchmark evaluates it.
 
-    Cast to float16 (the benchmark stores maps so); if smaller than the label, upsampled bilinearly in
-    float32 (``cv2.resize``, as the benchmark's metric worker), and for the exact protocol rounded back
-    to float16. NaN/inf, maps out of float16 range and maps larger than the label are ValueErrors.
+    Cast to float16 (the benchmark stores maps so). The benchmark's size rule: a map narrower than its
+    label is upsampled bilinearly to the label size in float32 (``cv2.resize``, as the benchmark's
+    metric worker), and for the exact protocol rounded back to float16; any other size mismatch (as
+    wide but fewer or more rows, wider) is a ValueError naming the frame and both sizes, never a
+    silent stretch. NaN/inf and maps out of float16 range are ValueErrors too.
     """
     _check_protocol(protocol)
     s16 = as_float16_map(scores, frame_id)
     h, w = label_shape
     if s16.shape == (h, w):
         return s16
-    if s16.shape[0] > h or s16.shape[1] > w:
-        raise ValueError(f"frame {frame_id}: score map {s16.shape} is larger than its label {(h, w)}; "
-                         f"only smaller maps are upsampled")
+    if s16.shape[1] >= w:
+        raise ValueError(f"frame {frame_id}: score map is {s16.shape[0]}x{s16.shape[1]} (HxW) but its "
+                         f"label is {h}x{w}; only maps narrower than the label are upsampled (the "
+                         f"benchmark's rule), any other size mismatch is an error")
     import cv2  # local: only needed for maps smaller than the label
 
     up = cv2.resize(s16.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
