@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from csl_ros.detect_cli import add_config_args, detector_config_from_args
+from csl_ros.eval.metrics import TRACKS
 
 # Defaults of the live mode match launch/replay_eval.launch.py: the node runs in /csl/camera and
 # reads /camera/image_raw and /camera/camera_info.
@@ -61,8 +62,9 @@ def register(subparsers) -> None:
     p.add_argument("--bag", required=True, type=Path, help="rosbag2 folder (e.g. from `csl-ros bag convert`)")
     p.add_argument("--out", required=True, type=Path, help="output folder (metrics.json, report.md/.html, figures/)")
     add_config_args(p)
-    p.add_argument("--track", default="obstacle", choices=("obstacle", "anomaly", "laf"),
-                   help="component size filters: obstacle and laf 50/10 px, anomaly 500/100 px")
+    p.add_argument("--track", default="obstacle", choices=tuple(TRACKS),
+                   help="component size filters (predicted / ground-truth minimum, px): obstacle and "
+                        "laf 50/10, anomaly and fishyscapes 500/100")
     p.add_argument("--protocol", default="official", choices=("official", "exact"),
                    help="official: the SMIYC leaderboard's binned curve; exact: every distinct float16 score")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=A:B:STEP",

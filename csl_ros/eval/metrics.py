@@ -68,6 +68,8 @@ TRACKS = {
     "anomaly": TrackSpec("anomaly", segsize=500, instsize=100),    # SegEval-AnomalyTrack
     "obstacle": TrackSpec("obstacle", segsize=50, instsize=10),    # SegEval-ObstacleTrack
     "laf": TrackSpec("laf", segsize=50, instsize=10),              # LostAndFound: obstacle sizes
+    # Fishyscapes LostAndFound: the benchmark scores FishyLAFAnomaly-val with the Anomaly Track sizes
+    "fishyscapes": TrackSpec("fishyscapes", segsize=500, instsize=100),
 }
 
 
