@@ -16,6 +16,11 @@ counts images, labelled frames, scored frames, unlabelled images, labels without
 dropped frames. Sweeps (``--sweep score_threshold=0.3:0.9:0.1``, ``--sweep min_instance_area=...``)
 reuse the one pass of network outputs.
 
+Exit status: 0 when every labelled frame was scored; 1, with the reason on stderr and in
+metrics.json (``run.failures``; the counts are written either way), when no frame was scored, when
+the bag has no label topic (``--no-labels`` runs and times the detector only, exit 0), or when any
+labelled frame was dropped (``--allow-dropped`` accepts that); 2 on bad input (one line naming it).
+
     csl-ros evaluate --bag laf_bag --config config/driving.yaml --out eval_laf --track laf
     csl-ros evaluate --bag drive --out eval_drive --sweep score_threshold=0.3:0.9:0.1
     csl-ros evaluate --live --bag drive --out eval_live --rate max
@@ -52,6 +57,8 @@ COUNT_MEANINGS = {
     "answered_unlabelled": "unlabelled images the node answered (live; not scored)",
     "dropped_unlabelled": "unlabelled images the node never answered (live)",
     "unmatched_scores": "score messages whose stamp matches no image of the bag",
+    "detector_runs": "images run through the detector (in process with --no-labels: every image)",
+    "skipped_records": "damaged bag records skipped with --salvage (listed under skipped_records)",
 }
 
 
@@ -71,6 +78,16 @@ def register(subparsers) -> None:
                    help="sweep score_threshold or min_instance_area on one pass of network outputs, "
                         "e.g. score_threshold=0.3:0.9:0.1 or min_instance_area=50,100,200 (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the bag")
+    p.add_argument("--no-labels", action="store_true",
+                   help="the bag has no ground truth (/eval/ood_labels): run and time the detector on "
+                        "every image, compute no metric, exit 0 (without it such a bag exits 1)")
+    p.add_argument("--allow-dropped", action="store_true",
+                   help="exit 0 even when labelled frames were dropped (no score map, or a label "
+                        "without its image); they stay counted in metrics.json and the report")
+    p.add_argument("--salvage", action="store_true",
+                   help="skip damaged bag records (MCAP chunks failing their CRC, undecodable "
+                        "messages) instead of stopping; every skipped record is listed in "
+                        "metrics.json and the report")
     p.add_argument("--worst", type=int, default=6, help="worst frames drawn in the report (default 6)")
     p.add_argument("--video", action="store_true", help="also write overlay.mp4 of every scored frame")
     p.add_argument("--bag-lag", type=float, default=1.0,
@@ -178,10 +195,11 @@ def _image_count(reader) -> int | None:
 # --------------------------------------------------------------------------------------------------
 
 def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, bag_lag_s=1.0,
-                        quiet=True) -> tuple[dict, dict]:
+                        quiet=True, run_unlabelled=False) -> tuple[dict, dict]:
     """Run the detector on every labelled frame of ``bag`` and feed ``sink``; returns (counts, run info).
 
     ``detector_factory(cfg)`` builds the detector (default ``Detector.from_config``).
+    ``run_unlabelled``: also run (and time) the detector on images without ground truth (--no-labels).
     """
     from csl_ros.eval.bag import BagReader
     from csl_ros.eval.scoring import ScoredFrame
@@ -202,16 +220,24 @@ def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, ba
             info["load_s"] = time.perf_counter() - t0
             total = _image_count(reader)
             total = min(total, limit) if total is not None and limit is not None else total
+            if run_unlabelled:
+                counts["detector_runs"] = 0
             for fr in _bar(_frames(reader, limit), quiet, "evaluate", total):
                 counts["images"] += 1
                 if fr.labels is None:
                     counts["unlabelled_images"] += 1
-                    continue
-                counts["labelled"] += 1
+                    if not run_unlabelled:
+                        continue
+                else:
+                    counts["labelled"] += 1
                 t0 = time.perf_counter()
                 det = detector(fr.image, camera_geometry(fr.camera_info, fr.image.shape, cfg))
                 frame_ms.append((time.perf_counter() - t0) * 1e3)
                 info["backend"], info["device"] = det.backend, det.device
+                if run_unlabelled:
+                    counts["detector_runs"] += 1
+                if fr.labels is None:
+                    continue
                 sink.add(ScoredFrame(fr.stamp_ns, fr.frame_id, fr.image, fr.labels, det.anomaly_map,
                                      det.instances, det.regions, det.timings_ms))
                 counts["scored"] += 1
@@ -347,13 +373,28 @@ def evaluate_command(args, detector_factory=None) -> int:
         scores_topic = None
         description = "in process: csl_ros.pipeline.Detector run on every labelled frame of the bag"
     instances_topic = args.instances_topic or (instances_topic_for(scores_topic) if scores_topic else None)
+    run_info = {"tool": "csl-ros evaluate", "version": __version__,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "bag": str(args.bag), "mode": mode,
+                "mode_description": description, "config_file": args.config,
+                "overrides": list(args.set), "sweeps": list(args.sweep), "limit": args.limit,
+                "no_labels": args.no_labels, "allow_dropped": args.allow_dropped}
+    missing = _missing_label_topic(args.bag)
+    if missing and not args.no_labels:
+        # Fail before loading models or replaying: nothing could be scored.
+        failure = f"{missing}; pass --no-labels to run and time the detector only"
+        counts = {"images": _bag_image_count(args.bag), "labelled": 0, "scored": 0}
+        (out / "metrics.json").write_text(json.dumps(
+            {"run": {**run_info, "failures": [failure]}, "counts": counts,
+             "count_meanings": {k: COUNT_MEANINGS[k] for k in counts}, "notes": [failure]}, indent=1))
+        print(f"csl-ros evaluate: error: {failure}", file=sys.stderr)
+        return 1
     t_start = time.perf_counter()
     with ScoreSink(cfg, track=args.track, protocol=args.protocol, sweeps=sweeps, cache_dir=args.cache_dir,
                    video_path=out / "overlay.mp4" if args.video else None) as sink:
         if mode == "in-process":
             counts, info = evaluate_in_process(args.bag, sink, cfg, limit=args.limit,
                                                detector_factory=detector_factory, bag_lag_s=args.bag_lag,
-                                               quiet=args.quiet)
+                                               quiet=args.quiet, run_unlabelled=args.no_labels)
         elif mode == "recorded":
             counts, info = evaluate_recorded(args.bag, sink, scores_topic, instances_topic, limit=args.limit,
                                              bag_lag_s=args.bag_lag, quiet=args.quiet)
@@ -376,11 +417,9 @@ def evaluate_command(args, detector_factory=None) -> int:
             t_frames -= timing["model_load_s"]
         timing["frames_wall_s"] = t_frames
         timing["scored_per_s"] = counts["scored"] / t_frames if t_frames > 0 else None
+        failures = run_failures(counts, no_labels=args.no_labels, allow_dropped=args.allow_dropped)
         result = {
-            "run": {"tool": "csl-ros evaluate", "version": __version__,
-                    "created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "bag": str(args.bag), "mode": mode,
-                    "mode_description": description, "config_file": args.config,
-                    "overrides": list(args.set), "sweeps": list(args.sweep), "limit": args.limit, **info},
+            "run": {**run_info, **info, "failures": failures},
             "counts": counts, "count_meanings": {k: COUNT_MEANINGS[k] for k in counts},
             **metrics, "timing": timing, "config": dataclasses.asdict(cfg_used),
         }
@@ -390,9 +429,15 @@ def evaluate_command(args, detector_factory=None) -> int:
         if counts["dropped"]:
             result["notes"].append(f"{counts['dropped']} labelled frame(s) were dropped (no score map): the "
                                    f"metrics cover {counts['scored']} of {counts['labelled']} labelled frames")
+        if counts.get("unmatched_labels"):
+            result["notes"].append(f"{counts['unmatched_labels']} label(s) have no image of the same stamp "
+                                   f"(a damaged or missing image record): those frames were dropped")
         if counts["unlabelled_images"]:
             result["notes"].append(f"{counts['unlabelled_images']} image(s) have no ground truth and are "
                                    f"not scored")
+        if args.no_labels:
+            result["notes"].append("--no-labels: the detector was run and timed only; no metric is computed")
+        result["notes"] += [f"exit 1: {f}" for f in failures]
         t0 = time.perf_counter()
         written = write_report(out, result, sink, worst_n=args.worst)
         result["timing"]["report_s"] = time.perf_counter() - t0
@@ -404,7 +449,41 @@ def evaluate_command(args, detector_factory=None) -> int:
     for sw in result["sweeps"]:
         print(f"sweep {sw['parameter']}: {len(sw['rows'])} values (see the report)")
     print(f"wrote {out / 'metrics.json'}, report {written['report_html']}")
-    return 0
+    for failure in failures:
+        print(f"csl-ros evaluate: error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run_failures(counts: dict, *, no_labels: bool = False, allow_dropped: bool = False) -> list[str]:
+    """Why a finished run must exit non-zero (empty: exit 0). Dropped frames are labelled frames
+    without a score map and labels without an image (a damaged or missing image record)."""
+    failures = []
+    if counts["scored"] == 0 and not no_labels:
+        failures.append(f"no frame was scored ({counts['labelled']} labelled of {counts['images']} "
+                        f"images); the metrics are undefined")
+    dropped = counts.get("dropped", 0) + counts.get("unmatched_labels", 0)
+    if dropped and not allow_dropped and not no_labels:
+        failures.append(f"{dropped} labelled frame(s) dropped ({counts.get('dropped', 0)} without a score "
+                        f"map, {counts.get('unmatched_labels', 0)} labels without an image); the metrics "
+                        f"cover {counts['scored']} frame(s); pass --allow-dropped to accept that")
+    return failures
+
+
+def _missing_label_topic(bag: Path) -> str | None:
+    """The reason the bag cannot be scored for want of labels, None when it has the label topic."""
+    from csl_ros.eval.bag import LABEL_TOPIC, BagReader
+
+    with BagReader(bag) as reader:
+        if LABEL_TOPIC in reader.topics:
+            return None
+        return f"{bag}: no {LABEL_TOPIC} topic (ground truth); the bag has {sorted(reader.topics)}"
+
+
+def _bag_image_count(bag: Path) -> int | None:
+    from csl_ros.eval.bag import BagReader
+
+    with BagReader(bag) as reader:
+        return _image_count(reader)
 
 
 def _shipped_models(cfg) -> dict | None:
