@@ -260,6 +260,40 @@ def test_label_without_its_image_is_a_dropped_frame(tmp_path):
                                   "--allow-dropped"), detector_factory=brightness) == 0
 
 
+def test_corrupt_chunk_stops_the_evaluation_and_salvage_lists_it(tmp_path):
+    """Flipped bytes inside an MCAP chunk: an error naming the file and offset (before: other metrics,
+    exit 0); --salvage skips the chunk, lists it in metrics.json and the report, and exits 1 unless
+    --allow-dropped."""
+    import struct
+
+    B.write_bag(list(Synthroad(seed=7, n_frames=8, size=(256, 512))), tmp_path / "bag")
+    f = next((tmp_path / "bag").glob("*.mcap"))
+    data = bytearray(f.read_bytes())
+    pos, chunks = 8, []
+    while data[pos] != 0x0F:                          # walk the records up to data end
+        (length,) = struct.unpack_from("<Q", data, pos + 1)
+        if data[pos] == 0x06:
+            chunks.append((pos, length))
+        pos += 9 + length
+    off, length = chunks[1]
+    data[off + 9 + length // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    out = tmp_path / "eval"
+    with pytest.raises(B.BagError, match=rf"{f.name}: chunk at byte offset {off} .* fails its CRC check"):
+        evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet"),
+                         detector_factory=brightness)
+    assert evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet", "--salvage"),
+                            detector_factory=brightness) == 1
+    m = load(out)
+    (skipped,) = m["skipped_records"]
+    assert skipped["byte_offset"] == off and m["counts"]["skipped_records"] == 1
+    assert 0 < m["counts"]["scored"] < 8
+    assert any("--salvage skipped 1 damaged record" in f for f in m["run"]["failures"])
+    assert f"byte offset {off}" in (out / "report.md").read_text()
+    assert evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet", "--salvage",
+                                  "--allow-dropped"), detector_factory=brightness) == 0
+
+
 # --------------------------------------------------------------------------------------------------
 # the node's outputs recorded in a bag
 # --------------------------------------------------------------------------------------------------

@@ -98,6 +98,10 @@ def run_info(args) -> int:
 
     with BagReader(args.bag) as reader:
         print(f"{args.bag}: {reader.message_count} messages")
+        s = reader.stats
+        if s.chunks_verified or s.chunks_without_crc:
+            print(f"  integrity: {s.chunks_verified} MCAP chunk(s) CRC-verified, "
+                  f"{s.chunks_without_crc} without a CRC (not verifiable)")
         for topic, msgtype in sorted(reader.topics.items()):
             print(f"  {topic:<32} {msgtype}")
         for key, value in sorted(reader.custom.items()):

@@ -195,7 +195,7 @@ def _image_count(reader) -> int | None:
 # --------------------------------------------------------------------------------------------------
 
 def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, bag_lag_s=1.0,
-                        quiet=True, run_unlabelled=False) -> tuple[dict, dict]:
+                        quiet=True, run_unlabelled=False, salvage=False) -> tuple[dict, dict]:
     """Run the detector on every labelled frame of ``bag`` and feed ``sink``; returns (counts, run info).
 
     ``detector_factory(cfg)`` builds the detector (default ``Detector.from_config``).
@@ -212,7 +212,7 @@ def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, ba
               "unmatched_labels": 0}
     info = {"backend": None, "device": None}
     frame_ms = []
-    with BagReader(bag, lag_ns=_bag_lag_ns(bag_lag_s)) as reader:
+    with BagReader(bag, lag_ns=_bag_lag_ns(bag_lag_s), salvage=salvage) as reader:
         t0 = time.perf_counter()
         detector = detector_factory(cfg)   # after opening the bag: a bad bag fails before model loading
         try:
@@ -242,24 +242,41 @@ def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, ba
                                      det.instances, det.regions, det.timings_ms))
                 counts["scored"] += 1
             counts["unmatched_labels"] = reader.stats.unmatched_labels
+            _salvage_report(reader, counts, info)
         finally:
             detector.close()
     info["frame_ms"] = frame_ms
     return counts, info
 
 
+def _salvage_report(reader, counts: dict, info: dict, extra: list | None = None) -> None:
+    """Under --salvage: the count and the list of every damaged record the reader skipped."""
+    if reader.salvage:
+        skipped = list(reader.stats.skipped) + list(extra or [])
+        counts["skipped_records"] = len(skipped)
+        info["skipped_records"] = skipped
+    info["bag_integrity"] = {"mcap_chunks_verified": reader.stats.chunks_verified,
+                             "mcap_chunks_without_crc": reader.stats.chunks_without_crc}
+    info.setdefault("bag_notes", []).extend(reader.stats.notes)
+
+
 # --------------------------------------------------------------------------------------------------
 # recorded node outputs in the bag
 # --------------------------------------------------------------------------------------------------
 
-def read_topic_images(bag: Path, topic: str, cache_dir: Path, required: bool = True) -> dict[int, Path]:
-    """Every single-channel image of ``topic`` in ``bag``, saved as .npy by header stamp."""
+def read_topic_images(bag: Path, topic: str, cache_dir: Path, required: bool = True,
+                      salvage: bool = False, skipped: list | None = None) -> dict[int, Path]:
+    """Every single-channel image of ``topic`` in ``bag``, saved as .npy by header stamp.
+
+    ``salvage``: damaged records are left out and appended to ``skipped`` (damaged chunks are
+    listed by the frame reader, which reads the same files).
+    """
     import numpy as np
 
-    from csl_ros.eval.bag import IMAGE_T, BagError, BagReader, stamp_ns_of, typestore
+    from csl_ros.eval.bag import IMAGE_T, BagError, BagReader, stamp_ns_of
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with BagReader(bag) as reader:
+    with BagReader(bag, salvage=salvage) as reader:
         topics = reader.topics
         if topic not in topics:
             if not required:
@@ -267,43 +284,55 @@ def read_topic_images(bag: Path, topic: str, cache_dir: Path, required: bool = T
             raise BagError(f"{bag}: no topic {topic} (the node's output); the bag has {sorted(topics)}")
         if topics[topic] != IMAGE_T:
             raise BagError(f"{bag}: {topic} is {topics[topic]}, not {IMAGE_T}")
-        raw_reader = reader._reader
-        conns = [c for c in raw_reader.connections if c.topic == topic]
         found: dict[int, Path] = {}
+        n_skipped = len(reader.stats.skipped)
         try:
-            for conn, t_ns, raw in raw_reader.messages(connections=conns):
+            for conn, t_ns, raw in reader.messages([topic]):
                 where = f"{bag}: {topic} at {t_ns} ns"
+                msg = reader.decode(conn, raw, t_ns)
+                if msg is None:
+                    continue
                 try:
-                    msg = typestore().deserialize_cdr(raw, conn.msgtype)
-                except Exception as exc:
-                    raise BagError(f"{where}: corrupt message ({exc})") from exc
+                    array = decode_float_image(msg, where)
+                except ValueError as exc:
+                    if not salvage:
+                        raise
+                    reader.skip(topic, t_ns, str(exc).rsplit(": ", 1)[-1])
+                    continue
                 stamp = stamp_ns_of(msg)
                 path = cache_dir / f"{stamp}.npy"
-                np.save(path, decode_float_image(msg, where))
+                np.save(path, array)
                 found[stamp] = path
         except BagError:
             raise
         except Exception as exc:
             raise BagError(f"{bag}: {topic} unreadable after {len(found)} message(s) "
                            f"({type(exc).__name__}: {exc}); the file is truncated or corrupt") from exc
+        if skipped is not None:   # records only: the frame reader lists the damaged chunks
+            skipped += [d for d in reader.stats.skipped[n_skipped:] if "topic" in d]
     return found
 
 
 def evaluate_recorded(bag, sink, scores_topic: str, instances_topic: str | None, *, limit=None,
-                      bag_lag_s=1.0, quiet=True) -> tuple[dict, dict]:
+                      bag_lag_s=1.0, quiet=True, salvage=False) -> tuple[dict, dict]:
     """Score the node outputs recorded in ``bag`` (matched to its images and labels by stamp)."""
     import numpy as np
 
     from csl_ros.eval.bag import BagReader
     from csl_ros.eval.scoring import ScoredFrame
 
-    scores = read_topic_images(bag, scores_topic, sink.cache_root / "recorded_scores")
-    inst = (read_topic_images(bag, instances_topic, sink.cache_root / "recorded_instances", required=False)
+    skipped: list = []
+    scores = read_topic_images(bag, scores_topic, sink.cache_root / "recorded_scores", salvage=salvage,
+                               skipped=skipped)
+    inst = (read_topic_images(bag, instances_topic, sink.cache_root / "recorded_instances", required=False,
+                              salvage=salvage, skipped=skipped)
             if instances_topic else {})
     counts = {"images": 0, "labelled": 0, "scored": 0, "dropped": 0, "unlabelled_images": 0,
               "unmatched_labels": 0, "unmatched_scores": 0}
     used: set[int] = set()
-    with BagReader(bag, lag_ns=_bag_lag_ns(bag_lag_s)) as reader:
+    info = {"backend": None, "device": None, "scores_topic": scores_topic,
+            "instances_topic": instances_topic if inst else None}
+    with BagReader(bag, lag_ns=_bag_lag_ns(bag_lag_s), salvage=salvage) as reader:
         for fr in _bar(_frames(reader, limit), quiet, "evaluate"):
             counts["images"] += 1
             if fr.stamp_ns in scores:
@@ -322,12 +351,12 @@ def evaluate_recorded(bag, sink, scores_topic: str, instances_topic: str | None,
                                  instances))
             counts["scored"] += 1
         counts["unmatched_labels"] = reader.stats.unmatched_labels
+        _salvage_report(reader, counts, info, extra=skipped)
     if limit is None:
         counts["unmatched_scores"] = len(set(scores) - used)
     else:
         counts.pop("unmatched_scores")   # score messages past the limit are not comparable
-    return counts, {"backend": None, "device": None, "scores_topic": scores_topic,
-                    "instances_topic": instances_topic if inst else None}
+    return counts, info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,11 +407,11 @@ def evaluate_command(args, detector_factory=None) -> int:
                 "mode_description": description, "config_file": args.config,
                 "overrides": list(args.set), "sweeps": list(args.sweep), "limit": args.limit,
                 "no_labels": args.no_labels, "allow_dropped": args.allow_dropped}
-    missing = _missing_label_topic(args.bag)
+    missing, n_images = _label_topic_check(args.bag, args.salvage)
     if missing and not args.no_labels:
         # Fail before loading models or replaying: nothing could be scored.
         failure = f"{missing}; pass --no-labels to run and time the detector only"
-        counts = {"images": _bag_image_count(args.bag), "labelled": 0, "scored": 0}
+        counts = {"images": n_images, "labelled": 0, "scored": 0}
         (out / "metrics.json").write_text(json.dumps(
             {"run": {**run_info, "failures": [failure]}, "counts": counts,
              "count_meanings": {k: COUNT_MEANINGS[k] for k in counts}, "notes": [failure]}, indent=1))
@@ -394,16 +423,18 @@ def evaluate_command(args, detector_factory=None) -> int:
         if mode == "in-process":
             counts, info = evaluate_in_process(args.bag, sink, cfg, limit=args.limit,
                                                detector_factory=detector_factory, bag_lag_s=args.bag_lag,
-                                               quiet=args.quiet, run_unlabelled=args.no_labels)
+                                               quiet=args.quiet, run_unlabelled=args.no_labels,
+                                               salvage=args.salvage)
         elif mode == "recorded":
             counts, info = evaluate_recorded(args.bag, sink, scores_topic, instances_topic, limit=args.limit,
-                                             bag_lag_s=args.bag_lag, quiet=args.quiet)
+                                             bag_lag_s=args.bag_lag, quiet=args.quiet, salvage=args.salvage)
         else:
             from csl_ros.eval.live import LiveOptions, evaluate_live
 
             opts = LiveOptions(image_topic=args.image_topic, camera_info_topic=args.camera_info_topic,
                                scores_topic=scores_topic, instances_topic=instances_topic, rate=args.rate,
-                               timeout_s=args.timeout, wait_node_s=args.wait_node, bag_lag_s=args.bag_lag)
+                               timeout_s=args.timeout, wait_node_s=args.wait_node, bag_lag_s=args.bag_lag,
+                               salvage=args.salvage)
             counts, info = evaluate_live(args.bag, sink, opts, limit=args.limit, quiet=args.quiet)
         t_frames = time.perf_counter() - t_start
         metrics = sink.finish()
@@ -418,6 +449,8 @@ def evaluate_command(args, detector_factory=None) -> int:
         timing["frames_wall_s"] = t_frames
         timing["scored_per_s"] = counts["scored"] / t_frames if t_frames > 0 else None
         failures = run_failures(counts, no_labels=args.no_labels, allow_dropped=args.allow_dropped)
+        skipped = info.pop("skipped_records", None)
+        bag_notes = info.pop("bag_notes", [])
         result = {
             "run": {**run_info, **info, "failures": failures},
             "counts": counts, "count_meanings": {k: COUNT_MEANINGS[k] for k in counts},
@@ -429,6 +462,10 @@ def evaluate_command(args, detector_factory=None) -> int:
         if counts["dropped"]:
             result["notes"].append(f"{counts['dropped']} labelled frame(s) were dropped (no score map): the "
                                    f"metrics cover {counts['scored']} of {counts['labelled']} labelled frames")
+        if skipped is not None:
+            result["skipped_records"] = skipped
+            result["notes"] += [f"--salvage skipped {_describe_skipped(d)}" for d in skipped]
+        result["notes"] += bag_notes
         if counts.get("unmatched_labels"):
             result["notes"].append(f"{counts['unmatched_labels']} label(s) have no image of the same stamp "
                                    f"(a damaged or missing image record): those frames were dropped")
@@ -466,24 +503,32 @@ def run_failures(counts: dict, *, no_labels: bool = False, allow_dropped: bool =
         failures.append(f"{dropped} labelled frame(s) dropped ({counts.get('dropped', 0)} without a score "
                         f"map, {counts.get('unmatched_labels', 0)} labels without an image); the metrics "
                         f"cover {counts['scored']} frame(s); pass --allow-dropped to accept that")
+    if counts.get("skipped_records") and not allow_dropped:
+        failures.append(f"--salvage skipped {counts['skipped_records']} damaged record(s) (listed in "
+                        f"metrics.json skipped_records); frames in them are missing from the metrics; "
+                        f"pass --allow-dropped to accept that")
     return failures
 
 
-def _missing_label_topic(bag: Path) -> str | None:
-    """The reason the bag cannot be scored for want of labels, None when it has the label topic."""
+def _describe_skipped(d: dict) -> str:
+    """One line for a skipped damaged chunk or record (metrics.json ``skipped_records`` entry)."""
+    if "byte_offset" in d:
+        t = d.get("log_time_ns")
+        times = f", messages logged {t[0]}..{t[1]} ns" if t else ""
+        topics = f", topics {', '.join(d['topics'])}" if d.get("topics") else ""
+        return f"{d['file']} at byte offset {d['byte_offset']}{times}{topics}: {d['reason']}"
+    return f"{d['file']}: {d['topic']} record logged at {d['log_time_ns']} ns: {d['reason']}"
+
+
+def _label_topic_check(bag: Path, salvage: bool) -> tuple[str | None, int | None]:
+    """(why the bag cannot be scored for want of labels or None, its image count)."""
     from csl_ros.eval.bag import LABEL_TOPIC, BagReader
 
-    with BagReader(bag) as reader:
+    with BagReader(bag, salvage=salvage) as reader:
         if LABEL_TOPIC in reader.topics:
-            return None
-        return f"{bag}: no {LABEL_TOPIC} topic (ground truth); the bag has {sorted(reader.topics)}"
-
-
-def _bag_image_count(bag: Path) -> int | None:
-    from csl_ros.eval.bag import BagReader
-
-    with BagReader(bag) as reader:
-        return _image_count(reader)
+            return None, _image_count(reader)
+        return (f"{bag}: no {LABEL_TOPIC} topic (ground truth); the bag has {sorted(reader.topics)}",
+                _image_count(reader))
 
 
 def _shipped_models(cfg) -> dict | None:
