@@ -265,3 +265,36 @@ def test_corrupt_record_is_refused_naming_file_topic_and_stamp(tmp_path):
         (skipped,) = reader.stats.skipped
         assert skipped["topic"] == B.IMAGE_TOPIC and skipped["log_time_ns"] == stamps[2]
         assert reader.stats.unmatched_labels == 1        # its label is counted, not lost silently
+
+
+@pytest.mark.parametrize("layout", ["benchmark", "zip"])
+def test_cli_convert_fishyscapes_both_layouts(tmp_path, layout):
+    """`bag convert --dataset fishyscapes-laf`: the benchmark's dataset_FishyLAF (LostAndFound .webp
+    images beside it) and the public zip (NNNN_{fid}_labels.png, a flat laf_images/ folder of .png)."""
+    import cv2
+    recs = records(n=2, camera=False)
+    fids = [f"04_Maurener_Weg_8_{i:06d}_000030" for i in range(2)]
+    if layout == "benchmark":
+        root = tmp_path / "datasets"
+        labels = root / "dataset_FishyLAF" / "labels" / "val"
+        images = root / "dataset_LostAndFound" / "leftImg8bit" / "train" / "04_Maurener_Weg_8"
+        ext, params = ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]
+    else:
+        root = tmp_path / "fs"
+        labels = root / "fishyscapes_lostandfound"
+        images = root / "laf_images"
+        ext, params = ".png", []
+    labels.mkdir(parents=True)
+    images.mkdir(parents=True)
+    for i, (fid, rec) in enumerate(zip(fids, recs)):
+        name = f"{fid}_fishy-labels.png" if layout == "benchmark" else f"{i:04d}_{fid}_labels.png"
+        cv2.imwrite(str(labels / name), rec.label)
+        cv2.imwrite(str(images / f"{fid}_leftImg8bit{ext}"), rec.rgb[:, :, ::-1], params)
+    out = tmp_path / "bag"
+    assert cli(["bag", "convert", "--dataset", "fishyscapes-laf", "--root", str(root), "--out", str(out),
+                "--quiet"]) == 0
+    frames = list(B.read_bag(out))
+    assert [f.frame_id for f in frames] == fids
+    for f, rec in zip(frames, recs):
+        np.testing.assert_array_equal(f.labels, rec.label)
+        np.testing.assert_array_equal(f.image, rec.rgb)
