@@ -1,6 +1,7 @@
 """``csl-ros metrics`` on folders of score maps and label PNGs."""
 import argparse
 import json
+import re
 
 import cv2
 import numpy as np
@@ -55,15 +56,23 @@ def test_metrics_cli_matches_the_library(tmp_path, protocol, capsys):
     assert "AP" in capsys.readouterr().out
 
 
-def test_metrics_cli_lists_missing_score_files(tmp_path):
+def test_metrics_cli_lists_missing_score_files(tmp_path, capsys):
+    """Labelled frames without a map: the others are scored, the missing ones listed; exit 1 unless
+    --allow-dropped."""
     frames = make_frames(np.random.default_rng(1))
     sd, ld = write_smiyc(tmp_path, frames)
     (sd / "scene_0001.npy").unlink()
     (sd / "scene_0003.npy").unlink()
-    args = parse(["--scores", str(sd), "--labels", str(ld), "--track", "anomaly", "--quiet",
-                  "--out", str(tmp_path / "m.json")])
-    with pytest.raises(FileNotFoundError, match=r"2 of 4 .*<stem>_anomaly.npy\): scene_0001\.npy, scene_0003\.npy"):
-        args.func(args)
+    rc, got = run_metrics(sd, ld, tmp_path / "m.json", track="anomaly")
+    assert rc == 1
+    assert "2 of 4 labelled frames have no score map" in capsys.readouterr().err
+    assert got["inputs"]["n_frames"] == 4 and got["inputs"]["n_frames_scored"] == 2
+    assert got["inputs"]["dropped_frames"] == ["scene_0001", "scene_0003"]
+    assert re.search(r"<stem>_anomaly.npy\): scene_0001\.npy, scene_0003\.npy", got["failures"][0])
+    kept = [frames[0], frames[2]]
+    assert got["pixel"]["ap"] == M.evaluate(kept, track="anomaly").pixel.ap
+    rc, got = run_metrics(sd, ld, tmp_path / "m.json", "--allow-dropped", track="anomaly")
+    assert rc == 0 and got["failures"] == [] and got["inputs"]["n_frames_dropped"] == 2
 
 
 def test_metrics_cli_nan_names_the_frame_and_laf_labels_are_mapped(tmp_path):
@@ -160,7 +169,7 @@ def test_metrics_cli_exits_1_when_no_frame_is_scored(tmp_path, capsys):
     rc, got = run_metrics(sd, ld, tmp_path / "m.json")
     assert rc == 1
     assert got["inputs"]["n_frames"] == 4 and got["inputs"]["n_frames_scored"] == 0
-    assert got["pixel"]["n_frames_void"] == 4
+    assert got["pixel"]["n_frames_void"] == 4 and "no frame was scored" in got["failures"][0]
     assert "no frame was scored" in capsys.readouterr().err
 
 

@@ -9,8 +9,10 @@ Labels, anywhere under ``--labels``: ``<fid>_labels_semantic.png`` (SMIYC: 0, 1,
 ``<NNNN>_<fid>_labels.png`` (Fishyscapes, benchmark layout or public zip). Score maps narrower than
 their label are upsampled bilinearly (the benchmark's rule); any other size mismatch is an error.
 
-Exit status: 0 when metrics were computed; 1 when no frame could be scored (every label void), with
-the counts still written to ``--out``; 2 on bad input (one line naming the file or frame).
+Exit status: 0 when every labelled frame was scored; 1, with the reason, when no frame could be
+scored or when labelled frames have no score map (``--allow-dropped`` accepts that); the counts and
+the missing frames are written to ``--out`` either way. 2 on bad input (one line naming the file or
+frame).
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ def register(subparsers) -> None:
                         "valid = the benchmark's LostAndFound-test (1186), noknown = NoKnown (1043)")
     p.add_argument("--laf-split", default="test", choices=("test", "train"),
                    help="the LostAndFound split the gtCoarse labels belong to (for --laf-subset)")
+    p.add_argument("--allow-dropped", action="store_true",
+                   help="exit 0 when some labelled frames have no score map: the others are scored and "
+                        "the missing ones listed in the JSON (without it: the same, but exit 1)")
     p.add_argument("--out", type=Path, default=Path("metrics.json"), help="output JSON file")
     p.add_argument("--no-curve", action="store_true", help="leave the PR/ROC curve out of the JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -94,9 +99,9 @@ def score_name_candidates(fid: str, label_path: Path) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def match_scores(labels: dict[str, tuple[Path, str]], scores: dict[str, Path],
-                 scores_dir: Path) -> dict[str, Path]:
-    """{fid: score path} for every labelled frame; a missing map or two candidates are errors."""
+def match_scores(labels: dict[str, tuple[Path, str]],
+                 scores: dict[str, Path]) -> tuple[dict[str, Path], list[str]]:
+    """({fid: score path}, [labelled fids without a map]); two candidates for one frame are an error."""
     matched: dict[str, Path] = {}
     missing: list[str] = []
     for fid in sorted(labels):
@@ -108,13 +113,14 @@ def match_scores(labels: dict[str, tuple[Path, str]], scores: dict[str, Path],
             matched[fid] = hits[0]
         else:
             missing.append(fid)
-    if missing:
-        shown = ", ".join(f"{f}.npy" for f in missing[:20])
-        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        raise FileNotFoundError(f"{len(missing)} of {len(labels)} labelled frames have no score map "
-                                f"in {scores_dir} (<fid>.npy, <label stem>.npy or "
-                                f"<stem>_anomaly.npy): {shown}{more}")
-    return matched
+    return matched, missing
+
+
+def missing_message(missing: list[str], n_labelled: int, scores_dir: Path) -> str:
+    shown = ", ".join(f"{f}.npy" for f in missing[:20])
+    more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+    return (f"{len(missing)} of {n_labelled} labelled frames have no score map in {scores_dir} "
+            f"(<fid>.npy, <label stem>.npy or <stem>_anomaly.npy): {shown}{more}")
 
 
 def load_scores(path: Path):
@@ -137,8 +143,8 @@ def run(args) -> int:
         keep = laf_select(list(labels), args.laf_split, args.laf_subset, str(args.labels))
         labels = {f: labels[f] for f in keep}
     scores = find_scores(args.scores)
-    matched = match_scores(labels, scores, args.scores)
-    fids = sorted(labels)
+    matched, missing = match_scores(labels, scores)
+    fids = sorted(matched)
     used = {p.stem for p in matched.values()}
     unused = sorted(set(scores) - used)
 
@@ -152,17 +158,27 @@ def run(args) -> int:
     out = result.to_dict(include_curve=not args.no_curve)
     n_scored = result.pixel.n_frames - result.pixel.n_frames_void
     out["inputs"] = {"scores": str(args.scores), "labels": str(args.labels),
-                     "n_frames": len(fids), "n_frames_scored": n_scored,
-                     "laf_subset": args.laf_subset, "unused_score_files": len(unused)}
+                     "n_frames": len(labels), "n_frames_scored": n_scored,
+                     "n_frames_void": result.pixel.n_frames_void, "n_frames_dropped": len(missing),
+                     "dropped_frames": missing, "laf_subset": args.laf_subset,
+                     "unused_score_files": len(unused)}
+    failures = []
+    if n_scored == 0:
+        failures.append(f"no frame was scored ({len(labels)} labelled, {len(missing)} without a score "
+                        f"map, {result.pixel.n_frames_void} entirely void)")
+    if missing:
+        out["notes"].append(missing_message(missing, len(labels), args.scores))
+        if not args.allow_dropped:
+            failures.append(f"{missing_message(missing, len(labels), args.scores)}; the metrics cover "
+                            f"the other {len(fids)}; pass --allow-dropped to accept that")
     if unused:
         out["notes"].append(f"{len(unused)} score file(s) without a label were ignored, e.g. "
                             f"{scores[unused[0]].name}")
+    out["failures"] = failures
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print("\n".join(summary_lines(out, frames=len(fids))))
     print(f"wrote {args.out}")
-    if n_scored == 0:
-        print(f"csl-ros metrics: error: no frame was scored: all {len(fids)} labelled frame(s) are "
-              f"entirely void", file=sys.stderr)
-        return 1
-    return 0
+    for failure in failures:
+        print(f"csl-ros metrics: error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
