@@ -119,11 +119,19 @@ def _mcap_layout(f, where: str) -> tuple[int, int, int]:
     return size, summary_start, footer
 
 
+# Files verified in this process, keyed by (path, size, mtime): one evaluation opens a bag several
+# times (label check, frames, recorded score topics), and reading gigabytes once is enough.
+_VERIFIED: dict[tuple, "McapCheck"] = {}
+
+
 def add_mcap_crcs(path: str | Path) -> None:
     """Fill in the CRC-32s ``rosbags`` leaves at zero: each chunk's uncompressed CRC, the data
     section CRC (magic through the last data record) and the summary CRC."""
     path = Path(path)
     where = str(path)
+    resolved = str(path.resolve())
+    for key in [k for k in _VERIFIED if k[0] == resolved]:
+        del _VERIFIED[key]
     with open(path, "r+b") as f:
         size, summary_start, footer = _mcap_layout(f, where)
         data_crc = zlib.crc32(MCAP_MAGIC)
@@ -186,6 +194,16 @@ def check_mcap(path: str | Path, salvage: bool = False) -> McapCheck:
     Chunks written without a CRC (0) cannot be checked; they are counted.
     """
     path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED and (salvage or not _VERIFIED[key].damaged):
+        return _VERIFIED[key]
+    result = _check_mcap(path, salvage)
+    _VERIFIED[key] = result
+    return result
+
+
+def _check_mcap(path: Path, salvage: bool) -> McapCheck:
     where = str(path)
     result = McapCheck(path)
     with open(path, "rb") as f:
