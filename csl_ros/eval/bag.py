@@ -73,11 +73,14 @@ def _decompress_chunk(body, where: str) -> tuple[int, bytes]:
     if len(data) != csize:
         raise BagError(f"{where}: chunk data is shorter than its stated {csize} bytes")
     if compression:
-        try:
+        try:   # the decompressors rosbags reads MCAP chunks with (lz4, zstd)
             from rosbags.rosbag2.storage_mcap import DECOMPRESSORS
+        except ImportError:
+            DECOMPRESSORS = {}
+        if compression not in DECOMPRESSORS:
+            raise BagError(f"{where}: unsupported chunk compression {compression!r}")
+        try:
             data = DECOMPRESSORS[compression](data, size)
-        except KeyError:
-            raise BagError(f"{where}: unsupported chunk compression {compression!r}") from None
         except Exception as exc:
             raise BagError(f"{where}: chunk does not decompress ({compression}: {exc})") from exc
     if len(data) != size:
