@@ -19,7 +19,8 @@ reuse the one pass of network outputs.
 Exit status: 0 when every labelled frame was scored; 1, with the reason on stderr and in
 metrics.json (``run.failures``; the counts are written either way), when no frame was scored, when
 the bag has no label topic (``--no-labels`` runs and times the detector only, exit 0), or when any
-labelled frame was dropped (``--allow-dropped`` accepts that); 2 on bad input (one line naming it).
+labelled frame was dropped or, with ``--salvage``, any damaged record skipped (``--allow-dropped``
+accepts both); 2 on bad input, a corrupt bag included (one line naming it).
 
     csl-ros evaluate --bag laf_bag --config config/driving.yaml --out eval_laf --track laf
     csl-ros evaluate --bag drive --out eval_drive --sweep score_threshold=0.3:0.9:0.1
