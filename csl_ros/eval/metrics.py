@@ -514,7 +514,10 @@ class PixelAccumulator:
         fp_cum = np.cumsum(fp_rel[order].astype(np.float64))
         if thr_sorted.size > 1 and thr_sorted[0] == thr_sorted[1]:
             notes.append("the highest threshold is shared by several frames: the official curve's "
-                         "first point depends on the sort order of ties (numpy 1.23.5's is used)")
+                         "first point depends on the sort order of ties " + (
+                             "(numpy 1.23.5's is used)" if LONG_DOUBLE_TIE_ORDER else
+                             "(numpy 1.23.5's cannot be reproduced on this platform, where long "
+                             "double is double: AP may differ from the leaderboard's by up to ~5e-3)"))
         curve = official_curve(thr_sorted, tp_cum, fp_cum, n_pos, n_neg)
         tp, fp, tpr, fpr, point_thr = (curve[k] for k in ("tp", "fp", "tpr", "fpr", "thresholds"))
         fn = n_pos - tp
@@ -540,6 +543,11 @@ class PixelAccumulator:
                            tpr95_threshold=tpr95_thr, best_f1=float(f1[ix]),
                            best_f1_threshold=best_thr, best_f1_point_threshold=best_thr,
                            component_threshold=best_thr, curve=curve_out, notes=notes)
+
+
+# Where long double is plain double (Windows, macOS on arm64) it shares float64's sort, and numpy
+# 1.23.5's tie order is not guaranteed: results then say so when ties decide the first curve point.
+LONG_DOUBLE_TIE_ORDER = bool(np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant)
 
 
 def official_argsort(values: np.ndarray) -> np.ndarray:
