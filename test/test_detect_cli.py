@@ -82,3 +82,31 @@ def test_bad_arguments(tmp_path):
         run([str(tmp_path), "--out", str(tmp_path / "o"), "--every", "0"])
     (tmp_path / "fake.mp4").write_bytes(b"\x00" * 100)
     assert run([str(tmp_path / "fake.mp4"), "--out", str(tmp_path / "o")]) == 1
+
+
+def test_detect_output_folder_is_scored_by_metrics_as_it_is(tmp_path):
+    """csl-ros detect on SMIYC images, then csl-ros metrics on its output folder: no renaming."""
+    from csl_ros.eval import metrics as M
+    from csl_ros.eval import metrics_cli
+
+    images, labels = tmp_path / "images", tmp_path / "labels_masks"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(1)
+    want = []
+    for i in range(3):
+        lab = np.zeros((40, 64), np.uint8)
+        lab[10:22, 20 + 5 * i:40 + 5 * i] = 1
+        img = np.repeat((rng.random((40, 64)) * 100 + 150 * (lab == 1)).astype(np.uint8)[:, :, None], 3, 2)
+        cv2.imwrite(str(images / f"road{i:02d}_x.webp"), img, [cv2.IMWRITE_WEBP_QUALITY, 101])
+        cv2.imwrite(str(labels / f"road{i:02d}_x_labels_semantic.png"), lab)
+        want.append((f"road{i:02d}_x", img[:, :, 0].astype(np.float32) / 255, lab))
+    assert run([str(images), "--out", str(tmp_path / "det")]) == 0
+    parser = argparse.ArgumentParser()
+    metrics_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["metrics", "--scores", str(tmp_path / "det"), "--labels", str(labels),
+                              "--track", "obstacle", "--out", str(tmp_path / "m.json"), "--quiet"])
+    assert args.func(args) == 0
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["inputs"]["n_frames_scored"] == 3
+    assert got["pixel"]["ap"] == M.evaluate(want, track="obstacle").pixel.ap
