@@ -17,7 +17,7 @@ COMMAND_MODULES = [
     "csl_ros.detect_cli",
     "csl_ros.eval.metrics_cli",
     "csl_ros.eval.bag_cli",
-    "csl_ros.eval.evaluate",
+    "csl_ros.evaluate_cli",
     "csl_ros.teachers.cli",
     "csl_ros.training.cli",
 ]

@@ -154,9 +154,15 @@ def _parameters(ctx: DemoContext):
 
 def step_node_eval(ctx: DemoContext) -> None:
     """The node on its own ROS context in this process, the live evaluator talking to it over DDS."""
-    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+    from csl_ros.ros.dds import PROFILE_VARIABLE, restored_environment
 
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", PROFILE_VARIABLE)}
+    with restored_environment("ROS_DOMAIN_ID", PROFILE_VARIABLE):
+        _node_eval(ctx)
+
+
+def _node_eval(ctx: DemoContext) -> None:
+    from csl_ros.ros.dds import use_large_image_profile
+
     # A private domain unless the user chose one, so a running ROS graph is not disturbed.
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
     use_large_image_profile()   # read by Fast DDS before rclpy.init below creates the participant
@@ -166,7 +172,7 @@ def step_node_eval(ctx: DemoContext) -> None:
     from rclpy.executors import SingleThreadedExecutor
 
     from csl_ros.cli import build_parser
-    from csl_ros.eval.evaluate import LIVE_CAMERA_INFO_TOPIC, LIVE_IMAGE_TOPIC, evaluate_command
+    from csl_ros.evaluate_cli import LIVE_CAMERA_INFO_TOPIC, LIVE_IMAGE_TOPIC, evaluate_command
     from csl_ros.ros.node import CslDetectorNode, default_detector_factory
 
     prebuilt = [ctx.detector]
@@ -217,11 +223,6 @@ def step_node_eval(ctx: DemoContext) -> None:
         if thread is not None:
             thread.join(timeout=5)
         ctx.detector = None
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # Steps run in order; later stages append (name, function) pairs.
@@ -260,7 +261,7 @@ def run(args) -> int:
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     from csl_ros.config import parse_set_args
-    from csl_ros.eval.live import parse_rate
+    from csl_ros.ros.live_replay import parse_rate
 
     parse_rate(args.rate)
     ctx = DemoContext(out=Path(args.out), frames_n=int(args.frames), size=size,

@@ -5,7 +5,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 sensor_msgs = pytest.importorskip("sensor_msgs.msg")
 
-from csl_ros.ros.image_conversion import (  # noqa: E402
+from csl_ros.image_codec import (  # noqa: E402
     ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb)
 
 RNG = np.random.default_rng(0)

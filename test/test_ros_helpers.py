@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from csl_ros.config import DetectorConfig, NodeConfig
-from csl_ros.ros.image_conversion import (ImageFormatError, compressed_image_size, compressed_msg_to_rgb,
+from csl_ros.image_codec import (ImageFormatError, compressed_image_size, compressed_msg_to_rgb,
                                          image_msg_to_rgb)
 from csl_ros.ros.markers import (MAX_DEPTH_M, Mounting, marker_array_msg, obstacle_marker_specs, obstacle_points,
                                  obstacle_points_msg, score_color)

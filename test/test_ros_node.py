@@ -27,21 +27,20 @@ from rcl_interfaces.msg import Log, Parameter as ParameterMsg, ParameterType, Pa
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
-from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from visualization_msgs.msg import Marker  # noqa: E402
 
 from csl_ros.config import DetectorConfig, NodeConfig  # noqa: E402
 from csl_ros.data.synthroad import render_frame  # noqa: E402
-from csl_ros.ros.image_conversion import fill_image_msg  # noqa: E402
-from csl_ros.ros.node import CslDetectorNode, build_engine  # noqa: E402
+from csl_ros.image_codec import fill_image_msg  # noqa: E402
+from csl_ros.ros.node import MESSAGE_TYPES, CslDetectorNode, build_engine  # noqa: E402
+from csl_ros.ros.outputs import NODE_OUTPUTS  # noqa: E402
 from csl_ros.ros.testing import BrightnessDetector, private_ros_context  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
 DOMAIN_ID = random.randint(1, 200)
-OUTPUTS = {"score": ("anomaly_score", Image), "color": ("anomaly_score/color", Image),
-           "instances": ("ood_instances", Image), "overlay": ("overlay", Image),
-           "obstacles": ("obstacles", MarkerArray), "points": ("obstacle_points", PointCloud2)}
+OUTPUTS = {out.key: (out.topic, MESSAGE_TYPES[out.message]) for out in NODE_OUTPUTS.values()}
 
 
 @pytest.fixture(scope="module")
@@ -603,7 +602,7 @@ PUBLISHER = textwrap.dedent("""
     import numpy as np, rclpy
     from sensor_msgs.msg import Image
     from rclpy.qos import qos_profile_sensor_data
-    from csl_ros.ros.image_conversion import fill_image_msg
+    from csl_ros.image_codec import fill_image_msg
     ns, n, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     rclpy.init()
     node = rclpy.create_node("camera", namespace=ns)

@@ -22,15 +22,6 @@ log = logging.getLogger("csl_ros.backend")
 BACKENDS = ("auto", "eager", "torchscript", "tensorrt")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} requested but CUDA is not available on this machine")
-    return dev
-
-
 def tensorrt_available() -> bool:
     try:
         import torch_tensorrt  # noqa: F401

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from csl_ros.config import DetectorConfig, apply_overrides
-from csl_ros.pipeline.backends import CompiledModel, compile_network, resolve_device
+from csl_ros.model.device import resolve_device
+from csl_ros.pipeline.backends import CompiledModel, compile_network
 from csl_ros.pipeline.geometry import CameraGeometry
 from csl_ros.pipeline.instances import Obstacle, describe_instances, extract_instances
 from csl_ros.pipeline.timing import StageTimer

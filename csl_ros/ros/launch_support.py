@@ -10,6 +10,7 @@ import re
 from typing import Callable, Mapping
 
 from csl_ros.config import DetectorConfig, NodeConfig, apply_overrides
+from csl_ros.ros.outputs import output_topic
 
 # Launch arguments forwarded to every node as parameters of the same name. An empty value keeps the
 # params file's value (or the schema default); anything else is validated here, at launch time.
@@ -145,7 +146,7 @@ def evaluator_command(bag: str, out: str, *, camera: str, image_topic: str, came
     """``csl-ros evaluate --live`` wired to the node that replay_eval.launch.py starts: the evaluator
     publishes on the topics the node's inputs are remapped to and scores the node's anomaly_score."""
     remap = dict(camera_remappings(camera, image_topic, camera_info_topic))
-    scores = f"{node_namespace(namespace, camera)}/csl_detector/anomaly_score"
+    scores = output_topic("score", node_namespace(namespace, camera))
     return ["csl-ros", "evaluate", "--live", "--bag", bag, "--out", out,
             "--image-topic", remap["image"], "--camera-info-topic", remap["camera_info"],
             "--scores-topic", scores, "--rate", rate, *extra.split()]

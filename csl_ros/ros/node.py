@@ -27,13 +27,15 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from csl_ros.config import MODEL_SETTINGS, DetectorConfig, NodeConfig, apply_overrides
+from csl_ros.pipeline import CameraGeometry
+from csl_ros.image_codec import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
 from csl_ros.ros.dds import use_large_image_profile
-from csl_ros.ros.image_conversion import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
-from csl_ros.ros.markers import Mounting, clear_markers_msg, marker_array_msg, obstacle_points_msg
+from csl_ros.ros.markers import Mounting, clear_markers_msg
+from csl_ros.ros.outputs import IMAGE, MARKER_ARRAY, NODE_NAME, NODE_OUTPUTS, POINT_CLOUD2, OutputFrame
 from csl_ros.ros.params import parameter_specs, plan_parameter_changes
 from csl_ros.ros.stats import LatestFrameSlot, NodeStats, Throttle, bad_frame_reason, diagnostic_summary
 
-NODE_NAME = "csl_detector"
+MESSAGE_TYPES = {IMAGE: Image, MARKER_ARRAY: MarkerArray, POINT_CLOUD2: PointCloud2}
 LOG_PERIOD_S = 5.0  # throttle for repeated warnings (per bad-frame reason, inactive node)
 # After activation, the first frame may take this long (DDS discovery, a camera starting up) before
 # /diagnostics reports "nothing received".
@@ -91,7 +93,7 @@ class CslDetectorNode(LifecycleNode):
         self._built_with: tuple | None = None
         self._pubs: dict[str, Any] = {}
         self._subs: list = []
-        self._camera_info: tuple | None = None  # (K, width, height)
+        self._camera_info: CameraInfo | None = None  # the last calibrated one
         self._camera_info_state, self._camera_info_at = "missing", None  # or "uncalibrated"/"calibrated", time
         self._active_since: float | None = None
         self._last_marker_header = None  # of the latest ~/obstacles message, for clearing them
@@ -239,14 +241,8 @@ class CslDetectorNode(LifecycleNode):
         self._detector.warmup()
         self._built_with = self._reload_key()
         q_out = _qos(node_cfg.output_reliability, 5)
-        self._pubs = {
-            "score": self.create_lifecycle_publisher(Image, "~/anomaly_score", q_out),
-            "color": self.create_lifecycle_publisher(Image, "~/anomaly_score/color", q_out),
-            "instances": self.create_lifecycle_publisher(Image, "~/ood_instances", q_out),
-            "overlay": self.create_lifecycle_publisher(Image, "~/overlay", q_out),
-            "obstacles": self.create_lifecycle_publisher(MarkerArray, "~/obstacles", q_out),
-            "points": self.create_lifecycle_publisher(PointCloud2, "~/obstacle_points", q_out),
-        }
+        self._pubs = {out.key: self.create_lifecycle_publisher(MESSAGE_TYPES[out.message], f"~/{out.topic}", q_out)
+                      for out in NODE_OUTPUTS.values()}
         q_in = _qos(node_cfg.input_reliability, 1)
         if node_cfg.use_compressed:
             self._subs = [self.create_subscription(CompressedImage, "image/compressed", self._on_image, q_in)]
@@ -312,20 +308,12 @@ class CslDetectorNode(LifecycleNode):
                 self.get_logger().warning("camera_info has no calibration (fx or fy is 0): obstacles get no "
                                        "metric position until a calibrated camera_info arrives")
             return
-        self._camera_info = (k, int(msg.width), int(msg.height))
+        self._camera_info = msg
         self._camera_info_state = "calibrated"
 
     def _camera_geometry(self, height: int, width: int, cfg: DetectorConfig):
-        info = self._camera_info
-        if info is None:
-            return None
-        from csl_ros.pipeline import CameraGeometry
-
-        k, w, h = info
-        cam = CameraGeometry.from_K(k, height_m=cfg.camera_height_m, pitch_deg=cfg.camera_pitch_deg)
-        if w > 0 and h > 0 and (w, h) != (width, height):  # camera_info of the unscaled sensor
-            cam = cam.scaled(width / w, height / h)
-        return cam
+        return CameraGeometry.from_camera_info(self._camera_info, (height, width), cfg.camera_height_m,
+                                               cfg.camera_pitch_deg)
 
     # --- processing -----------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -380,35 +368,24 @@ class CslDetectorNode(LifecycleNode):
         self.stats.latency_ms.add((time.monotonic() - t_received) * 1e3)
 
     def _publish(self, header, rgb: np.ndarray, det, node_cfg: NodeConfig) -> None:
-        from csl_ros.visualize import colorize_scores, draw_overlay
-
-        pubs = self._pubs
-
-        def image(key: str, make: Callable[[], np.ndarray], encoding: str) -> None:
+        rate = self.stats.processed.rate_hz()
+        frame = OutputFrame(header, rgb, det, node_cfg,
+                            mounting=Mounting.from_config(node_cfg) if node_cfg.output_frame else None,
+                            marker_lifetime_s=node_cfg.marker_lifetime_frames * (1.0 / rate if rate > 0 else 1.0))
+        for out in NODE_OUTPUTS.values():
+            pub = self._pubs[out.key]
             # Skip the work (colour map, overlay, serialisation) for outputs nobody listens to.
-            if pubs[key].get_subscription_count() == 0:
-                return
-            msg = fill_image_msg(Image(), make(), encoding)
-            msg.header = header
-            pubs[key].publish(msg)
-
-        image("score", lambda: det.anomaly_map.astype(np.float32, copy=False), "32FC1")
-        image("instances", lambda: det.instances.astype(np.uint16, copy=False), "16UC1")
-        if node_cfg.publish_color:
-            image("color", lambda: colorize_scores(det.anomaly_map), "bgr8")
-        if node_cfg.publish_overlay:
-            image("overlay", lambda: draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles), "bgr8")
-        mounting = Mounting.from_config(node_cfg) if node_cfg.output_frame else None
-        if pubs["obstacles"].get_subscription_count():
-            rate = self.stats.processed.rate_hz()
-            lifetime = node_cfg.marker_lifetime_frames * (1.0 / rate if rate > 0 else 1.0)
-            markers = marker_array_msg(det.obstacles, header, lifetime_s=lifetime, mounting=mounting,
-                                       output_frame=node_cfg.output_frame)
-            pubs["obstacles"].publish(markers)
-            self._last_marker_header = markers.markers[0].header
-        if pubs["points"].get_subscription_count():
-            pubs["points"].publish(obstacle_points_msg(det.obstacles, header, mounting=mounting,
-                                                       output_frame=node_cfg.output_frame))
+            if not out.enabled(node_cfg) or pub.get_subscription_count() == 0:
+                continue
+            rendered = out.render(frame)
+            if out.encoding is not None:
+                msg = fill_image_msg(Image(), rendered, out.encoding)
+                msg.header = header
+            else:
+                msg = rendered
+            pub.publish(msg)
+            if out.key == "obstacles":
+                self._last_marker_header = msg.markers[0].header
 
     # --- diagnostics ----------------------------------------------------------------------------------
     def _diagnostics_status(self) -> DiagnosticStatus:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from csl_ros.config import TEACHERS
+from csl_ros.model.device import resolve_device
 from csl_ros.teachers.calibration import Calibration
 from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score, sml_score
 from csl_ros.teachers.stats import TeacherStats, default_stats_path, file_sha256
@@ -102,19 +103,6 @@ class Teacher:
     def __repr__(self) -> str:
         return (f"Teacher(name={self.name!r}, score={self.score_fn!r}, "
                 f"calibration={self.calibration.to_dict()}, device={self.device})")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` → cuda if available, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid device {device!r} ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def _choose_calibration(score_fn: str, stats: TeacherStats | None, override: str | None,
