@@ -68,7 +68,7 @@ setup(
     entry_points={
         "console_scripts": [
             "csl-ros = csl_ros.cli:main",
-            "csl_node = csl_ros.ros.node:main",
+            "csl_node = csl_ros.ros.csl_node:main",
         ],
     },
 )

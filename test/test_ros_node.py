@@ -33,7 +33,8 @@ from visualization_msgs.msg import Marker  # noqa: E402
 from csl_ros.config import DetectorConfig, NodeConfig  # noqa: E402
 from csl_ros.data.synthroad import render_frame  # noqa: E402
 from csl_ros.image_codec import fill_image_msg  # noqa: E402
-from csl_ros.ros.node import MESSAGE_TYPES, CslDetectorNode, build_engine  # noqa: E402
+from csl_ros.ros.csl_node import build_engine  # noqa: E402
+from csl_ros.ros.node import MESSAGE_TYPES, CslDetectorNode  # noqa: E402
 from csl_ros.ros.outputs import NODE_OUTPUTS  # noqa: E402
 from csl_ros.ros.testing import BrightnessDetector, private_ros_context  # noqa: E402
 
@@ -689,7 +690,7 @@ def test_default_environment_tool_reads_the_node_started_like_the_launch_file(ro
     reads its full-size anomaly_score (512x1024 float32, 2 MB)."""
     ns = f"/t{next(_COUNTER)}"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    node = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.node", "--ros-args", "--params-file",
+    node = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.csl_node", "--ros-args", "--params-file",
                              os.path.join(root, "config", "driving.yaml"), "-r", f"__ns:={ns}",
                              "-p", "device:=cpu", "-p", "backend:=eager"],
                             env=_default_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -739,7 +740,7 @@ def test_csl_node_rejects_bad_arguments_with_one_clear_line(tmp_path, args, word
     broken = tmp_path / "broken.yaml"
     broken.write_text("/**:\n  ros__parameters:\n    teacher: [sml\n")
     args = [str(broken) if a == "BROKEN" else a for a in args]
-    proc = subprocess.run([sys.executable, "-m", "csl_ros.ros.node", *args],
+    proc = subprocess.run([sys.executable, "-m", "csl_ros.ros.csl_node", *args],
                           env=_node_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -758,7 +759,7 @@ def test_csl_node_reports_unconfigured_and_exits_cleanly_on_sigint(ros):
     statuses = []
     probe.create_subscription(DiagnosticArray, "/diagnostics",
                               lambda m: statuses.extend(s for s in m.status if s.name.startswith(f"{ns}/csl_detector:")), 10)
-    proc = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.node", "--ros-args", "-r", f"__ns:={ns}",
+    proc = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.csl_node", "--ros-args", "-r", f"__ns:={ns}",
                              "-p", "diagnostics_period_s:=0.2"], env=_node_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -35,7 +35,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import GetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import parameter_value_to_python
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
 from csl_ros.config import DetectorConfig, apply_overrides
@@ -44,6 +44,7 @@ from csl_ros.eval.evaluate import bag_lag_ns, image_count, progress_bar, salvage
 from csl_ros.eval.scoring import ScoredFrame
 from csl_ros.image_codec import fill_image_msg, single_channel_msg_to_array
 from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+from csl_ros.ros.interfaces import qos_profile
 from csl_ros.ros.outputs import node_of_topic, output_topic
 
 PROBE_STAMP_BASE_NS = 1_000        # probe frames: stamps 1 us + k ns, far outside any real bag
@@ -231,8 +232,7 @@ class LiveReplay:
                 "ros_domain_id": os.environ.get("ROS_DOMAIN_ID", "0")}
 
     def _create_endpoints(self) -> None:
-        qos_out = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.VOLATILE)
+        qos_out = qos_profile("reliable", 5)
         self.image_pub = self.node.create_publisher(Image, self.opts.image_topic, qos_out)
         self.info_pub = self.node.create_publisher(CameraInfo, self.opts.camera_info_topic, qos_out)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -286,9 +286,7 @@ class LiveReplay:
                 f"image remapped to {o.image_topic}) and check ROS_DOMAIN_ID "
                 f"({self.info['ros_domain_id']})")
         reliability = node.get_publishers_info_by_topic(o.scores_topic)[0].qos_profile.reliability
-        qos_in = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
-                            reliability=(ReliabilityPolicy.RELIABLE if reliability == ReliabilityPolicy.RELIABLE
-                                         else ReliabilityPolicy.BEST_EFFORT))
+        qos_in = qos_profile("reliable" if reliability == ReliabilityPolicy.RELIABLE else "best_effort", 100)
         node.create_subscription(Image, o.scores_topic, self._on_scores, qos_in)
         if o.instances_topic:
             node.create_subscription(Image, o.instances_topic, self._on_instances, qos_in)
