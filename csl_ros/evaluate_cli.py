@@ -39,8 +39,6 @@ from pathlib import Path
 from csl_ros import __version__
 from csl_ros.detect_cli import add_config_args, detector_config_from_args
 from csl_ros.eval.metrics import TRACKS, summary_lines
-from csl_ros.eval.report import write_report
-from csl_ros.eval.scoring import ScoreSink, parse_sweep, summarize
 from csl_ros.ros.outputs import output_topic, sibling_topic
 
 # Defaults of the live mode match launch/replay_eval.launch.py: the node runs in /csl/camera and
@@ -123,9 +121,11 @@ def run(args) -> int:
 
 def evaluate_command(args, detector_factory=None) -> int:
     """The ``csl-ros evaluate`` command; ``detector_factory`` replaces ``Detector.from_config`` (tests)."""
-    # Deferred: it loads torch (4 s), and csl-ros builds every command's parser at start.
+    # deferred: torch, matplotlib and rosbags (the eval extra); csl-ros imports every command module at start
     from csl_ros.eval.evaluate import (COUNT_MEANINGS, describe_skipped, evaluate_in_process, evaluate_recorded,
                                        json_default, label_topic_check, run_failures, shipped_models)
+    from csl_ros.eval.report import write_report
+    from csl_ros.eval.scoring import ScoreSink, parse_sweep, summarize
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")

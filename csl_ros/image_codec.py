@@ -11,6 +11,7 @@ colour conversion allocates. Every malformed message raises :class:`ImageFormatE
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 # encoding -> (channels, numpy dtype)
@@ -68,8 +69,6 @@ def _view(msg) -> tuple[np.ndarray, str]:
 
 
 def _yuv422_to_rgb(packed: np.ndarray, order: str) -> np.ndarray:
-    import cv2
-
     code = cv2.COLOR_YUV2RGB_UYVY if order == "uyvy" else cv2.COLOR_YUV2RGB_YUY2
     return cv2.cvtColor(np.ascontiguousarray(packed), code)
 
@@ -169,8 +168,6 @@ def compressed_msg_to_rgb(msg) -> np.ndarray:
 
     The decoded size is read from the container's header first and checked against ``MAX_PIXELS``,
     so a small file claiming a huge image is refused before anything is allocated."""
-    import cv2
-
     data = np.frombuffer(memoryview(msg.data).cast("B") if not isinstance(msg.data, (bytes, bytearray))
                          else msg.data, dtype=np.uint8)
     if data.size == 0:

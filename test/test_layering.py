@@ -10,6 +10,10 @@ package's ``cli.py``, ros/csl_node.py). Nothing below ``ros`` imports rclpy, lau
 from __future__ import annotations
 
 import ast
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,3 +209,39 @@ def test_checker_finds_imports_against_the_layers(toy_package):
                                        "csl_ros.model.net (model) imports csl_ros.pipeline.detector (pipeline)"]
     assert ros_imports["csl_ros.eval.live"] == [("rclpy", 2)] and "csl_ros.ros.node" in ros_imports
     assert find_cycle(graph) is None
+
+
+# --- what a process loads: the extras match the layers ---------------------------------------------------------
+EVAL_EXTRA = ("matplotlib", "imageio", "imageio_ffmpeg", "rosbags")   # setup.py extras_require["eval"]
+
+
+def _modules_loaded_by(code: str) -> set[str]:
+    """The top-level packages in sys.modules after running ``code`` in a fresh interpreter."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                         cwd=PACKAGE_DIR.parent, env={**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)})
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_csl_ros_starts_without_torch_ros_or_the_eval_extra():
+    """Every subcommand's parser is built at start: its module loads its heavy dependencies only when it runs."""
+    loaded = _modules_loaded_by("from csl_ros.cli import build_parser\nbuild_parser()")
+    assert loaded.isdisjoint({"torch", "rclpy", *EVAL_EXTRA}), sorted(loaded & {"torch", "rclpy", *EVAL_EXTRA})
+
+
+def test_the_node_runs_without_the_eval_extra():
+    pytest.importorskip("rclpy")
+    loaded = _modules_loaded_by("import csl_ros.ros.csl_node")
+    assert "rclpy" in loaded and "torch" in loaded   # the probe did load the node
+    assert loaded.isdisjoint(EVAL_EXTRA), sorted(loaded & set(EVAL_EXTRA))
+
+
+def test_setup_py_eval_extra_is_what_the_probe_checks():
+    setup = (PACKAGE_DIR.parent / "setup.py").read_text()
+    extra = setup[setup.index('"eval": ['):]
+    extra = extra[: extra.index("]")]
+    names = {n.split(">")[0].split("=")[0].replace("-", "_") for n in re.findall(r'"([^"]+)"', extra)[1:]}
+    assert names == set(EVAL_EXTRA)
+    install_requires = setup[setup.index("install_requires=["):setup.index("extras_require")]
+    assert not any(f'"{n.replace("_", "-")}' in install_requires for n in EVAL_EXTRA)

@@ -30,10 +30,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import cv2
 import numpy as np
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer, WriterError
+from rosbags.typesys import Stores, get_typestore
+from tqdm import tqdm
 
-from csl_ros.image_codec import (ImageFormatError, compressed_msg_to_rgb, image_msg_to_rgb,
-                                          single_channel_msg_to_array)
+from csl_ros.image_codec import ImageFormatError, compressed_msg_to_rgb, image_msg_to_rgb, single_channel_msg_to_array
 
 IMAGE_TOPIC = "/camera/image_raw"
 COMPRESSED_TOPIC = "/camera/image_raw/compressed"
@@ -309,8 +312,6 @@ def mcap_messages(path: Path, channels_wanted: dict[str, object], skip_offsets: 
 @lru_cache(maxsize=1)
 def typestore():
     """ROS 2 message types (Kilted definitions; the message hashes equal Humble's and Jazzy's)."""
-    from rosbags.typesys import Stores, get_typestore
-
     return get_typestore(Stores.ROS2_KILTED)
 
 
@@ -344,8 +345,6 @@ def array_to_image_msg(array: np.ndarray, stamp_ns: int, encoding: str | None = 
 
 def rgb_to_compressed_msg(rgb: np.ndarray, stamp_ns: int, fmt: str = "jpeg", quality: int = 95):
     """RGB -> sensor_msgs/CompressedImage as image_transport's ``compressed`` plugin writes it."""
-    import cv2
-
     ext = {"jpeg": ".jpg", "png": ".png"}[fmt]
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]), params)
@@ -397,8 +396,6 @@ def write_bag(records: Iterable, out: str | Path, storage: str = "mcap", compres
     ``version`` 8 (Jazzy) is read by Jazzy and later; 9 is Kilted's. On any error the partial bag
     folder is removed and the error re-raised.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
-
     if storage not in FORMATS:
         raise ValueError(f"unknown bag format {storage!r}; choose one of {FORMATS}")
     if not rate_hz > 0:
@@ -423,7 +420,6 @@ def write_bag(records: Iterable, out: str | Path, storage: str = "mcap", compres
 
     it = records
     if progress:
-        from tqdm import tqdm
         it = tqdm(records, total=total, desc=f"bag {out.name}", unit="frame")
     try:
         writer.open()
@@ -521,8 +517,6 @@ class BagReader:
 
     def __init__(self, path: str | Path, image_topic: str | None = None,
                  labels_topic: str = LABEL_TOPIC, lag_ns: int = 0, salvage: bool = False):
-        from rosbags.rosbag2 import Reader
-
         self.lag_ns = int(lag_ns)   # for bags whose log times trail the stamps (recorded live)
         self.path = Path(path)
         self.salvage = bool(salvage)

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 from csl_ros.cli import image_size_arg
+from csl_ros.data.loaders import open_dataset
 
 BAG_DATASETS = ("smiyc-anomaly", "smiyc-obstacle", "laf", "laf-noknown", "fishyscapes-laf",
                 "synthroad")
@@ -58,8 +60,6 @@ def register(subparsers) -> None:
 
 
 def open_for_bag(args):
-    from csl_ros.data.loaders import open_dataset
-
     if args.dataset == "synthroad":
         return open_dataset("synthroad", seed=args.seed, n_frames=args.frames, size=args.size,
                             obstacles=args.obstacles, speed_mps=args.speed, fps=args.rate)
@@ -76,9 +76,7 @@ def open_for_bag(args):
 
 
 def run_convert(args) -> int:
-    import itertools
-
-    from csl_ros.eval.bag import write_bag
+    from csl_ros.eval.bag import write_bag  # deferred: rosbags, the eval extra (csl-ros starts without it)
 
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be >= 1")
@@ -95,7 +93,7 @@ def run_convert(args) -> int:
 
 
 def run_info(args) -> int:
-    from csl_ros.eval.bag import BagReader
+    from csl_ros.eval.bag import BagReader  # deferred: rosbags (see above)
 
     with BagReader(args.bag) as reader:
         print(f"{args.bag}: {reader.message_count} messages")

@@ -9,10 +9,17 @@ from __future__ import annotations
 import csv
 import html
 import math
+import re
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from csl_ros.pipeline.instances import describe_instances
+from csl_ros.visualize import colorize_scores, draw_overlay
 
 FIGURES = "figures"
 PANEL_TITLES = ("image", "anomaly score", "ground truth (grey: void)", "instances (red), GT (green)")
@@ -25,8 +32,6 @@ MAX_LABELLED_OBSTACLES = 12     # more labels than this hide the picture: outlin
 # --------------------------------------------------------------------------------------------------
 
 def _titled(panel: np.ndarray, title: str) -> np.ndarray:
-    import cv2
-
     bar_h = max(18, panel.shape[0] // 14)
     bar = np.full((bar_h, panel.shape[1], 3), 32, np.uint8)
     scale = bar_h / 30.0
@@ -37,8 +42,6 @@ def _titled(panel: np.ndarray, title: str) -> np.ndarray:
 
 def ground_truth_panel(image_rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The image (BGR) with void greyed out, anomaly pixels tinted red and outlined."""
-    import cv2
-
     bgr = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR).astype(np.float32)
     void = labels == 255
     pos = labels == 1
@@ -53,11 +56,6 @@ def ground_truth_panel(image_rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def frame_panels(image_rgb: np.ndarray, anomaly: np.ndarray, instances: np.ndarray, labels: np.ndarray,
                  max_width: int = 640) -> np.ndarray:
     """2x2 BGR picture of one frame: image | anomaly colour map / ground truth | instances."""
-    import cv2
-
-    from csl_ros.pipeline.instances import describe_instances
-    from csl_ros.visualize import colorize_scores, draw_overlay
-
     image = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
     heat = colorize_scores(anomaly)
     gt = ground_truth_panel(image_rgb, labels)
@@ -92,9 +90,6 @@ def worst_frames(per_frame: Sequence[dict], n: int) -> list[dict]:
 
 
 def _figure(width=5.0, height=3.6):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)
     return fig
@@ -319,8 +314,6 @@ class Doc:
 
 def _inline(text: str) -> str:
     """Markdown `code` and [text](link) spans to HTML (everything else escaped)."""
-    import re
-
     out, pos = [], 0
     for m in re.finditer(r"`([^`]+)`|\[([^\]]+)\]\(([^)]+)\)", text):
         out.append(html.escape(text[pos:m.start()]))
@@ -355,8 +348,6 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
     the cached frames of the worst-frame pictures). Adds ``worst_frames`` to ``metrics`` and returns
     {name: path} of what was written.
     """
-    import cv2
-
     out = Path(out)
     fig_dir = out / FIGURES
     fig_dir.mkdir(parents=True, exist_ok=True)

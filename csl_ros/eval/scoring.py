@@ -26,10 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
+import imageio.v2 as imageio
 import numpy as np
 
-from csl_ros.eval.metrics import (ComponentAccumulator, FrameCache, MetricsResult, PixelAccumulator,
-                                  check_labels, prepare_scores, track_spec)
+from csl_ros.config import DetectorConfig, apply_overrides
+from csl_ros.eval.metrics import (ComponentAccumulator, FrameCache, MetricsResult, PixelAccumulator, check_labels,
+                                  prepare_scores, track_spec)
+from csl_ros.eval.report import frame_panels
+from csl_ros.pipeline.instances import extract_instances
 
 SWEEPABLE = ("score_threshold", "min_instance_area")
 HIST_BINS = 100                 # score histogram over [0, 1]
@@ -56,8 +61,6 @@ def parse_sweep(text: str) -> Sweep:
 
     Values are validated by the configuration schema, so an out-of-range value is refused here.
     """
-    from csl_ros.config import DetectorConfig, apply_overrides
-
     if "=" not in text:
         raise ValueError(f"--sweep expects NAME=START:STOP:STEP or NAME=V1,V2,..., got {text!r}")
     name, spec = (s.strip() for s in text.split("=", 1))
@@ -111,8 +114,6 @@ def instance_counts(instances: np.ndarray, labels: np.ndarray, instsize: int) ->
     0.5 is a false instance, one entirely on void is not counted. A ground-truth component is
     detected when a true (precision >= 0.5) instance overlaps it.
     """
-    import cv2
-
     if instances.shape != labels.shape:
         raise ValueError(f"instances {instances.shape} and labels {labels.shape} differ in size")
     n_g, gt = cv2.connectedComponents((labels == 1).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
@@ -249,10 +250,6 @@ class ScoreSink:
 
     def add(self, frame: ScoredFrame) -> dict:
         """Score one frame; returns its per-frame row."""
-        import cv2
-
-        from csl_ros.pipeline.instances import extract_instances
-
         cfg = self.config
         k = len(self.frames)
         name = self._unique_name(frame)
@@ -318,23 +315,17 @@ class ScoreSink:
         return row
 
     def _write_video_frame(self, image, anomaly, inst, labels) -> None:
-        from csl_ros.eval.report import frame_panels
-
         panel = frame_panels(image, anomaly, inst, labels, max_width=480)[:, :, ::-1]  # RGB
         # pad to multiples of 16 (what every H.264 player accepts) instead of letting the writer resize
         ph, pw = -panel.shape[0] % 16, -panel.shape[1] % 16
         if ph or pw:
             panel = np.pad(panel, ((0, ph), (0, pw), (0, 0)))
         if self._video is None:
-            import imageio.v2 as imageio
-
             self.video_path.parent.mkdir(parents=True, exist_ok=True)
             self._video_shape = panel.shape
             self._video = imageio.get_writer(self.video_path, fps=self.video_fps, codec="libx264",
                                              quality=7, macro_block_size=16)
         if panel.shape != self._video_shape:   # frames of another size: fit to the first one
-            import cv2
-
             panel = cv2.resize(panel, (self._video_shape[1], self._video_shape[0]),
                                interpolation=cv2.INTER_AREA)
         self._video.append_data(np.ascontiguousarray(panel))
@@ -342,8 +333,6 @@ class ScoreSink:
     # ---------------------------------------------------------------------------------------------
     def load_frame(self, k: int) -> dict:
         """Image, float16 scores, labels and instances of cached frame ``k`` (for pictures)."""
-        import cv2
-
         rec = self.frames[k]
         img = cv2.imread(str(self.extra / f"{k:06d}_image.jpg"), cv2.IMREAD_COLOR)[:, :, ::-1]
         inst = cv2.imread(str(self.extra / f"{k:06d}_instances.png"), cv2.IMREAD_UNCHANGED)
@@ -357,8 +346,6 @@ class ScoreSink:
     def finish(self) -> dict:
         """Second pass (official components at the best-F1 threshold and every sweep value, one
         read of the cache) and the metrics dictionary of ``metrics.json`` (without run metadata)."""
-        from csl_ros.pipeline.instances import extract_instances
-
         if self._video is not None:
             self._video.close()
             self._video = None

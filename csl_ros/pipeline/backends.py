@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -62,8 +63,6 @@ def _cache_path(cache_dir: str, model_hash: str, shape, precision: str, kind: st
 
 
 def _torchscript(module, example, path: Path, force: bool):
-    import warnings
-
     # Shape-to-int conversions in the trace are intended: the engine is built for one input size.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -82,7 +81,7 @@ def _torchscript(module, example, path: Path, force: bool):
 
 
 def _tensorrt(module, example, path: Path, force: bool):
-    import torch_tensorrt
+    import torch_tensorrt  # optional: the tensorrt extra
 
     if path.is_file() and not force:
         log.info("loading cached TensorRT engine %s", path)
@@ -130,8 +129,8 @@ def compile_network(module: torch.nn.Module, example: torch.Tensor, *, backend: 
             else:
                 if device.type != "cuda":
                     raise RuntimeError("TensorRT needs a CUDA device")
+                import tensorrt  # optional: comes with torch-tensorrt
                 import torch_tensorrt  # noqa: F401  (ImportError -> fallback below)
-                import tensorrt
 
                 # Engines are specific to the GPU architecture as well as to TensorRT's version.
                 major, minor = torch.cuda.get_device_capability(device)

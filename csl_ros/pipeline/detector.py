@@ -13,16 +13,21 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csl_ros.config import DetectorConfig, apply_overrides
+from csl_ros.config import DetectorConfig, apply_model_settings, apply_overrides
+from csl_ros.model import hard_assign, load_checkpoint, soft_assign, structure_constrained_fusion
+from csl_ros.model.checkpoint import model_settings
 from csl_ros.model.device import resolve_device
 from csl_ros.pipeline.backends import CompiledModel, compile_network
 from csl_ros.pipeline.geometry import CameraGeometry
 from csl_ros.pipeline.instances import Obstacle, describe_instances, extract_instances
 from csl_ros.pipeline.timing import StageTimer
+from csl_ros.shipped import resolve_shipped
+from csl_ros.teachers.teacher import build_teacher
 
 log = logging.getLogger("csl_ros.detector")
 
@@ -113,10 +118,6 @@ class Detector:
         """Load the student and/or teacher named by ``cfg`` (shipped defaults when paths are empty).
         Settings the student checkpoint carries (input size, tuned score threshold: see
         csl_ros.model.checkpoint) replace those ``cfg`` leaves at the schema default."""
-        from csl_ros.config import apply_model_settings
-        from csl_ros.model import load_checkpoint
-        from csl_ros.model.checkpoint import model_settings
-
         cfg.validate()
         device = resolve_device(cfg.device)
         student = teacher = None
@@ -124,8 +125,6 @@ class Detector:
         if cfg.scheme in ("1", "2"):
             path = cfg.student_path
             if not path:
-                from csl_ros.shipped import resolve_shipped
-
                 path = resolve_shipped(SHIPPED_STUDENT[cfg.scheme])
             loaded = load_checkpoint(path, device="cpu")
             student, model_hash = loaded.model, loaded.sha256
@@ -136,7 +135,6 @@ class Detector:
         if cfg.scheme in ("2", "teacher_only"):
             if cfg.teacher == "none":
                 raise ValueError(f"scheme {cfg.scheme!r} needs a teacher; teacher is 'none'")
-            from csl_ros.teachers.teacher import build_teacher
 
             teacher = build_teacher(cfg.teacher, segmenter_path=cfg.teacher_path,
                                     stats_path=cfg.teacher_stats_path,
@@ -172,8 +170,6 @@ class Detector:
 
     def _letterbox(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Resize each image to fit the network size keeping its aspect ratio; pad bottom/right."""
-        import cv2
-
         H, W = self.config.input_height, self.config.input_width
         batch = np.zeros((len(images), H, W, 3), np.uint8)
         valid = []
@@ -249,8 +245,6 @@ class Detector:
                 valid: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
         """Region labels at the input image size. Eq. 2 (or the hard baseline) runs at stride 4 on the
         valid (un-padded) part; labels are upsampled nearest, never N full-size float maps."""
-        from csl_ros.model import hard_assign, soft_assign
-
         cfg = self.config
         h4, w4 = math.ceil(valid[0] / 4), math.ceil(valid[1] / 4)
         probs = region_logits[:, :h4, :w4].float().sigmoid()
@@ -262,8 +256,6 @@ class Detector:
         return F.interpolate(labels[None, None].float(), size=out_size, mode="nearest")[0, 0].long()
 
     def _road_roi(self, seg: torch.Tensor, out_size) -> np.ndarray:
-        import cv2
-
         road = (seg == ROAD_TRAIN_ID).to(torch.uint8).cpu().numpy()
         road = cv2.resize(road, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST)
         # Obstacles sit on the road but are not road themselves: grow the road to reach their pixels.
@@ -278,6 +270,4 @@ def _crop_resize(d: torch.Tensor, size) -> torch.Tensor:
 
 
 def _fusion(d: torch.Tensor, regions: torch.Tensor, mode: str) -> torch.Tensor:
-    from csl_ros.model import structure_constrained_fusion
-
     return structure_constrained_fusion(d.clamp(min=0.0), regions, mode)

@@ -60,6 +60,7 @@ def detector_launch_description(arguments, launch_function):
     module stays importable (and tested) without them. No DDS environment is set here: csl_node and
     csl-ros evaluate select the large-image Fast DDS profile themselves (csl_ros.ros.dds), and the
     other processes keep the default environment, which interoperates with it."""
+    # optional: the launch API and an ament install (the helpers above are tested without them)
     from ament_index_python.packages import get_package_share_directory
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -76,7 +77,7 @@ def require_executable(package: str, executable: str, reason: str) -> str:
     """Path of ``executable`` of ROS package ``package`` (lib/<package>/<executable>, as launch_ros
     finds it); FileNotFoundError naming it and ``reason`` when it is not installed, so a launch file
     can refuse before it starts anything."""
-    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix  # optional (see above)
 
     try:
         path = os.path.join(get_package_prefix(package), "lib", package, executable)
