@@ -1,7 +1,8 @@
 """``csl-ros detect IMAGE_OR_DIR --out DIR``: run the detector on image files.
 
-Writes per image: ``<stem>_anomaly.npy`` (float32 map), ``<stem>_anomaly.png`` (colour map),
-``<stem>_instances.png`` (uint16 ids), ``<stem>_overlay.jpg`` and ``<stem>_obstacles.json``.
+Writes per image: ``<stem>_anomaly.npy`` (float32 map), ``<stem>_anomaly.png`` (colour map with its
+colour bar below), ``<stem>_instances.png`` (uint16 ids, 0 = none), ``<stem>_instances_color.png`` (one
+colour per id), ``<stem>_overlay.jpg`` and ``<stem>_obstacles.json``.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def run(args) -> int:
     import numpy as np
 
     from csl_ros.pipeline import CameraGeometry, Detector
-    from csl_ros.visualize import colorize_scores, draw_overlay
+    from csl_ros.visualize import colorize_instances, draw_overlay, score_image
 
     src = Path(args.input)
     if src.is_dir():
@@ -69,8 +70,9 @@ def run(args) -> int:
             cam = CameraGeometry(args.fx, args.fx, cx, args.cy, cfg.camera_height_m, cfg.camera_pitch_deg)
         det = detector(rgb, cam)
         np.save(out / f"{f.stem}_anomaly.npy", det.anomaly_map)
-        cv2.imwrite(str(out / f"{f.stem}_anomaly.png"), colorize_scores(det.anomaly_map))
+        cv2.imwrite(str(out / f"{f.stem}_anomaly.png"), score_image(det.anomaly_map))
         cv2.imwrite(str(out / f"{f.stem}_instances.png"), det.instances)
+        cv2.imwrite(str(out / f"{f.stem}_instances_color.png"), colorize_instances(det.instances))
         cv2.imwrite(str(out / f"{f.stem}_overlay.jpg"), draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles))
         (out / f"{f.stem}_obstacles.json").write_text(json.dumps(
             {"image": str(f), "backend": det.backend, "device": det.device, "timings_ms": det.timings_ms,

@@ -123,7 +123,7 @@ def decode_float_image(msg, where: str = ""):
     buf = msg.data
     raw = buf.view(np.uint8).ravel() if isinstance(buf, np.ndarray) else np.frombuffer(buf, np.uint8)
     if h <= 0 or w <= 0 or step < w * dt.itemsize or raw.size < h * step:
-        raise ValueError(f"{where}: {enc} image {w}x{h} with step {step} does not fit its {raw.size} bytes")
+        raise ValueError(f"{where}: {enc} image {h}x{w} (HxW) with step {step} does not fit its {raw.size} bytes")
     rows = raw[: h * step].reshape(h, step)[:, : w * dt.itemsize]
     return np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(dt.newbyteorder("="))
 

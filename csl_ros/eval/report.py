@@ -15,9 +15,12 @@ from typing import Sequence
 import numpy as np
 
 FIGURES = "figures"
-PANEL_TITLES = ("image", "anomaly score", "ground truth (grey: void)", "instances (red), GT (green)")
+PANEL_TITLES = ("image", "anomaly score", "ground truth", "detector instances (red), GT outline (green)")
 WORST_PANEL_WIDTH = 512         # px per panel of a worst-frame picture (2x2 panels)
 MAX_LABELLED_OBSTACLES = 12     # more labels than this hide the picture: outlines only
+# The two best-F1 thresholds of the pixel metrics, named the same everywhere in the report.
+REPORTED_F1_THRESHOLD = "benchmark-reported best-F1 threshold"
+POINT_F1_THRESHOLD = "best-F1 point's own threshold"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,11 +55,13 @@ def ground_truth_panel(image_rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def frame_panels(image_rgb: np.ndarray, anomaly: np.ndarray, instances: np.ndarray, labels: np.ndarray,
                  max_width: int = 640) -> np.ndarray:
-    """2x2 BGR picture of one frame: image | anomaly colour map / ground truth | instances."""
+    """2x2 BGR picture of one frame: image | anomaly colour map / ground truth | instances, each panel
+    with its legend in a strip below it (the score panels: the colour bar), never over the picture."""
     import cv2
 
     from csl_ros.pipeline.instances import describe_instances
-    from csl_ros.visualize import colorize_scores, draw_overlay
+    from csl_ros.visualize import (SCORE_BAR_TITLE, colorize_scores, colour_bar_strip, draw_overlay,
+                                   legend_strip, strip_height)
 
     image = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
     heat = colorize_scores(anomaly)
@@ -65,15 +70,21 @@ def frame_panels(image_rgb: np.ndarray, anomaly: np.ndarray, instances: np.ndarr
     obstacles = describe_instances(instances, anomaly, None)
     if len(obstacles) > MAX_LABELLED_OBSTACLES or w < 400:
         obstacles = []
-    over = draw_overlay(image_rgb, anomaly, instances, obstacles)
+    over = draw_overlay(image_rgb, anomaly, instances, obstacles, colour_bar=False, legend=False)
     contours, _ = cv2.findContours((labels == 1).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(over, contours, -1, (0, 255, 0), max(1, labels.shape[0] // 300))
     # panels between 384 px (small frames are enlarged, pixel-exact) and max_width wide
     s = min(max_width, max(384, w)) / w
     size = (max(2, int(round(w * s)) // 2 * 2), max(2, int(round(h * s)) // 2 * 2))
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_NEAREST
-    panels = [_titled(cv2.resize(p, size, interpolation=interp), t)
-              for p, t in zip((image, heat, gt, over), PANEL_TITLES)]
+    pw, sh = size[0], strip_height(size[0])
+    strips = (legend_strip(pw, [(None, f"{h}x{w} px (HxW)")], sh),
+              colour_bar_strip(pw, title=SCORE_BAR_TITLE, height=sh),
+              legend_strip(pw, [((0, 0, 255), "anomaly"), ((128, 128, 128), "void"),
+                                (None, "else: in-distribution")], sh),
+              colour_bar_strip(pw, title=f"{SCORE_BAR_TITLE}, blended", height=sh))
+    panels = [_titled(np.vstack([cv2.resize(p, size, interpolation=interp), strip]), t)
+              for p, strip, t in zip((image, heat, gt, over), strips, PANEL_TITLES)]
     top = np.hstack(panels[:2])
     bottom = np.hstack(panels[2:])
     return np.vstack([top, bottom])
@@ -101,9 +112,14 @@ def _figure(width=5.0, height=3.6):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path)
+    # bbox_inches="tight" grows the canvas to hold the legends placed below the axes
+    fig.savefig(path, bbox_inches="tight")
     return path
+
+
+def _legend_below(ax, ncol: int = 1) -> None:
+    """The axes' legend under the x-axis label, outside the data."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=7, frameon=False)
 
 
 def plot_pr(curve: dict, pixel: dict, path: Path) -> Path | None:
@@ -121,8 +137,8 @@ def plot_pr(curve: dict, pixel: dict, path: Path) -> Path | None:
         i = int(np.nanargmin(np.abs(ts - thr))) if np.isfinite(ts).any() else None
         if i is not None:
             ax.plot([rec[i]], [prec[i]], "o", color="tab:red",
-                    label=f"best F1 {100 * f1:.1f} at score >= {thr:.3g}")
-            ax.legend(loc="lower left", fontsize=8)
+                    label=f"best F1 {100 * f1:.1f}; {POINT_F1_THRESHOLD}: score >= {thr:.4g}")
+            _legend_below(ax)
     return _save_unit_square(fig, ax, "recall", "precision", path)
 
 
@@ -149,8 +165,8 @@ def plot_roc(curve: dict, pixel: dict, path: Path) -> Path | None:
     ax.set_title(f"pixel ROC, AUROC {100 * auroc:.2f}" if auroc is not None else "pixel ROC")
     if fpr95 is not None:
         ax.axhline(0.95, color="tab:red", lw=0.8, ls=":")
-        ax.plot([fpr95], [0.95], "o", color="tab:red", label=f"FPR95 {100 * fpr95:.2f}")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.plot([fpr95], [0.95], "o", color="tab:red", label=f"FPR95 {100 * fpr95:.2f} (FPR at TPR 0.95)")
+        _legend_below(ax)
     return _save_unit_square(fig, ax, "false positive rate", "true positive rate", path)
 
 
@@ -168,15 +184,16 @@ def plot_histogram(hist: dict, thresholds: dict, path: Path) -> Path | None:
         if counts.sum():
             ax.step(centres, counts / counts.sum(), where="mid", color=colour,
                     label=f"{name}, {int(counts.sum()):,} px")
-    for (name, thr), ls in zip(thresholds.items(), ("--", ":")):
+    for (name, thr), (ls, colour) in zip(thresholds.items(), (("--", "black"), (":", "tab:green"),
+                                                             ("-.", "tab:purple"))):
         if thr is not None and math.isfinite(thr):
-            ax.axvline(thr, color="black", lw=0.9, ls=ls, label=f"{name} {thr:.3g}")
+            ax.axvline(thr, color=colour, lw=0.9, ls=ls, label=f"{name} {thr:.4g}")
     ax.set_yscale("log")
     ax.set_xlabel("anomaly score")
     ax.set_ylabel("fraction of the class's pixels")
     ax.set_title("score histogram")
     ax.set_xlim(0, 1)
-    ax.legend(fontsize=7)
+    _legend_below(ax, ncol=2)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -198,7 +215,7 @@ def plot_per_frame(per_frame: Sequence[dict], path: Path) -> Path | None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("frame")
     ax.set_title("per-frame metrics")
-    ax.legend(fontsize=7, loc="lower left")
+    _legend_below(ax, ncol=3)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -215,7 +232,7 @@ def plot_sweep(sweep: dict, path: Path) -> Path:
     ax.axhline(rows[0]["gt_components"], color="grey", ls=":", lw=0.8, label="GT components")
     ax.set_xlabel(sweep["parameter"])
     ax.set_title("detector instances")
-    ax.legend(fontsize=7)
+    _legend_below(ax, ncol=2)
     ax.grid(alpha=0.3)
     if has_comp:
         ax2 = fig.add_subplot(1, 2, 2)
@@ -230,7 +247,7 @@ def plot_sweep(sweep: dict, path: Path) -> Path:
         ax2.set_ylim(-0.02, 1.02)
         ax2.set_xlabel(sweep["parameter"])
         ax2.set_title("metrics at a fixed threshold")
-        ax2.legend(fontsize=7)
+        _legend_below(ax2, ncol=2)
         ax2.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -368,8 +385,9 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
                      ("roc_curve", lambda p: plot_roc(curve, px, p)),
                      ("score_histogram", lambda p: plot_histogram(
                          metrics["score_histogram"],
-                         {"score_threshold": cfg.get("score_threshold"),
-                          "best-F1 threshold": px.get("best_f1_point_threshold")}, p)),
+                         {"detector score_threshold": cfg.get("score_threshold"),
+                          REPORTED_F1_THRESHOLD: px.get("best_f1_threshold"),
+                          POINT_F1_THRESHOLD: px.get("best_f1_point_threshold")}, p)),
                      ("per_frame", lambda p: plot_per_frame(metrics["per_frame"], p))):
         path = fn(fig_dir / f"{name}.png")
         if path is not None:
@@ -430,19 +448,25 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
     meanings = m.get("count_meanings", {})
     doc.table(["count", "frames", "meaning"], [[k, v, meanings.get(k, "")] for k, v in counts.items()])
     doc.h(2, "Pixel metrics")
-    doc.table(["AP", "FPR95", "AUROC", "best F1", "best-F1 threshold", "AP (trapezoid, pre-2023)",
-               "anomaly px", "in-distribution px"],
+    doc.table(["AP", "FPR95", "AUROC", "best F1", REPORTED_F1_THRESHOLD, POINT_F1_THRESHOLD,
+               "AP (trapezoid, pre-2023)", "anomaly px", "in-distribution px"],
               [[pct(px["ap"]), pct(px["fpr95"]), pct(px["auroc"]), pct(px["best_f1"]),
-                num(px["best_f1_threshold"]), pct(px["ap_trapezoid"]), f"{px['n_pos']:,}", f"{px['n_neg']:,}"]])
-    doc.p(f"AP rule: {px['ap_rule']}. Percentages. The component threshold is the best-F1 threshold "
-          f"as the benchmark reports it (`score > {num(px.get('component_threshold'))}`).")
+                num(px["best_f1_threshold"]), num(px.get("best_f1_point_threshold")), pct(px["ap_trapezoid"]),
+                f"{px['n_pos']:,}", f"{px['n_neg']:,}"]])
+    doc.p(f"AP rule: {px['ap_rule']}. Percentages. Two thresholds belong to the best F1: the "
+          f"{REPORTED_F1_THRESHOLD} is the value the benchmark's code reports (protocol {m['protocol']}; "
+          f"the official code indexes its threshold list with the curve's index, so it can differ from the "
+          f"point), and the component metrics binarise at `score > {num(px.get('component_threshold'))}` "
+          f"with it; the {POINT_F1_THRESHOLD} is the score at which the best F1 is actually attained "
+          f"(`score >= {num(px.get('best_f1_point_threshold'))}`), the point marked on the PR curve. The "
+          f"score histogram shows both and the detector's own `score_threshold`.")
     for key, caption in (("pr_curve", "pixel precision-recall curve"), ("roc_curve", "pixel ROC curve"),
                          ("score_histogram", "anomaly score of in-distribution vs anomaly pixels")):
         if key in written:
             doc.img(rel(key), caption)
     doc.h(2, "Component metrics")
     if comp is not None:
-        doc.table(["threshold (score >)", "sIoU gt", "PPV", "mean F1", "F1 @ 0.25", "F1 @ 0.5", "F1 @ 0.75",
+        doc.table([f"{REPORTED_F1_THRESHOLD} (score >)", "sIoU gt", "PPV", "mean F1", "F1 @ 0.25", "F1 @ 0.5", "F1 @ 0.75",
                    "GT components", "predicted components"],
                   [[num(comp["score_threshold"]), pct(comp["siou_gt"]), pct(comp["ppv"]), pct(comp["f1_mean"]),
                     pct(comp["f1_25"]), pct(comp["f1_50"]), pct(comp["f1_75"]), comp["n_gt_components"],

@@ -206,7 +206,7 @@ class CslDetectorNode(LifecycleNode):
             self._pending.clear()  # already part of cfg
         log = self.get_logger()
         log.info(f"loading the detector: scheme {cfg.scheme}, teacher {cfg.teacher}, device {cfg.device}, "
-                 f"backend {cfg.backend}, precision {cfg.precision}, input {cfg.input_width}x{cfg.input_height}")
+                 f"backend {cfg.backend}, precision {cfg.precision}, input {cfg.input_height}x{cfg.input_width} (HxW)")
         if cfg.backend == "tensorrt" or (cfg.backend == "auto" and cfg.device != "cpu"):
             log.info(f"a TensorRT engine that is not cached in {cfg.engine_cache_dir} is built now; "
                      "this can take several minutes (csl_node --build-engine does it ahead of time)")
@@ -218,6 +218,7 @@ class CslDetectorNode(LifecycleNode):
             "score": self.create_lifecycle_publisher(Image, "~/anomaly_score", q_out),
             "color": self.create_lifecycle_publisher(Image, "~/anomaly_score/color", q_out),
             "instances": self.create_lifecycle_publisher(Image, "~/ood_instances", q_out),
+            "instances_color": self.create_lifecycle_publisher(Image, "~/ood_instances/color", q_out),
             "overlay": self.create_lifecycle_publisher(Image, "~/overlay", q_out),
             "obstacles": self.create_lifecycle_publisher(MarkerArray, "~/obstacles", q_out),
         }
@@ -327,7 +328,7 @@ class CslDetectorNode(LifecycleNode):
         self.stats.latency_ms.add((time.monotonic() - t_received) * 1e3)
 
     def _publish(self, header, rgb: np.ndarray, det, node_cfg: NodeConfig) -> None:
-        from csl_ros.visualize import colorize_scores, draw_overlay
+        from csl_ros.visualize import colorize_instances, draw_overlay, score_image
 
         pubs = self._pubs
 
@@ -341,8 +342,9 @@ class CslDetectorNode(LifecycleNode):
 
         image("score", lambda: det.anomaly_map.astype(np.float32, copy=False), "32FC1")
         image("instances", lambda: det.instances.astype(np.uint16, copy=False), "16UC1")
+        image("instances_color", lambda: colorize_instances(det.instances), "bgr8")
         if node_cfg.publish_color:
-            image("color", lambda: colorize_scores(det.anomaly_map), "bgr8")
+            image("color", lambda: score_image(det.anomaly_map), "bgr8")
         if node_cfg.publish_overlay:
             image("overlay", lambda: draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles), "bgr8")
         if pubs["obstacles"].get_subscription_count():
@@ -385,7 +387,7 @@ class CslDetectorNode(LifecycleNode):
 def build_engine(node: CslDetectorNode) -> int:
     """Build (or load) the configured inference engine into the cache, report what was built."""
     cfg, log = node.detector_config, node.get_logger()
-    log.info(f"building the {cfg.backend} engine for {cfg.input_width}x{cfg.input_height} {cfg.precision} on "
+    log.info(f"building the {cfg.backend} engine for input {cfg.input_height}x{cfg.input_width} (HxW), {cfg.precision} on "
              f"{cfg.device} into {cfg.engine_cache_dir}{' (forced rebuild)' if cfg.force_rebuild_engine else ''}"
              ": a TensorRT build can take several minutes")
     t0 = time.monotonic()
