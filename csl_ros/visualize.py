@@ -6,6 +6,7 @@ strip *below* the image, so it never hides the road: the top H rows stay pixel-a
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -144,32 +145,42 @@ def score_image(anomaly_map: np.ndarray) -> np.ndarray:
 GOLDEN = 0.6180339887498949
 
 
-def instance_colour(k: int) -> tuple[int, int, int]:
-    """The ``k``-th colour of the instance palette (BGR, bright): golden-ratio hue steps, alternating
-    saturation and value so neighbouring ids differ."""
-    hue = (k * GOLDEN) % 1.0
-    sat = (1.0, 0.75, 0.55)[(k // 7) % 3]
-    val = (1.0, 0.8)[(k // 3) % 2]
-    hsv = np.array([[[hue * 360.0, sat, val]]], np.float32)     # float HSV: H in degrees, S and V in [0, 1]
-    bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
-    return tuple(int(round(255.0 * c)) for c in bgr)
+@functools.lru_cache(maxsize=1)
+def instance_palette() -> np.ndarray:
+    """(P, 3) uint8 BGR: distinct bright colours, golden-ratio hue steps with alternating saturation and
+    value so neighbouring ids differ (duplicates after rounding to uint8 removed)."""
+    k = np.arange(4096)
+    hsv = np.stack([(k * GOLDEN) % 1.0 * 360.0, np.array([1.0, 0.75, 0.55])[(k // 7) % 3],
+                    np.array([1.0, 0.8])[(k // 3) % 2]], -1).astype(np.float32)
+    bgr = (cv2.cvtColor(hsv[None], cv2.COLOR_HSV2BGR)[0] * 255.0 + 0.5).astype(np.uint8)
+    _, first = np.unique(bgr, axis=0, return_index=True)
+    return bgr[np.sort(first)]
 
 
 def instance_colours(ids: Sequence[int]) -> dict[int, tuple[int, int, int]]:
     """One distinct colour per instance id (0 = background is black and never listed).
 
-    An id keeps the palette colour of its number (stable across frames, so a tracked id keeps its colour);
-    when two ids present together would share a colour (or hit black), the later one takes the next
+    Id ``i`` takes palette colour ``i - 1`` (modulo the palette), stable across frames so a tracked id
+    keeps its colour; when two ids present together would share a colour, the later one takes the next
     unused palette colour.
     """
-    used = {(0, 0, 0)}
+    palette = instance_palette()
+    taken = np.zeros(len(palette), bool)
+    used: set[tuple[int, int, int]] = {(0, 0, 0)}
     out = {}
-    for i in sorted(int(v) for v in set(ids) if int(v) != 0):
-        k = i
-        c = instance_colour(k)
-        while c in used:
-            k += 1
-            c = instance_colour(k)
+    for i in sorted({int(v) for v in ids} - {0}):
+        if not taken.all():
+            k = (i - 1) % len(palette)
+            if taken[k]:
+                free = np.flatnonzero(~taken)
+                k = int(free[np.searchsorted(free, k) % len(free)])    # next unused palette colour
+            taken[k] = True
+            c = tuple(int(v) for v in palette[k])
+        else:   # more ids in one picture than palette colours: any unused 24-bit colour, from the id
+            c, j = (0, 0, 0), 0
+            while c in used:
+                v = (i * 2654435761 + j * 40503) & 0xFFFFFF
+                c, j = (v & 255, (v >> 8) & 255, v >> 16), j + 1
         used.add(c)
         out[i] = c
     return out
