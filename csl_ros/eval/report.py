@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import math
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -320,24 +321,30 @@ class Doc:
                 body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
             elif b[0] == "table":
                 head = "".join(f"<th>{e(c)}</th>" for c in b[1])
-                rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2])
+                rows = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in b[2])
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             elif b[0] == "img":
                 body.append(f'<figure><a href="{e(b[1])}"><img src="{e(b[1])}" alt="{e(b[2])}"></a>'
                             f"<figcaption>{e(b[2])}</figcaption></figure>")
         style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
                  "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
-                 "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f0f0f0}"
+                 "td.num{text-align:right}img{max-width:100%}"
                  "figure{margin:1em 0}figcaption{font-size:0.85em;color:#555}code{background:#f4f4f4}")
         return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
                 f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
+NUMBER_CELL = re.compile(r"^(?:[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?|n/a|nan|inf|\d+/\d+)$", re.I)
+
+
+def _td(cell: str) -> str:
+    """A table cell; numbers (and n/a) right-aligned, text left-aligned."""
+    return f'<td class="num">{_inline(cell)}</td>' if NUMBER_CELL.match(cell.strip()) else f"<td>{_inline(cell)}</td>"
+
+
 def _inline(text: str) -> str:
     """Markdown `code` and [text](link) spans to HTML (everything else escaped)."""
-    import re
-
     out, pos = [], 0
     for m in re.finditer(r"`([^`]+)`|\[([^\]]+)\]\(([^)]+)\)", text):
         out.append(html.escape(text[pos:m.start()]))
