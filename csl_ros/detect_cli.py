@@ -1,14 +1,20 @@
-"""``csl-ros detect IMAGE_OR_DIR --out DIR``: run the detector on image files.
+"""``csl-ros detect IMAGE_OR_DIR --out DIR``: run the CSL detector on image files and write its outputs.
 
 Writes per image: ``<stem>_anomaly.npy`` (float32 map), ``<stem>_anomaly.png`` (colour map with its
 colour bar below), ``<stem>_instances.png`` (uint16 ids, 0 = none), ``<stem>_instances_color.png`` (one
-colour per id), ``<stem>_overlay.jpg`` and ``<stem>_obstacles.json``.
+colour per id), ``<stem>_overlay.jpg`` and ``<stem>_obstacles.json``. With the camera's focal length
+and principal point (``--fx``, ``--cy``, optionally ``--cx``) obstacles get metric positions and distances
+(flat road, camera height and pitch from the config).
+
+    csl-ros detect frame.png --out det --config config/driving.yaml --fx 2262 --cy 513
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from csl_ros.cli import add_command
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm")
 
@@ -28,13 +34,13 @@ def detector_config_from_args(args):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("detect", help="run the detector on an image or a directory of images",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "detect", "run the detector on an image or a directory of images", __doc__)
     p.add_argument("input", help="an image file or a directory of images")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--fx", type=float, help="focal length in pixels (with --cy: enables metric obstacles)")
-    p.add_argument("--cx", type=float)
-    p.add_argument("--cy", type=float)
+    p.add_argument("--fx", type=float,
+                   help="focal length in pixels, fx = fy (with --cy: obstacles get metric positions)")
+    p.add_argument("--cx", type=float, help="principal point column in pixels (default: the image centre)")
+    p.add_argument("--cy", type=float, help="principal point row in pixels (needed with --fx)")
     add_config_args(p)
     p.set_defaults(func=run)
 

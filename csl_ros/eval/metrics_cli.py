@@ -2,13 +2,17 @@
 
 Scores: one float ``.npy`` per frame, ``<fid>.npy`` (higher = more anomalous), anywhere under
 ``--scores``. Labels: ``<fid>_labels_semantic.png`` (SMIYC: 0, 1, else void) or
-``<fid>_gtCoarse_labelIds.png`` (LostAndFound ids, mapped), anywhere under ``--labels``.
+``<fid>_gtCoarse_labelIds.png`` (LostAndFound ids, mapped), anywhere under ``--labels``. Prints the
+summary and the path of the JSON it wrote (``./metrics.json`` unless ``--out`` says otherwise).
+
+    csl-ros metrics --scores my_method/ --labels dataset_ObstacleTrack/ --track obstacle --out m.json
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+
+from csl_ros.cli import add_command
 
 LABEL_KINDS = {
     "_labels_semantic.png": "smiyc",
@@ -17,9 +21,8 @@ LABEL_KINDS = {
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "metrics", help="SMIYC/LostAndFound metrics of saved score maps (.npy) vs label PNGs",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "metrics", "SMIYC/LostAndFound metrics of saved score maps (.npy) vs label PNGs",
+                    __doc__)
     p.add_argument("--scores", required=True, type=Path, help="folder of <fid>.npy score maps")
     p.add_argument("--labels", required=True, type=Path,
                    help="folder of <fid>_labels_semantic.png or <fid>_gtCoarse_labelIds.png")
@@ -28,13 +31,15 @@ def register(subparsers) -> None:
     p.add_argument("--protocol", default="official", choices=("official", "exact"),
                    help="official: the leaderboard's binned curve; exact: every distinct float16 score")
     p.add_argument("--threshold", type=float, default=None,
-                   help="fixed component threshold (score > T) instead of the best pixel-F1 one")
+                   help="fixed component threshold on the score, score > T (default: the benchmark-reported "
+                        "best-F1 threshold of the pixel curve)")
     p.add_argument("--laf-subset", default="all", choices=("all", "valid", "noknown"),
                    help="LostAndFound frame selection on gtCoarse labels of the complete split: "
                         "valid = the benchmark's LostAndFound-test (1186), noknown = NoKnown (1043)")
     p.add_argument("--laf-split", default="test", choices=("test", "train"),
                    help="the LostAndFound split the gtCoarse labels belong to (for --laf-subset)")
-    p.add_argument("--out", type=Path, default=Path("metrics.json"), help="output JSON file")
+    p.add_argument("--out", type=Path, default=Path("metrics.json"),
+                   help="output JSON file (default: metrics.json in the current folder); its path is printed")
     p.add_argument("--no-curve", action="store_true", help="leave the PR/ROC curve out of the JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -121,5 +126,5 @@ def run(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print("\n".join(summary_lines(out, frames=len(fids))))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out.resolve()}")
     return 0

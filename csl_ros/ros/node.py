@@ -404,20 +404,25 @@ def build_engine(node: CslDetectorNode) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.utilities import remove_ros_args
-
-    argv = list(sys.argv if argv is None else argv)
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The ``csl_node`` command line (ROS arguments after ``--ros-args`` are removed before parsing)."""
     parser = argparse.ArgumentParser(
-        prog="csl_node", description="CSL road-obstacle detector (ROS 2 lifecycle node csl_detector). "
-        "Parameters: --ros-args --params-file FILE -p name:=value; see `ros2 param describe`.")
+        prog="csl_node", description="csl_node: the CSL road-obstacle detector (ROS 2 lifecycle node "
+        "csl_detector). Parameters: --ros-args --params-file FILE -p name:=value; see `ros2 param describe`.")
     parser.add_argument("--auto-activate", action="store_true",
                         help="configure and activate on start (same as the auto_activate parameter)")
     parser.add_argument("--build-engine", action="store_true",
                         help="build and cache the inference engine (TensorRT/TorchScript) for the "
                              "configured model, input size and precision, then exit")
-    args = parser.parse_args(remove_ros_args(argv)[1:])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.utilities import remove_ros_args
+
+    argv = list(sys.argv if argv is None else argv)
+    args = build_arg_parser().parse_args(remove_ros_args(argv)[1:])
     rclpy.init(args=argv)
     node = None
     try:
