@@ -101,3 +101,16 @@ def test_help_renders_for_every_command(capsys):
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith("usage: " + " ".join(path)) and "options:" in out
+
+
+def test_metrics_without_out_says_where_it_wrote(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from test_eval_metrics_cli import make_frames, write_smiyc
+
+    sd, ld = write_smiyc(tmp_path, make_frames(np.random.default_rng(0)))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["metrics", "--scores", str(sd), "--labels", str(ld), "--track", "obstacle", "--quiet"]) == 0
+    assert (work / "metrics.json").is_file()
+    assert f"wrote {work / 'metrics.json'}" in capsys.readouterr().out.splitlines()

@@ -25,10 +25,9 @@ Settings come in sections (data, optim, student, run; defaults = the Mask2Former
   torchrun --nproc_per_node 8 -m csl_ros train student --scheme ca --set data.dataset=cityscapes \\
       --set data.root=/data/cityscapes            # multi-GPU (nccl) or multi-process CPU (gloo)
 """
-SEGMENTER_DOC = """csl-ros train segmenter: train the closed-set segmenter that the logit teachers (MSP,
-max-logit, SML, energy) score with.
+SEGMENTER_DOC = """csl-ros train segmenter: train the closed-set segmenter the logit teachers score with.
 
-One flat config (--set key=value, --print-config lists the keys), on the same synthroad frame cache as
+The teachers MSP, max-logit, SML and energy score its logits. One flat config (--set key=value, --print-config lists the keys), on the same synthroad frame cache as
 the student. A run resumes from <out>/last.pt when it exists.
 
   csl-ros train segmenter --set steps=2000 --out runs/segmenter --export models/seg.safetensors
