@@ -113,4 +113,4 @@ def test_metrics_without_out_says_where_it_wrote(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(work)
     assert main(["metrics", "--scores", str(sd), "--labels", str(ld), "--track", "obstacle", "--quiet"]) == 0
     assert (work / "metrics.json").is_file()
-    assert f"wrote {work / 'metrics.json'}" in capsys.readouterr().out.splitlines()
+    assert f"wrote {(work / 'metrics.json').resolve()}" in capsys.readouterr().out.splitlines()
