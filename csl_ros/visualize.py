@@ -66,6 +66,12 @@ def colour_bar_strip(width: int, vmin: float = 0.0, vmax: float = 1.0, title: st
                      height: int | None = None) -> np.ndarray:
     """A BGR strip ``width`` px wide: the colour map's gradient from ``vmin`` to ``vmax`` with tick values
     under it and the title (what the colours mean and the colour map's name)."""
+    return _colour_bar_strip(width, vmin, vmax, title, height).copy()
+
+
+@functools.lru_cache(maxsize=32)
+def _colour_bar_strip(width: int, vmin: float, vmax: float, title: str, height: int | None) -> np.ndarray:
+    # cached: a node draws the same strip for every frame of a camera
     h = strip_height(width) if height is None else height
     strip = np.full((h, width, 3), STRIP_BACKGROUND, np.uint8)
     g = colour_bar_geometry(width, h)
@@ -190,11 +196,11 @@ def colorize_instances(instances: np.ndarray) -> np.ndarray:
     """The uint16 instance id image as BGR colours: background black, one colour per id
     (``<stem>_instances_color.png``, ``~/ood_instances/color``)."""
     inst = np.asarray(instances)
-    ids, inverse = np.unique(inst, return_inverse=True)
-    palette = np.zeros((len(ids), 3), np.uint8)
-    for j, c in enumerate(instance_colours(ids.tolist()).values(), start=int(ids[0] == 0)):
-        palette[j] = c
-    return palette[inverse.reshape(inst.shape)]
+    ids = np.unique(inst[inst > 0])          # instances cover few pixels: no sort of the whole image
+    lut = np.zeros((int(ids[-1]) + 1 if ids.size else 1, 3), np.uint8)
+    for i, c in instance_colours(ids.tolist()).items():
+        lut[i] = c
+    return lut[inst]
 
 
 # --------------------------------------------------------------------------------------------------
