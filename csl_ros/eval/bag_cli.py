@@ -53,7 +53,8 @@ def register(subparsers) -> None:
     c.add_argument("--limit", type=int, default=None, help="convert only the first N frames (count)")
     c.add_argument("--split", default="test", choices=("test", "train"), help="laf: LostAndFound split")
     c.add_argument("--laf-root", type=Path, default=None,
-                   help="fishyscapes-laf: LostAndFound tree holding the images")
+                   help="fishyscapes-laf: LostAndFound tree holding the images (leftImg8bit/{train,test}/"
+                        "...; default: --root, --root/dataset_LostAndFound or ../dataset_LostAndFound)")
     g = c.add_argument_group("synthroad (--dataset synthroad: a drive rendered on the fly)")
     g.add_argument("--seed", type=int, default=0, help="seed of the drive (default 0)")
     g.add_argument("--frames", type=int, default=100, help="number of frames of the drive (default 100)")
@@ -115,6 +116,10 @@ def run_info(args) -> int:
 
     with BagReader(args.bag) as reader:
         print(f"{args.bag}: {reader.message_count} messages")
+        s = reader.stats
+        if s.chunks_verified or s.chunks_without_crc:
+            print(f"  integrity: {s.chunks_verified} MCAP chunk(s) CRC-verified, "
+                  f"{s.chunks_without_crc} without a CRC (not verifiable)")
         for topic, msgtype in sorted(reader.topics.items()):
             print(f"  {topic:<32} {msgtype}")
         for key, value in sorted(reader.custom.items()):

@@ -47,6 +47,7 @@ class LiveOptions:
     bag_lag_s: float = 1.0
     instances_grace_s: float = 0.5  # how long a score waits for its instance map
     probe_period_s: float = 1.0
+    salvage: bool = False           # skip damaged bag records, listing them (--salvage)
 
 
 def parse_rate(text: str) -> float | None:
@@ -148,13 +149,14 @@ def evaluate_live(bag, sink, opts: LiveOptions, *, limit=None, quiet=True) -> tu
     import itertools
 
     from csl_ros.eval.bag import BagReader
-    from csl_ros.eval.evaluate import _bag_lag_ns, _bar, _image_count, decode_float_image
+    from csl_ros.eval.evaluate import _bag_lag_ns, _bar, _image_count, _salvage_report, decode_float_image
     from csl_ros.eval.scoring import ScoredFrame
 
     factor = parse_rate(opts.rate)
     if opts.timeout_s <= 0 or opts.wait_node_s <= 0:
         raise ValueError("--timeout and --wait-node must be > 0 seconds")
-    reader = BagReader(bag, lag_ns=_bag_lag_ns(opts.bag_lag_s))   # a bad bag fails before ROS starts
+    reader = BagReader(bag, lag_ns=_bag_lag_ns(opts.bag_lag_s),   # a bad bag fails before ROS starts
+                       salvage=opts.salvage)
     frames = reader.frames()
     if limit is not None:
         frames = itertools.islice(frames, limit)
@@ -376,6 +378,7 @@ def evaluate_live(bag, sink, opts: LiveOptions, *, limit=None, quiet=True) -> tu
                 with inbox.arrived:
                     inbox.arrived.wait_for(lambda: s in inbox.scores or s not in pending, timeout=opts.timeout_s)
         counts["unmatched_labels"] = reader.stats.unmatched_labels
+        _salvage_report(reader, counts, info)
         wait_until(lambda: not pending, time.monotonic() + opts.timeout_s)
         drain(force_instances=True)
         for stamp in sorted(pending):
