@@ -39,18 +39,33 @@ def small_eval(tmp_path_factory) -> Path:
     return out
 
 
-def test_both_best_f1_thresholds_named_with_their_values(small_eval):
+def pixel_table(md: str) -> dict[str, str]:
+    """The Pixel metrics table of report.md as {column: cell}."""
+    lines = md.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("| AP |"))
+    return dict(zip([c.strip() for c in lines[i].split("|")[1:-1]], [c.strip() for c in lines[i + 2].split("|")[1:-1]]))
+
+
+def test_each_threshold_named_once_with_its_value(small_eval):
     m = json.loads((small_eval / "metrics.json").read_text())
     px = m["pixel"]
     md = (small_eval / "report.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| AP |"))
-    values = next(line for line in md.splitlines()[md.splitlines().index(header) + 2:][:1])
-    cells = dict(zip([c.strip() for c in header.split("|")[1:-1]], [c.strip() for c in values.split("|")[1:-1]]))
+    cells = pixel_table(md)
     assert cells[R.REPORTED_F1_THRESHOLD] == R.num(px["best_f1_threshold"])
-    assert cells[R.POINT_F1_THRESHOLD] == R.num(px["best_f1_point_threshold"])
-    assert "best-F1 threshold |" not in md.replace(R.REPORTED_F1_THRESHOLD, "")   # no unnamed third one
-    # the component table says which threshold it binarises at
-    assert f"{R.REPORTED_F1_THRESHOLD} (score >)" in md
+    # the official protocol reports the best point's own threshold: one column, not two equal ones
+    assert px["best_f1_point_threshold"] == px["best_f1_threshold"] and R.POINT_F1_THRESHOLD not in cells
+    assert sum("threshold" in c for c in cells) == 1
+    assert f"| {R.COMPONENT_THRESHOLD} (score >) |" in md
+    assert f"`score > {R.num(px['component_threshold'])}`" in md
+
+
+def test_a_reported_threshold_off_the_point_gets_its_own_name(small_eval):
+    m = json.loads((small_eval / "metrics.json").read_text())
+    m["pixel"]["best_f1_point_threshold"] = m["pixel"]["best_f1_threshold"] / 2
+    assert list(R.f1_thresholds(m["pixel"])) == [R.REPORTED_F1_THRESHOLD, R.POINT_F1_THRESHOLD]
+    cells = pixel_table(R.build_document(m, {}, small_eval).markdown())
+    assert cells[R.REPORTED_F1_THRESHOLD] == R.num(m["pixel"]["best_f1_threshold"])
+    assert cells[R.POINT_F1_THRESHOLD] == R.num(m["pixel"]["best_f1_point_threshold"])
 
 
 def test_plot_legends_lie_outside_the_axes(small_eval, tmp_path, monkeypatch):
@@ -61,9 +76,7 @@ def test_plot_legends_lie_outside_the_axes(small_eval, tmp_path, monkeypatch):
     px, cfg = m["pixel"], m["config"]
     R.plot_pr(px["curve"], px, tmp_path / "pr.png")
     R.plot_roc(px["curve"], px, tmp_path / "roc.png")
-    R.plot_histogram(m["score_histogram"], {"score_threshold": cfg["score_threshold"],
-                                            R.REPORTED_F1_THRESHOLD: px["best_f1_threshold"],
-                                            R.POINT_F1_THRESHOLD: px["best_f1_point_threshold"]},
+    R.plot_histogram(m["score_histogram"], {"score_threshold": cfg["score_threshold"], **R.f1_thresholds(px)},
                      tmp_path / "hist.png")
     R.plot_per_frame(m["per_frame"], tmp_path / "pf.png")
     R.plot_sweep(m["sweeps"][0], tmp_path / "sweep.png")

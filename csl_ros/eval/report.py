@@ -19,9 +19,10 @@ FIGURES = "figures"
 PANEL_TITLES = ("image", "anomaly score", "ground truth", "detector instances (red), GT outline (green)")
 WORST_PANEL_WIDTH = 512         # px per panel of a worst-frame picture (2x2 panels)
 MAX_LABELLED_OBSTACLES = 12     # more labels than this hide the picture: outlines only
-# The two best-F1 thresholds of the pixel metrics, named the same everywhere in the report.
+# The thresholds of the pixel metrics, each named the same everywhere in the report.
 REPORTED_F1_THRESHOLD = "benchmark-reported best-F1 threshold"
-POINT_F1_THRESHOLD = "best-F1 point's own threshold"
+POINT_F1_THRESHOLD = "best-F1 point's own threshold"     # shown only where it differs from the reported one
+COMPONENT_THRESHOLD = "component threshold"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,10 +138,21 @@ def plot_pr(curve: dict, pixel: dict, path: Path) -> Path | None:
         ts = np.array([np.nan if t is None else t for t in curve["threshold"]], np.float64)
         i = int(np.nanargmin(np.abs(ts - thr))) if np.isfinite(ts).any() else None
         if i is not None:
+            name = list(f1_thresholds(pixel))[-1]    # the point's own threshold, named as in the table
             ax.plot([rec[i]], [prec[i]], "o", color="tab:red",
-                    label=f"best F1 {100 * f1:.1f}; {POINT_F1_THRESHOLD}: score >= {thr:.4g}")
+                    label=f"best F1 {100 * f1:.1f} at the {name}: score >= {thr:.4g}")
             _legend_below(ax)
     return _save_unit_square(fig, ax, "recall", "precision", path)
+
+
+def f1_thresholds(pixel: dict) -> dict[str, float | None]:
+    """The best-F1 thresholds to show, by name: the benchmark-reported one, and the point's own threshold
+    only where a protocol reports another value than the one attaining the best F1."""
+    out = {REPORTED_F1_THRESHOLD: pixel.get("best_f1_threshold")}
+    point = pixel.get("best_f1_point_threshold")
+    if point is not None and point != out[REPORTED_F1_THRESHOLD]:
+        out[POINT_F1_THRESHOLD] = point
+    return out
 
 
 def _save_unit_square(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
@@ -392,9 +404,7 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
                      ("roc_curve", lambda p: plot_roc(curve, px, p)),
                      ("score_histogram", lambda p: plot_histogram(
                          metrics["score_histogram"],
-                         {"detector score_threshold": cfg.get("score_threshold"),
-                          REPORTED_F1_THRESHOLD: px.get("best_f1_threshold"),
-                          POINT_F1_THRESHOLD: px.get("best_f1_point_threshold")}, p)),
+                         {"detector score_threshold": cfg.get("score_threshold"), **f1_thresholds(px)}, p)),
                      ("per_frame", lambda p: plot_per_frame(metrics["per_frame"], p))):
         path = fn(fig_dir / f"{name}.png")
         if path is not None:
@@ -455,25 +465,29 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
     meanings = m.get("count_meanings", {})
     doc.table(["count", "frames", "meaning"], [[k, v, meanings.get(k, "")] for k, v in counts.items()])
     doc.h(2, "Pixel metrics")
-    doc.table(["AP", "FPR95", "AUROC", "best F1", REPORTED_F1_THRESHOLD, POINT_F1_THRESHOLD,
-               "AP (trapezoid, pre-2023)", "anomaly px", "in-distribution px"],
+    thresholds = f1_thresholds(px)
+    doc.table(["AP", "FPR95", "AUROC", "best F1", *thresholds, "AP (trapezoid, pre-2023)", "anomaly px",
+               "in-distribution px"],
               [[pct(px["ap"]), pct(px["fpr95"]), pct(px["auroc"]), pct(px["best_f1"]),
-                num(px["best_f1_threshold"]), num(px.get("best_f1_point_threshold")), pct(px["ap_trapezoid"]),
-                f"{px['n_pos']:,}", f"{px['n_neg']:,}"]])
-    doc.p(f"AP rule: {px['ap_rule']}. Percentages. Two thresholds belong to the best F1: the "
-          f"{REPORTED_F1_THRESHOLD} is the value the benchmark's code reports (protocol {m['protocol']}; "
-          f"the official code indexes its threshold list with the curve's index, so it can differ from the "
-          f"point), and the component metrics binarise at `score > {num(px.get('component_threshold'))}` "
-          f"with it; the {POINT_F1_THRESHOLD} is the score at which the best F1 is actually attained "
-          f"(`score >= {num(px.get('best_f1_point_threshold'))}`), the point marked on the PR curve. The "
-          f"score histogram shows both and the detector's own `score_threshold`.")
+                *(num(v) for v in thresholds.values()), pct(px["ap_trapezoid"]), f"{px['n_pos']:,}",
+                f"{px['n_neg']:,}"]])
+    point_note = (f" The benchmark's code reports it at another index than the best point's; the "
+                  f"{POINT_F1_THRESHOLD} is the score at which the best F1 is actually attained, the point "
+                  f"marked on the PR curve." if POINT_F1_THRESHOLD in thresholds else
+                  " It is the point marked on the PR curve.")
+    doc.p(f"AP rule: {px['ap_rule']}. Percentages. The {REPORTED_F1_THRESHOLD} is the score at which the "
+          f"benchmark's code (protocol {m['protocol']}) reports the best F1, for `score >= "
+          f"{num(px.get('best_f1_threshold'))}`.{point_note} The component metrics binarise at `score > "
+          f"{num(px.get('component_threshold'))}` (the {COMPONENT_THRESHOLD}, the benchmark's rule). The "
+          f"score histogram marks the best-F1 threshold and the detector's own `score_threshold` (the one "
+          f"that makes its instances).")
     for key, caption in (("pr_curve", "pixel precision-recall curve"), ("roc_curve", "pixel ROC curve"),
                          ("score_histogram", "anomaly score of in-distribution vs anomaly pixels")):
         if key in written:
             doc.img(rel(key), caption)
     doc.h(2, "Component metrics")
     if comp is not None:
-        doc.table([f"{REPORTED_F1_THRESHOLD} (score >)", "sIoU gt", "PPV", "mean F1", "F1 @ 0.25", "F1 @ 0.5", "F1 @ 0.75",
+        doc.table([f"{COMPONENT_THRESHOLD} (score >)", "sIoU gt", "PPV", "mean F1", "F1 @ 0.25", "F1 @ 0.5", "F1 @ 0.75",
                    "GT components", "predicted components"],
                   [[num(comp["score_threshold"]), pct(comp["siou_gt"]), pct(comp["ppv"]), pct(comp["f1_mean"]),
                     pct(comp["f1_25"]), pct(comp["f1_50"]), pct(comp["f1_75"]), comp["n_gt_components"],
