@@ -383,6 +383,9 @@ def test_configure_failure_is_reported_and_node_stays_unconfigured(rig_factory):
     assert not rig.node.configure_and_activate()
     assert rig.node.lifecycle_state == "unconfigured"
     wait_for(lambda: any("/nope/student.safetensors" in m for m in rig.logs), what="configure error log")
+    cfg = rig.node.detector_config    # sizes are HxW everywhere, the log included
+    size = f"input {cfg.input_height}x{cfg.input_width} (HxW)"
+    wait_for(lambda: any("loading the detector" in m and size in m for m in rig.logs), what="HxW in the log")
 
 
 def test_build_engine_reports_backend(rig_factory):
