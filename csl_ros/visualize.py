@@ -50,9 +50,9 @@ class BarGeometry:
     x0: int
     x1: int
 
-    def value_at(self, x: int, vmin: float = 0.0, vmax: float = 1.0) -> float:
-        """Score shown by gradient column ``x``."""
-        return vmin + (vmax - vmin) * (x - self.x0) / max(1, self.x1 - self.x0 - 1)
+    def value_at(self, x: int) -> float:
+        """Score in [0, 1] shown by gradient column ``x``."""
+        return (x - self.x0) / max(1, self.x1 - self.x0 - 1)
 
 
 def colour_bar_geometry(width: int, height: int | None = None) -> BarGeometry:
@@ -62,15 +62,15 @@ def colour_bar_geometry(width: int, height: int | None = None) -> BarGeometry:
     return BarGeometry(y0=3, y1=3 + max(6, int(h * 0.38)), x0=margin, x1=width - margin)
 
 
-def colour_bar_strip(width: int, vmin: float = 0.0, vmax: float = 1.0, title: str = SCORE_BAR_TITLE,
-                     height: int | None = None) -> np.ndarray:
-    """A BGR strip ``width`` px wide: the colour map's gradient from ``vmin`` to ``vmax`` with tick values
-    under it and the title (what the colours mean and the colour map's name)."""
-    return _colour_bar_strip(width, vmin, vmax, title, height).copy()
+def colour_bar_strip(width: int, title: str = SCORE_BAR_TITLE, height: int | None = None) -> np.ndarray:
+    """A BGR strip ``width`` px wide: the colour map's gradient over the score range [0, 1] of
+    :func:`colorize_scores` with tick values under it and the title (what the colours mean and the colour
+    map's name)."""
+    return _colour_bar_strip(width, title, height).copy()
 
 
 @functools.lru_cache(maxsize=32)
-def _colour_bar_strip(width: int, vmin: float, vmax: float, title: str, height: int | None) -> np.ndarray:
+def _colour_bar_strip(width: int, title: str, height: int | None) -> np.ndarray:
     # cached: a node draws the same strip for every frame of a camera
     h = strip_height(width) if height is None else height
     strip = np.full((h, width, 3), STRIP_BACKGROUND, np.uint8)
@@ -95,7 +95,7 @@ def _colour_bar_strip(width: int, vmin: float, vmax: float, title: str, height: 
     def tick(t: float) -> None:
         x = g.x0 + t * (n - 1)
         strip[g.y1:g.y1 + 3, int(round(x))] = TEXT_COLOUR
-        put(f"{vmin + t * (vmax - vmin):g}", x)
+        put(f"{t:g}", x)
 
     for t in (0.0, 1.0, 0.5):
         tick(t)
@@ -132,10 +132,9 @@ def legend_strip(width: int, items: Sequence[tuple[tuple[int, int, int] | None, 
     return strip
 
 
-def with_colour_bar(picture: np.ndarray, vmin: float = 0.0, vmax: float = 1.0,
-                    title: str = SCORE_BAR_TITLE) -> np.ndarray:
+def with_colour_bar(picture: np.ndarray, title: str = SCORE_BAR_TITLE) -> np.ndarray:
     """``picture`` (BGR) with a colour bar strip appended below it."""
-    return np.vstack([picture, colour_bar_strip(picture.shape[1], vmin, vmax, title)])
+    return np.vstack([picture, colour_bar_strip(picture.shape[1], title)])
 
 
 def score_image(anomaly_map: np.ndarray) -> np.ndarray:
