@@ -4,7 +4,7 @@
 
 The node runs in its own process (as deployed; a fresh one per configuration so its own figures cover
 exactly the measured frames), the camera publisher and the output subscriber in this one, over Fast DDS
-with the large-data transports. For each input size it reports, in the same run:
+with csl_ros's large-image profile (csl_ros.ros.dds). For each input size it reports, in the same run:
   * the bare detector alone in this process (reference; nothing else of the bench running);
   * closed loop (the next frame is published when the previous answer is complete): end-to-end latency
     p50/p99 and frames/s, for the core outputs (anomaly_score, ood_instances, obstacles) and for all
@@ -315,14 +315,16 @@ def main() -> int:
         return serve(args)
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+
+    use_large_image_profile()
     import rclpy
 
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     kind = resolve_kind(args.detector, detector_config(sizes[0], args.device))
     print(f"detector: {make_factory(kind)[1]}")
     print(f"transport: {os.environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp (default)')}, "
-          f"FASTDDS_BUILTIN_TRANSPORTS={os.environ['FASTDDS_BUILTIN_TRANSPORTS']}, node in its own process, "
+          f"{PROFILE_VARIABLE}={os.environ.get(PROFILE_VARIABLE)}, node in its own process, "
           f"{os.cpu_count()} CPU cores, device {args.device}\n")
     rclpy.init()
     results = []

@@ -280,7 +280,8 @@ def distillation_fidelity(frames, keep, args):
 
 def tune_threshold(args):
     """The default configuration's (scheme 2, SML, soft) best pixel-F1 threshold on obstacle frames
-    that are neither training nor test frames: what config/driving.yaml's score_threshold is set to."""
+    that are neither training nor test frames: the tuned score_threshold (rounded) carried by the shipped
+    student_ca's metadata and the schema default (csl_ros.model.checkpoint)."""
     from csl_ros.eval.metrics import PixelAccumulator
 
     frames = render(range(TUNE_SEED, TUNE_SEED + args.tune_frames), (args.height, args.width), "obstacle")
@@ -333,7 +334,7 @@ def write_markdown(path, args, results, regions, seg, diag, n_test, wall, manife
               "", f"Scheme-1 distillation on the test frames: Pearson correlation of D̂ with the SML teacher's map "
               f"{fidelity['pearson']:.3f}, mean |D̂ − D| {fidelity['mean_abs_diff']:.4f} (mean D̂ "
               f"{fidelity['mean_dhat']:.4f}, mean D {fidelity['mean_teacher']:.4f}).",
-              "", f"Default `score_threshold` (config/driving.yaml): the best pixel-F1 threshold of SML + CSL "
+              "", f"Default `score_threshold` (the shipped student's metadata and the schema default, rounded): the best pixel-F1 threshold of SML + CSL "
               f"scheme 2 on {tuned['frames']} separate obstacle frames (seeds {TUNE_SEED}+) is "
               f"**{tuned['threshold']:.4g}** (F1 {fmt(tuned['best_f1'])}).",
               "", "## Closed-set segmenter and region proposals", "",

@@ -9,8 +9,8 @@ replay the bag to it over ROS topics with ``csl-ros evaluate --live`` (``--rate 
 answered), score what it published and write the report (``eval/report.html``) and an overlay video
 (``eval/overlay.mp4``).
 
-The network runs at 256x512 (HxW, the shipped models' training size) unless ``--set input_height=...``
-says otherwise, so the demo takes a few minutes on two CPU cores.
+The network runs at the schema default 256x512 (HxW, the shipped models' training size) unless
+``--set input_height=...`` says otherwise, so the demo takes a few minutes on two CPU cores.
 
     csl-ros demo --out demo_out
 """
@@ -26,8 +26,6 @@ from typing import Callable
 
 from csl_ros.cli import add_command, image_size_arg
 
-# The demo's network size: what the shipped synthroad models were trained at, and CPU-friendly.
-DEMO_OVERRIDES = {"input_height": 256, "input_width": 512}
 DEMO_SWEEP = "score_threshold=0.02,0.05,0.1,0.2,0.3,0.5,0.7"   # wide: scores of obstacles vary by model
 NODE_NAMESPACE = "/csl/camera"                 # as launch/replay_eval.launch.py starts the node
 
@@ -44,7 +42,7 @@ class DemoContext:
     artifacts: dict = field(default_factory=dict)     # name -> Path
     notes: list = field(default_factory=list)         # lines for the summary
     config_path: str | None = None                    # ROS params file of the node
-    overrides: dict = field(default_factory=dict)     # --set values (after DEMO_OVERRIDES)
+    overrides: dict = field(default_factory=dict)     # --set values
     rate: str = "max"                                 # replay rate of the live evaluation
     detector_config: object = None
     node_config: object = None
@@ -153,10 +151,12 @@ def _parameters(ctx: DemoContext):
 
 def step_node_eval(ctx: DemoContext) -> None:
     """The node on its own ROS context in this process, the live evaluator talking to it over DDS."""
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")}
+    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+
+    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", PROFILE_VARIABLE)}
     # A private domain unless the user chose one, so a running ROS graph is not disturbed.
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")   # read by rclpy.init below
+    use_large_image_profile()   # read by Fast DDS before rclpy.init below creates the participant
     import threading
 
     import rclpy
@@ -242,8 +242,7 @@ def register(sub) -> None:
     p.add_argument("--config", default=None,
                    help="the node's ROS parameters file (default: config/driving.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting of csl_ros.config (repeatable); the demo itself sets "
-                        + ", ".join(f"{k}={v}" for k, v in DEMO_OVERRIDES.items()))
+                   help="override a setting of csl_ros.config (repeatable)")
     p.add_argument("--rate", default="max",
                    help="replay rate of the live evaluation: max (every frame answered), recorded, or a "
                         "factor of the recorded rate")
@@ -264,7 +263,7 @@ def run(args) -> int:
     parse_rate(args.rate)
     ctx = DemoContext(out=Path(args.out), frames_n=int(args.frames), size=size,
                       config_path=str(args.config or default_params_file()),
-                      overrides={**DEMO_OVERRIDES, **parse_set_args(args.set)}, rate=args.rate)
+                      overrides=parse_set_args(args.set), rate=args.rate)
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for name, step in DEMO_STEPS:

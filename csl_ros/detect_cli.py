@@ -122,12 +122,13 @@ def run(args, detector_factory=None) -> int:
     src = Path(args.input)
     files = collect_inputs(src, args.recursive)
     cfg = detector_config_from_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails before the models load
     if detector_factory is None:
         from csl_ros.pipeline import Detector
 
         detector_factory = Detector.from_config
     detector = detector_factory(cfg)
-    out = Path(args.out)
     prefixes = output_prefixes(files, src, out)
 
     used: set[Path] = set()

@@ -475,7 +475,8 @@ def test_live_scores_what_the_node_published(live_node, synth_bag, bag_frames, t
     assert evaluate_command(parse("--live", "--bag", str(synth_bag), "--out", str(out), "--rate", "max",
                                   "--timeout", "20", "--wait-node", "30", "--quiet")) == 0
     m = load(out)
-    assert os.environ["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+    from csl_ros.ros.dds import PROFILE_FILE
+    assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == PROFILE_FILE
     c = m["counts"]
     assert c["published"] == N_FRAMES and c["scored"] == N_FRAMES and c["dropped"] == 0
     assert c["unmatched_scores"] == 0

@@ -182,3 +182,19 @@ def test_detect_cli_writes_all_outputs(model_files, tmp_path):
     report = json.loads((out / "frame_obstacles.json").read_text())
     assert report["obstacles"] and report["obstacles"][0]["distance_m"] is not None
     assert main(["detect", str(tmp_path / "nope.png"), "--out", str(out)]) == 2
+
+
+def test_from_config_takes_the_checkpoints_settings_left_at_the_default(student, tmp_path):
+    """A student carrying its input size and tuned threshold (csl_ros.model.checkpoint) brings them,
+    unless the user set them."""
+    from csl_ros.config import apply_overrides
+    from csl_ros.model import save_checkpoint
+
+    path = tmp_path / "student.safetensors"
+    save_checkpoint(path, student, metadata={"input_height": 96, "input_width": 160, "score_threshold": 0.4})
+    base = DetectorConfig(scheme="1", student_path=str(path), device="cpu", backend="eager",
+                          engine_cache_dir=str(tmp_path))
+    cfg = Detector.from_config(base).config
+    assert (cfg.input_height, cfg.input_width, cfg.score_threshold) == (96, 160, 0.4)
+    cfg = Detector.from_config(apply_overrides(base, {"score_threshold": 0.7, "input_height": 64})).config
+    assert (cfg.input_height, cfg.input_width, cfg.score_threshold) == (64, 160, 0.7)

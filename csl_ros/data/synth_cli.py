@@ -55,6 +55,7 @@ def run(args) -> int:
     out = Path(args.out)
     if args.layout == "smiyc" and obstacles == "none":
         raise ValueError("the smiyc layout needs --obstacles obstacle (Obstacle Track) or anomaly (Anomaly Track)")
+    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails before anything is rendered
 
     preview_every = max(1, n // 12)
     preview = []

@@ -91,6 +91,8 @@ def run_student(args) -> int:
     from csl_ros.training.distributed import barrier, cleanup_distributed, init_distributed
     from csl_ros.training.student import export_student, train_student
 
+    Path(cfg.run.out_dir).mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the data
+
     env = init_distributed(cfg.run.device)
     try:
         dataset = build_dataset(cfg.data)
@@ -144,20 +146,14 @@ def _flat_overrides(cfg, values: dict):
 
 
 def segmenter_config_from_args(args):
-    import yaml
-
     from csl_ros.teachers.segmenter_train import SegmenterTrainConfig
     from csl_ros.training.config import parse_set_args
 
     cfg = SegmenterTrainConfig()
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        cfg = _flat_overrides(cfg, data)
+        from csl_ros.config import read_yaml_mapping
+
+        cfg = _flat_overrides(cfg, read_yaml_mapping(args.config, "training config"))
     cfg = _flat_overrides(cfg, parse_set_args(args.set))
     if args.out:
         cfg = dataclasses.replace(cfg, out_dir=args.out)
