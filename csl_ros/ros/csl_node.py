@@ -2,6 +2,7 @@
 and ``--build-engine``, which builds and caches the inference engine, then exits."""
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import time
@@ -19,7 +20,7 @@ from csl_ros.ros.node import CslDetectorNode
 def build_engine(node: CslDetectorNode) -> int:
     """Build (or load) the configured inference engine into the cache, report what was built."""
     cfg, log = node.detector_config, node.get_logger()
-    log.info(f"building the {cfg.backend} engine for {cfg.input_width}x{cfg.input_height} {cfg.precision} on "
+    log.info(f"building the {cfg.backend} engine for input {cfg.input_height}x{cfg.input_width} (HxW), {cfg.precision} on "
              f"{cfg.device} into {cfg.engine_cache_dir}{' (forced rebuild)' if cfg.force_rebuild_engine else ''}"
              ": a TensorRT build can take several minutes")
     t0 = time.monotonic()
@@ -42,18 +43,23 @@ def _rcl_error_line(exc: Exception) -> str:
     return re.sub(r",? at /\S+:\d+", "", text).strip()
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The ``csl_node`` command line (ROS arguments after ``--ros-args`` are removed before parsing)."""
     parser = OneLineErrorParser(
-        prog="csl_node", description="CSL road-obstacle detector (ROS 2 lifecycle node csl_detector). "
-        "Parameters: --ros-args --params-file FILE -p name:=value; see `ros2 param describe`.")
+        prog="csl_node", description="csl_node: the CSL road-obstacle detector (ROS 2 lifecycle node "
+        "csl_detector). Parameters: --ros-args --params-file FILE -p name:=value; see `ros2 param describe`.")
     parser.add_argument("--auto-activate", action="store_true",
                         help="configure and activate on start (same as the auto_activate parameter)")
     parser.add_argument("--build-engine", action="store_true",
                         help="build and cache the inference engine (TensorRT/TorchScript) for the "
                              "configured model, input size and precision, then exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
     try:
-        args = parser.parse_args(remove_ros_args(argv)[1:])
+        args = build_arg_parser().parse_args(remove_ros_args(argv)[1:])
     except rclpy._rclpy_pybind11.RCLError as exc:  # a broken or missing --params-file, bad --ros-args
         print(f"csl_node: error: {_rcl_error_line(exc)}", file=sys.stderr)
         return 2

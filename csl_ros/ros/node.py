@@ -159,7 +159,7 @@ class CslDetectorNode(NodeParametersMixin, NodeDiagnosticsMixin, LifecycleNode):
             self._pending.clear()  # already part of cfg
         log = self.get_logger()
         log.info(f"loading the detector: scheme {cfg.scheme}, teacher {cfg.teacher}, device {cfg.device}, "
-                 f"backend {cfg.backend}, precision {cfg.precision}, input {cfg.input_width}x{cfg.input_height}")
+                 f"backend {cfg.backend}, precision {cfg.precision}, input {cfg.input_height}x{cfg.input_width} (HxW)")
         # (csl_ros.pipeline.backends logs when it actually builds a TensorRT engine, and only then.)
         self._detector = self.detector_factory(cfg)
         self._adopt_model_settings(cfg, getattr(self._detector, "config", cfg))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from csl_ros.ros.markers import Mounting, marker_array_msg, obstacle_points_msg
-from csl_ros.visualize import colorize_scores, draw_overlay
+from csl_ros.visualize import colorize_instances, draw_overlay, score_image
 
 NODE_NAME = "csl_detector"
 IMAGE = "sensor_msgs/msg/Image"
@@ -107,8 +107,11 @@ register_output(NodeOutput("score", "anomaly_score", IMAGE, "32FC1",
 register_output(NodeOutput("instances", "ood_instances", IMAGE, "16UC1",
                            lambda f: f.detection.instances.astype(np.uint16, copy=False),
                            description="OOD instance ids, 0 = none"))
+register_output(NodeOutput("instances_color", "ood_instances/color", IMAGE, "bgr8",
+                           lambda f: colorize_instances(f.detection.instances),
+                           description="the instance ids in colour"))
 register_output(NodeOutput("color", "anomaly_score/color", IMAGE, "bgr8",
-                           lambda f: colorize_scores(f.detection.anomaly_map), enabled_by="publish_color",
+                           lambda f: score_image(f.detection.anomaly_map), enabled_by="publish_color",
                            description="the score as a colour image"))
 register_output(NodeOutput("overlay", "overlay", IMAGE, "bgr8",
                            lambda f: draw_overlay(f.rgb, f.detection.anomaly_map, f.detection.instances,
