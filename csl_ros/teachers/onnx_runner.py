@@ -40,7 +40,7 @@ _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 def set_onnx_metadata(path: str | os.PathLike, **entries: str) -> None:
     """Write csl_ros metadata into an ONNX file, e.g. ``set_onnx_metadata(p, score_function="sml",
     input_normalization="imagenet", output="logits")`` (keys get the ``csl_ros.`` prefix)."""
-    import onnx
+    import onnx  # optional: only for writing metadata (the dev extra)
 
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
@@ -58,7 +58,7 @@ class OnnxModel:
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu",
                  input_normalization: str | None = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional: only external ONNX teachers need it
 
         self.path = Path(path)
         if not self.path.is_file():

@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from csl_ros.data.synthroad import render_frame
+from csl_ros.model.device import resolve_device
 from csl_ros.model.integrity import WEIGHTS_SHA256, torch_load_tensors, verify_weights, weights_sha256
-from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, preset,
-                                        save_segmenter)
+from csl_ros.teachers.segmenter import CITYSCAPES_CLASSES, ClosedSetSegmenter, preset, save_segmenter
 
 IGNORE_INDEX = 255
 
@@ -116,8 +118,6 @@ class SynthroadSegmentation:
     """synthroad frames without obstacles: ``ds[i]`` → (H×W×3 uint8 RGB, H×W uint8 trainIds)."""
 
     def __init__(self, first_seed: int, frames: int, size: tuple, cache: bool = True):
-        from csl_ros.data.synthroad import render_frame
-
         self._render = render_frame
         self.first_seed, self.frames, self.size, self.cache = first_seed, frames, tuple(size), cache
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -233,12 +233,6 @@ def _lr_factor(step: int, cfg: SegmenterTrainConfig) -> float:
     return max(0.0, 1.0 - step / cfg.steps) ** cfg.poly_power
 
 
-def _resolve_device(name: str) -> torch.device:
-    from csl_ros.teachers.teacher import resolve_device
-
-    return resolve_device(name)
-
-
 def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
                     stop_at_step: int | None = None) -> TrainResult:
     """Train (or resume) a closed-set segmenter; see the module docstring.
@@ -253,7 +247,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
     cfg.validate()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "last.pt", out / "log.csv"
@@ -295,8 +289,6 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
                     "torch_rng": torch.get_rng_state(), "step": step,
                     "train_config": cfg.to_dict(), "segmenter_config": model.config.to_dict()}, tmp)
         os.replace(tmp, ckpt_path)
-
-    from tqdm import tqdm
 
     new_log = not log_path.exists()
     log_fh = open(log_path, "a", newline="")

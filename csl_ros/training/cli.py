@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
-from csl_ros.cli import add_command
+import yaml
 
+from csl_ros.cli import add_command
+from csl_ros.config import read_yaml_mapping
+from csl_ros.training.config import _coerce, load_train_config, parse_set_args
 
 STUDENT_DOC = """csl-ros train student: train the class-agnostic (ca) or scheme-1 (distilled) CSL student.
 
@@ -71,8 +75,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def student_config_from_args(args):
-    from csl_ros.training.config import load_train_config, parse_set_args
-
     overrides = parse_set_args(args.set)
     if getattr(args, "scheme", None):
         overrides["student.scheme"] = args.scheme
@@ -87,6 +89,7 @@ def run_student(args) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.training.datasets import build_dataset
     from csl_ros.training.distributed import barrier, cleanup_distributed, init_distributed
     from csl_ros.training.student import export_student, train_student
@@ -126,8 +129,6 @@ def run_student(args) -> int:
 
 def _flat_overrides(cfg, values: dict):
     """Apply ``{key: value}`` to a flat dataclass, coercing to each field's current type."""
-    from csl_ros.training.config import _coerce
-
     fields = {f.name for f in dataclasses.fields(cfg)}
     updates = {}
     for key, raw in values.items():
@@ -146,13 +147,10 @@ def _flat_overrides(cfg, values: dict):
 
 
 def segmenter_config_from_args(args):
-    from csl_ros.teachers.segmenter_train import SegmenterTrainConfig
-    from csl_ros.training.config import parse_set_args
+    from csl_ros.teachers.segmenter_train import SegmenterTrainConfig  # deferred: torch (see above)
 
     cfg = SegmenterTrainConfig()
     if args.config:
-        from csl_ros.config import read_yaml_mapping
-
         cfg = _flat_overrides(cfg, read_yaml_mapping(args.config, "training config"))
     cfg = _flat_overrides(cfg, parse_set_args(args.set))
     if args.out:
@@ -166,15 +164,13 @@ def segmenter_config_from_args(args):
 def run_segmenter(args) -> int:
     cfg = segmenter_config_from_args(args)
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     if args.resume:
         raise ValueError("train segmenter resumes from <out>/last.pt automatically; --resume PATH is "
                          "only supported for the student")
-    import shutil
 
+    # deferred: torch (see above)
     from csl_ros.teachers.segmenter_train import train_segmenter
     from csl_ros.training.datasets import SynthroadFrames
 
