@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+import yaml
+
 TEACHERS = ("none", "msp", "maxlogit", "sml", "entropy", "energy", "onnx")
 SCHEMES = ("1", "2", "teacher_only")
 
@@ -259,8 +261,6 @@ def parse_set_args(items: Iterable[str]) -> dict[str, str]:
 def read_yaml_mapping(path: str | os.PathLike, what: str = "YAML file") -> dict[str, Any]:
     """The top-level mapping of a YAML file (empty file: {}). A missing file, broken YAML syntax or a
     non-mapping is one error naming the file (and the line of a syntax error)."""
-    import yaml
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}")
     with open(path, "r", encoding="utf-8") as fh:

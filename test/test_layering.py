@@ -171,6 +171,45 @@ def test_eval_does_not_import_commands_or_ros():
     assert bad == []
 
 
+# Modules whose imports inside functions another change moves (issue 12 part A rewrites the checkpoint
+# lookup); listed so that no other module joins them.
+UNEXPLAINED_DEFERRED_ALLOWED = {"csl_ros.model.checkpoint"}
+
+
+def unexplained_deferred_imports(path: Path) -> list[int]:
+    """Lines of imports inside functions or classes that give no reason: an import there needs a
+    comment (on its line or the line above, or on the first import of its group), or a try block
+    around it (an optional dependency by construction)."""
+    source = path.read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    outer = set()
+    for node in tree.body:   # imports in module-level try/if blocks count as top-level ones
+        outer.update(map(id, ast.walk(node)) if isinstance(node, (ast.Try, ast.If)) else {id(node)})
+    in_try = {id(m) for n in ast.walk(tree) if isinstance(n, ast.Try) and id(n) not in outer for m in ast.walk(n)}
+    explained_end: set[int] = set()   # last line of each import that is explained
+    missing = []
+    deferred = sorted((n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in outer),
+                      key=lambda n: n.lineno)
+    for node in deferred:
+        before = node.lineno - 2
+        while before >= 0 and not lines[before].strip():
+            before -= 1
+        reason = ("#" in lines[node.lineno - 1] or (before >= 0 and lines[before].strip().startswith("#"))
+                  or id(node) in in_try or (before + 1) in explained_end)
+        if reason:
+            explained_end.add(node.end_lineno)
+        else:
+            missing.append(node.lineno)
+    return missing
+
+
+def test_imports_inside_functions_say_why():
+    found = {m: unexplained_deferred_imports(p) for m, p in all_modules().items()
+             if m not in UNEXPLAINED_DEFERRED_ALLOWED}
+    assert {m: lines for m, lines in found.items() if lines} == {}
+
+
 # --- the checker itself: it finds what it is meant to find ----------------------------------------------------
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
@@ -195,6 +234,13 @@ def test_checker_finds_a_cycle_hidden_in_functions(toy_package):
     graph, _ = import_graph()
     assert find_cycle(graph) in (["csl_ros.eval.a", "csl_ros.eval.b", "csl_ros.eval.a"],
                                  ["csl_ros.eval.b", "csl_ros.eval.a", "csl_ros.eval.b"])
+
+
+def test_checker_finds_an_unexplained_deferred_import(toy_package):
+    _write(toy_package, {"eval/lazy.py": "import os\n\n\ndef f():\n    import json\n\n\n"
+                                         "def g():\n    import rclpy  # optional: the ros extra\n    import launch\n\n\n"
+                                         "def h():\n    try:\n        import PIL\n    except ImportError:\n        pass\n"})
+    assert unexplained_deferred_imports(toy_package / "eval" / "lazy.py") == [5]
 
 
 def test_checker_finds_imports_against_the_layers(toy_package):

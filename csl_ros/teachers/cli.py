@@ -17,6 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from csl_ros.cli import add_command, image_size_arg
+from csl_ros.config import DetectorConfig
+from csl_ros.data.loaders import Cityscapes, read_rgb
+from csl_ros.data.synthroad import render_frame
 
 TEACHER_DOC = """csl-ros teacher: utilities for the teacher models whose per-pixel scores CSL fuses.
 
@@ -27,8 +30,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def register(subparsers) -> None:
-    from csl_ros.config import DetectorConfig
-
     default = DetectorConfig()
     p = add_command(subparsers, "teacher", "teacher utilities (fit-stats)", TEACHER_DOC)
     sub = p.add_subparsers(dest="teacher_command", metavar="SUBCOMMAND")
@@ -73,8 +74,6 @@ def _frames(args):
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     if args.data == "synthroad":
-        from csl_ros.data.synthroad import render_frame
-
         n = args.frames or 200
         h, w = args.size
         seeds = range(args.first_seed, args.first_seed + n)
@@ -84,13 +83,10 @@ def _frames(args):
     if args.root is None:
         raise ValueError(f"--data {args.data} needs --root")
     if args.data == "cityscapes":
-        from csl_ros.data.loaders import Cityscapes
-
         ds = Cityscapes(args.root, split=args.split)
         n = min(len(ds), args.frames or len(ds))
         return ((ds[i].rgb for i in range(n)), n,
                 {"data": "cityscapes", "split": args.split, "root": str(args.root)})
-    from csl_ros.data.loaders import read_rgb
 
     if not args.root.is_dir():
         raise FileNotFoundError(f"image folder not found: {args.root}")
@@ -102,6 +98,7 @@ def _frames(args):
 
 
 def run_fit_stats(args) -> int:
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.teachers.fit import fit_teacher_stats
     from csl_ros.teachers.stats import default_stats_path
     from csl_ros.teachers.teacher import resolve_device
@@ -110,12 +107,12 @@ def run_fit_stats(args) -> int:
     if not args.segmenter.is_file():
         raise FileNotFoundError(f"teacher model not found: {args.segmenter}")
     if args.segmenter.suffix == ".onnx":
-        from csl_ros.teachers.onnx_runner import OnnxModel
+        from csl_ros.teachers.onnx_runner import OnnxModel  # deferred: torch (see above)
 
         model = OnnxModel(args.segmenter, device, input_normalization=args.onnx_normalization)
         kind = f"onnx ({model.output_kind})"
     else:
-        from csl_ros.teachers.segmenter import load_segmenter
+        from csl_ros.teachers.segmenter import load_segmenter  # deferred: torch (see above)
 
         model = load_segmenter(args.segmenter, args.preset, device=device)
         kind = model.config.arch

@@ -19,8 +19,11 @@ import torch
 
 from csl_ros.config import TEACHERS
 from csl_ros.model.device import resolve_device
+from csl_ros.shipped import resolve_shipped
 from csl_ros.teachers.calibration import Calibration
+from csl_ros.teachers.onnx_runner import OnnxModel
 from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score, sml_score
+from csl_ros.teachers.segmenter import load_segmenter
 from csl_ros.teachers.stats import TeacherStats, default_stats_path, file_sha256
 
 TEACHER_NAMES = tuple(t for t in TEACHERS if t != "none")
@@ -161,8 +164,6 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
     segmenter_path, stats_path, onnx_path = str(segmenter_path or ""), str(stats_path or ""), str(onnx_path or "")
 
     if name == "onnx":
-        from csl_ros.teachers.onnx_runner import OnnxModel
-
         path = onnx_path or (segmenter_path if segmenter_path.endswith(".onnx") else "")
         if not path:
             raise ValueError("teacher 'onnx' needs the path of an .onnx model (teacher_path)")
@@ -189,15 +190,11 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
                                                                           default_stats_path(path)))
         return Teacher(name, model, score_fn, cal, stats, dev)  # ONNX: precision is the model's
 
-    from csl_ros.teachers.segmenter import load_segmenter
-
     if segmenter_path:
         model_path = Path(segmenter_path)
         if model_path.suffix == ".onnx":
             raise ValueError(f"{model_path} is an ONNX model: use teacher 'onnx'")
     else:
-        from csl_ros.shipped import resolve_shipped
-
         model_path = resolve_shipped(SHIPPED_SEGMENTER)
         if not stats_path:
             stats_path = str(resolve_shipped(SHIPPED_STATS))

@@ -15,7 +15,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from csl_ros.config import coerce_value
+import yaml
+
+from csl_ros.config import coerce_value, device_error, read_yaml_mapping
 
 DATASETS = ("synthroad", "cityscapes")
 SCHEMES = ("ca", "1")
@@ -152,7 +154,6 @@ class TrainConfig:
                              "0 < min_scale <= max_scale")
         if not 0 < d.cat_max_ratio <= 1:
             raise ValueError(f"data.cat_max_ratio={d.cat_max_ratio}: must be in (0, 1]")
-        from csl_ros.config import device_error
 
         if device_error("run.device", r.device):
             raise ValueError(device_error("run.device", r.device))
@@ -180,8 +181,6 @@ class TrainConfig:
         return apply_overrides(cfg, flat, source=source)
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -242,8 +241,6 @@ def apply_overrides(cfg: TrainConfig, values: Mapping[str, Any], source: str = "
 
 def parse_set_args(items) -> dict[str, str]:
     """``["a.b=1", ...]`` -> ``{"a.b": "1"}``; values are parsed as YAML scalars (1e-4, true, ...)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for item in items or ():
         if "=" not in item:
@@ -262,8 +259,6 @@ def load_train_config(path: str | os.PathLike | None = None, overrides: Mapping[
     """``base`` (default: the recipe defaults) updated from a YAML file, then from ``overrides``."""
     cfg = base if base is not None else TrainConfig()
     if path is not None:
-        from csl_ros.config import read_yaml_mapping
-
         data = read_yaml_mapping(path, "training config")
         flat: dict[str, Any] = {}
         for key, value in data.items():

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
+
+from csl_ros.data.loaders import Cityscapes
+from csl_ros.data.synthroad import render_frame
 
 DEFAULT_CACHE = Path(os.path.expanduser("~/.cache/csl_ros/synthroad"))
 
@@ -44,8 +48,6 @@ class SynthroadFrames:
         return (self.cache_dir / f"{seed:08d}_image.png", self.cache_dir / f"{seed:08d}_trainIds.png")
 
     def render(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        from csl_ros.data.synthroad import render_frame
-
         frame = render_frame(seed, size=self.size, obstacles="none")
         return frame.image, frame.train_ids
 
@@ -72,8 +74,6 @@ class SynthroadFrames:
         """Render every frame not yet in the cache; returns how many were rendered."""
         todo = self.missing()
         if todo:
-            from tqdm import tqdm
-
             for i in tqdm(todo, desc=f"render synthroad {self.size[0]}x{self.size[1]}", unit="frame",
                           disable=not progress):
                 self[i]
@@ -88,8 +88,6 @@ class CityscapesFrames:
     """Cityscapes fine annotations (trainIds) of one split."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train"):
-        from csl_ros.data.loaders import Cityscapes
-
         self._ds = Cityscapes(root, split)
         self.root, self.split = Path(root), split
 
