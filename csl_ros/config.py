@@ -15,7 +15,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-TEACHERS = ("none", "msp", "maxlogit", "sml", "entropy", "energy", "onnx")
+from csl_ros.teachers.registry import NO_TEACHER, ONNX_TEACHER, TEACHERS as TEACHER_REGISTRY
+
+# Every registered score function, plus no teacher and an ONNX-exported method (a live view: a teacher
+# registered later is a valid choice too).
+TEACHERS = TEACHER_REGISTRY.choices(before=(NO_TEACHER,), after=(ONNX_TEACHER,))
 SCHEMES = ("1", "2", "teacher_only")
 
 
@@ -46,9 +50,10 @@ class DetectorConfig:
                        "'2' = fuse the teacher's per-pixel scores with the student's regions, "
                        "'teacher_only' = the teacher's scores without fusion (for comparison).",
                        choices=SCHEMES, reload=True)
-    teacher: str = _opt("sml", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, msp (1 - max "
-                        "softmax), maxlogit, sml (standardized max logit), entropy, energy, or onnx "
-                        "(an external method exported to ONNX, see teacher_path).",
+    teacher: str = _opt("sml", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, "
+                        + ", ".join(f"{n} ({TEACHER_REGISTRY.entry(n).help})" if TEACHER_REGISTRY.entry(n).help
+                                    else n for n in TEACHER_REGISTRY)
+                        + ", or onnx (an external method exported to ONNX, see teacher_path).",
                         choices=TEACHERS, reload=True)
     student_path: str = _opt("", "CSL student checkpoint (.safetensors or .pt). Empty: the shipped "
                              "synthroad model for the chosen scheme.", reload=True)

@@ -31,7 +31,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+from .backbone import BACKBONES as BACKBONE_REGISTRY
+
+BACKBONES = BACKBONE_REGISTRY.choices()  # the registered backbone builders (csl_ros.model.backbone)
 BACKBONE_NORMS = ("bn", "frozen_bn")
 
 # Input normalisation of Mask2Former / detectron2 torchvision-style ResNets (RGB, 0-255 input).
@@ -43,7 +45,8 @@ PIXEL_STD = (58.395, 57.120, 57.375)
 class ModelConfig:
     """Every architecture choice of the CSL student (spec section 2). Frozen: presets are shared."""
 
-    backbone: str = field(default="resnet50", metadata={"help": "ResNet trunk, one of BACKBONES."})
+    backbone: str = field(default="resnet50", metadata={"help": "Backbone builder, one of BACKBONES "
+                                                              "(the ResNet trunks, or a registered one)."})
     backbone_width: float = field(default=1.0, metadata={
         "help": "Channel multiplier of the ResNet trunk's stages (1 = the standard network, which ImageNet "
                 "weights fit; 0.5 = a quarter of the parameters, for small shipped models)."})

@@ -7,7 +7,8 @@ SHA-256 of the model, so it is refused with another model.
 
 Data sources:
   synthroad   frames rendered on the fly without obstacles (seeds --first-seed .. +--frames)
-  cityscapes  leftImg8bit/<split>/*/*_leftImg8bit.png under --root (gtFine must be present)
+  cityscapes  leftImg8bit/<split>/*/*_leftImg8bit.png under --root (gtFine must be present); any
+              other registered dataset with semantic labels (csl_ros.data.registry) likewise
   images      every .png/.jpg/.jpeg/.webp under --root, sorted (e.g. any in-distribution folder)
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from csl_ros.cli import image_size_arg
+from csl_ros.data.registry import DATASETS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -32,7 +34,8 @@ def register(subparsers) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("--segmenter", required=True, type=Path,
                    help="closed-set segmenter checkpoint (.safetensors/.pt/.pth) or ONNX teacher (.onnx)")
-    f.add_argument("--data", required=True, choices=("synthroad", "cityscapes", "images"),
+    f.add_argument("--data", required=True, choices=DATASETS.choices(where={"semantic": True},
+                                                                      after=("images",)),
                    help="in-distribution frames to fit on")
     f.add_argument("--root", type=Path, help="dataset folder (cityscapes, images)")
     f.add_argument("--split", default="train", help="Cityscapes split (default train)")
@@ -78,13 +81,13 @@ def _frames(args):
                  "obstacles": "none"})
     if args.root is None:
         raise ValueError(f"--data {args.data} needs --root")
-    if args.data == "cityscapes":
-        from csl_ros.data.loaders import Cityscapes
+    if args.data in DATASETS:
+        from csl_ros.data.loaders import open_dataset
 
-        ds = Cityscapes(args.root, split=args.split)
+        split = {"split": args.split} if "split" in DATASETS.entry(args.data).options else {}
+        ds = open_dataset(args.data, args.root, **split)
         n = min(len(ds), args.frames or len(ds))
-        return ((ds[i].rgb for i in range(n)), n,
-                {"data": "cityscapes", "split": args.split, "root": str(args.root)})
+        return ((ds[i].rgb for i in range(n)), n, {"data": args.data, **split, "root": str(args.root)})
     from csl_ros.data.loaders import read_rgb
 
     if not args.root.is_dir():

@@ -16,17 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from csl_ros.config import coerce_value
+from csl_ros.data.registry import DATASETS as DATASET_REGISTRY
+from csl_ros.teachers.registry import TEACHERS
 
-DATASETS = ("synthroad", "cityscapes")
-SCHEMES = ("ca", "1")
-TEACHER_SCORES = ("msp", "maxlogit", "sml", "entropy", "energy")
+DATASETS = DATASET_REGISTRY.choices(where={"semantic": True})  # datasets with trainIds to train on
+# What the student learns (not the detector's csl_ros.config.SCHEMES): class-agnostic regions only, or
+# regions plus the scheme-1 distillation head.
+STUDENT_SCHEMES = ("ca", "1")
+TEACHER_SCORES = TEACHERS.choices()
 
 
 @dataclass
 class DataConfig:
     """Where training images come from and how they are augmented."""
 
-    dataset: str = field(default="synthroad", metadata={"help": "synthroad or cityscapes", "choices": DATASETS})
+    dataset: str = field(default="synthroad", metadata={"help": "a registered dataset with semantic labels: "
+                                                                 + ", ".join(DATASETS), "choices": DATASETS})
     root: str = field(default="", metadata={"help": "Cityscapes root (leftImg8bit/, gtFine/); synthroad: "
                                             "the frame cache folder (empty: ~/.cache/csl_ros/synthroad)"})
     split: str = field(default="train", metadata={"help": "Cityscapes split"})
@@ -71,7 +76,7 @@ class StudentConfig:
     """The CSL student and its losses."""
 
     scheme: str = field(default="ca", metadata={"help": "ca (class-agnostic regions) or 1 (plus the "
-                                                "distillation head and Huber loss)", "choices": SCHEMES})
+                                                "distillation head and Huber loss)", "choices": STUDENT_SCHEMES})
     preset: str = field(default="r50_paper", metadata={"help": "model preset (csl_ros.model.PRESETS)"})
     backbone_weights: str = field(default="", metadata={"help": "ImageNet backbone weights file"})
     init_from: str = field(default="", metadata={"help": "student checkpoint to start from (matching "
@@ -156,8 +161,8 @@ class TrainConfig:
 
         if device_error("run.device", r.device):
             raise ValueError(device_error("run.device", r.device))
-        if d.dataset == "cityscapes" and not d.root:
-            raise ValueError("data.root: the Cityscapes root folder is required for dataset=cityscapes")
+        if DATASET_REGISTRY.entry(d.dataset).root and not d.root:
+            raise ValueError(f"data.root: the root folder is required for dataset={d.dataset}")
         return self
 
     # --- (de)serialisation ------------------------------------------------------------------------
