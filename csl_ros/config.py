@@ -147,7 +147,7 @@ class NodeConfig:
 
 SCHEMA = (DetectorConfig, NodeConfig)
 
-# DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model.checkpoint):
+# DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model_settings):
 # the input size it was trained for and the score threshold tuned for it.
 MODEL_SETTINGS = ("input_height", "input_width", "score_threshold")
 

@@ -111,10 +111,10 @@ class Detector:
     def from_config(cls, cfg: DetectorConfig) -> "Detector":
         """Load the student and/or teacher named by ``cfg`` (shipped defaults when paths are empty).
         Settings the student checkpoint carries (input size, tuned score threshold: see
-        csl_ros.model.checkpoint) replace those ``cfg`` leaves at the schema default."""
+        csl_ros.model_settings) replace those ``cfg`` leaves at the schema default."""
         from csl_ros.config import apply_model_settings
         from csl_ros.model import load_checkpoint
-        from csl_ros.model.checkpoint import model_settings
+        from csl_ros.model_settings import model_settings
 
         cfg.validate()
         device = resolve_device(cfg.device)

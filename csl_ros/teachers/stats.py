@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csl_ros.shipped import sha256_file as file_sha256  # noqa: F401 (re-exported helper)
+from csl_ros.model.integrity import sha256_file as file_sha256  # noqa: F401 (re-exported helper)
 from csl_ros.teachers.calibration import CALIBRATION_METHODS, Calibration, fit_calibration
 from csl_ros.teachers.registry import TEACHERS, default_calibrations
 from csl_ros.teachers.scores import SML_BOUNDARY_ITERATIONS, SML_BOUNDARY_WIDTH, sml_postprocess
