@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from csl_ros.model.integrity import WEIGHTS_SHA256, torch_load_tensors, verify_weights, weights_sha256
+from csl_ros.settings import setting, validation_errors
 from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, preset,
                                         save_segmenter)
 
@@ -35,52 +36,50 @@ IGNORE_INDEX = 255
 
 @dataclass
 class SegmenterTrainConfig:
-    """Everything a segmenter training run depends on (stored in its checkpoints)."""
+    """Everything a segmenter training run depends on (stored in its checkpoints). Flat keys for
+    ``csl-ros train segmenter --set key=value`` (``csl_ros.settings``)."""
 
-    out_dir: str = "runs/segmenter"
-    preset: str = "lraspp_mobilenet_v3_large"
-    num_classes: int = CITYSCAPES_CLASSES
+    out_dir: str = setting("runs/segmenter", "checkpoints, log and the segmenter go here")
+    preset: str = setting("lraspp_mobilenet_v3_large", "segmenter preset (csl_ros.teachers.segmenter.PRESETS)")
+    num_classes: int = setting(CITYSCAPES_CLASSES, "classes of the segmenter (Cityscapes trainIds: 19)",
+                               range=(2, 1000))
     # data: synthroad seeds [first_seed, first_seed + frames), rendered once at render_size
-    first_seed: int = 0
-    frames: int = 400
-    render_size: tuple = (256, 512)
-    cache_frames: bool = True
+    first_seed: int = setting(0, "first synthroad seed", range=(0, 2**31 - 1))
+    frames: int = setting(400, "synthroad training frames", range=(1, 2**31 - 1))
+    render_size: tuple = setting((256, 512), "synthroad render size HxW")
+    cache_frames: bool = setting(True, "keep rendered frames (on disk through csl-ros train segmenter)")
     # augmentation
-    crop_size: tuple = (256, 512)
-    scale_range: tuple = (0.75, 1.5)
-    hflip: bool = True
-    color_jitter: float = 0.3          # brightness/contrast/saturation factors in [1−j, 1+j]
+    crop_size: tuple = setting((256, 512), "training crop HxW (void padding where larger)")
+    scale_range: tuple = setting((0.75, 1.5), "random resize factors lo,hi")
+    hflip: bool = setting(True, "random horizontal flip (p = 0.5)")
+    color_jitter: float = setting(0.3, "brightness/contrast/saturation factors in [1-j, 1+j]", range=(0.0, 0.999))
     # optimisation
-    steps: int = 2000
-    batch_size: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    backbone_lr_mult: float = 1.0      # 0.1 when fine-tuning a pretrained trunk; 1 from scratch
-    poly_power: float = 0.9
-    warmup_steps: int = 50
-    grad_clip: float = 1.0             # max gradient norm; 0 disables
-    aux_weight: float = 0.5            # torchvision aux head loss weight (aux_loss presets only)
-    amp: bool = True                   # mixed precision on CUDA only
-    device: str = "auto"
-    num_threads: int = 0               # torch CPU threads; 0 keeps torch's default
-    seed: int = 0
+    steps: int = setting(2000, "optimisation steps", range=(1, 2**31 - 1))
+    batch_size: int = setting(4, "images per step", range=(1, 2**31 - 1))
+    lr: float = setting(1e-3, "AdamW learning rate (> 0)")
+    weight_decay: float = setting(1e-4, "AdamW weight decay (0 on norms and biases)", range=(0.0, math.inf))
+    backbone_lr_mult: float = setting(1.0, "backbone lr factor: 0.1 when fine-tuning a pretrained trunk, 1 "
+                                      "from scratch", range=(0.0, math.inf))
+    poly_power: float = setting(0.9, "poly schedule power", range=(0.0, math.inf))
+    warmup_steps: int = setting(50, "linear warm-up steps", range=(0, 2**31 - 1))
+    grad_clip: float = setting(1.0, "max gradient norm; 0 disables", range=(0.0, math.inf))
+    aux_weight: float = setting(0.5, "torchvision aux head loss weight (aux_loss presets only)",
+                                range=(0.0, math.inf))
+    amp: bool = setting(True, "mixed precision (on CUDA only)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N", device=True)
+    num_threads: int = setting(0, "torch CPU threads; 0 keeps torch's default", range=(0, 1024))
+    seed: int = setting(0, "weight initialisation, data order and augmentation seed")
     # bookkeeping
-    log_every: int = 10
-    checkpoint_every: int = 200
-    resume: bool = True
-    save_dtype: str = "float16"        # final segmenter file: float16 or float32
-    val_first_seed: int = 1_000_000
-    val_frames: int = 0                # > 0: mIoU on these synthroad seeds at the end
-    progress: bool = True
+    log_every: int = setting(10, "CSV log period in steps", range=(1, 2**31 - 1))
+    checkpoint_every: int = setting(200, "resumable checkpoint period in steps", range=(1, 2**31 - 1))
+    resume: bool = setting(True, "continue from <out_dir>/last.pt when it exists")
+    save_dtype: str = setting("float16", "final segmenter file: float16 or float32", choices=("float16", "float32"))
+    val_first_seed: int = setting(1_000_000, "first synthroad validation seed", range=(0, 2**31 - 1))
+    val_frames: int = setting(0, "> 0: mIoU on these synthroad seeds at the end", range=(0, 2**31 - 1))
+    progress: bool = setting(True, "tqdm progress bar")
 
     def validate(self) -> None:
-        errors = []
-        if self.steps < 1:
-            errors.append(f"steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            errors.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.frames < 1:
-            errors.append(f"frames must be >= 1, got {self.frames}")
+        errors = validation_errors(self)
         if not self.lr > 0:
             errors.append(f"lr must be > 0, got {self.lr}")
         if len(self.crop_size) != 2 or min(self.crop_size) < 32:
@@ -89,12 +88,6 @@ class SegmenterTrainConfig:
             errors.append(f"render_size must be (H, W) with both >= 32, got {self.render_size}")
         if not (0 < self.scale_range[0] <= self.scale_range[1]):
             errors.append(f"scale_range must be 0 < lo <= hi, got {self.scale_range}")
-        if not 0 <= self.color_jitter < 1:
-            errors.append(f"color_jitter must be in [0, 1), got {self.color_jitter}")
-        if self.save_dtype not in ("float16", "float32"):
-            errors.append(f"save_dtype must be float16 or float32, got {self.save_dtype!r}")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            errors.append("checkpoint_every and log_every must be >= 1")
         if errors:
             raise ValueError("invalid segmenter training config: " + "; ".join(errors))
 

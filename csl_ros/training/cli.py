@@ -124,37 +124,11 @@ def run_student(args) -> int:
 
 # --- segmenter: delegated to csl_ros.teachers.segmenter_train ------------------------------------
 
-def _flat_overrides(cfg, values: dict):
-    """Apply ``{key: value}`` to a flat dataclass, coercing to each field's current type."""
-    from csl_ros.training.config import _coerce
-
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    updates = {}
-    for key, raw in values.items():
-        if key not in fields:
-            raise ValueError(f"unknown segmenter training key {key!r}; known keys: {', '.join(sorted(fields))}")
-        current = getattr(cfg, key)
-        if isinstance(current, tuple):
-            if isinstance(raw, str):
-                raw = [v for v in raw.replace("x", ",").split(",") if v.strip()]
-            if not isinstance(raw, (list, tuple)) or len(raw) != len(current):
-                raise ValueError(f"{key}: expected {len(current)} values, got {raw!r}")
-            updates[key] = tuple(_coerce(v, c, key) for v, c in zip(raw, current))
-        else:
-            updates[key] = _coerce(raw, current, key)
-    return dataclasses.replace(cfg, **updates)
-
-
 def segmenter_config_from_args(args):
+    from csl_ros.settings import load_yaml_config, parse_set_args
     from csl_ros.teachers.segmenter_train import SegmenterTrainConfig
-    from csl_ros.training.config import parse_set_args
 
-    cfg = SegmenterTrainConfig()
-    if args.config:
-        from csl_ros.config import read_yaml_mapping
-
-        cfg = _flat_overrides(cfg, read_yaml_mapping(args.config, "training config"))
-    cfg = _flat_overrides(cfg, parse_set_args(args.set))
+    cfg = load_yaml_config(SegmenterTrainConfig(), args.config, parse_set_args(args.set), "training config")
     if args.out:
         cfg = dataclasses.replace(cfg, out_dir=args.out)
     if args.no_resume:
