@@ -92,7 +92,6 @@ class Detector:
             raise ValueError("scheme 1 needs a student with a distillation head (distill_channels > 0); "
                              "this checkpoint is class-agnostic only: use scheme 2 with a teacher")
         self.teacher = teacher
-        self._student_module = student
         self.network: CompiledModel | None = None
         if student is not None and cfg.scheme != "teacher_only":
             example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
@@ -161,7 +160,6 @@ class Detector:
     def close(self) -> None:
         self.network = None
         self.teacher = None
-        self._student_module = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
