@@ -184,7 +184,7 @@ def region_quality(frames, args):
 
 def segmenter_miou(frames, args):
     from csl_ros.teachers.segmenter import load_segmenter
-    from csl_ros.teachers.segmenter_train import evaluate_miou
+    from csl_ros.training.segmenter import evaluate_miou
     from csl_ros.shipped import resolve_shipped
 
     path = args.segmenter or resolve_shipped("teacher_segmenter")

@@ -122,11 +122,11 @@ def run_student(args) -> int:
     return 0
 
 
-# --- segmenter: delegated to csl_ros.teachers.segmenter_train ------------------------------------
+# --- segmenter: a task of the same trainer (csl_ros.training.segmenter) ----------------------------
 
 def segmenter_config_from_args(args):
     from csl_ros.settings import load_yaml_config, parse_set_args
-    from csl_ros.teachers.segmenter_train import SegmenterTrainConfig
+    from csl_ros.training.segmenter import SegmenterTrainConfig
 
     cfg = load_yaml_config(SegmenterTrainConfig(), args.config, parse_set_args(args.set), "training config")
     if args.out:
@@ -149,7 +149,7 @@ def run_segmenter(args) -> int:
                          "only supported for the student")
     import shutil
 
-    from csl_ros.teachers.segmenter_train import train_segmenter
+    from csl_ros.training.segmenter import train_segmenter
     from csl_ros.training.datasets import SynthroadFrames
 
     dataset = val = None

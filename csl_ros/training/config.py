@@ -77,6 +77,8 @@ class OptimConfig:
                                                         "query/level embeddings)"})
     backbone_lr_multiplier: float = field(default=0.1, metadata={"range": NON_NEGATIVE, "help": "backbone lr factor"})
     poly_power: float = field(default=0.9, metadata={"range": NON_NEGATIVE, "help": "poly schedule power"})
+    warmup_steps: int = field(default=0, metadata={"range": AT_LEAST_0, "help": "linear learning-rate "
+                                                   "warm-up steps before the poly schedule (0 = none)"})
     clip_grad_norm: float = field(default=0.01, metadata={"range": NON_NEGATIVE,
                                                           "help": "full-model gradient-norm clip "
                                                           "(0 = off)"})
@@ -128,7 +130,7 @@ class RunConfig:
 @dataclass
 class TrainConfig:
     """A whole training run of the student (the segmenter has its own flat
-    ``csl_ros.teachers.segmenter_train.SegmenterTrainConfig``)."""
+    ``csl_ros.training.segmenter.SegmenterTrainConfig``)."""
 
     task: str = field(default="student", metadata={"help": "what is trained (student)", "choices": ("student",)})
     data: DataConfig = field(default_factory=DataConfig)
