@@ -19,6 +19,7 @@ from pathlib import Path
 
 from csl_ros.cli import add_command, image_size_arg
 from csl_ros.data.registry import DATASETS
+from csl_ros.teachers.registry import unbounded_scores
 
 TEACHER_DOC = """csl-ros teacher: utilities for the teacher models whose per-pixel scores CSL fuses.
 
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
                    help="input normalisation of a float-input ONNX model (default: its metadata, "
                         "else imagenet)")
     f.add_argument("--calibration", default="logistic", choices=("logistic", "quantile_linear"),
-                   help="calibration of the unbounded scores maxlogit, sml, energy")
+                   help="calibration of the unbounded scores " + ", ".join(unbounded_scores()))
     f.add_argument("--map-calibration", default="identity",
                    choices=("identity", "logistic", "quantile_linear"),
                    help="calibration of a one-channel ONNX anomaly map (identity: already in [0,1])")

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from csl_ros.cli import add_command
+from csl_ros.training.config import STUDENT_SCHEMES
 
 
 STUDENT_DOC = """csl-ros train student: train the class-agnostic (ca) or scheme-1 (distilled) CSL student.
@@ -40,7 +41,7 @@ def register(subparsers) -> None:
     sub.required = True
 
     s = add_command(sub, "student", "class-agnostic (ca) or scheme-1 (distilled) CSL student", STUDENT_DOC)
-    s.add_argument("--scheme", choices=("ca", "1"), help="ca: regions only; 1: + distillation head and "
+    s.add_argument("--scheme", choices=STUDENT_SCHEMES, help="ca: regions only; 1: + distillation head and "
                    "Huber loss against a frozen teacher (overrides student.scheme)")
     _common(s)
     s.add_argument("--export", type=Path, default=None, metavar="PATH",

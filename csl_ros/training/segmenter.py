@@ -68,7 +68,7 @@ class SegmenterTrainConfig:
     aux_weight: float = setting(0.5, "torchvision aux head loss weight (aux_loss presets only)",
                                 range=(0.0, math.inf))
     amp: bool = setting(True, "mixed precision (on CUDA only)")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N", device=True)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N (checked when the run starts)")
     num_threads: int = setting(0, "torch CPU threads; 0 keeps torch's default", range=(0, 1024))
     seed: int = setting(0, "weight initialisation, data order and augmentation seed")
     # bookkeeping
