@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TEACHERS = ("msp", "maxlogit", "sml", "entropy", "energy")
+from csl_ros.teachers.registry import TEACHERS as TEACHER_REGISTRY
+
+TEACHERS = tuple(TEACHER_REGISTRY)  # every registered score function, in registration order
 TEST_SEED = 10_000_000
 VAL_SEED = 1_000_000
 TUNE_SEED = 20_000_000  # obstacle frames for choosing the default score_threshold (not the test set)
@@ -182,7 +184,7 @@ def region_quality(frames, args):
 
 def segmenter_miou(frames, args):
     from csl_ros.teachers.segmenter import load_segmenter
-    from csl_ros.teachers.segmenter_train import evaluate_miou
+    from csl_ros.training.segmenter import evaluate_miou
     from csl_ros.shipped import resolve_shipped
 
     path = args.segmenter or resolve_shipped("teacher_segmenter")
@@ -317,7 +319,7 @@ def write_markdown(path, args, results, regions, seg, diag, n_test, wall, manife
              "|---|---|---|---|---|---|"]
     for t in TEACHERS:
         a, b = results[("teacher_only", t, "soft")], results[("2", t, "soft")]
-        lines.append(f"| {name[t]} | {fmt(a['ap'])} | {fmt(a['fpr95'])} | {fmt(b['ap'])} | {fmt(b['fpr95'])} | "
+        lines.append(f"| {name.get(t, t)} | {fmt(a['ap'])} | {fmt(a['fpr95'])} | {fmt(b['ap'])} | {fmt(b['fpr95'])} | "
                      f"{100 * (b['ap'] - a['ap']):+.2f} |")
     h, s1 = results[("2", "sml", "hard")], results[("1", "none", "soft")]
     lines += ["", "| method | AUPR ↑ | FPR95 ↓ |", "|---|---|---|",

@@ -29,6 +29,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from csl_ros.data.registry import DATASETS as DATASET_REGISTRY
+
 VOID = 255
 
 
@@ -554,30 +556,20 @@ class Synthroad(_Dataset):
         raise IndexError(i)  # pragma: no cover
 
 
-DATASETS = ("smiyc-anomaly", "smiyc-obstacle", "laf", "laf-noknown", "fishyscapes-laf",
-            "cityscapes", "synthroad")
+DATASETS = DATASET_REGISTRY.choices()  # every registered dataset (csl_ros.data.registry)
 
 
 def open_dataset(name: str, root: str | Path | None = None, **options) -> _Dataset:
-    """A dataset by name (``DATASETS``); ``root`` is its folder (unused for synthroad).
+    """A registered dataset by name (``DATASETS``); ``root`` is its folder (unused for synthroad).
 
     Options: ``split`` (laf, cityscapes), ``laf_root`` (fishyscapes-laf), ``require_labels`` (smiyc),
     ``seed``, ``n_frames``, ``size``, ``obstacles``, ``speed_mps``, ``fps`` (synthroad).
     """
-    if name == "synthroad":
-        return Synthroad(**options)
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    entry = DATASET_REGISTRY.entry(name)
+    loader = entry.load()
+    kwargs = {**entry.fixed, **options}
+    if not entry.root:
+        return loader(**kwargs)
     if root is None:
         raise ValueError(f"dataset {name} needs its root folder")
-    if name == "smiyc-anomaly":
-        return SmiycTrack(root, "anomaly", **options)
-    if name == "smiyc-obstacle":
-        return SmiycTrack(root, "obstacle", **options)
-    if name == "laf":
-        return LostAndFound(root, options.pop("split", "test"), "all", **options)
-    if name == "laf-noknown":
-        return LostAndFound(root, "test", "noknown", **options)
-    if name == "fishyscapes-laf":
-        return FishyscapesLAF(root, **options)
-    return Cityscapes(root, **options)
+    return loader(root, **kwargs)

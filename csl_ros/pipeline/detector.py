@@ -92,7 +92,6 @@ class Detector:
             raise ValueError("scheme 1 needs a student with a distillation head (distill_channels > 0); "
                              "this checkpoint is class-agnostic only: use scheme 2 with a teacher")
         self.teacher = teacher
-        self._student_module = student
         self.network: CompiledModel | None = None
         if student is not None and cfg.scheme != "teacher_only":
             example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
@@ -111,10 +110,10 @@ class Detector:
     def from_config(cls, cfg: DetectorConfig) -> "Detector":
         """Load the student and/or teacher named by ``cfg`` (shipped defaults when paths are empty).
         Settings the student checkpoint carries (input size, tuned score threshold: see
-        csl_ros.model.checkpoint) replace those ``cfg`` leaves at the schema default."""
+        csl_ros.model_settings) replace those ``cfg`` leaves at the schema default."""
         from csl_ros.config import apply_model_settings
         from csl_ros.model import load_checkpoint
-        from csl_ros.model.checkpoint import model_settings
+        from csl_ros.model_settings import model_settings
 
         cfg.validate()
         device = resolve_device(cfg.device)
@@ -161,7 +160,6 @@ class Detector:
     def close(self) -> None:
         self.network = None
         self.teacher = None
-        self._student_module = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
