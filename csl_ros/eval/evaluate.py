@@ -182,6 +182,7 @@ def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, ba
     ``detector_factory(cfg)`` builds the detector (default ``Detector.from_config``).
     """
     from csl_ros.eval.bag import BagReader
+    from csl_ros.eval.driving import ground_truth_of
     from csl_ros.eval.scoring import ScoredFrame
 
     if detector_factory is None:
@@ -211,7 +212,7 @@ def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, ba
                 frame_ms.append((time.perf_counter() - t0) * 1e3)
                 info["backend"], info["device"] = det.backend, det.device
                 sink.add(ScoredFrame(fr.stamp_ns, fr.frame_id, fr.image, fr.labels, det.anomaly_map,
-                                     det.instances, det.regions, det.timings_ms))
+                                     det.instances, det.regions, det.timings_ms, truth=ground_truth_of(fr)))
                 counts["scored"] += 1
             counts["unmatched_labels"] = reader.stats.unmatched_labels
         finally:
@@ -267,6 +268,7 @@ def evaluate_recorded(bag, sink, scores_topic: str, instances_topic: str | None,
     import numpy as np
 
     from csl_ros.eval.bag import BagReader
+    from csl_ros.eval.driving import ground_truth_of
     from csl_ros.eval.scoring import ScoredFrame
 
     scores = read_topic_images(bag, scores_topic, sink.cache_root / "recorded_scores")
@@ -291,7 +293,7 @@ def evaluate_recorded(bag, sink, scores_topic: str, instances_topic: str | None,
             if instances is not None and instances.dtype != np.uint16:
                 instances = None
             sink.add(ScoredFrame(fr.stamp_ns, fr.frame_id, fr.image, fr.labels, np.load(scores[fr.stamp_ns]),
-                                 instances))
+                                 instances, truth=ground_truth_of(fr)))
             counts["scored"] += 1
         counts["unmatched_labels"] = reader.stats.unmatched_labels
     if limit is None:
@@ -317,6 +319,7 @@ def run(args) -> int:
 def evaluate_command(args, detector_factory=None) -> int:
     """The ``csl-ros evaluate`` command; ``detector_factory`` replaces ``Detector.from_config`` (tests)."""
     from csl_ros import __version__
+    from csl_ros.eval.driving import driving_summary_line
     from csl_ros.eval.report import write_report
     from csl_ros.eval.metrics import summary_lines
     from csl_ros.eval.scoring import ScoreSink, parse_sweep, summarize
@@ -399,6 +402,7 @@ def evaluate_command(args, detector_factory=None) -> int:
           f"({counts['images']} images, {counts['dropped']} dropped, {counts['unlabelled_images']} unlabelled, "
           f"{counts['unmatched_labels']} labels without image)")
     print("\n".join(summary_lines(result)))
+    print(driving_summary_line(result["driving"]))
     for sw in result["sweeps"]:
         print(f"sweep {sw['parameter']}: {len(sw['rows'])} values (see the report)")
     print(f"wrote {out / 'metrics.json'}, report {written['report_html']}")
