@@ -171,8 +171,18 @@ class DrivingAccumulator:
         self.tracker = Tracker(TrackingParams.from_config(config))
         self.tally = {o: _Tally() for o in OUTPUTS}
         self.sources = {s: 0 for s in SOURCES}
-        self.stamps: list[int] = []
-        self.sightings: dict = {}         # physical obstacle key -> [(stamp, distance, {output: detected})]
+        self.sequences: list[list[int]] = [[]]   # stamps of each sequence (drive)
+        self.sightings: dict = {}         # (sequence, obstacle key) -> [(stamp, distance, {output: detected})]
+
+    @property
+    def stamps(self) -> list[int]:
+        return [t for seq in self.sequences for t in seq]
+
+    def new_sequence(self) -> None:
+        """The next frames belong to another drive: tracks and obstacle identities start afresh."""
+        if self.sequences[-1]:
+            self.sequences.append([])
+        self.tracker.reset()
 
     def add(self, stamp_ns: int, labels: np.ndarray, instances: np.ndarray, scores: np.ndarray,
             truth: GroundTruth | None) -> dict:
@@ -189,7 +199,7 @@ class DrivingAccumulator:
                 dist[r.instance] = np.nan if r.distance_m is None else r.distance_m
         shown = {"per_frame": m.counted, "tracked": m.counted & confirmed}
         comps = component_distances(m.gt, m.gt_counted, truth, cam, cam_source)
-        self.stamps.append(int(stamp_ns))
+        self.sequences[-1].append(int(stamp_ns))
         row = {}
         for out, ok in shown.items():
             t = self.tally[out]
@@ -208,18 +218,21 @@ class DrivingAccumulator:
         for c, (d, source, key) in comps.items():
             self.sources[source] += 1
             if key is not None:
-                self.sightings.setdefault(key, []).append(
+                self.sightings.setdefault((len(self.sequences) - 1, key), []).append(
                     (int(stamp_ns), d, {o: c in set(m.detected(shown[o]).tolist()) for o in OUTPUTS}))
         row["gt"] = len(comps)
         return row
 
     def _minutes(self) -> tuple[float | None, float | None]:
-        if len(self.stamps) < 2:
+        """Minutes of driving (each sequence: its frames x its median frame period) and the period."""
+        diffs = [np.diff(sorted(seq)) for seq in self.sequences if len(seq) >= 2]
+        if not diffs:
             return None, None
-        period_s = float(np.median(np.diff(sorted(self.stamps)))) / 1e9
-        if period_s <= 0:
+        periods = [float(np.median(d)) / 1e9 for d in diffs]
+        if min(periods) <= 0:
             return None, None
-        return len(self.stamps) * period_s / 60.0, period_s
+        n = [len(seq) for seq in self.sequences if len(seq) >= 2]
+        return sum(k * t for k, t in zip(n, periods)) / 60.0, float(np.median(periods))
 
     def detection_range(self, output: str) -> dict:
         """Per physical obstacle: distance at first detection and from which it is held."""
@@ -234,7 +247,7 @@ class DrivingAccumulator:
                     held = d
                 elif d >= HOLD_MIN_DISTANCE_M:
                     break
-            rows.append({"obstacle": key, "frames": len(seen), "max_distance_m": max(d for _, d, _ in seen),
+            rows.append({"obstacle": key[1] if len(self.sequences) == 1 else list(key), "frames": len(seen), "max_distance_m": max(d for _, d, _ in seen),
                          "first_detected_m": first, "held_from_m": held})
         firsts = [r["first_detected_m"] for r in rows if r["first_detected_m"] is not None]
         helds = [r["held_from_m"] for r in rows if r["held_from_m"] is not None]
@@ -248,7 +261,8 @@ class DrivingAccumulator:
         p = TrackingParams.from_config(self.config)
         out = {
             "description": __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else "",
-            "frames": frames, "frame_period_s": period, "minutes": minutes,
+            "frames": frames, "sequences": sum(1 for seq in self.sequences if seq),
+            "frame_period_s": period, "minutes": minutes,
             "bands": [band_label(*b) for b in BANDS] + ["unknown"], "near_m": NEAR_M,
             "distance_sources": {k: v for k, v in self.sources.items() if v},
             "tracking": {"confirm_hits": p.confirm_hits, "confirm_window": p.confirm_window,
