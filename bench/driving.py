@@ -153,6 +153,20 @@ def driving_markdown(data: dict) -> str:
     return "\n".join(out)
 
 
+def measure(drives: int = 10, frames: int = 30, overrides=None, command: str = "", log=print) -> dict:
+    """The shipped default on ``drives`` held-out drives: the data behind :func:`driving_markdown`."""
+    base = default_config(overrides)
+    seeds = [DRIVE_SEED + i for i in range(drives)]
+    res = run(seeds, frames, base, tune=False, log=log)
+    return {"command": command or f"python bench/driving.py --drives {drives} --frames {frames}",
+            "seeds": seeds, "test": summary("shipped default", *res["shipped default"])}
+
+
+def driving_section(drives: int = 10, frames: int = 30, log=print) -> str:
+    """Measure and render the docs/results.md driving section (what bench/results.py appends)."""
+    return driving_markdown(measure(drives, frames, log=log))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--drives", type=int, default=10, help="test drives (default 10)")
@@ -192,11 +206,7 @@ def main(argv=None) -> int:
                                "per_frame": r["per_frame"]["near"] | {"fa": r["per_frame"]["false_alarms_per_frame"]}}
                         for name, (_, r) in res.items()}
     else:
-        seeds = [DRIVE_SEED + i for i in range(args.drives)]
-        res = run(seeds, args.frames, base, tune=False)
-        data["seeds"] = seeds
-        name = "shipped default"
-        data["test"] = summary(name, *res[name])
+        data = measure(args.drives, args.frames, parse_set_args(args.set), data["command"])
         print(driving_markdown(data))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=1, default=lambda o: o.item()
