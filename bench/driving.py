@@ -70,7 +70,23 @@ def settings_grid(base, tune: bool):
     return grid
 
 
-def run(seeds, frames, base, tune: bool, log=print):
+def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
+    """The fused map and regions of one frame; with ``cache``, kept there across runs (keyed by the
+    settings that change the network output)."""
+    tag = f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}"
+    path = cache / tag / f"{key}.npz" if cache is not None else None
+    if path is not None and path.is_file():
+        z = np.load(path)
+        return z["anomaly"], (z["regions"].astype(np.int32) if z["regions"].size else None)
+    det = detector.detect_batch([rec.rgb])[0]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, anomaly=det.anomaly_map,
+                 regions=det.regions.astype(np.int16) if det.regions is not None else np.zeros(0, np.int16))
+    return det.anomaly_map, det.regions
+
+
+def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None):
     """{setting name: (config, driving result)} over the drives ``seeds``."""
     import torch
 
@@ -88,12 +104,12 @@ def run(seeds, frames, base, tune: bool, log=print):
             for acc in accs.values():
                 acc.new_sequence()
             for stamp, rec, truth in drive_frames(seed, frames):
-                det = detector.detect_batch([rec.rgb])[0]
+                anomaly, regions = detect_cached(detector, rec, base, cache, f"{seed}_{stamp}")
                 n += 1
                 for name, cfg in grid.items():
-                    inst = extract_instances(det.anomaly_map, det.regions, cfg.score_threshold,
+                    inst = extract_instances(anomaly, regions, cfg.score_threshold,
                                              cfg.min_instance_area, min_split_fraction=cfg.min_split_fraction)
-                    accs[name].add(stamp, rec.label, inst, det.anomaly_map, truth)
+                    accs[name].add(stamp, rec.label, inst, anomaly, truth)
             log(f"drive {seed}: {n} frames so far, {time.perf_counter() - t0:.0f} s")
     return {name: (grid[name], acc.result()) for name, acc in accs.items()}
 
@@ -178,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="write the numbers here")
+    p.add_argument("--cache", type=Path, default=None, help="keep each frame's fused map and regions here "
+                   "(a second run with other thresholds or tracking skips the network)")
     args = p.parse_args(argv)
     import torch
 
@@ -188,7 +206,7 @@ def main(argv=None) -> int:
     data = {"command": "python bench/driving.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     if args.tune:
         seeds = [TUNE_DRIVE_SEED + i for i in range(args.tune_drives)]
-        res = run(seeds, args.frames, base, tune=True)
+        res = run(seeds, args.frames, base, tune=True, cache=args.cache)
         for name, (_, r) in res.items():
             print(f"{name:32s} tracked near recall {r['tracked']['near']['recall'] or 0:.3f} "
                   f"fa/frame {r['tracked']['false_alarms_per_frame']:.3f} | per frame "

@@ -29,7 +29,9 @@ def detector_config_from_args(args):
 def register(sub) -> None:
     p = sub.add_parser("detect", help="run the detector on an image or a directory of images",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="an image file or a directory of images")
+    p.add_argument("input", help="an image file or a directory of images (taken in name order as the "
+                   "frames of one camera: obstacles are tracked across them with the track_* settings; "
+                   "unconfirmed ones are listed under 'tentative' in the JSON)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--fx", type=float, help="focal length in pixels (with --cy: enables metric obstacles)")
     p.add_argument("--cx", type=float)
@@ -74,7 +76,7 @@ def run(args) -> int:
         cv2.imwrite(str(out / f"{f.stem}_overlay.jpg"), draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles))
         (out / f"{f.stem}_obstacles.json").write_text(json.dumps(
             {"image": str(f), "backend": det.backend, "device": det.device, "timings_ms": det.timings_ms,
-             "obstacles": det.obstacles_json()}, indent=2))
+             "obstacles": det.obstacles_json(), "tentative": [o.to_dict() for o in det.tentative]}, indent=2))
         print(f"{f.name}: {len(det.obstacles)} obstacle(s), {det.timings_ms['total']:.0f} ms ({det.backend})")
     print(f"wrote {len(files)} result(s) to {out}")
     return 0

@@ -71,3 +71,35 @@ def test_ground_association_uses_contact_points_when_known():
 def test_confirm_hits_above_window_is_refused_by_the_schema():
     with pytest.raises(ValueError, match="track_confirm_hits"):
         apply_overrides(DetectorConfig(), {"track_confirm_hits": 3, "track_confirm_window": 2}).validate()
+
+
+def test_detector_calls_are_one_tracked_stream_and_detect_batch_is_stateless():
+    import torch
+
+    from csl_ros.pipeline import Detector
+    from csl_ros.teachers.teacher import TeacherOutput
+
+    class OracleTeacher:
+        model = torch.nn.Identity()
+        map = None
+
+        def __call__(self, x):
+            m = torch.from_numpy(self.map)[None, None].float()
+            return TeacherOutput(score_map=m, raw_score=m, logits=None, segmentation=None)
+
+    teacher = OracleTeacher()
+    cfg = apply_overrides(DetectorConfig(), {"scheme": "teacher_only", "teacher": "msp", "input_height": 64,
+                                             "input_width": 128, "device": "cpu", "backend": "eager",
+                                             "min_instance_area": 1, "track_confirm_hits": 2,
+                                             "track_confirm_window": 3, "track_max_missed": 1})
+    det = Detector(cfg, teacher=teacher)
+    teacher.map = np.zeros((64, 128), np.float32)
+    teacher.map[30:40, 50:60] = 1.0
+    image = np.zeros((64, 128, 3), np.uint8)
+    det.warmup()                                   # warm-up frames are not part of the stream
+    first = det(image)
+    assert first.obstacles == [] and len(first.tentative) == 1   # seen once: not reported yet
+    second = det(image)
+    assert [o.id for o in second.obstacles] == [first.tentative[0].id] and second.obstacles[0].track_age == 1
+    assert second.obstacles[0].to_dict()["track_age"] == 1 and second.obstacles[0].instance == 1
+    assert len(det.detect_batch([image])[0].obstacles) == 1     # stateless: every record reported

@@ -237,8 +237,15 @@ class DrivingAccumulator:
     def detection_range(self, output: str) -> dict:
         """Per physical obstacle: distance at first detection and from which it is held."""
         rows = []
-        for key, seen in self.sightings.items():
-            seen = sorted(seen)
+        for key, raw in self.sightings.items():
+            # one sighting per frame (an occluder can cut an obstacle into two components)
+            by_stamp: dict[int, tuple] = {}
+            for t, d, det in raw:
+                if t in by_stamp:
+                    d0, det0 = by_stamp[t]
+                    d, det = min(d, d0), {o: det[o] or det0[o] for o in OUTPUTS}
+                by_stamp[t] = (d, det)
+            seen = [(t, *by_stamp[t]) for t in sorted(by_stamp)]
             first = next((d for _, d, det in seen if det[output]), None)
             held = None
             for j in range(len(seen) - 1, -1, -1):   # walk back from the last sighting
