@@ -185,11 +185,12 @@ def driving_markdown(data: dict) -> str:
     return "\n".join(out)
 
 
-def measure(drives: int = 10, frames: int = 30, overrides=None, command: str = "", log=print) -> dict:
+def measure(drives: int = 10, frames: int = 30, overrides=None, command: str = "", log=print,
+            cache: Path | None = None) -> dict:
     """The shipped default on ``drives`` held-out drives: the data behind :func:`driving_markdown`."""
     base = default_config(overrides)
     seeds = [DRIVE_SEED + i for i in range(drives)]
-    res = run(seeds, frames, base, tune=False, log=log)
+    res = run(seeds, frames, base, tune=False, log=log, cache=cache)
     return {"command": command or f"python bench/driving.py --drives {drives} --frames {frames}",
             "seeds": seeds, "test": summary("shipped default", *res["shipped default"])}
 
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
                                "per_frame": r["per_frame"]["near"] | {"fa": r["per_frame"]["false_alarms_per_frame"]}}
                         for name, (_, r) in res.items()}
     else:
-        data = measure(args.drives, args.frames, parse_set_args(args.set), data["command"])
+        data = measure(args.drives, args.frames, parse_set_args(args.set), data["command"], cache=args.cache)
         print(driving_markdown(data))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=1, default=lambda o: o.item()
