@@ -4,8 +4,8 @@
                                                     # the table and writes the JSON (--json)
     python bench/driving.py --tune --json t.json    # choose score_threshold and tracking on TUNE drives
 
-The shipped default is ``config/driving.yaml`` at the demo's network input (``csl_ros.demo.
-DEMO_OVERRIDES``) on frames rendered at the demo's size (512x1024). Drives: synthroad
+The shipped default is ``config/driving.yaml`` over the schema defaults (the shipped student's input
+size and tuned threshold), as the demo runs it, on frames rendered at the demo's size (512x1024). Drives: synthroad
 ``render_sequence`` with ``obstacles="obstacle"``, 10 m/s, 10 frames/s; test seeds from
 ``DRIVE_SEED`` and tuning seeds from ``TUNE_DRIVE_SEED`` (the shipped models were trained on frame seeds
 0..999 and validated on 1,000,000+; no drive seed was used anywhere else). Each frame runs the
@@ -38,11 +38,12 @@ TRACKING = ((1, 1, 0), (2, 3, 2), (3, 5, 2), (2, 2, 1))   # (confirm_hits, confi
 
 
 def default_config(overrides=None):
-    """config/driving.yaml with the demo's network size: what `make demo` runs."""
+    """config/driving.yaml over the schema defaults (the shipped models' input size and threshold):
+    what `make demo` runs."""
     from csl_ros.config import load_configs
-    from csl_ros.demo import DEMO_OVERRIDES, default_params_file
+    from csl_ros.demo import default_params_file
 
-    det, _ = load_configs(default_params_file(), {**DEMO_OVERRIDES, **(overrides or {})})
+    det, _ = load_configs(default_params_file(), overrides or {})
     return det
 
 
