@@ -343,28 +343,26 @@ def driving_summary_line(d: dict) -> str:
 
 def plot_bands(d: dict, path) -> object:
     """Recall and false alarms per frame by distance band, per frame vs tracked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from csl_ros.eval.report import _figure, _legend_below, _save
 
     labels = [b for b in d["bands"] if b != "unknown"]
     x = np.arange(len(labels))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    fig = _figure(9.0, 3.4)
+    a1, a2 = fig.add_subplot(121), fig.add_subplot(122)
     for j, o in enumerate(OUTPUTS):
         rec = [d[o]["bands"][k]["recall"] for k in range(len(labels))]
         fa = [d[o]["bands"][k]["false_alarms_per_frame"] or 0.0 for k in range(len(labels))]
         a1.bar(x + (j - 0.5) * 0.38, [np.nan if r is None else 100 * r for r in rec], 0.38, label=o.replace("_", " "))
         a2.bar(x + (j - 0.5) * 0.38, fa, 0.38, label=o.replace("_", " "))
-    for ax, title in ((a1, "obstacle recall % by distance"), (a2, "false alarms per frame by distance")):
+    for ax, title, unit in ((a1, "obstacle recall by distance", "recall %"),
+                            (a2, "false alarms by distance", "false alarms per frame")):
         ax.set_xticks(x, labels, fontsize=8)
+        ax.set_xlabel("distance band (ground truth; false alarms: their own contact point)", fontsize=7)
+        ax.set_ylabel(unit, fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        _legend_below(ax, ncol=2)
     a1.set_ylim(0, 100)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def add_report_section(doc, d: dict | None, figure_rel: str | None) -> None:
