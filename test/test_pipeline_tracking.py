@@ -16,7 +16,7 @@ def _ob(x0, y0=100, size=20, ground=None):
 
 
 def test_obstacle_seen_8_of_10_frames_keeps_one_id_and_a_blip_is_never_confirmed():
-    tr = Tracker(TrackingParams(confirm_hits=2, confirm_window=3, max_missed=2))
+    tr = Tracker(TrackingParams.default(confirm_hits=2, confirm_window=3, max_missed=2))
     seen = [1, 1, 0, 1, 1, 1, 0, 1, 1, 1]           # 8 of 10 frames
     ids, confirmed, blip_reports = set(), [], 0
     for k, s in enumerate(seen):
@@ -37,7 +37,7 @@ def test_obstacle_seen_8_of_10_frames_keeps_one_id_and_a_blip_is_never_confirmed
 
 
 def test_track_is_deleted_after_max_missed_and_a_new_one_gets_a_new_id():
-    tr = Tracker(TrackingParams(confirm_hits=1, confirm_window=1, max_missed=1))
+    tr = Tracker(TrackingParams.default(max_missed=1))
     (a,) = tr.update([_ob(100)])
     tr.update([])                                     # missed once: kept
     assert len(tr.tracks) == 1
@@ -48,7 +48,7 @@ def test_track_is_deleted_after_max_missed_and_a_new_one_gets_a_new_id():
 
 
 def test_one_of_one_reports_every_detection_at_once_like_per_frame_output():
-    tr = Tracker(TrackingParams())                    # the schema's defaults: 1 of 1, deleted at a miss
+    tr = Tracker()                                    # the schema's defaults: 1 of 1, deleted at a miss
     assert TrackingParams.from_config(DetectorConfig()).is_per_frame
     for k in range(4):
         frame = [_ob(100 + k), _ob(400 + 50 * (k % 2), 300)]
@@ -59,7 +59,7 @@ def test_one_of_one_reports_every_detection_at_once_like_per_frame_output():
 
 
 def test_ground_association_uses_contact_points_when_known():
-    p = TrackingParams(gate_m=2.0)
+    p = TrackingParams.default(gate_m=2.0)
     a, b = _ob(100, ground=(0.0, 20.0)), _ob(500, ground=(0.5, 19.0))   # far apart in the image
     assert association_cost(a, b, p) == pytest.approx(np.hypot(0.5, 1.0) / 3.8)  # gate = 20 % of 19 m
     assert association_cost(a, _ob(100, ground=(6.0, 20.0)), p) is None          # same box, 6 m aside

@@ -15,6 +15,7 @@ per-frame output (every detection reported at once), only with stable ids.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,17 +27,26 @@ GATE_FRACTION_OF_DISTANCE = 0.2
 
 @dataclass(frozen=True)
 class TrackingParams:
-    confirm_hits: int = 1
-    confirm_window: int = 1
-    max_missed: int = 0
-    gate_m: float = 3.0
-    min_iou: float = 0.1
+    """The ``track_*`` settings of :class:`csl_ros.config.DetectorConfig` (which holds their defaults)."""
+
+    confirm_hits: int
+    confirm_window: int
+    max_missed: int
+    gate_m: float
+    min_iou: float
 
     @classmethod
     def from_config(cls, cfg) -> "TrackingParams":
         """From a :class:`csl_ros.config.DetectorConfig` (its ``track_*`` fields)."""
         return cls(cfg.track_confirm_hits, cfg.track_confirm_window, cfg.track_max_missed,
                    cfg.track_gate_m, cfg.track_min_iou)
+
+    @classmethod
+    def default(cls, **changes) -> "TrackingParams":
+        """The schema's defaults with ``changes`` (field names of this class)."""
+        from csl_ros.config import DetectorConfig
+
+        return dataclasses.replace(cls.from_config(DetectorConfig()), **changes)
 
     @property
     def is_per_frame(self) -> bool:
@@ -89,7 +99,7 @@ class Tracker:
     """Stable track ids for one camera stream; see the module docstring."""
 
     def __init__(self, params: TrackingParams | None = None):
-        self.params = params or TrackingParams()
+        self.params = params or TrackingParams.default()
         self.tracks: list[Track] = []
         self._next_id = 1
         self.frames = 0
