@@ -103,3 +103,18 @@ def test_detector_calls_are_one_tracked_stream_and_detect_batch_is_stateless():
     assert [o.id for o in second.obstacles] == [first.tentative[0].id] and second.obstacles[0].track_age == 1
     assert second.obstacles[0].to_dict()["track_age"] == 1 and second.obstacles[0].instance == 1
     assert len(det.detect_batch([image])[0].obstacles) == 1     # stateless: every record reported
+
+
+def test_track_ids_and_ages_reach_markers_points_and_json():
+    from csl_ros.ros.markers import obstacle_marker_specs, obstacle_points
+
+    tr = Tracker()
+    for k in range(3):
+        (ob,) = tr.update([_ob(100, ground=(0.2, 12.0 - k))])
+    ob.width_m = ob.height_m = 0.5
+    assert ob.id == 1 and ob.track_age == 2
+    cube, text = obstacle_marker_specs([ob])
+    assert cube.id == text.id == 1 and "#1" in text.text and "age 2" in text.text
+    assert obstacle_points([ob])[0][3] == 1                       # ~/obstacle_points id field
+    d = ob.to_dict()
+    assert (d["id"], d["track_age"], d["track_hits"], d["confirmed"], d["instance"]) == (1, 2, 1, True, 0)
