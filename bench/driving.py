@@ -205,15 +205,17 @@ def driving_section(drives: int = 10, frames: int = 30, log=print) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--drives", type=int, default=10, help="test drives (default 10)")
-    p.add_argument("--frames", type=int, default=30, help="frames per drive (default 30: 3 s, 30 m)")
+    p.add_argument("--frames", type=int, default=30, help="frames per drive at 10 frames/s and 10 m/s "
+                   "(default 30: 3 s, 30 m)")
     p.add_argument("--tune", action="store_true", help="grid of score_threshold x tracking on tuning drives")
-    p.add_argument("--tune-drives", type=int, default=6)
+    p.add_argument("--tune-drives", type=int, default=6, help="drives (of --frames each) for --tune and "
+                   "--split-fractions (default 6)")
     p.add_argument("--split-fractions", default="", metavar="V1,V2,...",
                    help="measure fragmentation for these min_split_fraction values on the tuning drives")
     p.add_argument("--max-fa", type=float, default=0.15, help="--tune: tracked false alarms/frame allowed "
                    "(below the goal's 0.2, a margin for the test drives)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--json", default=None, help="write the numbers here")
     p.add_argument("--cache", type=Path, default=None, help="keep each frame's fused map and regions here "
                    "(a second run with other thresholds or tracking skips the network)")
