@@ -383,6 +383,9 @@ def main(argv=None) -> int:
     p.add_argument("--stats", default="", help="its SML statistics JSON (default: the shipped teacher_segmenter_stats)")
     p.add_argument("--notes", default="docs/results_notes.md",
                    help="hand-written analysis appended to the table when the file exists")
+    p.add_argument("--driving-drives", type=int, default=10,
+                   help="held-out synthroad drives of the driving table (bench/driving.py); 0 skips it")
+    p.add_argument("--driving-frames", type=int, default=30, help="frames per driving drive")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -416,6 +419,12 @@ def main(argv=None) -> int:
         pass
     write_markdown(args.out, args, results, regions, seg, diag, len(test), time.time() - t0, manifest, oracle,
                    fidelity, tuned)
+    if args.driving_drives:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from driving import driving_section
+
+        with open(args.out, "a", encoding="utf-8") as fh:
+            fh.write("\n" + driving_section(args.driving_drives, args.driving_frames, log) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": {"/".join(k): v for k, v in results.items()},
                                                "regions": regions, "segmenter_miou": seg[0], "oracle": oracle,

@@ -64,13 +64,33 @@ class DetectorConfig:
                             choices=("product", "region_mean", "arithmetic"))
 
     # --- instances and obstacles ----------------------------------------------------------------
-    score_threshold: float = _opt(0.25, "Fused anomaly score at or above which a pixel is anomalous. "
+    score_threshold: float = _opt(0.05, "Fused anomaly score at or above which a pixel is anomalous. "
                                   "Default: the shipped models' tuned threshold; a student checkpoint "
                                   "that carries its own replaces the default.", range=(0.0, 1.0))
     min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
                                   range=(0, 10_000_000))
+    min_split_fraction: float = _opt(0.25, "A connected anomalous area is cut along the student's "
+                                     "regions only into pieces covering at least this share of it (two "
+                                     "touching obstacles); smaller pieces join the largest, so one "
+                                     "obstacle stays one instance. 0 = every region piece is an instance.",
+                                     range=(0.0, 1.0))
     road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
                           "teacher's segmenter (when the teacher has one).")
+
+    # --- tracking across frames (one camera stream) ------------------------------------------------
+    track_confirm_hits: int = _opt(1, "An obstacle is reported once its track was seen in this many of "
+                                   "the last track_confirm_window frames (k of n; 1 of 1 = every "
+                                   "detection at once, no tracking delay).", range=(1, 100))
+    track_confirm_window: int = _opt(1, "Frames of the confirmation window (n of k of n); >= "
+                                     "track_confirm_hits.", range=(1, 100))
+    track_max_missed: int = _opt(0, "A track is deleted after this many consecutive frames without a "
+                                 "detection (0: at the first miss).", range=(0, 100))
+    track_gate_m: float = _opt(3.0, "Association gate on the ground when the camera geometry is known: "
+                               "largest contact-point distance between a track and a detection, in "
+                               "metres, or 20 % of the obstacle's distance when that is larger.",
+                               range=(0.1, 100.0))
+    track_min_iou: float = _opt(0.1, "Association without geometry: smallest bounding-box IoU between a "
+                                "track's last box and a detection.", range=(0.0, 1.0))
 
     # --- compute --------------------------------------------------------------------------------
     input_height: int = _opt(256, "Network input height in pixels (images are resized/padded to it). "
@@ -98,6 +118,9 @@ class DetectorConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming every invalid field."""
         errors = validation_errors(self)
+        if self.track_confirm_hits > self.track_confirm_window:
+            errors.append(f"track_confirm_hits={self.track_confirm_hits} exceeds track_confirm_window="
+                          f"{self.track_confirm_window} (k of n needs k <= n)")
         if errors:
             raise ValueError("invalid configuration: " + "; ".join(errors))
 

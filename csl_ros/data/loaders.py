@@ -43,6 +43,11 @@ class Record:
     label: np.ndarray | None              # (H, W) uint8 0/1/255; None where withheld (SMIYC test)
     camera: dict | None = None            # fx, fy, cx, cy (px), height_m, pitch_deg (+ down), roll_deg
     semantic: np.ndarray | None = None    # (H, W) uint8 Cityscapes trainIds (Cityscapes, synthroad)
+    # Physical obstacles where the dataset knows them (synthroad: the generator's records, with the
+    # exact forward distance ``distance_m`` and a drive-wide ``instance_id``) and their pixels:
+    # ``obstacle_ids`` (H, W) uint8, 0 none, k = obstacles[k - 1].
+    obstacles: list | None = None
+    obstacle_ids: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -537,7 +542,12 @@ class Synthroad(_Dataset):
         camera = {"fx": float(cam.fx), "fy": float(cam.fy), "cx": float(cam.cx),
                   "cy": float(cam.cy), "height_m": float(cam.height_m),
                   "pitch_deg": float(cam.pitch_deg), "roll_deg": float(cam.roll_deg)}
-        return Record(frame_id, frame.image, frame.ood_labels, camera, semantic=frame.train_ids)
+        records = [dict(o) for o in frame.obstacles][:255]
+        ids = np.zeros(frame.instance_ids.shape, np.uint8)
+        for k, o in enumerate(records, 1):
+            ids[(frame.instance_ids == o["instance_id"]) & (frame.ood_labels == 1)] = k
+        return Record(frame_id, frame.image, frame.ood_labels, camera, semantic=frame.train_ids,
+                      obstacles=records, obstacle_ids=ids)
 
     def __iter__(self) -> Iterator[Record]:
         from csl_ros.data.synthroad import render_sequence
