@@ -17,6 +17,7 @@ The network runs at the schema default 256x512 (HxW, the shipped models' trainin
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -198,6 +199,9 @@ def _node_eval(ctx: DemoContext) -> None:
         rc = evaluate_command(build_parser().parse_args(argv))
         if rc != 0:
             raise RuntimeError(f"the live evaluation failed (exit code {rc})")
+        from csl_ros.eval.driving import driving_summary_line  # deferred: torch (as in step_models)
+
+        ctx.notes.append(driving_summary_line(json.loads((out / "metrics.json").read_text())["driving"]))
         stats = node.stats.snapshot(node.frames_dropped)
         ctx.notes.append(f"node: {stats.get('frames_processed')} frames processed, "
                          f"{stats.get('frames_dropped')} dropped")

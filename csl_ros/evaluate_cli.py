@@ -124,6 +124,7 @@ def evaluate_command(args, detector_factory=None) -> int:
     # deferred: torch, matplotlib and rosbags (the eval extra); csl-ros imports every command module at start
     from csl_ros.eval.evaluate import (COUNT_MEANINGS, describe_skipped, evaluate_in_process, evaluate_recorded,
                                        json_default, label_topic_check, run_failures, shipped_models)
+    from csl_ros.eval.driving import driving_summary_line
     from csl_ros.eval.report import write_report
     from csl_ros.eval.scoring import ScoreSink, parse_sweep, summarize
 
@@ -233,6 +234,7 @@ def evaluate_command(args, detector_factory=None) -> int:
           f"({counts['images']} images, {counts['dropped']} dropped, {counts['unlabelled_images']} unlabelled, "
           f"{counts['unmatched_labels']} labels without image)")
     print("\n".join(summary_lines(result)))
+    print(driving_summary_line(result["driving"]))
     for sw in result["sweeps"]:
         print(f"sweep {sw['parameter']}: {len(sw['rows'])} values (see the report)")
     print(f"wrote {out / 'metrics.json'}, report {written['report_html']}")

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from csl_ros.eval.bag import IMAGE_T, LABEL_TOPIC, BagError, BagReader, stamp_ns_of
+from csl_ros.eval.driving import ground_truth_of
 from csl_ros.eval.scoring import ScoredFrame
 from csl_ros.image_codec import single_channel_msg_to_array
 from csl_ros.pipeline import CameraGeometry, Detector
@@ -116,7 +117,7 @@ def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, ba
                 if fr.labels is None:
                     continue
                 sink.add(ScoredFrame(fr.stamp_ns, fr.frame_id, fr.image, fr.labels, det.anomaly_map,
-                                     det.instances, det.regions, det.timings_ms))
+                                     det.instances, det.regions, det.timings_ms, truth=ground_truth_of(fr)))
                 counts["scored"] += 1
             counts["unmatched_labels"] = reader.stats.unmatched_labels
             salvage_report(reader, counts, info)
@@ -216,7 +217,7 @@ def evaluate_recorded(bag, sink, scores_topic: str, instances_topic: str | None,
             if instances is not None and instances.dtype != np.uint16:
                 instances = None
             sink.add(ScoredFrame(fr.stamp_ns, fr.frame_id, fr.image, fr.labels, np.load(scores[fr.stamp_ns]),
-                                 instances))
+                                 instances, truth=ground_truth_of(fr)))
             counts["scored"] += 1
         counts["unmatched_labels"] = reader.stats.unmatched_labels
         salvage_report(reader, counts, info, extra=skipped)

@@ -15,9 +15,9 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from csl_ros.eval.driving import add_report_section, plot_bands
+from csl_ros.eval.figures import legend_below as _legend_below, new_figure as _figure, save_figure as _save
 from csl_ros.pipeline.instances import describe_instances
 from csl_ros.visualize import (SCORE_BAR_TITLE, colorize_scores, colour_bar_strip, draw_overlay, legend_strip,
                                strip_height)
@@ -99,23 +99,6 @@ def worst_frames(per_frame: Sequence[dict], n: int) -> list[dict]:
     ranked.sort(key=lambda r: (r["f1_at_threshold"], r["ap"] if r.get("ap") is not None else 1.0,
                                r["index"]))
     return ranked[: max(0, n)]
-
-
-def _figure(width=5.0, height=3.6):
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    # bbox_inches="tight" grows the canvas to hold the legends placed below the axes
-    fig.savefig(path, bbox_inches="tight")
-    return path
-
-
-def _legend_below(ax, ncol: int = 1) -> None:
-    """The axes' legend under the x-axis label, outside the data."""
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=7, frameon=False)
 
 
 def plot_pr(curve: dict, pixel: dict, path: Path) -> Path | None:
@@ -401,6 +384,8 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
         path = fn(fig_dir / f"{name}.png")
         if path is not None:
             written[name] = path
+    if metrics.get("driving", {}).get("frames"):
+        written["driving_bands"] = plot_bands(metrics["driving"], fig_dir / "driving_bands.png")
     for sw in metrics.get("sweeps", []):
         written[f"sweep_{sw['parameter']}"] = plot_sweep(sw, fig_dir / f"sweep_{sw['parameter']}.png")
     worst = []
@@ -489,10 +474,13 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
     inst = m.get("instances", {})
     doc.h(2, "Detector instances")
     doc.table(["instances", "false instances", "GT components", "detected", "instance recall",
-               "instance precision"],
+               "instance precision", "fragmentation"],
               [[inst.get("instances"), inst.get("false_instances"), inst.get("gt_components"),
-                inst.get("gt_detected"), pct(inst.get("instance_recall")), pct(inst.get("instance_precision"))]])
+                inst.get("gt_detected"), pct(inst.get("instance_recall")), pct(inst.get("instance_precision")),
+                num(inst.get("fragmentation"), "{:.2f}")]])
     doc.p(inst.get("description", "") + (". " + inst["note"] if inst.get("note") else ""))
+
+    add_report_section(doc, m.get("driving"), rel("driving_bands"))
     for sw in m.get("sweeps", []):
         doc.h(2, f"Sweep: {sw['parameter']}")
         doc.p(sw["description"] + ". One pass of network outputs: nothing before the instance step "

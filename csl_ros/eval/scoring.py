@@ -31,6 +31,8 @@ import imageio.v2 as imageio
 import numpy as np
 
 from csl_ros.config import DetectorConfig, apply_overrides
+from csl_ros.eval.driving import DrivingAccumulator
+from csl_ros.eval.instance_match import INSTANCE_PPV_MIN, instance_counts, match_instances  # noqa: F401
 from csl_ros.eval.metrics import (ComponentAccumulator, FrameCache, MetricsResult, PixelAccumulator, check_labels,
                                   prepare_scores, track_spec)
 from csl_ros.eval.report import frame_panels
@@ -38,7 +40,6 @@ from csl_ros.pipeline.instances import extract_instances
 
 SWEEPABLE = ("score_threshold", "min_instance_area")
 HIST_BINS = 100                 # score histogram over [0, 1]
-INSTANCE_PPV_MIN = 0.5          # an instance with less of its labelled pixels on anomalies is false
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,48 +102,11 @@ def parse_sweep(text: str) -> Sweep:
     return Sweep(name, tuple(values))
 
 
-# --------------------------------------------------------------------------------------------------
-# instance-level counts of the detector's own output
-# --------------------------------------------------------------------------------------------------
-
-def instance_counts(instances: np.ndarray, labels: np.ndarray, instsize: int) -> dict:
-    """The detector's instances against the ground-truth components of one frame.
-
-    Ground truth: 8-connected components of label 1; components smaller than ``instsize`` pixels
-    become void (as in the official component metrics). An instance's precision is the share of its
-    labelled (non-void) pixels that lie on ground-truth components; an instance with precision below
-    0.5 is a false instance, one entirely on void is not counted. A ground-truth component is
-    detected when a true (precision >= 0.5) instance overlaps it.
-    """
-    if instances.shape != labels.shape:
-        raise ValueError(f"instances {instances.shape} and labels {labels.shape} differ in size")
-    n_g, gt = cv2.connectedComponents((labels == 1).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    g_area = np.bincount(gt.ravel(), minlength=n_g)
-    small = g_area < instsize
-    small[0] = False
-    void = labels == 255
-    if small.any():
-        void = void | small[gt]
-    inst = instances.astype(np.int64, copy=False)
-    k = int(inst.max(initial=0))
-    sel = (inst > 0) & ~void
-    i, g = inst[sel], gt[sel]
-    total = np.bincount(i, minlength=k + 1)
-    on_gt = np.bincount(i[g > 0], minlength=k + 1)
-    counted = total[1:] > 0
-    ppv = on_gt[1:] / np.maximum(total[1:], 1)
-    good = counted & (ppv >= INSTANCE_PPV_MIN)
-    good_full = np.concatenate(([False], good))
-    hit = g[(g > 0) & good_full[i]]
-    n_gt = int(np.count_nonzero(~small[1:]))
-    return {"instances": int(counted.sum()), "false_instances": int((counted & ~good).sum()),
-            "gt_components": n_gt, "gt_detected": int(np.unique(hit).size)}
-
-
 def _instance_summary(c: dict) -> dict:
     out = dict(c)
     out["instance_recall"] = c["gt_detected"] / c["gt_components"] if c["gt_components"] else None
     out["instance_precision"] = (1.0 - c["false_instances"] / c["instances"]) if c["instances"] else None
+    out["fragmentation"] = c.get("gt_fragments", 0) / c["gt_detected"] if c["gt_detected"] else None
     return out
 
 
@@ -185,6 +149,7 @@ class ScoredFrame:
     regions: np.ndarray | None = None    # int (H, W) region ids of the fusion; None: not known
     timings_ms: dict | None = None       # per stage, from the detector
     latency_ms: float | None = None      # publish -> answer (live mode)
+    truth: object = None                 # csl_ros.eval.driving.GroundTruth: camera, obstacles, distances
 
 
 @dataclass
@@ -237,6 +202,7 @@ class ScoreSink:
         self._missing_regions = 0
         self._recomputed_instances = 0
         self._video = None
+        self.driving = DrivingAccumulator(config, self.spec.instsize)
         self.video_path = Path(video_path) if video_path else None
         self.video_fps = float(video_fps)
 
@@ -275,10 +241,12 @@ class ScoreSink:
         inst = frame.instances
         if inst is None or inst.shape != labels.shape:
             regions = frame.regions if frame.regions is not None and frame.regions.shape == labels.shape else None
-            inst = extract_instances(prepared, regions, cfg.score_threshold, cfg.min_instance_area)
+            inst = extract_instances(prepared, regions, cfg.score_threshold, cfg.min_instance_area,
+                                     min_split_fraction=cfg.min_split_fraction)
             self._recomputed_instances += 1
         counts = instance_counts(inst, labels, self.spec.instsize)
         self.instances_total = _add_counts(self.instances_total, counts)
+        drive = self.driving.add(frame.stamp_ns, labels, inst, prepared, frame.truth)
         # what the second pass, the sweeps and the worst-frame pictures need
         has_regions = frame.regions is not None and frame.regions.shape == labels.shape
         if self.sweeps:
@@ -304,7 +272,8 @@ class ScoreSink:
         row = {"index": k, "frame_id": name, "stamp_ns": int(frame.stamp_ns),
                "n_pos": ps.n_pos, "n_neg": ps.n_neg, "ap": ps.ap, "fpr95": ps.fpr95, "auroc": ps.auroc,
                "tp_px": tp, "fp_px": fp, "fn_px": fn, "f1_at_threshold": _pixel_f1(tp, fp, fn),
-               **counts}
+               **counts, "gt_detected_tracked": drive["tracked"]["detected"],
+               "false_alarms_tracked": drive["tracked"]["false_alarms"]}
         if frame.timings_ms and "total" in frame.timings_ms:
             row["detector_ms"] = float(frame.timings_ms["total"])
         if frame.latency_ms is not None:
@@ -385,7 +354,8 @@ class ScoreSink:
                     for j, v in enumerate(sw.values):
                         thr = v if sw.parameter == "score_threshold" else cfg.score_threshold
                         area = v if sw.parameter == "min_instance_area" else cfg.min_instance_area
-                        inst = extract_instances(anomaly, regions, thr, area)
+                        inst = extract_instances(anomaly, regions, thr, area,
+                                                 min_split_fraction=cfg.min_split_fraction)
                         st["counts"][j] = _add_counts(st["counts"][j],
                                                       instance_counts(inst, labels, self.spec.instsize))
                         if st["comp"] is not None:
@@ -407,7 +377,8 @@ class ScoreSink:
                             f"with less than {INSTANCE_PPV_MIN:g} of its labelled pixels on anomalies "
                             f"is false; a component is detected when a true instance overlaps it"),
             **_instance_summary(self.instances_total or {"instances": 0, "false_instances": 0,
-                                                         "gt_components": 0, "gt_detected": 0}),
+                                                         "gt_components": 0, "gt_detected": 0,
+                                                         "gt_fragments": 0}),
         }
         if self._recomputed_instances:
             out["instances"]["note"] = (f"{self._recomputed_instances} frame(s) came without the "
@@ -428,6 +399,7 @@ class ScoreSink:
         out["score_histogram"] = {"bin_edges": [float(e) for e in edges],
                                   "in_distribution": self.hist["in_distribution"].tolist(),
                                   "anomaly": self.hist["anomaly"].tolist()}
+        out["driving"] = self.driving.result()
         out["per_frame"] = self.per_frame
         out["timing"] = {"detector_stages_ms": {k: summarize(v) for k, v in self.stage_ms.items()},
                          "latency_ms": summarize(self.latency_ms)}

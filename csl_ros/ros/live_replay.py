@@ -40,6 +40,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from csl_ros.config import DetectorConfig, apply_overrides
 from csl_ros.eval.bag import BagReader
+from csl_ros.eval.driving import ground_truth_of
 from csl_ros.eval.evaluate import bag_lag_ns, image_count, progress_bar, salvage_report
 from csl_ros.eval.scoring import ScoredFrame
 from csl_ros.image_codec import fill_image_msg, single_channel_msg_to_array
@@ -374,7 +375,7 @@ class LiveReplay:
             self.counts["answered_unlabelled"] += 1
             return
         self.sink.add(ScoredFrame(stamp, frame.frame_id, frame.image, frame.labels, scores, instances,
-                                  latency_ms=(t_answer - t_pub) * 1e3))
+                                  latency_ms=(t_answer - t_pub) * 1e3, truth=ground_truth_of(frame)))
         self.counts["scored"] += 1
 
     def _drop(self, stamp) -> None:

@@ -7,7 +7,8 @@ SHA-256 of the model, so it is refused with another model.
 
 Data sources:
   synthroad   frames rendered on the fly without obstacles (seeds --first-seed .. +--frames)
-  cityscapes  leftImg8bit/<split>/*/*_leftImg8bit.png under --root (gtFine must be present)
+  cityscapes  leftImg8bit/<split>/*/*_leftImg8bit.png under --root (gtFine must be present); any
+              other registered dataset with semantic labels likewise
   images      every .png/.jpg/.jpeg/.webp under --root, sorted (e.g. any in-distribution folder)
 
     csl-ros teacher fit-stats --segmenter seg.safetensors --data cityscapes --root /data/cityscapes
@@ -18,8 +19,10 @@ from pathlib import Path
 
 from csl_ros.cli import add_command, image_size_arg
 from csl_ros.config import DetectorConfig
-from csl_ros.data.loaders import Cityscapes, read_rgb
+from csl_ros.data.loaders import open_dataset, read_rgb
+from csl_ros.data.registry import DATASETS
 from csl_ros.data.synthroad import render_frame
+from csl_ros.teachers.registry import unbounded_scores
 
 TEACHER_DOC = """csl-ros teacher: utilities for the teacher models whose per-pixel scores CSL fuses.
 
@@ -37,7 +40,8 @@ def register(subparsers) -> None:
     f = add_command(sub, "fit-stats", "fit SML statistics and score calibration on ID frames", __doc__)
     f.add_argument("--segmenter", required=True, type=Path,
                    help="closed-set segmenter checkpoint (.safetensors/.pt/.pth) or ONNX teacher (.onnx)")
-    f.add_argument("--data", required=True, choices=("synthroad", "cityscapes", "images"),
+    f.add_argument("--data", required=True, choices=DATASETS.choices(where={"semantic": True},
+                                                                      after=("images",)),
                    help="in-distribution frames to fit on")
     f.add_argument("--root", type=Path, help="dataset folder (cityscapes, images)")
     f.add_argument("--split", default="train", help="Cityscapes split (default train)")
@@ -56,7 +60,7 @@ def register(subparsers) -> None:
                    help="input normalisation of a float-input ONNX model (default: its metadata, "
                         "else imagenet)")
     f.add_argument("--calibration", default="logistic", choices=("logistic", "quantile_linear"),
-                   help="calibration of the unbounded scores maxlogit, sml, energy")
+                   help="calibration of the unbounded scores " + ", ".join(unbounded_scores()))
     f.add_argument("--map-calibration", default="identity",
                    choices=("identity", "logistic", "quantile_linear"),
                    help="calibration of a one-channel ONNX anomaly map (identity: already in [0,1])")
@@ -82,11 +86,11 @@ def _frames(args):
                  "obstacles": "none"})
     if args.root is None:
         raise ValueError(f"--data {args.data} needs --root")
-    if args.data == "cityscapes":
-        ds = Cityscapes(args.root, split=args.split)
+    if args.data in DATASETS:
+        split = {"split": args.split} if "split" in DATASETS.entry(args.data).options else {}
+        ds = open_dataset(args.data, args.root, **split)
         n = min(len(ds), args.frames or len(ds))
-        return ((ds[i].rgb for i in range(n)), n,
-                {"data": "cityscapes", "split": args.split, "root": str(args.root)})
+        return ((ds[i].rgb for i in range(n)), n, {"data": args.data, **split, "root": str(args.root)})
 
     if not args.root.is_dir():
         raise FileNotFoundError(f"image folder not found: {args.root}")
@@ -107,12 +111,14 @@ def run_fit_stats(args) -> int:
     if not args.segmenter.is_file():
         raise FileNotFoundError(f"teacher model not found: {args.segmenter}")
     if args.segmenter.suffix == ".onnx":
-        from csl_ros.teachers.onnx_runner import OnnxModel  # deferred: torch (see above)
+        # deferred: torch; csl-ros imports every command module to build its parser
+        from csl_ros.teachers.onnx_runner import OnnxModel
 
         model = OnnxModel(args.segmenter, device, input_normalization=args.onnx_normalization)
         kind = f"onnx ({model.output_kind})"
     else:
-        from csl_ros.teachers.segmenter import load_segmenter  # deferred: torch (see above)
+        # deferred: torch; csl-ros imports every command module to build its parser
+        from csl_ros.teachers.segmenter import load_segmenter
 
         model = load_segmenter(args.segmenter, args.preset, device=device)
         kind = model.config.arch

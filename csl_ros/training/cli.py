@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from csl_ros.cli import add_command
-from csl_ros.config import read_yaml_mapping
-from csl_ros.training.config import _coerce, load_train_config, parse_set_args
+from csl_ros.settings import load_yaml_config, parse_set_args
+from csl_ros.training.config import STUDENT_SCHEMES, load_train_config
 
 STUDENT_DOC = """csl-ros train student: train the class-agnostic (ca) or scheme-1 (distilled) CSL student.
 
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     sub.required = True
 
     s = add_command(sub, "student", "class-agnostic (ca) or scheme-1 (distilled) CSL student", STUDENT_DOC)
-    s.add_argument("--scheme", choices=("ca", "1"), help="ca: regions only; 1: + distillation head and "
+    s.add_argument("--scheme", choices=STUDENT_SCHEMES, help="ca: regions only; 1: + distillation head and "
                    "Huber loss against a frozen teacher (overrides student.scheme)")
     _common(s)
     s.add_argument("--export", type=Path, default=None, metavar="PATH",
@@ -125,34 +125,13 @@ def run_student(args) -> int:
     return 0
 
 
-# --- segmenter: delegated to csl_ros.teachers.segmenter_train ------------------------------------
-
-def _flat_overrides(cfg, values: dict):
-    """Apply ``{key: value}`` to a flat dataclass, coercing to each field's current type."""
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    updates = {}
-    for key, raw in values.items():
-        if key not in fields:
-            raise ValueError(f"unknown segmenter training key {key!r}; known keys: {', '.join(sorted(fields))}")
-        current = getattr(cfg, key)
-        if isinstance(current, tuple):
-            if isinstance(raw, str):
-                raw = [v for v in raw.replace("x", ",").split(",") if v.strip()]
-            if not isinstance(raw, (list, tuple)) or len(raw) != len(current):
-                raise ValueError(f"{key}: expected {len(current)} values, got {raw!r}")
-            updates[key] = tuple(_coerce(v, c, key) for v, c in zip(raw, current))
-        else:
-            updates[key] = _coerce(raw, current, key)
-    return dataclasses.replace(cfg, **updates)
-
+# --- segmenter: a task of the same trainer (csl_ros.training.segmenter) ----------------------------
 
 def segmenter_config_from_args(args):
-    from csl_ros.teachers.segmenter_train import SegmenterTrainConfig  # deferred: torch (see above)
+    # deferred: torch; csl-ros imports every command module to build its parser
+    from csl_ros.training.segmenter import SegmenterTrainConfig
 
-    cfg = SegmenterTrainConfig()
-    if args.config:
-        cfg = _flat_overrides(cfg, read_yaml_mapping(args.config, "training config"))
-    cfg = _flat_overrides(cfg, parse_set_args(args.set))
+    cfg = load_yaml_config(SegmenterTrainConfig(), args.config, parse_set_args(args.set), "training config")
     if args.out:
         cfg = dataclasses.replace(cfg, out_dir=args.out)
     if args.no_resume:
@@ -170,9 +149,9 @@ def run_segmenter(args) -> int:
         raise ValueError("train segmenter resumes from <out>/last.pt automatically; --resume PATH is "
                          "only supported for the student")
 
-    # deferred: torch (see above)
-    from csl_ros.teachers.segmenter_train import train_segmenter
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.training.datasets import SynthroadFrames
+    from csl_ros.training.segmenter import train_segmenter
 
     dataset = val = None
     if cfg.cache_frames:  # share the on-disk frame cache with the student trainer and fit-stats
