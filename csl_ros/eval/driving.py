@@ -2,7 +2,7 @@
 
 A robot cares whether the obstacle 25 m ahead is reported in time and how often it brakes for
 nothing, not about pixel AP. Per scored frame, for every ground-truth obstacle component (8-connected
-component of label 1, the track's size filter as in :func:`~csl_ros.eval.instance_match.match_instances`):
+component of label 1, the track's size filter as in :func:`~csl_ros.eval.scoring.match_instances`):
 
 * its distance (forward, on the ground), from the best source the bag has:
   ``generator`` (synthroad: the exact distance of the obstacle's centre, from ``/eval/ground_truth``

@@ -32,6 +32,7 @@ import numpy as np
 
 from csl_ros.config import DetectorConfig, apply_overrides
 from csl_ros.eval.driving import DrivingAccumulator
+# match_instances: also csl_ros.eval.scoring.match_instances, the name the driving metrics' text cites
 from csl_ros.eval.instance_match import INSTANCE_PPV_MIN, instance_counts, match_instances  # noqa: F401
 from csl_ros.eval.metrics import (ComponentAccumulator, FrameCache, MetricsResult, PixelAccumulator, check_labels,
                                   prepare_scores, track_spec)
