@@ -71,14 +71,19 @@ class Teacher:
         return self.calibration.is_global
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> TeacherOutput:
+    def __call__(self, images: torch.Tensor, network=None) -> TeacherOutput:
+        """``network``: a compiled stand-in for ``model`` (``csl_ros.pipeline.backends.CompiledModel``:
+        same input, its output first in a tuple) that runs instead of the eager model."""
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if images.dim() == 3:
             raise ValueError("images must be batched B×3×H×W (got a single 3-D image; add a batch dim)")
         images = images.to(self.device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):
-            out = self.model(images)
+        if network is not None:
+            out = network(images)[0]
+        else:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):
+                out = self.model(images)
         if self.score_fn == "map":
             if out.shape[1] != 1:
                 raise ValueError(f"the {self.name} teacher expected a 1-channel anomaly map, got "
