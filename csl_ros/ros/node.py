@@ -86,7 +86,7 @@ class CslDetectorNode(LifecycleNode):
         self._camera_info: tuple | None = None  # (K, width, height)
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._backend_device = ("", "")
+        self._backend_device = ("", "", "")
         self._bad_log = Throttle(LOG_PERIOD_S)
         self._state_log = Throttle(LOG_PERIOD_S)
         self._last_report = (0, 0)  # frames received, bad frames at the previous diagnostics
@@ -321,7 +321,7 @@ class CslDetectorNode(LifecycleNode):
                 log.error(f"detector failed on a frame: {type(exc).__name__}: {exc}")
             return
         self._publish(msg.header, rgb, det, node_cfg)
-        self._backend_device = (det.backend, det.device)
+        self._backend_device = (det.backend, det.device, getattr(det, "backends", ""))
         self.stats.processed.tick()
         self.stats.detector_ms.add(detector_ms)
         self.stats.latency_ms.add((time.monotonic() - t_received) * 1e3)
@@ -365,9 +365,10 @@ class CslDetectorNode(LifecycleNode):
         if silent and (recent_input or publishers) and self._state_log.ready(message.split(":")[0]):
             self.get_logger().warning(message)
         cfg = self._det_cfg
-        backend, device = self._backend_device
+        backend, device, backends = self._backend_device
         values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,
                   "backend": backend or f"{cfg.backend} (requested)", "device": device or f"{cfg.device} (requested)",
+                  "backends": backends or "-",
                   "scheme": cfg.scheme, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold, **snap}
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: csl detector",
                                   message=message, hardware_id=device or cfg.device)
