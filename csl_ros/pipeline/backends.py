@@ -189,6 +189,9 @@ class OrtRunner:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = torch.get_num_threads()
+        # Like OMP_WAIT_POLICY=PASSIVE for torch: spinning worker threads make every process on a
+        # shared or busy CPU (the teacher and the student alternate) several times slower.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), so, providers=providers, provider_options=options)
         self.provider = self.session.get_providers()[0]
         self.device = device
