@@ -46,3 +46,24 @@ def test_gpu_suite_without_cuda_says_so(tmp_path):
         pytest.skip("a CUDA machine would run the whole suite")
     proc = _run(["bench/gpu_suite.py", "--out", str(tmp_path)], tmp_path, timeout=120)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+@pytest.mark.slow  # ~1 min of CPU: five project commands (training, statistics, results) at 64x128
+def test_train_gpu_dry_run_writes_shipped_files_cards_manifest_and_results(tmp_path):
+    proc = _run(["bench/train_gpu.py", "--dry-run", "--out", str(tmp_path)], tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from csl_ros.model import load_checkpoint
+    from csl_ros.shipped import resolve_shipped
+    from csl_ros.teachers.teacher import build_teacher
+
+    for name in ("teacher_segmenter", "teacher_segmenter_stats", "student_ca", "student_scheme1"):
+        path = resolve_shipped(name, tmp_path)  # in the manifest, SHA-256 checked
+        assert (tmp_path / json.loads((tmp_path / "manifest.json").read_text())["models"][name]["card"]).is_file()
+    assert load_checkpoint(tmp_path / "student_scheme1.safetensors").model.has_distribution
+    build_teacher("sml", segmenter_path=tmp_path / "teacher_segmenter.safetensors",
+                  stats_path=tmp_path / "teacher_segmenter.stats.json", device="cpu")
+    summary = json.loads((tmp_path / "train_gpu.json").read_text())
+    assert set(summary["stages"]) == {"render", "segmenter", "statistics", "student_ca", "student_scheme1", "results"}
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "2/sml/soft" in results["rows"] and "AUPR" in (tmp_path / "results.md").read_text()
+    assert "Trained in" in (tmp_path / "student_ca.md").read_text()
