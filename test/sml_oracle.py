@@ -84,12 +84,7 @@ def gaussian_kernel(size: int = SML_SMOOTHING_KERNEL, sigma: float = SML_SMOOTHI
 def dilated_smoothing(score: torch.Tensor, kernel_size: int = SML_SMOOTHING_KERNEL,
                       sigma: float = SML_SMOOTHING_SIGMA, dilation: int = SML_SMOOTHING_DILATION,
                       ) -> torch.Tensor:
-    """Dilated Gaussian smoothing: replication padding of ``dilation·(k−1)/2`` px (18 for the
-    defaults), then a k×k Gaussian conv with the given dilation. Output has the input size."""
-    if score.dim() != 4:
-        raise ValueError(f"score must be B×C×H×W, got shape {tuple(score.shape)}")
-    if kernel_size % 2 != 1:
-        raise ValueError(f"smoothing kernel size must be odd, got {kernel_size}")
+    """The pre-speed-up computation: a k×k dilated Gaussian conv after replication padding."""
     b, c, h, w = score.shape
     pad = dilation * (kernel_size - 1) // 2
     kernel = gaussian_kernel(kernel_size, sigma).to(score.device, score.dtype)[None, None]
