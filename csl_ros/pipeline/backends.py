@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 log = logging.getLogger("csl_ros.backend")
@@ -90,7 +91,7 @@ class CompiledModel:
         ctx = (torch.autocast("cuda", dtype=torch.float16) if self.fp16 and self.backend in ("eager", "compile")
                else contextlib.nullcontext())
         with torch.inference_mode(), ctx:
-            out = self.fn(x.half() if self.fp16 and self.backend == "tensorrt" else x)
+            out = self.fn(_half_if_float(x) if self.backend == "tensorrt" else x)
         if isinstance(out, torch.Tensor):
             out = (out,)
         return tuple(o.float() if torch.is_tensor(o) else o for o in out)
@@ -168,8 +169,7 @@ class OrtRunner:
 
     On a CUDA execution provider, input and outputs stay on the GPU (I/O binding on torch memory)."""
 
-    _DTYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16,
-               "tensor(int64)": torch.int64, "tensor(uint8)": torch.uint8}
+    _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.uint8: np.uint8}
 
     def __init__(self, path: Path, device: torch.device, fp16: bool, cache_dir: Path):
         import onnxruntime as ort
@@ -204,15 +204,17 @@ class OrtRunner:
         if not self._on_gpu:
             outs = self.session.run(self.outputs, {self.input.name: x.cpu().numpy()})
             return tuple(torch.from_numpy(o).to(self.device) for o in outs)
-        import numpy as np
-
         binding = self.session.io_binding()
-        binding.bind_input(self.input.name, "cuda", self.device.index or 0, x.cpu()[:0].numpy().dtype,
+        binding.bind_input(self.input.name, "cuda", self.device.index or 0, self._NUMPY[x.dtype],
                            tuple(x.shape), x.data_ptr())
         for name in self.outputs:
             binding.bind_output(name, "cuda", self.device.index or 0)
         self.session.run_with_iobinding(binding)
         return tuple(torch.from_numpy(np.asarray(o)).to(self.device) for o in binding.copy_outputs_to_cpu())
+
+
+def _half_if_float(x: torch.Tensor) -> torch.Tensor:
+    return x.half() if x.is_floating_point() else x
 
 
 def _as_tuple(out) -> tuple:
@@ -244,9 +246,10 @@ def _tensorrt(module, example, path: Path, force: bool):
         return torch_tensorrt.load(str(path)).module()
     log.warning("building a TensorRT fp16 engine for input %s; this can take several minutes "
                 "(cached afterwards in %s)", tuple(example.shape), path.parent)
-    trt = torch_tensorrt.compile(module, ir="dynamo", inputs=[example.half()],
+    example = _half_if_float(example)  # uint8 images (the teacher's input) stay uint8
+    trt = torch_tensorrt.compile(module, ir="dynamo", inputs=[example],
                                  enabled_precisions={torch.half}, truncate_double=True)
-    torch_tensorrt.save(trt, str(path), inputs=[example.half()])
+    torch_tensorrt.save(trt, str(path), inputs=[example])
     return trt
 
 
