@@ -8,8 +8,9 @@ post-processing share and the ratios behind the speed targets, in one run.
 For each input size (network size = image size, as for full-resolution evaluation):
   * HF transformers Mask2Former R-50 (100 queries, MSDeformAttn pixel decoder, random init, built from
     a config: no download), forward pass, on the same device: the reference;
-  * the pre-issue-15 eager default: the shipped default on the eager backend with the SML boundary
-    suppression and dilated smoothing of test/sml_oracle.py (the implementation before the speed-up);
+  * the pre-issue-15 eager default: the shipped default on the eager backend with the code paths as
+    they were before issue 15 (``pre_issue_code``: the SML post-processing of test/sml_oracle.py, the
+    teacher's separate argmax, the student decoder's 7 full-size predictions); same outputs;
   * the CSL detector (scheme 2, the shipped SML teacher; the shipped student or a preset with random
     weights, whose speed does not depend on the weights) on a synthroad obstacle frame, on every
     backend (student and teacher through the same backend; tensorrt added on CUDA when installed),
@@ -40,7 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 STAGES = ("preprocess", "network", "teacher", "assignment", "fusion", "instances")
-PRE_ISSUE = "eager, pre-issue SML"
+PRE_ISSUE = "eager, pre-issue code"
 
 
 def hf_mask2former(device):
@@ -57,19 +58,32 @@ def hf_mask2former(device):
 
 
 @contextlib.contextmanager
-def pre_issue_sml():
-    """Swap in the SML post-processing as it was before the speed-up (test/sml_oracle.py)."""
+def pre_issue_code(student):
+    """Run the code paths as they were before issue 15's speed-ups, with the same results:
+    * the SML boundary suppression and dilated smoothing of test/sml_oracle.py;
+    * the teacher's class map as a separate argmax over the logits (now: the SML max's indices);
+    * the student's decoder making all 7 predictions at H/4 (now in eval: the final one only), which
+      is its train-mode path (the student itself stays in eval mode: no auxiliary outputs)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
     import sml_oracle
 
     from csl_ros.teachers import scores
+    from csl_ros.teachers import teacher as teacher_module
 
-    saved = scores.boundary_suppression, scores.dilated_smoothing
+    def smlc_with_argmax(logits, mean, std):
+        s, _ = standardized(logits, mean, std)
+        return s, logits.argmax(dim=1)
+
+    saved = scores.boundary_suppression, scores.dilated_smoothing, teacher_module.standardized_max_logit
+    standardized = saved[2]
     scores.boundary_suppression, scores.dilated_smoothing = sml_oracle.boundary_suppression, sml_oracle.dilated_smoothing
+    teacher_module.standardized_max_logit = smlc_with_argmax
+    student.transformer_decoder.train()
     try:
         yield
     finally:
-        scores.boundary_suppression, scores.dilated_smoothing = saved
+        scores.boundary_suppression, scores.dilated_smoothing, teacher_module.standardized_max_logit = saved
+        student.transformer_decoder.eval()
 
 
 class DetectorRow:
@@ -94,6 +108,7 @@ class DetectorRow:
             torch.manual_seed(0)
             student = build_student(get_preset(preset, distill_channels=0))
         teacher = build_teacher(cfg.teacher, segmenter_path="", stats_path="", device=device)
+        self.student = student
         t = time.perf_counter()
         self.detector = Detector(cfg, student=student, teacher=teacher, model_hash=model_hash)
         self.image = render_frame(10_000_005, size=size, obstacles="obstacle").image
@@ -105,7 +120,7 @@ class DetectorRow:
             f"auto -> {self.detector.backend}" if backend == "auto" else self.detector.backend)
 
     def step(self):
-        with pre_issue_sml() if self.pre_issue else contextlib.nullcontext():
+        with pre_issue_code(self.student) if self.pre_issue else contextlib.nullcontext():
             timings = self.detector(self.image).timings_ms
         if hasattr(self, "runs"):
             self.runs.append(timings)
