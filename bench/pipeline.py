@@ -131,13 +131,15 @@ class DetectorRow:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="512x1024,1024x2048")
+    ap.add_argument("--sizes", default="512x1024,1024x2048",
+                    help="comma-separated frame sizes HxW in pixels (default 512x1024,1024x2048)")
     ap.add_argument("--presets", default="shipped,r18_fast,r50_paper",
                     help="student presets; 'shipped' = the shipped student_ca (r18_lite) with its weights")
     ap.add_argument("--backends", default="eager,torchscript,compile,onnxruntime",
-                    help="backends of every preset (tensorrt is added on CUDA when torch-tensorrt is installed)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="auto")
+                    help="comma-separated inference back ends of every preset (default "
+                         "eager,torchscript,compile,onnxruntime; tensorrt is added on CUDA when installed)")
+    ap.add_argument("--repeats", type=int, default=3, help="number of timed repetitions (default 3)")
+    ap.add_argument("--device", default="auto", help="torch device: auto (cuda when present), cpu, cuda")
     ap.add_argument("--json", default="", help="also write every figure to this JSON file")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
