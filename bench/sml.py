@@ -35,7 +35,7 @@ def _median_ms(fn, repeats):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1024x2048", help="HxW of the frame and the teacher's output")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs of each step (median)")
     args = ap.parse_args()
     import sml_oracle
 

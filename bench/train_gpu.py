@@ -84,17 +84,17 @@ def model_card(name: str, title: str, lines: list[str], stage: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path, help="folder for the models, cards, manifest, results and the frame cache")
     ap.add_argument("--dry-run", action="store_true", help="CPU, 64x128, a few frames and steps")
     ap.add_argument("--size", default="512x1024", help="render, crop and evaluation size HxW")
     ap.add_argument("--frames", type=int, default=1000, help="training frames (seeds 0..frames-1)")
-    ap.add_argument("--segmenter-steps", type=int, default=1500)
-    ap.add_argument("--ca-steps", type=int, default=1500)
-    ap.add_argument("--scheme1-steps", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--segmenter-steps", type=int, default=1500, help="segmenter training steps")
+    ap.add_argument("--ca-steps", type=int, default=1500, help="class-agnostic student training steps")
+    ap.add_argument("--scheme1-steps", type=int, default=600, help="scheme-1 student training steps")
+    ap.add_argument("--batch", type=int, default=8, help="batch size (images per step) of every training")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="render processes")
     ap.add_argument("--test-frames", type=int, default=200, help="results: test frames (docs/results.md: 200)")
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default="cuda", help="torch device of the trainings (default cuda)")
     args = ap.parse_args(argv)
     if args.dry_run:
         args.size, args.frames, args.segmenter_steps, args.ca_steps, args.scheme1_steps = "64x128", 4, 2, 2, 1
