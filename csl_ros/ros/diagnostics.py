@@ -43,10 +43,11 @@ class NodeDiagnosticsMixin:
         if silent and (recent_input or publishers) and self._state_log.ready(message.split(":")[0]):
             self.get_logger().warning(message)
         cfg = self._det_cfg
-        backend, device = self._backend_device
+        backend, device, backends = self._backend_device
         info_age = "" if self._camera_info_at is None else now - self._camera_info_at
         values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,
                   "backend": backend or f"{cfg.backend} (requested)", "device": device or f"{cfg.device} (requested)",
+                  "backends": backends or "-",
                   "scheme": cfg.scheme, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold,
                   "camera_info_topic": info_topic, "camera_info": self._camera_info_state,
                   "camera_info_age_s": info_age, **snap}

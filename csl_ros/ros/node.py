@@ -59,7 +59,7 @@ class CslDetectorNode(NodeParametersMixin, NodeDiagnosticsMixin, LifecycleNode):
         self._last_marker_header = None  # of the latest ~/obstacles message, for clearing them
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._backend_device = ("", "")
+        self._backend_device = ("", "", "")
         self._bad_log = Throttle(LOG_PERIOD_S)
         self._state_log = Throttle(LOG_PERIOD_S)
         self._last_report = 0  # frames received at the previous diagnostics
@@ -271,7 +271,7 @@ class CslDetectorNode(NodeParametersMixin, NodeDiagnosticsMixin, LifecycleNode):
                 log.error(f"detector failed on a frame: {type(exc).__name__}: {exc}")
             return
         self._publish(msg.header, rgb, det, node_cfg)
-        self._backend_device = (det.backend, det.device)
+        self._backend_device = (det.backend, det.device, getattr(det, "backends", ""))
         self.stats.processed.tick()
         self.stats.detector_ms.add(detector_ms)
         self.stats.latency_ms.add((time.monotonic() - t_received) * 1e3)
