@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-TEACHERS = ("none", "msp", "maxlogit", "sml", "entropy", "energy", "onnx")
+TEACHERS = ("none", "msp", "maxlogit", "sml", "entropy", "energy", "rba", "onnx")
 SCHEMES = ("1", "2", "teacher_only")
 
 
@@ -47,16 +47,30 @@ class DetectorConfig:
                        "'teacher_only' = the teacher's scores without fusion (for comparison).",
                        choices=SCHEMES, reload=True)
     teacher: str = _opt("sml", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, msp (1 - max "
-                        "softmax), maxlogit, sml (standardized max logit), entropy, energy, or onnx "
-                        "(an external method exported to ONNX, see teacher_path).",
+                        "softmax), maxlogit, sml (standardized max logit), entropy, energy, rba "
+                        "(RbA: clip(1 - sum_c tanh(l_c), 0, 1) on a Mask2Former's class scores), or "
+                        "onnx (an external method exported to ONNX, see teacher_path).",
                         choices=TEACHERS, reload=True)
     student_path: str = _opt("", "CSL student checkpoint (.safetensors or .pt). Empty: the shipped "
                              "synthroad model for the chosen scheme.", reload=True)
-    teacher_path: str = _opt("", "Teacher checkpoint: the closed-set segmenter (.safetensors/.pt) for "
-                             "msp/maxlogit/sml/entropy/energy, or the .onnx file for teacher=onnx. "
-                             "Empty: the shipped synthroad segmenter.", reload=True)
+    teacher_path: str = _opt("", "Teacher model: the closed-set segmenter (.safetensors/.pt), a Hugging "
+                             "Face SegFormer/Mask2Former directory or hf:<repo>[@revision] (from the "
+                             "local cache, see csl-ros models fetch) for msp/maxlogit/sml/entropy/"
+                             "energy/rba, or the .onnx file for teacher=onnx. Empty: the shipped "
+                             "synthroad segmenter.", reload=True)
+    onnx_output: str = _opt("", "Output of an ONNX teacher to use, by name. Empty: its first output.",
+                            reload=True)
+    allow_download: bool = _opt(False, "Let an hf:<repo> teacher_path / regions_path download from the "
+                                "Hugging Face hub when it is not in the local cache (off: never at start).",
+                                reload=True)
     teacher_stats_path: str = _opt("", "SML statistics / score calibration file of the teacher. Empty: "
                                    "the one stored next to the teacher checkpoint.", reload=True)
+    regions: str = _opt("student", "Region proposals for scheme 2: 'student' (the CSL student) or "
+                        "'mask2former' (the queries of a closed-set Mask2Former, regions_path; no CSL "
+                        "training needed).", choices=("student", "mask2former"), reload=True)
+    regions_path: str = _opt("", "Mask2Former (Hugging Face directory or hf:<repo>) for regions="
+                             "mask2former. Empty: the teacher's, when it is a Mask2Former (one forward "
+                             "pass for both).", reload=True)
     assignment: str = _opt("soft", "Region assignment: 'soft' (CSL Eq. 2, every pixel assigned) or "
                            "'hard' (Mask2Former/EntitySeg thresholds, for the ablation).",
                            choices=("soft", "hard"))

@@ -15,7 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-SCORE_FUNCTIONS = ("msp", "maxlogit", "sml", "entropy", "energy")
+SCORE_FUNCTIONS = ("msp", "maxlogit", "sml", "entropy", "energy", "rba")
+# Scores defined on the per-pixel class scores l_c of a mask-classification model (Mask2Former).
+MASK_SCORE_FUNCTIONS = ("rba",)
 
 # SML post-processing defaults (spec section 7, the SML repo's eval.py defaults).
 SML_BOUNDARY_WIDTH = 4
@@ -63,6 +65,16 @@ def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     if not temperature > 0:
         raise ValueError(f"energy temperature must be > 0, got {temperature}")
     return -temperature * torch.logsumexp(logits.float() / temperature, dim=1, keepdim=True)
+
+
+def rba_score(class_scores: torch.Tensor) -> torch.Tensor:
+    """``s = −Σ_c tanh(l_c)`` (RbA, Nayal et al. ICCV 2023: "rejected by all" classes), in [−K, 0].
+
+    ``class_scores`` are Mask2Former's per-pixel class scores ``l_c = Σ_q softmax(cls_q)_c ·
+    sigmoid(mask_q)`` (``csl_ros.teachers.hf.mask2former_class_scores``); a pixel no class claims
+    scores 0, one claimed confidently scores about −tanh(1)."""
+    check_logits(class_scores)
+    return -torch.tanh(class_scores.float()).sum(dim=1, keepdim=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,6 +231,8 @@ def compute_score(name: str, logits: torch.Tensor, stats=None) -> torch.Tensor:
         return entropy_score(logits)
     if name == "energy":
         return energy_score(logits)
+    if name == "rba":
+        return rba_score(logits)
     if name == "sml":
         if stats is None or not stats.has_class_stats:
             raise ValueError("the sml score needs class-wise max-logit statistics (a teacher stats "

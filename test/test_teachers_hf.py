@@ -1,0 +1,157 @@
+"""Hugging Face teachers and Mask2Former regions against the reference library (tiny random models)."""
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+transformers = pytest.importorskip("transformers")
+
+from csl_ros.teachers.hf import (HASH_RECORD, Mask2FormerRegions, load_hf_segmenter,  # noqa: E402
+                                 record_hashes, resolve_hf_dir, verify_hashes)
+from csl_ros.teachers.teacher import build_teacher  # noqa: E402
+
+
+def _image(seed=0, size=(64, 64)):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+
+
+def _batch(img):
+    return torch.from_numpy(img).permute(2, 0, 1)[None]
+
+
+def _reference(directory, cls_name, proc_name, img):
+    """The model run as transformers runs it: its own processor's pixel values, its own forward."""
+    model = getattr(transformers, cls_name).from_pretrained(str(directory)).eval()
+    proc = getattr(transformers, proc_name).from_pretrained(str(directory))
+    pixel_values = proc(images=[img], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        return model(pixel_values=pixel_values), proc
+
+
+def test_segformer_logits_equal_reference_upsampled(tiny_hf_models):
+    img = _image(0)
+    out, proc = _reference(tiny_hf_models["segformer"], "SegformerForSemanticSegmentation",
+                           "SegformerImageProcessor", img)
+    expected = F.interpolate(out.logits, size=img.shape[:2], mode="bilinear", align_corners=False)
+    model = load_hf_segmenter(tiny_hf_models["segformer"])
+    with torch.no_grad():
+        got = model(_batch(img))
+    assert got.shape == (1, 5, 64, 64)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    # the argmax is what the processor's post-processing gives
+    seg = proc.post_process_semantic_segmentation(out, target_sizes=[img.shape[:2]])[0]
+    assert torch.equal(got.argmax(1)[0], seg)
+    assert model.class_names == [f"class{i}" for i in range(5)]
+
+
+def test_mask2former_class_scores_equal_reference_semantic_inference(tiny_hf_models):
+    img = _image(1)
+    out, _ = _reference(tiny_hf_models["mask2former"], "Mask2FormerForUniversalSegmentation",
+                        "Mask2FormerImageProcessor", img)
+    # Mask2Former's semantic_inference: upsample mask logits to the input, sigmoid, Σ_q softmax[:K]·mask
+    masks = F.interpolate(out.masks_queries_logits, size=(64, 64), mode="bilinear", align_corners=False)
+    probs = out.class_queries_logits.softmax(-1)[..., :-1]
+    expected = torch.zeros(1, 5, 64, 64)
+    for q in range(probs.shape[1]):
+        expected += probs[0, q][None, :, None, None] * masks[0, q].sigmoid()[None, None]
+    with torch.no_grad():
+        got = load_hf_segmenter(tiny_hf_models["mask2former"])(_batch(img))
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["msp", "maxlogit", "entropy", "energy", "rba"])
+def test_scores_on_mask2former_class_scores(tiny_hf_models, name):
+    img = _image(2)
+    teacher = build_teacher(name, segmenter_path=tiny_hf_models["mask2former"], device="cpu",
+                            calibration=None if name in ("msp", "entropy", "rba") else "per_image_minmax")
+    out = teacher(_batch(img))
+    lc = out.logits[0].double().numpy()  # K×H×W, checked against the reference above
+    z = lc - lc.max(0, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(0, keepdims=True)
+    expected = {"msp": 1 - p.max(0),
+                "maxlogit": -lc.max(0),
+                "entropy": -(p * np.log(p)).sum(0) / math.log(5),
+                "energy": -(np.log(np.exp(z).sum(0)) + lc.max(0)),
+                "rba": -np.tanh(lc).sum(0)}[name]
+    np.testing.assert_allclose(out.raw_score[0, 0].numpy(), expected, atol=1e-5)
+    if name == "rba":
+        np.testing.assert_allclose(out.score_map[0, 0].numpy(), np.clip(1 - np.tanh(lc).sum(0), 0, 1),
+                                   atol=1e-6)
+
+
+def test_mask2former_regions_equal_numpy_eq2(tiny_hf_models):
+    from csl_ros.model import soft_assign
+
+    img = _image(3)
+    model = load_hf_segmenter(tiny_hf_models["mask2former"])
+    with torch.no_grad():
+        raw = model.network(pixel_values=model.preprocessing(_batch(img))[0])
+    r_probs, v = Mask2FormerRegions(model)(_batch(img))
+    labels = soft_assign(r_probs[0], v[0], split_components=False).numpy()
+    # independent Eq. 2: A(x) = argmax_n sigmoid(mask_n(x)) · (1 − p_n(no object)), stride 4
+    masks = raw.masks_queries_logits[0].numpy().astype(np.float64)
+    cls = raw.class_queries_logits[0].numpy().astype(np.float64)
+    p = np.exp(cls - cls.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    weighted = (1 / (1 + np.exp(-masks))) * (1 - p[:, -1])[:, None, None]
+    assert labels.shape == (16, 16)
+    np.testing.assert_array_equal(labels, weighted.argmax(0))
+
+
+def test_shared_regions_reuse_the_teacher_pass(tiny_hf_models):
+    teacher = build_teacher("rba", segmenter_path=tiny_hf_models["mask2former"], device="cpu")
+    x = _batch(_image(4))
+    teacher(x)
+    shared = Mask2FormerRegions(teacher.model, shared=True)
+    calls = []
+    hook = teacher.model.network.register_forward_hook(lambda *a: calls.append(1))
+    r_shared, v_shared = shared(x)
+    assert calls == []  # no second forward pass
+    hook.remove()
+    r_own, v_own = Mask2FormerRegions(teacher.model)(x)
+    assert torch.allclose(r_shared, r_own) and torch.allclose(v_shared, v_own)
+
+
+def test_rba_needs_mask2former(tiny_hf_models):
+    with pytest.raises(ValueError, match="needs a Mask2Former"):
+        build_teacher("rba", segmenter_path=tiny_hf_models["segformer"], device="cpu")
+    with pytest.raises(ValueError, match="needs a Mask2Former teacher_path"):
+        build_teacher("rba", device="cpu")
+
+
+def test_tampered_weight_file_refused_with_its_name(tiny_hf_models, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_hf_models["segformer"], d)
+    weights = d / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="model.safetensors: SHA-256 differs"):
+        load_hf_segmenter(d)
+
+
+def test_unverifiable_or_pickled_model_dirs_refused(tiny_hf_models, tmp_path):
+    d = tmp_path / "norecord"
+    shutil.copytree(tiny_hf_models["segformer"], d)
+    (d / HASH_RECORD).unlink()
+    with pytest.raises(ValueError, match="no csl_ros.sha256.json.*models import"):
+        load_hf_segmenter(d)
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pytorch_model.bin: pickled weights"):
+        record_hashes(d)
+    with pytest.raises(ValueError, match="pytorch_model.bin"):
+        load_hf_segmenter(d)
+    verify_hashes(tiny_hf_models["segformer"])  # the untouched original still verifies
+
+
+def test_hf_spec_not_in_cache_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache.*models fetch"):
+        resolve_hf_dir("hf:nvidia/segformer-b0-finetuned-cityscapes-1024-1024")
+    with pytest.raises(ValueError, match="hf:<owner>/<name>"):
+        resolve_hf_dir("hf:no-slash")
