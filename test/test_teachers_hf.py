@@ -155,3 +155,72 @@ def test_hf_spec_not_in_cache_is_one_clear_error(tmp_path, monkeypatch):
         resolve_hf_dir("hf:nvidia/segformer-b0-finetuned-cityscapes-1024-1024")
     with pytest.raises(ValueError, match="hf:<owner>/<name>"):
         resolve_hf_dir("hf:no-slash")
+
+
+@pytest.fixture(scope="module")
+def rba_onnx(tiny_hf_models, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from csl_ros.teachers.hf import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "rba.onnx"
+    return export_onnx(load_hf_segmenter(tiny_hf_models["mask2former"]), path, (64, 64), output="rba")
+
+
+def test_onnx_export_rba_equals_native(tiny_hf_models, rba_onnx):
+    x = _batch(_image(5))
+    native = build_teacher("rba", segmenter_path=tiny_hf_models["mask2former"], device="cpu")(x)
+    teacher = build_teacher("onnx", onnx_path=rba_onnx, device="cpu")
+    assert teacher.calibration.method == "affine" and teacher.map_range == (-5.0, 0.0)
+    onnx = teacher(x)
+    assert torch.allclose(onnx.raw_score, native.raw_score, atol=1e-4, rtol=0)
+    assert torch.allclose(onnx.score_map, native.score_map, atol=1e-4, rtol=0)
+    # the declared RbA mapping is used, not identity (which would turn the map, all <= 0, into zeros)
+    assert (onnx.raw_score < 0).all()
+    assert torch.allclose(onnx.score_map, (1 + onnx.raw_score).clamp(0, 1), atol=1e-6)
+    assert teacher.out_of_range_pixels == 0
+
+
+class _QueriesAndMap(torch.nn.Module):
+    """A Mask2Former-like export: first output N×Q×(K+1) query logits, second a per-pixel map."""
+
+    def forward(self, x):
+        queries = x.mean(dim=(2, 3))[:, :1, None].expand(-1, 6, 6) * 1.0
+        score = x[:, :1] * 3.0 - 1.0  # ImageNet-normalised input: values well outside [0, 1]
+        return queries, score
+
+
+def _export_toy(path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_QueriesAndMap().eval(), (torch.zeros(1, 3, 32, 32),), str(path),
+                          input_names=["images"], output_names=["class_queries_logits", "anomaly"],
+                          dynamo=False)
+    return path
+
+
+def test_onnx_bad_outputs_fail_with_clear_errors(tmp_path):
+    pytest.importorskip("onnxruntime")
+    path = _export_toy(tmp_path / "toy.onnx")
+    with pytest.raises(ValueError, match=r"output 'class_queries_logits' has shape \(1, 6, 6\), not a "
+                                         r"per-pixel map"):
+        build_teacher("onnx", onnx_path=path, device="cpu")
+    with pytest.raises(ValueError, match="no output named 'scores'; the model's outputs are "
+                                         "class_queries_logits .*anomaly"):
+        build_teacher("onnx", onnx_path=path, device="cpu", onnx_output="scores")
+
+
+def test_onnx_out_of_range_map_is_counted_and_reported(tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
+    teacher = build_teacher("onnx", onnx_path=_export_toy(tmp_path / "toy.onnx"), device="cpu",
+                            onnx_output="anomaly")
+    assert teacher.map_range == (0.0, 1.0)  # identity: a map assumed to be in [0, 1]
+    x = _batch(_image(6, (32, 32)))
+    with caplog.at_level("WARNING", logger="csl_ros.teacher"):
+        out = teacher(x)
+    raw = out.raw_score
+    expected = int(((raw < 0) | (raw > 1)).sum())
+    assert expected > 0 and teacher.out_of_range_pixels == expected
+    assert teacher.out_of_range_frames == 1
+    assert "outside the declared map range [0, 1]" in caplog.text

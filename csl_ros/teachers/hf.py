@@ -379,3 +379,90 @@ class Mask2FormerRegions:
             masks = F.interpolate(masks, size=out, mode="bilinear", align_corners=False)
         validity = 1.0 - q.class_logits.float().softmax(-1)[..., -1]
         return masks.sigmoid(), validity
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX export (for onnxruntime / TensorRT deployments of the same teacher)
+# --------------------------------------------------------------------------------------------------
+
+class _ExportedScore(nn.Module):
+    """Normalised pixel values at the network size → the raw RbA map N×1×H×W (``rba``) or the class
+    scores / logits N×K×H×W (``class_scores``)."""
+
+    def __init__(self, model: HFSegmenter, output: str):
+        super().__init__()
+        self.network, self.kind, self.output = model.network, model.kind, output
+
+    def forward(self, pixel_values):
+        size = pixel_values.shape[-2:]
+        out = self.network(pixel_values=pixel_values)
+        if self.kind == "segformer":
+            return F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)
+        masks = F.interpolate(out.masks_queries_logits, size=size, mode="bilinear", align_corners=False)
+        scores = mask2former_class_scores(out.class_queries_logits, masks)
+        if self.output == "rba":
+            return -torch.tanh(scores).sum(dim=1, keepdim=True)
+        return scores
+
+
+def export_onnx(model: HFSegmenter, path: str | os.PathLike, size: tuple[int, int],
+                output: str = "class_scores", opset: int = 20) -> Path:
+    """Export ``model`` at the fixed input ``size`` (a multiple of the processor's size divisor) to
+    ONNX, with the csl_ros metadata the ONNX teacher reads: input normalisation (ImageNet statistics
+    of the processor are required), and for ``output="rba"`` a ready map with its declared range
+    [−K, 0] and RbA's calibration ``clip(1 + s, 0, 1)``."""
+    from csl_ros.teachers.onnx_runner import set_onnx_metadata
+    from csl_ros.teachers.segmenter import IMAGENET_MEAN, IMAGENET_STD
+
+    if output not in ("class_scores", "rba"):
+        raise ValueError(f"output must be class_scores or rba, got {output!r}")
+    if output == "rba" and model.kind != "mask2former":
+        raise ValueError(f"{model.path}: the rba output needs a Mask2Former, this is a {model.kind}")
+    if not (np_close(model.preprocessing.mean, IMAGENET_MEAN) and np_close(model.preprocessing.std, IMAGENET_STD)):
+        raise ValueError(f"{model.path}: the processor does not normalise with the ImageNet statistics, "
+                         "which the ONNX teacher assumes")
+    path = Path(path)
+    import warnings
+
+    with warnings.catch_warnings():  # tracer warnings about shape-dependent Python control flow
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_ExportedScore(model, output).eval(), (torch.zeros(1, 3, *size),), str(path),
+                          input_names=["images"], output_names=[output], opset_version=opset,
+                          dynamo=False)
+    _float_grids(path)
+    meta = {"input_normalization": "imagenet"}
+    if output == "rba":
+        meta.update(output="anomaly_map", map_range=f"{-model.num_classes},0",
+                    map_calibration=json.dumps({"method": "affine", "scale": 1.0, "offset": 1.0}))
+    else:
+        meta.update(output="logits")
+    set_onnx_metadata(path, **meta)
+    return path
+
+
+def _float_grids(path: Path) -> None:
+    """Cast double sampling grids to float: the tracer keeps Mask2Former's deformable-attention
+    grid in float64, and onnxruntime has no GridSample kernel for a double grid."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    nodes, changed = [], False
+    for node in model.graph.node:
+        if node.op_type == "GridSample" and types.get(node.input[1]) == TensorProto.DOUBLE:
+            cast_out = node.input[1] + "_as_float"
+            nodes.append(helper.make_node("Cast", [node.input[1]], [cast_out], to=TensorProto.FLOAT,
+                                          name=node.name + "_grid_cast"))
+            node.input[1] = cast_out
+            changed = True
+        nodes.append(node)
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(path))
+
+
+def np_close(a, b, tol: float = 1e-6) -> bool:
+    return all(abs(float(x) - float(y)) <= tol for x, y in zip(a, b))
