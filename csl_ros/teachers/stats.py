@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from csl_ros.shipped import sha256_file as file_sha256  # noqa: F401 (re-exported helper)
-from csl_ros.teachers.calibration import CALIBRATION_METHODS, Calibration, fit_calibration
+from csl_ros.teachers.calibration import (CALIBRATION_METHODS, RBA_CALIBRATION, Calibration,
+                                          fit_calibration)
 from csl_ros.teachers.scores import (SML_BOUNDARY_ITERATIONS, SML_BOUNDARY_WIDTH, energy_score,
                                      entropy_score, maxlogit_score, msp_score, sml_postprocess)
 
@@ -79,6 +80,8 @@ class TeacherStats:
     def calibration_for(self, score: str, method: str | None = None) -> Calibration:
         """The stored calibration of ``score``, or a ``method`` refitted from the stored quantiles."""
         if method is None:
+            if score == "rba" and score not in self.calibration:
+                return RBA_CALIBRATION  # a fixed mapping, nothing to fit
             if score not in self.calibration:
                 raise ValueError(f"the teacher statistics have no calibration for score {score!r} "
                                  f"(have: {', '.join(sorted(self.calibration)) or 'none'})")

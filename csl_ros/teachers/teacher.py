@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from csl_ros.config import TEACHERS
-from csl_ros.teachers.calibration import Calibration
+from csl_ros.teachers.calibration import RBA_CALIBRATION, Calibration
 from csl_ros.teachers.scores import MASK_SCORE_FUNCTIONS, SCORE_FUNCTIONS, compute_score, sml_score
 from csl_ros.teachers.stats import TeacherStats, default_stats_path, file_sha256
 
@@ -27,8 +27,6 @@ log = logging.getLogger("csl_ros.teacher")
 
 TEACHER_NAMES = tuple(t for t in TEACHERS if t != "none")
 UNBOUNDED_SCORES = ("maxlogit", "sml", "energy")
-# RbA mapped to [0, 1] as clip(1 − Σ_c tanh(l_c), 0, 1) (its raw score is −Σ_c tanh(l_c) ∈ [−K, 0]).
-RBA_CALIBRATION = Calibration("affine", {"scale": 1.0, "offset": 1.0})
 HF_STATS_FILE = "csl_ros.stats.json"  # statistics of a Hugging Face model directory live inside it
 # Names of the shipped synthroad teacher files in models/manifest.json (csl_ros.shipped).
 SHIPPED_SEGMENTER = "teacher_segmenter"
