@@ -170,6 +170,19 @@ def apply_model_settings(cfg: DetectorConfig, settings: Mapping[str, Any]) -> tu
     return dataclasses.replace(cfg, **taken), taken
 
 
+MASK2FORMER_REGIONS = "regions from a closed-set Mask2Former, not class-agnostic training"
+
+
+def regions_description(cfg: DetectorConfig) -> str:
+    """Where the fusion's regions come from, named plainly for every report (log, diagnostics,
+    detect output, evaluation report)."""
+    if cfg.scheme == "teacher_only":
+        return "no regions (teacher only)"
+    if cfg.scheme == "2" and cfg.regions == "mask2former":
+        return f"{MASK2FORMER_REGIONS} ({cfg.regions_path or cfg.teacher_path})"
+    return "regions from the CSL student (class-agnostic training)"
+
+
 def schema_fields(cls) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls))
 

@@ -1,4 +1,5 @@
 """Hugging Face teachers and Mask2Former regions against the reference library (tiny random models)."""
+import json
 import math
 import shutil
 
@@ -224,3 +225,48 @@ def test_onnx_out_of_range_map_is_counted_and_reported(tmp_path, caplog):
     assert expected > 0 and teacher.out_of_range_pixels == expected
     assert teacher.out_of_range_frames == 1
     assert "outside the declared map range [0, 1]" in caplog.text
+
+
+def _e2e_settings(d):
+    return {"scheme": "2", "teacher": "rba", "teacher_path": str(d), "regions": "mask2former",
+            "input_height": 64, "input_width": 128, "device": "cpu", "min_instance_area": 0,
+            "score_threshold": 0.0}
+
+
+def test_detector_rba_teacher_with_mask2former_regions_one_pass(tiny_hf_models):
+    from csl_ros.config import apply_overrides, DetectorConfig
+    from csl_ros.model import soft_assign, structure_constrained_fusion
+    from csl_ros.pipeline import Detector
+
+    cfg = apply_overrides(DetectorConfig(), _e2e_settings(tiny_hf_models["mask2former"]))
+    det = Detector.from_config(cfg)
+    assert det.network is None and det.regions.shared  # no CSL student; the teacher's pass is reused
+    assert "closed-set Mask2Former, not class-agnostic" in det.regions_description
+    calls = []
+    det.teacher.model.network.register_forward_hook(lambda *a: calls.append(1))
+    img = _image(7, (64, 128))
+    out = det(img)
+    assert calls == [1]  # one forward pass for teacher and regions
+    # Eq. 3 by hand on the same teacher map and the regions Eq. 2 gives on the same queries
+    x = _batch(img)
+    d = build_teacher("rba", segmenter_path=tiny_hf_models["mask2former"], device="cpu")(x).score_map[0]
+    r, v = Mask2FormerRegions(load_hf_segmenter(tiny_hf_models["mask2former"]))(x)
+    labels = soft_assign(r[0], v[0], split_components=True, out_size=(64, 128))
+    np.testing.assert_array_equal(out.regions, labels.numpy())
+    expected = structure_constrained_fusion(d, labels, "product")[0].clamp(0, 1).numpy()
+    np.testing.assert_allclose(out.anomaly_map, expected, atol=1e-5)
+
+
+def test_detect_cli_with_hf_teacher_and_mask2former_regions(tiny_hf_models, tmp_path, capsys):
+    import cv2
+
+    from csl_ros.cli import main
+
+    cv2.imwrite(str(tmp_path / "road.png"), _image(8, (64, 128)))
+    sets = [a for k, v in _e2e_settings(tiny_hf_models["mask2former"]).items() for a in ("--set", f"{k}={v}")]
+    assert main(["detect", str(tmp_path / "road.png"), "--out", str(tmp_path / "out"), *sets]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher rba" in printed and "regions from a closed-set Mask2Former" in printed
+    result = json.loads((tmp_path / "out" / "road_obstacles.json").read_text())
+    assert result["regions"].startswith("regions from a closed-set Mask2Former, not class-agnostic")
+    assert np.load(tmp_path / "out" / "road_anomaly.npy").shape == (64, 128)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csl_ros.config import DetectorConfig, apply_overrides
+from csl_ros.config import DetectorConfig, apply_overrides, regions_description
 from csl_ros.pipeline.backends import CompiledModel, compile_network, resolve_device
 from csl_ros.pipeline.geometry import CameraGeometry
 from csl_ros.pipeline.instances import Obstacle, describe_instances, extract_instances
@@ -174,11 +174,7 @@ class Detector:
     @property
     def regions_description(self) -> str:
         """What the fusion's regions come from, for every report."""
-        if self.regions is not None:
-            return f"{self.regions.description} ({self.regions.path})"
-        if self.network is not None:
-            return "regions from the CSL student"
-        return "no regions (teacher only)"
+        return regions_description(self.config)
 
     @property
     def backend(self) -> str:

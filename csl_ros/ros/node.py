@@ -26,7 +26,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
-from csl_ros.config import MODEL_SETTINGS, DetectorConfig, NodeConfig, apply_overrides
+from csl_ros.config import MODEL_SETTINGS, DetectorConfig, NodeConfig, apply_overrides, regions_description
 from csl_ros.ros.dds import use_large_image_profile
 from csl_ros.ros.image_conversion import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
 from csl_ros.ros.markers import Mounting, clear_markers_msg, marker_array_msg, obstacle_points_msg
@@ -231,7 +231,8 @@ class CslDetectorNode(LifecycleNode):
             cfg, node_cfg = self._det_cfg, self._node_cfg
             self._pending.clear()  # already part of cfg
         log = self.get_logger()
-        log.info(f"loading the detector: scheme {cfg.scheme}, teacher {cfg.teacher}, device {cfg.device}, "
+        log.info(f"loading the detector: scheme {cfg.scheme}, teacher {cfg.teacher}, "
+                 f"{regions_description(cfg)}, device {cfg.device}, "
                  f"backend {cfg.backend}, precision {cfg.precision}, input {cfg.input_width}x{cfg.input_height}")
         # (csl_ros.pipeline.backends logs when it actually builds a TensorRT engine, and only then.)
         self._detector = self.detector_factory(cfg)
@@ -439,7 +440,8 @@ class CslDetectorNode(LifecycleNode):
         info_age = "" if self._camera_info_at is None else now - self._camera_info_at
         values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,
                   "backend": backend or f"{cfg.backend} (requested)", "device": device or f"{cfg.device} (requested)",
-                  "scheme": cfg.scheme, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold,
+                  "scheme": cfg.scheme, "teacher": cfg.teacher, "regions": regions_description(cfg),
+                  "score_threshold": cfg.score_threshold,
                   "camera_info_topic": info_topic, "camera_info": self._camera_info_state,
                   "camera_info_age_s": info_age, **snap}
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: csl detector",

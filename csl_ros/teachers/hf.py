@@ -339,9 +339,6 @@ def load_hf_segmenter(source: str | os.PathLike, device: str | torch.device = "c
 # region proposals (regions: mask2former)
 # --------------------------------------------------------------------------------------------------
 
-REGIONS_DESCRIPTION = "regions from a closed-set Mask2Former, not class-agnostic training"
-
-
 class Mask2FormerRegions:
     """Eq. 2's inputs from a Mask2Former's queries: ``r_n = sigmoid(mask logits)`` and
     ``v_n = 1 − p_n(no object)`` (the softmax of the class logits, last column).
@@ -350,8 +347,6 @@ class Mask2FormerRegions:
     outputs are reused (one forward pass for both). The masks are returned at stride 4 of the given
     image batch (the detector's letterboxed input), as the CSL student's region logits are.
     """
-
-    description = REGIONS_DESCRIPTION
 
     def __init__(self, model: HFSegmenter, shared: bool = False):
         if model.kind != "mask2former":
