@@ -1,0 +1,88 @@
+"""``csl-ros models``: import + verify round trip, tampering, pickled weights converted, no network."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from csl_ros.cli import main
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSL_ROS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _copy_without_record(src, dst):
+    shutil.copytree(src, dst)
+    (dst / "csl_ros.sha256.json").unlink()
+    return dst
+
+
+def test_import_verify_round_trip_and_tampered_file_refused(tiny_hf_models, tmp_path, home, capsys):
+    from csl_ros.teachers.hf import load_hf_segmenter
+
+    d = _copy_without_record(tiny_hf_models["mask2former"], tmp_path / "m2f-copy")
+    assert main(["models", "import", str(d), "--name", "car-m2f"]) == 0
+    out = capsys.readouterr().out
+    assert "imported" in out and "model.safetensors" in out
+    assert main(["models", "verify"]) == 0
+    assert "ok      car-m2f" in capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "car-m2f" in listed and "mask2former-swin-large-semantic" in listed and "mIoU" in listed
+    load_hf_segmenter(d)  # loads once verified
+    weights = d / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert main(["models", "verify", "car-m2f"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED  car-m2f" in err and "model.safetensors: SHA-256 differs" in err
+    with pytest.raises(ValueError, match="model.safetensors: SHA-256 differs"):
+        load_hf_segmenter(d)
+
+
+def test_import_converts_pickled_weights_without_executing_them(tiny_hf_models, tmp_path, home, capsys):
+    import torch
+    from transformers import SegformerForSemanticSegmentation
+
+    from csl_ros.teachers.hf import load_hf_segmenter
+
+    src = tiny_hf_models["segformer"]
+    d = tmp_path / "bin-only"
+    model = SegformerForSemanticSegmentation.from_pretrained(str(src)).eval()
+    model.save_pretrained(d, safe_serialization=False)
+    shutil.copy(src / "preprocessor_config.json", d)
+    for f in d.glob("*.safetensors"):
+        f.unlink()
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    assert main(["models", "import", str(d)]) == 0
+    loaded = load_hf_segmenter(d)
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    assert torch.allclose(loaded(x), load_hf_segmenter(src)(x), atol=1e-6)
+
+
+def test_import_of_a_folder_without_processor_config_is_one_error(tiny_hf_models, tmp_path, home, capsys):
+    d = _copy_without_record(tiny_hf_models["segformer"], tmp_path / "noproc")
+    (d / "preprocessor_config.json").unlink()
+    assert main(["models", "import", str(d)]) == 2
+    assert "no preprocessor_config.json" in capsys.readouterr().err
+
+
+def test_fetch_without_network_fails_with_one_clear_line(tmp_path):
+    env = dict(os.environ, CSL_ROS_HOME=str(tmp_path / "home"), HF_HUB_CACHE=str(tmp_path / "hf"),
+               HF_ENDPOINT="http://127.0.0.1:9", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("HF_HUB_OFFLINE", None)
+    proc = subprocess.run([sys.executable, "-m", "csl_ros.cli", "models", "fetch", "segformer-b0", "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot fetch nvidia/segformer-b0-finetuned-cityscapes-1024-1024" in lines[0]
+    assert "models import DIR" in lines[0]
