@@ -86,3 +86,37 @@ def test_fetch_without_network_fails_with_one_clear_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot fetch nvidia/segformer-b0-finetuned-cityscapes-1024-1024" in lines[0]
     assert "models import DIR" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def cityscapes_tree(tmp_path_factory):
+    """The synthroad writer's Cityscapes layout (train split, 3 frames at 64×128)."""
+    root = tmp_path_factory.mktemp("cityscapes")
+    assert main(["synth", "--layout", "cityscapes", "--split", "train", "--frames", "3", "--size", "64x128",
+                 "--out", str(root)]) == 0
+    return root
+
+
+def test_fit_stats_of_an_hf_teacher_on_cityscapes(tiny_hf_models, cityscapes_tree, tmp_path):
+    import numpy as np
+    import torch
+
+    from csl_ros.teachers.stats import TeacherStats
+    from csl_ros.teachers.teacher import build_teacher
+
+    d = tmp_path / "seg"
+    shutil.copytree(tiny_hf_models["segformer"], d)
+    assert main(["teacher", "fit-stats", "--segmenter", str(d), "--data", "cityscapes", "--root",
+                 str(cityscapes_tree), "--size", "64x128", "--quiet"]) == 0
+    stats = TeacherStats.load(d / "csl_ros.stats.json")
+    assert stats.num_classes == 5 and stats.fit_info["data"] == "cityscapes"
+    assert stats.fit_info["frames"] == 3 and stats.has_class_stats
+    teacher = build_teacher("sml", segmenter_path=d, device="cpu")  # statistics found and verified
+    x = torch.from_numpy(np.zeros((64, 128, 3), np.uint8)).permute(2, 0, 1)[None]
+    assert teacher(x).score_map.shape == (1, 1, 64, 128)
+    # statistics of another model are refused
+    other = tmp_path / "other"
+    shutil.copytree(tiny_hf_models["mask2former"], other)
+    shutil.copy(d / "csl_ros.stats.json", other / "csl_ros.stats.json")
+    with pytest.raises(ValueError, match="fitted for another model|statistics are for"):
+        build_teacher("sml", segmenter_path=other, device="cpu")
