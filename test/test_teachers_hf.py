@@ -270,3 +270,18 @@ def test_detect_cli_with_hf_teacher_and_mask2former_regions(tiny_hf_models, tmp_
     result = json.loads((tmp_path / "out" / "road_obstacles.json").read_text())
     assert result["regions"].startswith("regions from a closed-set Mask2Former, not class-agnostic")
     assert np.load(tmp_path / "out" / "road_anomaly.npy").shape == (64, 128)
+
+
+def test_mask2former_regions_with_another_teacher(tiny_hf_models):
+    from csl_ros.config import DetectorConfig, apply_overrides
+    from csl_ros.pipeline import Detector
+
+    settings = dict(_e2e_settings(tiny_hf_models["mask2former"]), teacher="msp",
+                    teacher_path=str(tiny_hf_models["segformer"]),
+                    regions_path=str(tiny_hf_models["mask2former"]))
+    det = Detector.from_config(apply_overrides(DetectorConfig(), settings))
+    assert not det.regions.shared and det.teacher.kind == "segformer"
+    out = det(_image(9, (64, 128)))
+    assert out.regions is not None and out.regions.shape == (64, 128)
+    with pytest.raises(ValueError, match="needs regions_path"):
+        Detector.from_config(apply_overrides(DetectorConfig(), dict(settings, regions_path="")))

@@ -162,10 +162,14 @@ class Detector:
         from csl_ros.teachers.hf import Mask2FormerRegions, load_hf_segmenter, resolve_hf_dir
 
         teacher_model = getattr(teacher, "model", None)
-        if getattr(teacher_model, "kind", None) == "mask2former" and (
-                not cfg.regions_path or resolve_hf_dir(cfg.regions_path, cfg.allow_download)
-                == teacher_model.path):
-            return Mask2FormerRegions(teacher_model, shared=True)
+        if getattr(teacher_model, "kind", None) == "mask2former":
+            try:
+                same = not cfg.regions_path or (resolve_hf_dir(cfg.regions_path).resolve()
+                                                == teacher_model.path.resolve())
+            except FileNotFoundError:  # not local yet (allow_download): another model
+                same = False
+            if same:
+                return Mask2FormerRegions(teacher_model, shared=True)
         if not cfg.regions_path:
             raise ValueError("regions='mask2former' needs regions_path (a Hugging Face Mask2Former) "
                              "unless the teacher is one")

@@ -299,8 +299,15 @@ class HFSegmenter(nn.Module):
 
 def load_hf_segmenter(source: str | os.PathLike, device: str | torch.device = "cpu",
                       allow_download: bool = False) -> HFSegmenter:
-    """Load a SegFormer / Mask2Former model directory or ``hf:`` repo after checking its hashes."""
-    directory = resolve_hf_dir(source, allow_download)
+    """Load a SegFormer / Mask2Former model directory or ``hf:`` repo after checking its hashes.
+    ``allow_download``: an ``hf:`` model not in the cache is fetched as ``csl-ros models fetch`` does
+    (its hashes recorded on arrival)."""
+    if allow_download and str(source).startswith(HF_PREFIX):
+        from csl_ros.teachers.real_models import fetch_model
+
+        directory, _ = fetch_model(str(source)[len(HF_PREFIX):], progress=False)
+    else:
+        directory = resolve_hf_dir(source)
     check_safetensors_only(directory)
     verify_hashes(directory)
     try:
