@@ -285,3 +285,15 @@ def test_mask2former_regions_with_another_teacher(tiny_hf_models):
     assert out.regions is not None and out.regions.shape == (64, 128)
     with pytest.raises(ValueError, match="needs regions_path"):
         Detector.from_config(apply_overrides(DetectorConfig(), dict(settings, regions_path="")))
+
+
+def test_affine_calibration_declared_and_fitted():
+    from csl_ros.teachers.calibration import RBA_CALIBRATION, Calibration, fit_calibration
+
+    s = torch.tensor([-3.0, -2.0, -1.0, -0.25, 0.0, 0.5])
+    np.testing.assert_allclose(RBA_CALIBRATION(s).numpy(), [0, 0, 0, 0.75, 1, 1])
+    fitted = fit_calibration("affine", {0.01: -2.0, 0.5: -1.5, 0.99: 0.0})
+    np.testing.assert_allclose(fitted(torch.tensor([-2.0, -1.0, 0.0])).numpy(), [0, 0.5, 1], atol=1e-7)
+    assert Calibration.from_dict(fitted.to_dict()) == fitted
+    with pytest.raises(ValueError, match="scale > 0"):
+        Calibration("affine", {"scale": 0.0, "offset": 1.0})

@@ -87,17 +87,6 @@ class Calibration:
         hi = flat.amax(dim=1).view(-1, *([1] * (s.dim() - 1)))
         return ((s - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
 
-    def domain(self) -> tuple[float, float]:
-        """Raw scores mapped without clipping: outside it ``__call__`` saturates at 0 or 1."""
-        if self.method == "identity":
-            return 0.0, 1.0
-        if self.method == "affine":
-            a, b = float(self.params["scale"]), float(self.params["offset"])
-            return -b / a, (1.0 - b) / a
-        if self.method == "quantile_linear":
-            return float(self.params["low"]), float(self.params["high"])
-        return -math.inf, math.inf
-
     def to_dict(self) -> dict:
         return {"method": self.method, **{k: float(v) for k, v in self.params.items()}}
 

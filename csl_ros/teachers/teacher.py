@@ -65,10 +65,10 @@ class Teacher:
         # fp16 only on CUDA and only for the network; scores are computed in float32.
         self.autocast = precision == "fp16" and self.device.type == "cuda"
         self.model = model.to(self.device).eval()
-        # A ready map's declared range: values outside it are counted (and reported), never
-        # clipped silently by the calibration.
+        # A ready map's declared range (an identity calibration declares [0, 1]): values outside it
+        # are counted and reported, never clipped silently. A fitted calibration saturates by design.
         self.map_range = map_range if map_range is not None else (
-            calibration.domain() if score_fn == "map" else None)
+            (0.0, 1.0) if score_fn == "map" and calibration.method == "identity" else None)
         self.out_of_range_pixels = 0
         self.out_of_range_frames = 0
         self._sml = None
