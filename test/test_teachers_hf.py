@@ -297,3 +297,22 @@ def test_affine_calibration_declared_and_fitted():
     assert Calibration.from_dict(fitted.to_dict()) == fitted
     with pytest.raises(ValueError, match="scale > 0"):
         Calibration("affine", {"scale": 0.0, "offset": 1.0})
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"feature_extractor_type": "SegformerFeatureExtractor", "size": 1024}, (1024, 1024)),
+    ({"image_processor_type": "Mask2FormerImageProcessor", "size": 384, "max_size": 1000,
+      "size_divisibility": 32}, (384, 768)),
+    ({"image_processor_type": "Mask2FormerImageProcessor", "size": {"shortest_edge": 512,
+                                                                    "longest_edge": 800}}, (400, 800)),
+    ({"size": {"height": 512, "width": 1024}}, (512, 1024)),
+    ({"do_resize": False, "size": 64}, (1024, 2048)),
+])
+def test_processor_sizes_read_as_transformers_reads_them(tmp_path, config, expected):
+    from csl_ros.teachers.hf import Preprocessing
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    pre = Preprocessing.from_file(tmp_path / "preprocessor_config.json")
+    assert pre.network_size(1024, 2048) == expected
+    if "size_divisibility" in config:
+        assert pre.size_divisor == 32

@@ -11,8 +11,10 @@ a directory without that record is refused with the command that writes it.
 
 Pre-processing follows the processor config: rescale (1/255), normalise with ``image_mean`` /
 ``image_std``, resize to ``size`` ({height, width}, or {shortest_edge[, longest_edge]} keeping the
-aspect ratio), pad bottom/right to ``size_divisor``; outputs are cropped and resized back to the
-image, so a B×3×H×W batch gives B×K×H×W.
+aspect ratio; a bare int is read as transformers reads it), pad bottom/right to ``size_divisor``
+(as Mask2Former's reference does with its size divisibility; the transformers processor instead
+rounds the resized size up to a multiple, a slight stretch); outputs are cropped and resized back
+to the image, so a B×3×H×W batch gives B×K×H×W.
 
 * SegFormer: the per-pixel logits bilinearly upsampled to the image (what
   ``post_process_semantic_segmentation`` does).
@@ -187,9 +189,17 @@ class Preprocessing:
             mean = tuple(float(m) / (rescale * 255) for m in cfg.get("image_mean", cls.mean))
             std = tuple(float(s) / (rescale * 255) for s in cfg.get("image_std", cls.std))
         size = cfg.get("size") if cfg.get("do_resize", True) else None
+        kind = str(cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "")
         kw: dict = {}
         if isinstance(size, int):
-            kw["shortest_edge"] = size
+            # as transformers reads a bare size: the shortest edge for (Mask)MaskFormer processors
+            # (with max_size as the longest), a square for the others (SegFormer)
+            if "MaskFormer" in kind or "Mask2Former" in kind:
+                kw["shortest_edge"] = size
+                if cfg.get("max_size"):
+                    kw["longest_edge"] = int(cfg["max_size"])
+            else:
+                kw.update(height=size, width=size)
         elif isinstance(size, dict):
             if "height" in size and "width" in size:
                 kw.update(height=int(size["height"]), width=int(size["width"]))
@@ -197,7 +207,8 @@ class Preprocessing:
                 kw["shortest_edge"] = int(size["shortest_edge"])
                 if size.get("longest_edge"):
                     kw["longest_edge"] = int(size["longest_edge"])
-        return cls(mean=mean, std=std, size_divisor=int(cfg.get("size_divisor", 0) or 0), **kw)
+        divisor = cfg.get("size_divisor", cfg.get("size_divisibility", 0))  # older configs: divisibility
+        return cls(mean=mean, std=std, size_divisor=int(divisor or 0), **kw)
 
     def network_size(self, h: int, w: int) -> tuple[int, int]:
         """Size the processor resizes an h×w image to."""
