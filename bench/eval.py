@@ -74,10 +74,10 @@ def timed(fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--height", type=int, default=1024)
-    ap.add_argument("--width", type=int, default=2048)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--frames", type=int, default=8, help="number of random frames (default 8)")
+    ap.add_argument("--height", type=int, default=1024, help="frame height in pixels (default 1024)")
+    ap.add_argument("--width", type=int, default=2048, help="frame width in pixels (default 2048)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random frames (default 0)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     frames = [synthetic_frame(rng, args.height, args.width) for _ in range(args.frames)]

@@ -299,12 +299,15 @@ def run_config(args, size, kind, topics, with_open_loop):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="512x1024,1024x2048")
-    ap.add_argument("--frames", type=int, default=8, help="closed-loop frames per configuration")
-    ap.add_argument("--detector", default="auto", choices=("auto", "shipped", "random", "brightness"))
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sizes", default="512x1024,1024x2048",
+                    help="comma-separated frame sizes HxW in pixels (default 512x1024,1024x2048)")
+    ap.add_argument("--frames", type=int, default=8, help="number of closed-loop frames per configuration")
+    ap.add_argument("--detector", default="auto", choices=("auto", "shipped", "random", "brightness"),
+                    help="detector inside the node: the shipped models, random weights, or the model-free "
+                         "brightness one (auto: the first of shipped, random that builds)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default cpu)")
     ap.add_argument("--verbose", action="store_true", help="print the node process's log")
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -35,6 +35,20 @@ def image_size_arg(text: str) -> tuple[int, int]:
     return h, w
 
 
+def doc_description(doc: str | None) -> str:
+    """A command module's docstring as its ``--help`` description: the text a user reads, without the
+    reStructuredText literal markup (````x````) the docstring uses for the API docs."""
+    return (doc or "").replace("``", "").strip() + "\n"
+
+
+def add_command(subparsers, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
+    """A subcommand: ``help`` is its line in the parent's command list, ``doc`` (a docstring whose first
+    line is the subcommand's own one-line description) its ``--help`` text, paragraphs and examples kept
+    as written."""
+    return subparsers.add_parser(name, help=help, description=doc_description(doc),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line (``prog: error: ...``), exit code 2."""
 

@@ -1,21 +1,18 @@
-"""``csl-ros demo``: the end-to-end demonstration on the embedded synthroad default.
+"""``csl-ros demo``: the end-to-end demonstration: a synthroad drive through the CSL node over ROS, scored.
 
-The demo is a list of steps (``DEMO_STEPS``) run in order on one shared ``DemoContext``; each step
-reads what earlier steps left there and records the files it writes in ``ctx.artifacts``. Later
-stages of the project append their steps (record a bag, run the node, write a report) without
-changing the command.
+In order: build the detector from ``config/driving.yaml`` (default: the shipped synthroad models;
+fails at once, naming models/manifest.json, when they are missing); render an obstacle-track drive
+with synthroad; write a contact sheet of 12 frames with their label overlays, the drive as MP4 (image
+above its label overlay) and a small GIF, and the drive as a rosbag2 (images, camera_info, ground
+truth); start the ``csl_detector`` node (in this process, on its own ROS context) with that detector,
+replay the bag to it over ROS topics with ``csl-ros evaluate --live`` (``--rate max``: every frame is
+answered), score what it published and write the report (``eval/report.html``) and an overlay video
+(``eval/overlay.mp4``).
 
-Step "models": build the detector from ``config/driving.yaml`` (default: the shipped synthroad models;
-fails at once, naming models/manifest.json, when they are missing); "drive": render an
-obstacle-track drive with synthroad; "contact_sheet": 12 frames with their label overlays; "video":
-the drive as MP4 (image above its label overlay) and a small GIF; "bag": the drive as a rosbag2
-(images, camera_info, ground truth); "node_eval": start the ``csl_detector`` node (in this process,
-on its own ROS context) with that detector, replay the bag to it over ROS topics with
-``csl-ros evaluate --live`` (``--rate max``: every frame is answered), score what it published and
-write the report (``eval/report.html``) and an overlay video (``eval/overlay.mp4``).
+The network runs at the schema default 256x512 (HxW, the shipped models' training size) unless
+``--set input_height=...`` says otherwise, so the demo takes a few minutes on two CPU cores.
 
-The network runs at the schema default 256x512 (the shipped models' training size) unless ``--set
-input_height=...`` says otherwise, so the demo takes a few minutes on two CPU cores.
+    csl-ros demo --out demo_out
 """
 from __future__ import annotations
 
@@ -27,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from csl_ros.cli import image_size_arg
+from csl_ros.cli import add_command, image_size_arg
 
 DEMO_SWEEP = "score_threshold=0.02,0.05,0.1,0.2,0.3,0.5,0.7"   # wide: scores of obstacles vary by model
 NODE_NAMESPACE = "/csl/camera"                 # as launch/replay_eval.launch.py starts the node
@@ -224,7 +221,8 @@ def step_node_eval(ctx: DemoContext) -> None:
                 os.environ[k] = v
 
 
-# Steps run in order; later stages append (name, function) pairs.
+# The demo is this list of steps, run in order on one shared DemoContext: each step reads what earlier
+# steps left there and records the files it writes in ctx.artifacts. A new step is one more pair here.
 DEMO_STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("models", step_models),
     ("drive", step_drive),
@@ -236,11 +234,11 @@ DEMO_STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the end-to-end demo on a synthetic drive and write its outputs",
-                       description=__doc__)
+    p = add_command(sub, "demo", "run the end-to-end demo on a synthetic drive and write its outputs", __doc__)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--frames", type=int, default=40, help="frames of the synthetic drive (default 40)")
-    p.add_argument("--size", type=image_size_arg, default=(512, 1024), help="frame size HxW (default 512x1024)")
+    p.add_argument("--frames", type=int, default=40, help="number of frames of the synthetic drive (default 40)")
+    p.add_argument("--size", type=image_size_arg, default=(512, 1024),
+                   help="frame size HxW in pixels (default 512x1024)")
     p.add_argument("--config", default=None,
                    help="the node's ROS parameters file (default: config/driving.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -1,19 +1,26 @@
-"""``csl-ros detect IMAGE_VIDEO_OR_DIR --out DIR``: run the detector on image and video files.
+"""``csl-ros detect IMAGE_VIDEO_OR_DIR --out DIR``: run the CSL detector on image and video files.
 
-Writes per image: ``<stem>_anomaly.npy`` (float32 map), ``<stem>_anomaly.png`` (colour map),
-``<stem>_instances.png`` (uint16 ids), ``<stem>_overlay.jpg`` and ``<stem>_obstacles.json``.
+Writes per image: ``<stem>_anomaly.npy`` (float32 map), ``<stem>_anomaly.png`` (colour map with its
+colour bar below), ``<stem>_instances.png`` (uint16 ids, 0 = none), ``<stem>_instances_color.png`` (one
+colour per id), ``<stem>_overlay.jpg`` and ``<stem>_obstacles.json``.
 Video files (.mp4, .avi, .mkv, .mov) are read frame by frame (every ``--every``-th frame), one set of
 outputs per frame named ``<stem>_f<frame index, 6 digits>_*``. A folder is searched for images and
 videos (``--recursive``: its subfolders too, mirrored under ``--out``). Two inputs with the same stem
 in one folder (``x.png`` and ``x.jpg``) never overwrite each other: their outputs are named
 ``x_png_*`` and ``x_jpg_*``. A file that cannot be read is reported and skipped; the run goes on and
 ends with a one-line summary, exit status 1 if any file failed (2: bad arguments).
+With the camera's focal length and principal point (``--fx``, ``--cy``, optionally ``--cx``) obstacles
+get metric positions and distances (flat road, camera height and pitch from the config).
+
+    csl-ros detect frame.png --out det --config config/driving.yaml --fx 2262 --cy 513
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from csl_ros.cli import add_command
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
@@ -34,8 +41,7 @@ def detector_config_from_args(args):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("detect", help="run the detector on images, videos or a directory of them",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "detect", "run the detector on images, videos or a directory of them", __doc__)
     p.add_argument("input", help="an image file, a video file (.mp4, .avi, .mkv, .mov) or a directory "
                                  "of them")
     p.add_argument("--out", required=True, help="output directory")
@@ -43,9 +49,10 @@ def register(sub) -> None:
                    help="also search the subfolders of a directory input; outputs mirror its tree")
     p.add_argument("--every", type=int, default=1, metavar="N",
                    help="videos: run the detector on every N-th frame (frames 0, N, 2N, ...; default 1)")
-    p.add_argument("--fx", type=float, help="focal length in pixels (with --cy: enables metric obstacles)")
-    p.add_argument("--cx", type=float)
-    p.add_argument("--cy", type=float)
+    p.add_argument("--fx", type=float,
+                   help="focal length in pixels, fx = fy (with --cy: obstacles get metric positions)")
+    p.add_argument("--cx", type=float, help="principal point column in pixels (default: the image centre)")
+    p.add_argument("--cy", type=float, help="principal point row in pixels (needed with --fx)")
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -108,7 +115,7 @@ def run(args, detector_factory=None) -> int:
     import numpy as np
 
     from csl_ros.pipeline import CameraGeometry
-    from csl_ros.visualize import colorize_scores, draw_overlay
+    from csl_ros.visualize import colorize_instances, draw_overlay, score_image
 
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
@@ -143,8 +150,9 @@ def run(args, detector_factory=None) -> int:
         det = detector(rgb, cam)
         prefix.parent.mkdir(parents=True, exist_ok=True)
         np.save(f"{prefix}_anomaly.npy", det.anomaly_map)
-        cv2.imwrite(f"{prefix}_anomaly.png", colorize_scores(det.anomaly_map))
+        cv2.imwrite(f"{prefix}_anomaly.png", score_image(det.anomaly_map))
         cv2.imwrite(f"{prefix}_instances.png", det.instances)
+        cv2.imwrite(f"{prefix}_instances_color.png", colorize_instances(det.instances))
         cv2.imwrite(f"{prefix}_overlay.jpg", draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles))
         Path(f"{prefix}_obstacles.json").write_text(json.dumps(
             {"image": source, "backend": det.backend, "device": det.device, "regions": regions,

@@ -167,8 +167,18 @@ def test_detect_cli_writes_all_outputs(model_files, tmp_path):
     assert main(args) == 0
     out = tmp_path / "out"
     assert np.load(out / "frame_anomaly.npy").shape == (48, 80)
-    assert cv2.imread(str(out / "frame_instances.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
-    assert cv2.imread(str(out / "frame_overlay.jpg")).shape == (48, 80, 3)
+    inst = cv2.imread(str(out / "frame_instances.png"), cv2.IMREAD_UNCHANGED)
+    assert inst.dtype == np.uint16 and inst.shape == (48, 80)
+    # colour pictures: the input's rows, then the colour bar below; instances one colour per id
+    from csl_ros.visualize import colorize_instances, strip_height
+    from test_visualize import assert_colour_bar_below
+
+    score_png = cv2.imread(str(out / "frame_anomaly.png"))
+    assert score_png.shape == (48 + strip_height(80), 80, 3)
+    assert_colour_bar_below(score_png, 80)
+    np.testing.assert_array_equal(cv2.imread(str(out / "frame_instances_color.png")), colorize_instances(inst))
+    overlay = cv2.imread(str(out / "frame_overlay.jpg"))
+    assert overlay.shape[0] == 48 + strip_height(80) and overlay.shape[1] >= 80
     report = json.loads((out / "frame_obstacles.json").read_text())
     assert report["obstacles"] and report["obstacles"][0]["distance_m"] is not None
     assert main(["detect", str(tmp_path / "nope.png"), "--out", str(out)]) == 2

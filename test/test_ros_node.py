@@ -35,12 +35,14 @@ from csl_ros.data.synthroad import render_frame  # noqa: E402
 from csl_ros.ros.image_conversion import fill_image_msg  # noqa: E402
 from csl_ros.ros.node import CslDetectorNode, build_engine  # noqa: E402
 from csl_ros.ros.testing import BrightnessDetector, private_ros_context  # noqa: E402
+from csl_ros.visualize import colorize_instances, colorize_scores, colour_bar_strip, strip_height  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
 DOMAIN_ID = random.randint(1, 200)
 OUTPUTS = {"score": ("anomaly_score", Image), "color": ("anomaly_score/color", Image),
-           "instances": ("ood_instances", Image), "overlay": ("overlay", Image),
+           "instances": ("ood_instances", Image), "instances_color": ("ood_instances/color", Image),
+           "overlay": ("overlay", Image),
            "obstacles": ("obstacles", MarkerArray), "points": ("obstacle_points", PointCloud2)}
 
 
@@ -137,11 +139,13 @@ class Rig:
             setattr(msg, k, v)
         self.pub.publish(msg)
 
-    def answered(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles", "points")):
+    def answered(self, stamp, keys=("score", "instances", "instances_color", "color", "overlay", "obstacles",
+                                    "points")):
         with self.lock:
             return all(stamp in self.outputs[k] for k in keys)
 
-    def wait_answer(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles", "points"),
+    def wait_answer(self, stamp, keys=("score", "instances", "instances_color", "color", "overlay", "obstacles",
+                                       "points"),
                     timeout=10.0):
         wait_for(lambda: self.answered(stamp, keys), timeout, f"outputs for stamp {stamp}")
         with self.lock:
@@ -200,14 +204,23 @@ def test_every_output_stamped_and_sized_like_the_input(rig_factory):
         rig.send(bgr, stamp, encoding="bgr8")
         out = rig.wait_answer(stamp)
         h, w = image.shape[:2]
-        for key, enc in (("score", "32FC1"), ("instances", "16UC1"), ("color", "bgr8"), ("overlay", "bgr8")):
+        for key, enc in (("score", "32FC1"), ("instances", "16UC1"), ("instances_color", "bgr8"),
+                         ("color", "bgr8"), ("overlay", "bgr8")):
             msg = out[key]
-            assert (msg.height, msg.width, msg.encoding) == (h, w, enc), key
+            if key in ("color", "overlay"):   # the input's rows, then the colour bar strip below them
+                assert msg.height == h + strip_height(w) and msg.width >= w and msg.encoding == enc, key
+            else:
+                assert (msg.height, msg.width, msg.encoding) == (h, w, enc), key
             assert msg.header.frame_id == "camera_optical_frame"
         score = np.frombuffer(bytes(out["score"].data), np.float32).reshape(h, w)
         expected = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
         np.testing.assert_allclose(score, expected, atol=1e-6)  # bgr8 input was converted correctly
+        color = np.frombuffer(bytes(out["color"].data), np.uint8).reshape(-1, w, 3)
+        np.testing.assert_array_equal(color[:h], colorize_scores(score))
+        np.testing.assert_array_equal(color[h:], colour_bar_strip(w))
         inst = np.frombuffer(bytes(out["instances"].data), np.uint16).reshape(h, w)
+        inst_color = np.frombuffer(bytes(out["instances_color"].data), np.uint8).reshape(h, w, 3)
+        np.testing.assert_array_equal(inst_color, colorize_instances(inst))
         markers = out["obstacles"].markers
         assert markers[0].action == Marker.DELETEALL
         cubes = [m for m in markers if m.type == Marker.CUBE]
@@ -463,6 +476,9 @@ def test_configure_failure_is_reported_and_node_stays_unconfigured(rig_factory):
     assert not rig.node.configure_and_activate()
     assert rig.node.lifecycle_state == "unconfigured"
     wait_for(lambda: any("/nope/student.safetensors" in m for m in rig.logs), what="configure error log")
+    cfg = rig.node.detector_config    # sizes are HxW everywhere, the log included
+    size = f"input {cfg.input_height}x{cfg.input_width} (HxW)"
+    wait_for(lambda: any("loading the detector" in m and size in m for m in rig.logs), what="HxW in the log")
 
 
 def test_parameters_follow_the_settings_the_detector_took_from_its_checkpoint(rig_factory):

@@ -1,13 +1,13 @@
 """``csl-ros evaluate``: score the detector on a rosbag and write metrics.json plus a report.
 
-Three ways to get the score maps of the bag's frames, all scored by the same code
-(``csl_ros.eval.scoring``, the SMIYC protocol of ``csl_ros.eval.metrics``):
+Three ways to get the score maps of the bag's frames, all scored by the same code (the SMIYC protocol,
+as in ``csl-ros metrics``):
 
 * default, in process: read the bag, run the detector (``--config`` / ``--set``) on every labelled
   frame, camera geometry from the bag's camera_info;
 * ``--live``: publish the bag's images (and camera_info) on ROS topics, subscribe to a running
   ``csl_detector`` node's ``~/anomaly_score`` and score what the node actually published, matched by
-  header stamp; frames the node never answered are counted as dropped (``csl_ros.eval.live``);
+  header stamp; frames the node never answered are counted as dropped;
 * ``--scores-topic TOPIC`` (without ``--live``): the bag already holds the node's output (recorded
   with ``ros2 bag record``); nothing is run.
 
@@ -29,7 +29,6 @@ accepts both); 2 on bad input, a corrupt bag included (one line naming it).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -37,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from csl_ros.cli import add_command
 from csl_ros.detect_cli import add_config_args, detector_config_from_args
 from csl_ros.eval.metrics import TRACKS
 
@@ -64,9 +64,8 @@ COUNT_MEANINGS = {
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="score the detector on a rosbag (in process, live over "
-                              "ROS, or recorded outputs) and write metrics.json + a report",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "evaluate", "score the detector on a rosbag (in process, live over ROS, or "
+                    "recorded outputs) and write metrics.json + a report", __doc__)
     p.add_argument("--bag", required=True, type=Path, help="rosbag2 folder (e.g. from `csl-ros bag convert`)")
     p.add_argument("--out", required=True, type=Path, help="output folder (metrics.json, report.md/.html, figures/)")
     add_config_args(p)
@@ -78,7 +77,7 @@ def register(subparsers) -> None:
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=A:B:STEP",
                    help="sweep score_threshold or min_instance_area on one pass of network outputs, "
                         "e.g. score_threshold=0.3:0.9:0.1 or min_instance_area=50,100,200 (repeatable)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of the bag")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the bag (count)")
     p.add_argument("--no-labels", action="store_true",
                    help="the bag has no ground truth (/eval/ood_labels): run and time the detector on "
                         "every image, compute no metric, exit 0 (without it such a bag exits 1)")
@@ -89,7 +88,8 @@ def register(subparsers) -> None:
                    help="skip damaged bag records (MCAP chunks failing their CRC, undecodable "
                         "messages) instead of stopping; every skipped record is listed in "
                         "metrics.json and the report")
-    p.add_argument("--worst", type=int, default=6, help="worst frames drawn in the report (default 6)")
+    p.add_argument("--worst", type=int, default=6,
+                   help="number of worst frames drawn in the report (default 6)")
     p.add_argument("--video", action="store_true", help="also write overlay.mp4 of every scored frame")
     p.add_argument("--bag-lag", type=float, default=1.0,
                    help="seconds by which the log times of one stamp's messages may trail it (bags "
@@ -143,7 +143,7 @@ def decode_float_image(msg, where: str = ""):
     buf = msg.data
     raw = buf.view(np.uint8).ravel() if isinstance(buf, np.ndarray) else np.frombuffer(buf, np.uint8)
     if h <= 0 or w <= 0 or step < w * dt.itemsize or raw.size < h * step:
-        raise ValueError(f"{where}: {enc} image {w}x{h} with step {step} does not fit its {raw.size} bytes")
+        raise ValueError(f"{where}: {enc} image {h}x{w} (HxW) with step {step} does not fit its {raw.size} bytes")
     rows = raw[: h * step].reshape(h, step)[:, : w * dt.itemsize]
     return np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(dt.newbyteorder("="))
 

@@ -8,26 +8,29 @@ Labels, anywhere under ``--labels``: ``<fid>_labels_semantic.png`` (SMIYC: 0, 1,
 ``<fid>_gtCoarse_labelIds.png`` (LostAndFound ids, mapped), ``<fid>_fishy-labels.png`` or
 ``<NNNN>_<fid>_labels.png`` (Fishyscapes, benchmark layout or public zip). Score maps narrower than
 their label are upsampled bilinearly (the benchmark's rule); any other size mismatch is an error.
+Prints the summary and the path of the JSON it wrote (``./metrics.json`` unless ``--out`` says
+otherwise).
 
 Exit status: 0 when every labelled frame was scored; 1, with the reason, when no frame could be
 scored or when labelled frames have no score map (``--allow-dropped`` accepts that); the counts and
 the missing frames are written to ``--out`` either way. 2 on bad input (one line naming the file or
 frame).
+
+    csl-ros metrics --scores my_method/ --labels dataset_ObstacleTrack/ --track obstacle --out m.json
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from csl_ros.cli import add_command
 from csl_ros.eval.metrics import TRACKS
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "metrics", help="SMIYC/LostAndFound metrics of saved score maps (.npy) vs label PNGs",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "metrics", "SMIYC/LostAndFound metrics of saved score maps (.npy) vs label PNGs",
+                    __doc__)
     p.add_argument("--scores", required=True, type=Path,
                    help="folder of score maps: <fid>.npy, <label file stem>.npy or csl-ros detect's "
                         "<image stem>_anomaly.npy (searched recursively)")
@@ -42,7 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--protocol", default="official", choices=("official", "exact"),
                    help="official: the leaderboard's binned curve; exact: every distinct float16 score")
     p.add_argument("--threshold", type=float, default=None,
-                   help="fixed component threshold (score > T) instead of the best pixel-F1 one")
+                   help="fixed component threshold on the score, score > T (default: the benchmark-reported "
+                        "best-F1 threshold of the pixel curve)")
     p.add_argument("--laf-subset", default="all", choices=("all", "valid", "noknown"),
                    help="LostAndFound frame selection on gtCoarse labels of the complete split: "
                         "valid = the benchmark's LostAndFound-test (1186), noknown = NoKnown (1043)")
@@ -51,7 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--allow-dropped", action="store_true",
                    help="exit 0 when some labelled frames have no score map: the others are scored and "
                         "the missing ones listed in the JSON (without it: the same, but exit 1)")
-    p.add_argument("--out", type=Path, default=Path("metrics.json"), help="output JSON file")
+    p.add_argument("--out", type=Path, default=Path("metrics.json"),
+                   help="output JSON file (default: metrics.json in the current folder); its path is printed")
     p.add_argument("--no-curve", action="store_true", help="leave the PR/ROC curve out of the JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -178,7 +183,7 @@ def run(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print("\n".join(summary_lines(out, frames=len(fids))))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out.resolve()}")
     for failure in failures:
         print(f"csl-ros metrics: error: {failure}", file=sys.stderr)
     return 1 if failures else 0

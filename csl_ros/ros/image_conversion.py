@@ -40,9 +40,9 @@ def _view(msg) -> tuple[np.ndarray, str]:
         raise ImageFormatError(f"unsupported encoding {enc!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
-        raise ImageFormatError(f"zero-size image ({w}x{h})")
+        raise ImageFormatError(f"zero-size image ({h}x{w}, HxW)")
     if h * w > MAX_PIXELS:
-        raise ImageFormatError(f"absurd image size {w}x{h} (more than {MAX_PIXELS} pixels)")
+        raise ImageFormatError(f"absurd image size {h}x{w} (HxW, more than {MAX_PIXELS} pixels)")
     channels, dtype = _ENCODINGS[enc]
     if enc in _PACKED_422 and w % 2:  # one U/V pair per two pixels: an odd width has no valid layout
         raise ImageFormatError(f"packed 4:2:2 encoding {enc} needs an even width, got {w}")
@@ -55,7 +55,7 @@ def _view(msg) -> tuple[np.ndarray, str]:
     buf = memoryview(msg.data).cast("B") if not isinstance(msg.data, (bytes, bytearray)) else msg.data
     need = h * step
     if len(buf) < need:
-        raise ImageFormatError(f"data has {len(buf)} bytes, height*step needs {need} ({w}x{h}, step {step})")
+        raise ImageFormatError(f"data has {len(buf)} bytes, height*step needs {need} ({h}x{w} HxW, step {step})")
     flat = np.frombuffer(buf, dtype=np.uint8, count=need)
     rows = flat.reshape(h, step)[:, :row_bytes]
     dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<") if itemsize > 1 else np.dtype(dtype)

@@ -232,8 +232,8 @@ class CslDetectorNode(LifecycleNode):
             self._pending.clear()  # already part of cfg
         log = self.get_logger()
         log.info(f"loading the detector: scheme {cfg.scheme}, teacher {cfg.teacher}, "
-                 f"{regions_description(cfg)}, device {cfg.device}, "
-                 f"backend {cfg.backend}, precision {cfg.precision}, input {cfg.input_width}x{cfg.input_height}")
+                 f"{regions_description(cfg)}, device {cfg.device}, backend {cfg.backend}, "
+                 f"precision {cfg.precision}, input {cfg.input_height}x{cfg.input_width} (HxW)")
         # (csl_ros.pipeline.backends logs when it actually builds a TensorRT engine, and only then.)
         self._detector = self.detector_factory(cfg)
         self._adopt_model_settings(cfg, getattr(self._detector, "config", cfg))
@@ -244,6 +244,7 @@ class CslDetectorNode(LifecycleNode):
             "score": self.create_lifecycle_publisher(Image, "~/anomaly_score", q_out),
             "color": self.create_lifecycle_publisher(Image, "~/anomaly_score/color", q_out),
             "instances": self.create_lifecycle_publisher(Image, "~/ood_instances", q_out),
+            "instances_color": self.create_lifecycle_publisher(Image, "~/ood_instances/color", q_out),
             "overlay": self.create_lifecycle_publisher(Image, "~/overlay", q_out),
             "obstacles": self.create_lifecycle_publisher(MarkerArray, "~/obstacles", q_out),
             "points": self.create_lifecycle_publisher(PointCloud2, "~/obstacle_points", q_out),
@@ -381,7 +382,7 @@ class CslDetectorNode(LifecycleNode):
         self.stats.latency_ms.add((time.monotonic() - t_received) * 1e3)
 
     def _publish(self, header, rgb: np.ndarray, det, node_cfg: NodeConfig) -> None:
-        from csl_ros.visualize import colorize_scores, draw_overlay
+        from csl_ros.visualize import colorize_instances, draw_overlay, score_image
 
         pubs = self._pubs
 
@@ -395,8 +396,9 @@ class CslDetectorNode(LifecycleNode):
 
         image("score", lambda: det.anomaly_map.astype(np.float32, copy=False), "32FC1")
         image("instances", lambda: det.instances.astype(np.uint16, copy=False), "16UC1")
+        image("instances_color", lambda: colorize_instances(det.instances), "bgr8")
         if node_cfg.publish_color:
-            image("color", lambda: colorize_scores(det.anomaly_map), "bgr8")
+            image("color", lambda: score_image(det.anomaly_map), "bgr8")
         if node_cfg.publish_overlay:
             image("overlay", lambda: draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles), "bgr8")
         mounting = Mounting.from_config(node_cfg) if node_cfg.output_frame else None
@@ -460,7 +462,7 @@ class CslDetectorNode(LifecycleNode):
 def build_engine(node: CslDetectorNode) -> int:
     """Build (or load) the configured inference engine into the cache, report what was built."""
     cfg, log = node.detector_config, node.get_logger()
-    log.info(f"building the {cfg.backend} engine for {cfg.input_width}x{cfg.input_height} {cfg.precision} on "
+    log.info(f"building the {cfg.backend} engine for input {cfg.input_height}x{cfg.input_width} (HxW), {cfg.precision} on "
              f"{cfg.device} into {cfg.engine_cache_dir}{' (forced rebuild)' if cfg.force_rebuild_engine else ''}"
              ": a TensorRT build can take several minutes")
     t0 = time.monotonic()
@@ -483,23 +485,28 @@ def _rcl_error_line(exc: Exception) -> str:
     return re.sub(r",? at /\S+:\d+", "", text).strip()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.utilities import remove_ros_args
-
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The ``csl_node`` command line (ROS arguments after ``--ros-args`` are removed before parsing)."""
     from csl_ros.cli import OneLineErrorParser
 
-    argv = list(sys.argv if argv is None else argv)
     parser = OneLineErrorParser(
-        prog="csl_node", description="CSL road-obstacle detector (ROS 2 lifecycle node csl_detector). "
-        "Parameters: --ros-args --params-file FILE -p name:=value; see `ros2 param describe`.")
+        prog="csl_node", description="csl_node: the CSL road-obstacle detector (ROS 2 lifecycle node "
+        "csl_detector). Parameters: --ros-args --params-file FILE -p name:=value; see `ros2 param describe`.")
     parser.add_argument("--auto-activate", action="store_true",
                         help="configure and activate on start (same as the auto_activate parameter)")
     parser.add_argument("--build-engine", action="store_true",
                         help="build and cache the inference engine (TensorRT/TorchScript) for the "
                              "configured model, input size and precision, then exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.utilities import remove_ros_args
+
+    argv = list(sys.argv if argv is None else argv)
     try:
-        args = parser.parse_args(remove_ros_args(argv)[1:])
+        args = build_arg_parser().parse_args(remove_ros_args(argv)[1:])
     except rclpy._rclpy_pybind11.RCLError as exc:  # a broken or missing --params-file, bad --ros-args
         print(f"csl_node: error: {_rcl_error_line(exc)}", file=sys.stderr)
         return 2
