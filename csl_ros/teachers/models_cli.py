@@ -7,31 +7,55 @@
   verify [NAME|DIR]  re-check the recorded hashes (all installed models when none is given)
 
 Every load of a fetched or imported model checks the hashes too; a changed file is refused with its
-name. Published numbers are the authors' (see csl_ros.teachers.real_models for the sources), not
-measured by csl_ros.
+name. Published numbers are the authors' (list names the source of each), not measured by csl_ros.
 """
 from __future__ import annotations
 
-import argparse
+from csl_ros.cli import add_command
+
+
+LIST_DOC = """csl-ros models list: the curated public Cityscapes models and the installed ones.
+
+Shows backbone, task, parameters, the Cityscapes val accuracy their authors published (and where it
+comes from), the licence of the model card, and where each installed model lies.
+"""
+FETCH_DOC = """csl-ros models fetch: download a model from the Hugging Face hub and record its hashes.
+
+  csl-ros models fetch mask2former-swin-large-semantic
+  csl-ros models fetch nvidia/segformer-b2-finetuned-cityscapes-1024-1024@main
+
+The model lands in the Hugging Face cache (teacher_path: hf:<repo>); a model whose weights are only a
+PyTorch pickle is converted to safetensors, read tensor-only. Without network: one error line.
+"""
+IMPORT_DOC = """csl-ros models import: record the hashes of a model folder copied from another machine.
+
+For air-gapped cars: copy the folder (config.json, preprocessor_config.json, weights) from a machine
+that ran fetch, then import it here; teacher_path is the folder.
+"""
+VERIFY_DOC = """csl-ros models verify: re-check the recorded SHA-256 of installed models.
+
+Exit status 1 when any file changed, naming the file.
+"""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("models", help="public Cityscapes teachers: list, fetch, import, verify",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "models", "public Cityscapes teachers: list, fetch, import, verify", __doc__)
     sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
     sub.required = True
-    sub.add_parser("list", help="curated models and installed ones").set_defaults(func=run_list)
-    f = sub.add_parser("fetch", help="download a model from the Hugging Face hub and record its hashes")
-    f.add_argument("name", help="a name from `csl-ros models list` or a hub repo id owner/name[@revision]")
-    f.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    add_command(sub, "list", "curated models and installed ones", LIST_DOC).set_defaults(func=run_list)
+    f = add_command(sub, "fetch", "download a model from the Hugging Face hub and record its hashes",
+                    FETCH_DOC)
+    f.add_argument("name", help="a name from csl-ros models list, or a hub repo id owner/name[@revision]")
+    f.add_argument("--revision", default=None, help="branch, tag or commit of the repo (default: main)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=run_fetch)
-    i = sub.add_parser("import", help="record the hashes of a model folder copied from elsewhere")
-    i.add_argument("dir", help="folder with config.json, preprocessor_config.json and the weights")
-    i.add_argument("--name", default=None, help="name in the index (default: the folder name)")
+    i = add_command(sub, "import", "record the hashes of a model folder copied from elsewhere", IMPORT_DOC)
+    i.add_argument("dir", help="model folder with config.json, preprocessor_config.json and the weights")
+    i.add_argument("--name", default=None, help="name of the model in the index (default: the folder name)")
     i.set_defaults(func=run_import)
-    v = sub.add_parser("verify", help="re-check the recorded SHA-256 of installed models")
-    v.add_argument("names", nargs="*", help="installed model names or folders (default: all installed)")
+    v = add_command(sub, "verify", "re-check the recorded SHA-256 of installed models", VERIFY_DOC)
+    v.add_argument("names", nargs="*", help="installed model names or model folders (default: every "
+                                            "installed model)")
     v.set_defaults(func=run_verify)
 
 
