@@ -316,3 +316,12 @@ def test_processor_sizes_read_as_transformers_reads_them(tmp_path, config, expec
     assert pre.network_size(1024, 2048) == expected
     if "size_divisibility" in config:
         assert pre.size_divisor == 32
+
+
+def test_evaluation_report_names_the_regions():
+    from csl_ros.eval.report import _regions_line
+
+    line = _regions_line({"scheme": "2", "teacher": "rba", "regions": "mask2former", "teacher_path": "hf:a/b"})
+    assert line == "regions from a closed-set Mask2Former, not class-agnostic training (hf:a/b)"
+    assert _regions_line({"scheme": "2", "teacher": "sml"}).startswith("regions from the CSL student")
+    assert _regions_line({"scheme": "teacher_only"}) == "no regions (teacher only)"
