@@ -33,7 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TEACHERS = ("msp", "maxlogit", "sml", "entropy", "energy")
+from csl_ros.teachers.registry import TEACHERS as TEACHER_REGISTRY
+
+# every registered score function over plain logits (the synthroad segmenter), in registration order;
+# those on a Mask2Former's class scores (RbA) need a Mask2Former teacher
+TEACHERS = TEACHER_REGISTRY.names(class_scores=False)
 TEST_SEED = 10_000_000
 VAL_SEED = 1_000_000
 TUNE_SEED = 20_000_000  # obstacle frames for choosing the default score_threshold (not the test set)
@@ -182,7 +186,7 @@ def region_quality(frames, args):
 
 def segmenter_miou(frames, args):
     from csl_ros.teachers.segmenter import load_segmenter
-    from csl_ros.teachers.segmenter_train import evaluate_miou
+    from csl_ros.training.segmenter import evaluate_miou
     from csl_ros.shipped import resolve_shipped
 
     path = args.segmenter or resolve_shipped("teacher_segmenter")
@@ -317,7 +321,7 @@ def write_markdown(path, args, results, regions, seg, diag, n_test, wall, manife
              "|---|---|---|---|---|---|"]
     for t in TEACHERS:
         a, b = results[("teacher_only", t, "soft")], results[("2", t, "soft")]
-        lines.append(f"| {name[t]} | {fmt(a['ap'])} | {fmt(a['fpr95'])} | {fmt(b['ap'])} | {fmt(b['fpr95'])} | "
+        lines.append(f"| {name.get(t, t)} | {fmt(a['ap'])} | {fmt(a['fpr95'])} | {fmt(b['ap'])} | {fmt(b['fpr95'])} | "
                      f"{100 * (b['ap'] - a['ap']):+.2f} |")
     h, s1 = results[("2", "sml", "hard")], results[("1", "none", "soft")]
     lines += ["", "| method | AUPR ↑ | FPR95 ↓ |", "|---|---|---|",
@@ -381,6 +385,9 @@ def main(argv=None) -> int:
     p.add_argument("--stats", default="", help="its SML statistics JSON (default: the shipped teacher_segmenter_stats)")
     p.add_argument("--notes", default="docs/results_notes.md",
                    help="hand-written analysis appended to the table when the file exists")
+    p.add_argument("--driving-drives", type=int, default=10,
+                   help="held-out synthroad drives of the driving table (bench/driving.py); 0 skips it")
+    p.add_argument("--driving-frames", type=int, default=30, help="frames per driving drive")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -414,6 +421,12 @@ def main(argv=None) -> int:
         pass
     write_markdown(args.out, args, results, regions, seg, diag, len(test), time.time() - t0, manifest, oracle,
                    fidelity, tuned)
+    if args.driving_drives:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from driving import driving_section
+
+        with open(args.out, "a", encoding="utf-8") as fh:
+            fh.write("\n" + driving_section(args.driving_drives, args.driving_frames, log) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": {"/".join(k): v for k, v in results.items()},
                                                "regions": regions, "segmenter_miou": seg[0], "oracle": oracle,

@@ -288,8 +288,10 @@ def test_mask2former_regions_with_another_teacher(tiny_hf_models):
 
 
 def test_affine_calibration_declared_and_fitted():
-    from csl_ros.teachers.calibration import RBA_CALIBRATION, Calibration, fit_calibration
+    from csl_ros.teachers.calibration import Calibration, fit_calibration
+    from csl_ros.teachers.registry import TEACHERS
 
+    RBA_CALIBRATION = Calibration.from_dict(dict(TEACHERS.entry("rba").fixed_calibration))
     s = torch.tensor([-3.0, -2.0, -1.0, -0.25, 0.0, 0.5])
     np.testing.assert_allclose(RBA_CALIBRATION(s).numpy(), [0, 0, 0, 0.75, 1, 1])
     fitted = fit_calibration("affine", {0.01: -2.0, 0.5: -1.5, 0.99: 0.0})

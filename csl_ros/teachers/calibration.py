@@ -97,11 +97,6 @@ class Calibration:
         return cls(d["method"], {k: float(v) for k, v in d.items() if k != "method"})
 
 
-# RbA mapped to [0, 1] as clip(1 − Σ_c tanh(l_c), 0, 1): its raw score −Σ_c tanh(l_c) ∈ [−K, 0]
-# needs no fitting (the teacher table of the spec; the issue's choice of mapping).
-RBA_CALIBRATION = Calibration("affine", {"scale": 1.0, "offset": 1.0})
-
-
 def fit_calibration(method: str, quantiles: dict[float, float]) -> Calibration:
     """Build a calibration from in-distribution score quantiles ``{p: q_p}`` (needs 0.01/0.5/0.99).
 

@@ -1,7 +1,7 @@
 """One teacher interface: image batch → per-pixel OOD map in [0, 1] (higher = more anomalous).
 
-``build_teacher(name, ...)`` with ``name`` in ``TEACHER_NAMES`` (``csl_ros.config.TEACHERS`` minus
-"none") returns a ``Teacher``; calling it on a B×3×H×W uint8 (or [0, 1] float) RGB batch gives a
+``build_teacher(name, ...)`` with ``name`` in ``TEACHER_NAMES`` (the registered score functions of
+``csl_ros.teachers.registry.TEACHERS``, plus "onnx") returns a ``Teacher``; calling it on a B×3×H×W uint8 (or [0, 1] float) RGB batch gives a
 ``TeacherOutput``:
 
 * ``score_map``  B×1×H×W in [0, 1]: the calibrated score D that CSL fuses (Eq. 3; spec section 4.4),
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from csl_ros.config import TEACHERS
-from csl_ros.teachers.calibration import RBA_CALIBRATION, Calibration
-from csl_ros.teachers.scores import MASK_SCORE_FUNCTIONS, SCORE_FUNCTIONS, compute_score, sml_score
+from csl_ros.teachers.calibration import Calibration
+from csl_ros.teachers.registry import (NO_TEACHER, ONNX_TEACHER, TEACHERS, class_score_teachers,
+                                       unbounded_scores)
+from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score, sml_score
 from csl_ros.teachers.stats import TeacherStats, default_stats_path, file_sha256
 
 log = logging.getLogger("csl_ros.teacher")
 
-TEACHER_NAMES = tuple(t for t in TEACHERS if t != "none")
-UNBOUNDED_SCORES = ("maxlogit", "sml", "energy")
+TEACHER_NAMES = TEACHERS.choices(after=(ONNX_TEACHER,))
 HF_STATS_FILE = "csl_ros.stats.json"  # statistics of a Hugging Face model directory live inside it
 # Names of the shipped synthroad teacher files in models/manifest.json (csl_ros.shipped).
 SHIPPED_SEGMENTER = "teacher_segmenter"
@@ -53,8 +53,9 @@ class Teacher:
                  precision: str = "fp32", map_range: tuple[float, float] | None = None):
         if score_fn not in SCORE_FUNCTIONS + ("map",):
             raise ValueError(f"unknown score function {score_fn!r}")
-        if score_fn == "sml" and (stats is None or not stats.has_class_stats):
-            raise ValueError("the sml teacher needs class-wise statistics (teacher stats file)")
+        if score_fn != "map" and TEACHERS.entry(score_fn).needs_stats and (
+                stats is None or not stats.has_class_stats):
+            raise ValueError(f"the {score_fn} teacher needs class-wise statistics (teacher stats file)")
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
         self.name = name
@@ -150,15 +151,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def _choose_calibration(score_fn: str, stats: TeacherStats | None, override: str | None,
                         where: str) -> Calibration:
-    if score_fn == "rba" and override is None:
-        return RBA_CALIBRATION
-    if override == "identity" and score_fn in UNBOUNDED_SCORES + MASK_SCORE_FUNCTIONS:
+    fixed = TEACHERS.entry(score_fn).fixed_calibration if score_fn in TEACHERS else None
+    if fixed is not None and override is None:
+        return Calibration.from_dict(dict(fixed))  # e.g. RbA's clip(1 + s, 0, 1)
+    if override == "identity" and score_fn in unbounded_scores():
         raise ValueError(f"the {score_fn} score is unbounded; an identity calibration would just clip "
                          "it (use logistic, quantile_linear or the per_image_minmax ablation)")
     if override in ("identity", "per_image_minmax"):
         return Calibration(override)
     if stats is None:
-        if override is None and score_fn in ("msp", "entropy", "map"):
+        if override is None and (score_fn == "map" or TEACHERS.entry(score_fn).bounded):
             return Calibration("identity")  # already probabilities (a map is assumed in [0, 1])
         raise ValueError(f"the {score_fn} score needs a calibration fitted on in-distribution data, "
                          f"but no teacher statistics file was found ({where}); run `csl-ros teacher "
@@ -189,7 +191,7 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
                   onnx_input_normalization: str | None = None, onnx_output: str | None = None,
                   segmenter_preset: str | None = None, verify_stats: bool = True,
                   precision: str = "fp32", allow_download: bool = False) -> Teacher:
-    """Build teacher ``name`` ∈ {msp, maxlogit, sml, entropy, energy, rba, onnx}.
+    """Build teacher ``name`` ∈ ``TEACHER_NAMES`` (a registered score function, or onnx).
 
     * Logit teachers load the closed-set segmenter ``segmenter_path``: a csl_ros / torchvision
       checkpoint, a Hugging Face model directory or ``hf:<repo>[@rev]`` (SegFormer logits or
@@ -208,14 +210,14 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
       images). RbA defaults to ``clip(1 − Σ_c tanh(l_c), 0, 1)``.
     * ``precision``: ``fp16`` runs the segmenter under CUDA autocast (ignored on CPU and for ONNX).
     """
-    if name == "none":
+    if name == NO_TEACHER:
         raise ValueError("teacher 'none' has no teacher to build (scheme 1 needs none)")
     if name not in TEACHER_NAMES:
         raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(TEACHER_NAMES)}")
     dev = resolve_device(device)
     segmenter_path, stats_path, onnx_path = str(segmenter_path or ""), str(stats_path or ""), str(onnx_path or "")
 
-    if name == "onnx":
+    if name == ONNX_TEACHER:
         from csl_ros.teachers.onnx_runner import OnnxModel
 
         path = onnx_path or (segmenter_path if segmenter_path.endswith(".onnx") else "")
@@ -258,7 +260,7 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
 
     if is_hf_source(segmenter_path):
         model = load_hf_segmenter(segmenter_path, dev, allow_download=allow_download)
-        if name in MASK_SCORE_FUNCTIONS and model.kind != "mask2former":
+        if name in class_score_teachers() and model.kind != "mask2former":
             raise ValueError(f"teacher {name!r} needs a Mask2Former (per-query class posteriors and "
                              f"masks); {model.path} is a {model.kind}")
         stats = _load_stats(stats_path, model.path, verify_stats, model_sha256=model.digest)
@@ -268,7 +270,7 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
         cal = _choose_calibration(name, stats, calibration,
                                   where=str(stats_path or model.path / HF_STATS_FILE))
         return Teacher(name, model, name, cal, stats, dev, precision=precision)
-    if name in MASK_SCORE_FUNCTIONS:
+    if name in class_score_teachers():
         raise ValueError(f"teacher {name!r} needs a Mask2Former teacher_path (a Hugging Face model "
                          "directory or hf:<repo>); the segmenter checkpoints give per-pixel logits only")
     if segmenter_path:
