@@ -120,3 +120,32 @@ def test_fit_stats_of_an_hf_teacher_on_cityscapes(tiny_hf_models, cityscapes_tre
     shutil.copy(d / "csl_ros.stats.json", other / "csl_ros.stats.json")
     with pytest.raises(ValueError, match="fitted for another model|statistics are for"):
         build_teacher("sml", segmenter_path=other, device="cpu")
+
+
+@pytest.mark.slow
+def test_train_segmenter_on_cityscapes_layout(cityscapes_tree, tmp_path, capsys):
+    """`csl-ros train segmenter --data cityscapes --root` (the one trainer) on the synthroad writer's
+    Cityscapes layout: a few steps, loss decreasing, then fit-stats on the same tree."""
+    import csv
+    import json
+
+    import numpy as np
+
+    out = tmp_path / "run"
+    argv = ["train", "segmenter", "--data", "cityscapes", "--root", str(cityscapes_tree), "--out", str(out),
+            "--set", "crop_size=64x128", "--set", "scale_range=0.9,1.1", "--set", "steps=20",
+            "--set", "batch_size=2", "--set", "lr=2e-3", "--set", "warmup_steps=0", "--set", "log_every=1",
+            "--set", "progress=false", "--set", "save_dtype=float32", "--set", "val_split=train"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    losses = [float(r["loss"]) for r in csv.DictReader(open(out / "log.csv"))]
+    assert len(losses) == 20 and np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+    assert summary["miou"] is not None
+    seg = summary["segmenter"]
+    assert main(["teacher", "fit-stats", "--segmenter", seg, "--data", "cityscapes", "--root",
+                 str(cityscapes_tree), "--size", "64x128", "--quiet"]) == 0
+    assert Path(seg).with_name(Path(seg).stem + ".stats.json").is_file()
+    with pytest.raises(SystemExit):
+        main(["train", "segmenter", "--data", "imagenet"])
+    assert main(["train", "segmenter", "--data", "cityscapes", "--out", str(tmp_path / "x")]) == 2
+    assert "dataset cityscapes needs root" in capsys.readouterr().err
