@@ -10,8 +10,10 @@ checkpoints) with **random weights**: the time of one teacher call is that of th
 same architecture (weights do not change the arithmetic), the scores are meaningless. A teacher call
 is what csl_ros runs per frame: normalisation, the network at ``--size`` (no resize), upsampling, and
 for Mask2Former the class scores l_c and RbA; ``regions`` adds Eq. 2's inputs from the same pass.
-The first call is a warm-up; the median of ``--repeats`` calls is printed, with the machine's load,
-as a markdown table (docs/real_models.md).
+A warm-up call at ``--warmup-size`` comes first (allocations, lazy initialisation), then the median
+of ``--repeats`` calls at ``--size`` is printed as a markdown table (docs/real_models.md), each row
+with the machine's 1-minute load average when it was measured: on a shared machine that is what the
+milliseconds depend on.
 """
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ def main() -> int:
     ap.add_argument("--models", default="segformer-b0,segformer-b2,segformer-b5,mask2former-r50,"
                                         "mask2former-swin-tiny,mask2former-swin-large")
     ap.add_argument("--size", default="1024x2048", help="network input HxW (default 1024x2048)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--warmup-size", default="256x512", help="HxW of the warm-up call")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -78,9 +81,11 @@ def main() -> int:
     h, w = (int(v) for v in args.size.lower().split("x"))
     print(f"# {args.device}, torch {torch.__version__}, {args.threads} thread(s), input {h}x{w}, "
           f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} core(s)")
-    print("| model (random weights) | parameters | teacher call, ms (median) | + Mask2Former regions, ms |")
-    print("|---|---:|---:|---:|")
+    print("| model (random weights) | parameters | teacher call, ms (median) | + Mask2Former regions, ms | load |")
+    print("|---|---:|---:|---:|---:|")
     x = torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8, device=args.device)
+    wh, ww = (int(v) for v in args.warmup_size.lower().split("x"))
+    warm = torch.randint(0, 256, (1, 3, wh, ww), dtype=torch.uint8, device=args.device)
     for name in args.models.split(","):
         torch.manual_seed(0)
         kind, net = build(name)
@@ -90,7 +95,13 @@ def main() -> int:
         regions = Mask2FormerRegions(model, shared=True) if kind == "mask2former" else None
         times, region_times = [], []
         with torch.inference_mode():
-            for i in range(args.repeats + 1):
+            if regions is not None:
+                model(warm)
+                regions(warm)
+            else:
+                model(warm)
+            load = os.getloadavg()[0]
+            for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 scores = model(x)
                 if kind == "mask2former":
@@ -101,11 +112,12 @@ def main() -> int:
                 if regions is not None:
                     regions(x)
                 t2 = time.perf_counter()
-                if i:
-                    times.append(1000 * (t1 - t0))
-                    region_times.append(1000 * (t2 - t1))
+                times.append(1000 * (t1 - t0))
+                region_times.append(1000 * (t2 - t1))
         reg = f"{statistics.median(region_times):.0f}" if regions is not None else "–"
-        print(f"| {name} | {params / 1e6:.1f} M | {statistics.median(times):.0f} | {reg} |", flush=True)
+        load = max(load, os.getloadavg()[0])
+        print(f"| {name} | {params / 1e6:.1f} M | {statistics.median(times):.0f} | {reg} | {load:.1f} |",
+              flush=True)
         del model, net
     print(f"# load average after: {os.getloadavg()[0]:.1f}")
     return 0
