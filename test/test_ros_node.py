@@ -856,3 +856,4 @@ def test_node_with_hf_rba_teacher_and_mask2former_regions(rig_factory, tiny_hf_m
     assert score.size == 64 * 128 and np.isfinite(score).all() and 0 <= score.min() <= score.max() <= 1
     wait_for(lambda: "closed-set Mask2Former" in rig.diag_values(rig.last_diag()).get("regions", ""),
              what="regions named in the diagnostics")
+    assert rig.diag_values(rig.last_diag())["teacher_out_of_range_pixels"] == "0"

@@ -443,6 +443,9 @@ class CslDetectorNode(LifecycleNode):
         values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,
                   "backend": backend or f"{cfg.backend} (requested)", "device": device or f"{cfg.device} (requested)",
                   "scheme": cfg.scheme, "teacher": cfg.teacher, "regions": regions_description(cfg),
+                  # pixels of a ready teacher map outside its declared range (counted, never hidden)
+                  "teacher_out_of_range_pixels": getattr(getattr(self._detector, "teacher", None),
+                                                         "out_of_range_pixels", 0),
                   "score_threshold": cfg.score_threshold,
                   "camera_info_topic": info_topic, "camera_info": self._camera_info_state,
                   "camera_info_age_s": info_age, **snap}
