@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Spin-waiting OpenMP threads make torch many times slower when the cores are shared (as the tests'
+# conftest and docs/performance.md do); must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SEGFORMER = {  # MiT variants (SegFormer paper, Table 6): hidden sizes, depths, decoder width
     "b0": ([32, 64, 160, 256], [2, 2, 2, 2], 256), "b1": ([64, 128, 320, 512], [2, 2, 2, 2], 256),
@@ -79,7 +82,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.lower().split("x"))
-    print(f"# {args.device}, torch {torch.__version__}, {args.threads} thread(s), input {h}x{w}, "
+    print(f"# {args.device}, torch {torch.__version__}, {args.threads} thread(s), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, input {h}x{w}, "
           f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} core(s)")
     print("| model (random weights) | parameters | teacher call, ms (median) | + Mask2Former regions, ms | load |")
     print("|---|---:|---:|---:|---:|")
