@@ -72,6 +72,7 @@ def resolve_hf_dir(source: str | os.PathLike, allow_download: bool = False) -> P
             raise FileNotFoundError(f"Hugging Face model directory not found: {path}")
         return path
     repo, rev = parse_hf_spec(s)
+    # optional dependency (the hf extra, with transformers): only hf: sources need it
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -330,7 +331,7 @@ def load_hf_segmenter(source: str | os.PathLike, device: str | torch.device = "c
         raise ValueError(f"{directory}: architecture {config.get('architectures')} is not supported; "
                          f"csl_ros runs {', '.join(ARCHITECTURES)}")
     preprocessing = Preprocessing.from_file(directory / "preprocessor_config.json")
-    try:
+    try:  # optional dependency (the hf extra): only Hugging Face teachers need it
         import transformers
     except ImportError:
         raise ImportError("Hugging Face teachers need the transformers package (pip install "
@@ -456,7 +457,7 @@ def export_onnx(model: HFSegmenter, path: str | os.PathLike, size: tuple[int, in
 def _float_grids(path: Path) -> None:
     """Cast double sampling grids to float: the tracer keeps Mask2Former's deformable-attention
     grid in float64, and onnxruntime has no GridSample kernel for a double grid."""
-    import onnx
+    import onnx  # optional dependency: only ONNX export needs it
     from onnx import TensorProto, helper
 
     model = onnx.load(str(path))

@@ -149,6 +149,7 @@ def fetch_model(name_or_repo: str, revision: str | None = None, progress: bool =
                          "the Mask2Former model-zoo weights and use `csl-ros models import DIR`")
     repo, rev = parse_hf_spec(entry.repo if entry else name_or_repo)
     revision = revision or rev
+    # optional dependency (the hf extra, with transformers): only fetching needs it
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
