@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csl_ros.shipped import sha256_file
-from csl_ros.teachers.segmenter import to_unit_float
+from csl_ros.model.integrity import sha256_file
+from csl_ros.teachers.onnx_runner import set_onnx_metadata
+from csl_ros.teachers.segmenter import IMAGENET_MEAN, IMAGENET_STD, to_unit_float
 
 HF_PREFIX = "hf:"
 HASH_RECORD = "csl_ros.sha256.json"
@@ -425,9 +427,6 @@ def export_onnx(model: HFSegmenter, path: str | os.PathLike, size: tuple[int, in
     ONNX, with the csl_ros metadata the ONNX teacher reads: input normalisation (ImageNet statistics
     of the processor are required), and for ``output="rba"`` a ready map with its declared range
     [−K, 0] and RbA's calibration ``clip(1 + s, 0, 1)``."""
-    from csl_ros.teachers.onnx_runner import set_onnx_metadata
-    from csl_ros.teachers.segmenter import IMAGENET_MEAN, IMAGENET_STD
-
     if output not in ("class_scores", "rba"):
         raise ValueError(f"output must be class_scores or rba, got {output!r}")
     if output == "rba" and model.kind != "mask2former":
@@ -436,8 +435,6 @@ def export_onnx(model: HFSegmenter, path: str | os.PathLike, size: tuple[int, in
         raise ValueError(f"{model.path}: the processor does not normalise with the ImageNet statistics, "
                          "which the ONNX teacher assumes")
     path = Path(path)
-    import warnings
-
     with warnings.catch_warnings():  # tracer warnings about shape-dependent Python control flow
         warnings.simplefilter("ignore")
         torch.onnx.export(_ExportedScore(model, output).eval(), (torch.zeros(1, 3, *size),), str(path),

@@ -29,6 +29,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors.torch import save_file
+
+from csl_ros.model.integrity import torch_load_tensors
 from csl_ros.teachers.hf import (HASH_RECORD, PICKLE_WEIGHTS, parse_hf_spec, record_hashes,
                                  verify_hashes)
 
@@ -107,10 +110,6 @@ def convert_pickled_weights(directory: Path) -> Path | None:
     executed) when the folder has no safetensors weights; returns the new file or None."""
     if any(directory.glob("*.safetensors")) or not (directory / "pytorch_model.bin").is_file():
         return None
-    from safetensors.torch import save_file
-
-    from csl_ros.model.integrity import torch_load_tensors
-
     state = torch_load_tensors(directory / "pytorch_model.bin", "PyTorch weights file")
     if not isinstance(state, dict):
         raise ValueError(f"{directory / 'pytorch_model.bin'}: not a state dict")
