@@ -46,6 +46,7 @@ class Detection:
     timings_ms: dict[str, float] = field(default_factory=dict)
     backend: str = "eager"
     device: str = "cpu"
+    backends: str = ""                 # every network's backend, e.g. "student onnxruntime (CPU...), teacher ..."
     regions: np.ndarray | None = None  # int32 (H, W) region ids used by the fusion (None: teacher only)
     tentative: list[Obstacle] = field(default_factory=list)  # tracked, not (yet) confirmed: not reported
 
@@ -87,7 +88,7 @@ def as_rgb_uint8(image) -> np.ndarray:
 class Detector:
     """CSL obstacle detector (scheme 1, scheme 2 or teacher only) on one backend and device."""
 
-    def __init__(self, cfg: DetectorConfig, student=None, teacher=None, *, model_hash: str = "nohash",
+    def __init__(self, cfg: DetectorConfig, student=None, teacher=None, *, model_hash: str = "",
                  regions=None):
         """``regions``: a region proposer replacing the student's regions (``regions: mask2former``;
         images → (region probabilities B×N×h/4×w/4, validity B×N))."""
@@ -109,17 +110,24 @@ class Detector:
                              "this checkpoint is class-agnostic only: use scheme 2 with a teacher")
         self.teacher = teacher
         self.network: CompiledModel | None = None
+        self.teacher_network: CompiledModel | None = None
         if student is not None and cfg.scheme != "teacher_only" and regions is None:
             example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
-            self.network = compile_network(
-                _StudentForward(student), example, backend=cfg.backend, device=self.device,
-                precision=cfg.precision, cache_dir=cfg.engine_cache_dir, model_hash=model_hash,
-                force_rebuild=cfg.force_rebuild_engine)
-            if self.network.fallback_reason:
-                log.warning("inference backend fell back to %s (%s)", self.network.backend,
-                            self.network.fallback_reason)
+            self.network = self._compile(_StudentForward(student), example, model_hash, "student")
         if teacher is not None:
             teacher.model.to(self.device)
+            # The teacher's segmenter goes through the same backends (an ONNX teacher already is a
+            # session). Its input is the letterboxed uint8 batch.
+            # A Mask2Former shared with the regions stays eager: the regions read its query outputs.
+            if isinstance(teacher.model, torch.nn.Module) and cfg.scheme in ("2", "teacher_only") and not (
+                    regions is not None and regions.shared):
+                example = torch.zeros(1, 3, cfg.input_height, cfg.input_width, dtype=torch.uint8)
+                self.teacher_network = self._compile(teacher.model, example, "", "teacher")
+        self.backends = ", ".join(f"{role} {net.describe()}" for role, net in
+                                  (("student", self.network), ("teacher", self.teacher_network)) if net)
+        if self.backends:
+            log.info("inference backends on %s: %s%s", self.device, self.backends,
+                     f" (backend auto: measured fastest on {self.device.type} first)" if cfg.backend == "auto" else "")
         self.tracker = Tracker(TrackingParams.from_config(cfg))
 
     # --- construction ------------------------------------------------------------------------
@@ -135,7 +143,7 @@ class Detector:
         cfg.validate()
         device = resolve_device(cfg.device)
         student = teacher = None
-        model_hash = "nohash"
+        model_hash = ""
         if cfg.scheme == "1" or (cfg.scheme == "2" and cfg.regions == "student"):
             path = cfg.student_path
             if not path:
@@ -187,9 +195,20 @@ class Detector:
         """What the fusion's regions come from, for every report."""
         return regions_description(self.config)
 
+    def _compile(self, module, example, model_hash: str, role: str) -> CompiledModel:
+        cfg = self.config
+        net = compile_network(module, example, backend=cfg.backend, device=self.device, precision=cfg.precision,
+                              cache_dir=cfg.engine_cache_dir, model_hash=model_hash,
+                              force_rebuild=cfg.force_rebuild_engine)
+        if net.fallback_reason:
+            log.warning("%s inference backend fell back to %s (%s)", role, net.backend, net.fallback_reason)
+        return net
+
     @property
     def backend(self) -> str:
-        return self.network.backend if self.network is not None else "eager"
+        """The student's backend (the teacher's in teacher-only mode)."""
+        net = self.network or self.teacher_network
+        return net.backend if net is not None else "eager"
 
     def update(self, **changes) -> None:
         """Apply run-time changes (thresholds, fusion options, mounting); they take effect on the next
@@ -204,6 +223,7 @@ class Detector:
 
     def close(self) -> None:
         self.network = None
+        self.teacher_network = None
         self.teacher = None
         self.regions = None
         if self.device.type == "cuda":
@@ -248,6 +268,7 @@ class Detector:
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
             x, valid = self._letterbox(images)
+            xd = x.to(self.device)  # one tensor for the teacher and shared regions (matched by identity)
         region_probs = validity = distribution = None
         if self.network is not None:
             with timer.stage("network"):
@@ -257,12 +278,12 @@ class Detector:
         teacher_maps = teacher_seg = None
         if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
             with timer.stage("teacher"):  # before shared Mask2Former regions: they reuse its pass
-                t_out = self.teacher(x.to(self.device))
+                t_out = self.teacher(xd, network=self.teacher_network)
                 teacher_maps = t_out.score_map
                 teacher_seg = t_out.segmentation
         if self.regions is not None:
             with timer.stage("regions"):
-                region_probs, validity = self.regions(x.to(self.device))
+                region_probs, validity = self.regions(xd)
         results = []
         for b, (img, cam) in enumerate(zip(images, cameras)):
             H0, W0 = img.shape[:2]
@@ -292,6 +313,7 @@ class Detector:
                                          min_split_fraction=cfg.min_split_fraction)
                 obstacles = describe_instances(inst, anomaly, cam)
             results.append(Detection(anomaly, inst, obstacles, backend=self.backend, device=str(self.device),
+                                     backends=self.backends,
                                      regions=regions_np.astype(np.int32) if regions_np is not None else None))
         timings = timer.result()
         timings["total"] = sum(timings.values())

@@ -254,6 +254,7 @@ class QueryOutputs:
     mask_logits: torch.Tensor
     padded_size: tuple[int, int]
     network_size: tuple[int, int]
+    source: torch.Tensor | None = None  # the image batch they come from (shared regions check it)
 
 
 def mask2former_class_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
@@ -298,7 +299,8 @@ class HFSegmenter(nn.Module):
         if self.kind == "segformer":
             self.last_queries = None
             return self._upsample_to_image(out.logits.float(), padded, size, image_size)
-        self.last_queries = QueryOutputs(out.class_queries_logits, out.masks_queries_logits, padded, size)
+        self.last_queries = QueryOutputs(out.class_queries_logits, out.masks_queries_logits, padded, size,
+                                         source=images)
         masks = self._upsample_to_image(out.masks_queries_logits.float(), padded, size, image_size)
         return mask2former_class_scores(out.class_queries_logits, masks)
 
@@ -364,8 +366,8 @@ class Mask2FormerRegions:
     """Eq. 2's inputs from a Mask2Former's queries: ``r_n = sigmoid(mask logits)`` and
     ``v_n = 1 − p_n(no object)`` (the softmax of the class logits, last column).
 
-    ``shared``: the model is also the teacher and has just run on the same batch, so its query
-    outputs are reused (one forward pass for both). The masks are returned at stride 4 of the given
+    ``shared``: the model is also the teacher and has just run on the same batch (the same tensor
+    object), so its query outputs are reused (one forward pass for both); for any other batch it runs. The masks are returned at stride 4 of the given
     image batch (the detector's letterboxed input), as the CSL student's region logits are.
     """
 
@@ -383,7 +385,7 @@ class Mask2FormerRegions:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B×3×H×W → (region probabilities B×Q×⌈H/4⌉×⌈W/4⌉, validity B×Q)."""
         q = self.model.last_queries if self.shared else None
-        if q is None:
+        if q is None or q.source is not images:
             q = self.model.query_outputs(images)
         h, w = images.shape[-2:]
         masks = q.mask_logits.float()
