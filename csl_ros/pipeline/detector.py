@@ -125,6 +125,8 @@ class Detector:
                 self.teacher_network = self._compile(teacher.model, example, "", "teacher")
         self.backends = ", ".join(f"{role} {net.describe()}" for role, net in
                                   (("student", self.network), ("teacher", self.teacher_network)) if net)
+        if regions is not None and regions.shared:
+            self.backends = "teacher eager (its Mask2Former queries give the regions)"
         if self.backends:
             log.info("inference backends on %s: %s%s", self.device, self.backends,
                      f" (backend auto: measured fastest on {self.device.type} first)" if cfg.backend == "auto" else "")
