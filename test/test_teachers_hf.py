@@ -327,3 +327,19 @@ def test_evaluation_report_names_the_regions():
     assert line == "regions from a closed-set Mask2Former, not class-agnostic training (hf:a/b)"
     assert _regions_line({"scheme": "2", "teacher": "sml"}).startswith("regions from the CSL student")
     assert _regions_line({"scheme": "teacher_only"}) == "no regions (teacher only)"
+
+
+def test_hf_spec_resolved_in_the_local_cache(tiny_hf_models, tmp_path, monkeypatch):
+    """teacher_path hf:<repo>[@revision] finds a fetched model in the Hugging Face cache, offline."""
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = tmp_path / "cache" / "models--nvidia--segformer-tiny"
+    shutil.copytree(tiny_hf_models["segformer"], repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert resolve_hf_dir("hf:nvidia/segformer-tiny") == repo_dir / "snapshots" / commit
+    assert resolve_hf_dir(f"hf:nvidia/segformer-tiny@{commit}") == repo_dir / "snapshots" / commit
+    teacher = build_teacher("msp", segmenter_path="hf:nvidia/segformer-tiny", device="cpu")
+    assert teacher.kind == "segformer" and teacher(_batch(_image(10))).score_map.shape == (1, 1, 64, 64)
