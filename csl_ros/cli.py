@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "csl_ros.eval.bag_cli",
     "csl_ros.eval.evaluate",
     "csl_ros.teachers.cli",
+    "csl_ros.teachers.models_cli",
     "csl_ros.training.cli",
 ]
 

@@ -7,6 +7,7 @@ Markdown and HTML versions never disagree.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import math
 import re
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from csl_ros.config import DetectorConfig, regions_description
 
 FIGURES = "figures"
 PANEL_TITLES = ("image", "anomaly score", "ground truth", "detector instances (red), GT outline (green)")
@@ -269,6 +272,15 @@ def plot_sweep(sweep: dict, path: Path) -> Path:
 # the document
 # --------------------------------------------------------------------------------------------------
 
+def _regions_line(cfg: dict) -> str:
+    """The regions of the run named as the detector names them (older metrics: student regions)."""
+    names = {f.name for f in dataclasses.fields(DetectorConfig)}
+    try:
+        return regions_description(DetectorConfig(**{k: v for k, v in cfg.items() if k in names}))
+    except TypeError:
+        return "regions ?"
+
+
 def pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
@@ -455,7 +467,8 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
         f"track: {m['track']} (component size filters: predicted >= {comp['segsize'] if comp else '?'} px, "
         f"ground truth >= {comp['instsize'] if comp else '?'} px); protocol: {m['protocol']} "
         f"({m.get('protocol_description', '')})",
-        f"detector: scheme {cfg.get('scheme', '?')}, teacher {cfg.get('teacher', '?')}, network input "
+        f"detector: scheme {cfg.get('scheme', '?')}, teacher {cfg.get('teacher', '?')}, "
+        f"{_regions_line(cfg)}, network input "
         f"{cfg.get('input_height', '?')}x{cfg.get('input_width', '?')} (HxW), score_threshold "
         f"{cfg.get('score_threshold', '?')}, min_instance_area {cfg.get('min_instance_area', '?')}",
         f"backend {run.get('backend') or '?'} on {run.get('device') or '?'}",

@@ -26,7 +26,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
-from csl_ros.config import MODEL_SETTINGS, DetectorConfig, NodeConfig, apply_overrides
+from csl_ros.config import MODEL_SETTINGS, DetectorConfig, NodeConfig, apply_overrides, regions_description
 from csl_ros.ros.dds import use_large_image_profile
 from csl_ros.ros.image_conversion import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
 from csl_ros.ros.markers import Mounting, clear_markers_msg, marker_array_msg, obstacle_points_msg
@@ -231,8 +231,9 @@ class CslDetectorNode(LifecycleNode):
             cfg, node_cfg = self._det_cfg, self._node_cfg
             self._pending.clear()  # already part of cfg
         log = self.get_logger()
-        log.info(f"loading the detector: scheme {cfg.scheme}, teacher {cfg.teacher}, device {cfg.device}, "
-                 f"backend {cfg.backend}, precision {cfg.precision}, input {cfg.input_height}x{cfg.input_width} (HxW)")
+        log.info(f"loading the detector: scheme {cfg.scheme}, teacher {cfg.teacher}, "
+                 f"{regions_description(cfg)}, device {cfg.device}, backend {cfg.backend}, "
+                 f"precision {cfg.precision}, input {cfg.input_height}x{cfg.input_width} (HxW)")
         # (csl_ros.pipeline.backends logs when it actually builds a TensorRT engine, and only then.)
         self._detector = self.detector_factory(cfg)
         self._adopt_model_settings(cfg, getattr(self._detector, "config", cfg))
@@ -442,7 +443,11 @@ class CslDetectorNode(LifecycleNode):
         values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,
                   "backend": backend or f"{cfg.backend} (requested)", "device": device or f"{cfg.device} (requested)",
                   "backends": backends or "-",
-                  "scheme": cfg.scheme, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold,
+                  "scheme": cfg.scheme, "teacher": cfg.teacher, "regions": regions_description(cfg),
+                  # pixels of a ready teacher map outside its declared range (counted, never hidden)
+                  "teacher_out_of_range_pixels": getattr(getattr(self._detector, "teacher", None),
+                                                         "out_of_range_pixels", 0),
+                  "score_threshold": cfg.score_threshold,
                   "camera_info_topic": info_topic, "camera_info": self._camera_info_state,
                   "camera_info_age_s": info_age, **snap}
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: csl detector",
