@@ -54,6 +54,8 @@ setup(
             "ros-rmw-fastrtps-cpp",
         ],
         "tensorrt": ["torch-tensorrt==2.14.0"],
+        # Hugging Face SegFormer / Mask2Former teachers and `csl-ros models` (huggingface_hub with it)
+        "hf": ["transformers>=4.45"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",

@@ -35,7 +35,9 @@ import torch
 
 from csl_ros.teachers.registry import TEACHERS as TEACHER_REGISTRY
 
-TEACHERS = tuple(TEACHER_REGISTRY)  # every registered score function, in registration order
+# every registered score function over plain logits (the synthroad segmenter), in registration order;
+# those on a Mask2Former's class scores (RbA) need a Mask2Former teacher
+TEACHERS = TEACHER_REGISTRY.names(class_scores=False)
 TEST_SEED = 10_000_000
 VAL_SEED = 1_000_000
 TUNE_SEED = 20_000_000  # obstacle frames for choosing the default score_threshold (not the test set)

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "csl_ros.eval.bag_cli",
     "csl_ros.evaluate_cli",
     "csl_ros.teachers.cli",
+    "csl_ros.teachers.models_cli",
     "csl_ros.training.cli",
 ]
 

@@ -49,11 +49,24 @@ class DetectorConfig:
                         choices=TEACHERS, reload=True)
     student_path: str = _opt("", "CSL student checkpoint (.safetensors or .pt). Empty: the shipped "
                              "synthroad model for the chosen scheme.", reload=True)
-    teacher_path: str = _opt("", "Teacher checkpoint: the closed-set segmenter (.safetensors/.pt) for "
-                             "msp/maxlogit/sml/entropy/energy, or the .onnx file for teacher=onnx. "
-                             "Empty: the shipped synthroad segmenter.", reload=True)
+    teacher_path: str = _opt("", "Teacher model: the closed-set segmenter (.safetensors/.pt), a Hugging "
+                             "Face SegFormer/Mask2Former directory or hf:<repo>[@revision] (from the "
+                             "local cache, see csl-ros models fetch) for msp/maxlogit/sml/entropy/"
+                             "energy/rba, or the .onnx file for teacher=onnx. Empty: the shipped "
+                             "synthroad segmenter.", reload=True)
+    onnx_output: str = _opt("", "Output of an ONNX teacher to use, by name. Empty: its first output.",
+                            reload=True)
+    allow_download: bool = _opt(False, "Let an hf:<repo> teacher_path / regions_path download from the "
+                                "Hugging Face hub when it is not in the local cache (off: never at start).",
+                                reload=True)
     teacher_stats_path: str = _opt("", "SML statistics / score calibration file of the teacher. Empty: "
                                    "the one stored next to the teacher checkpoint.", reload=True)
+    regions: str = _opt("student", "Region proposals for scheme 2: 'student' (the CSL student) or "
+                        "'mask2former' (the queries of a closed-set Mask2Former, regions_path; no CSL "
+                        "training needed).", choices=("student", "mask2former"), reload=True)
+    regions_path: str = _opt("", "Mask2Former (Hugging Face directory or hf:<repo>) for regions="
+                             "mask2former. Empty: the teacher's, when it is a Mask2Former (one forward "
+                             "pass for both).", reload=True)
     assignment: str = _opt("soft", "Region assignment: 'soft' (CSL Eq. 2, every pixel assigned) or "
                            "'hard' (Mask2Former/EntitySeg thresholds, for the ablation).",
                            choices=("soft", "hard"))
@@ -174,6 +187,19 @@ def apply_model_settings(cfg: DetectorConfig, settings: Mapping[str, Any]) -> tu
     taken = {k: v for k, v in settings.items()
              if k in MODEL_SETTINGS and getattr(cfg, k) == getattr(defaults, k) and getattr(cfg, k) != v}
     return dataclasses.replace(cfg, **taken), taken
+
+
+MASK2FORMER_REGIONS = "regions from a closed-set Mask2Former, not class-agnostic training"
+
+
+def regions_description(cfg: DetectorConfig) -> str:
+    """Where the fusion's regions come from, named plainly for every report (log, diagnostics,
+    detect output, evaluation report)."""
+    if cfg.scheme == "teacher_only":
+        return "no regions (teacher only)"
+    if cfg.scheme == "2" and cfg.regions == "mask2former":
+        return f"{MASK2FORMER_REGIONS} ({cfg.regions_path or cfg.teacher_path})"
+    return "regions from the CSL student (class-agnostic training)"
 
 
 def read_yaml_parameters(path: str | os.PathLike, node_name: str = "csl_detector") -> dict[str, Any]:

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from csl_ros.cli import add_command
-from csl_ros.config import load_configs, parse_set_args
+from csl_ros.config import load_configs, parse_set_args, regions_description
 from csl_ros.visualize import colorize_instances, draw_overlay, score_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm")
@@ -125,7 +125,11 @@ def run(args, detector_factory=None) -> int:
         from csl_ros.pipeline import Detector  # deferred: torch (see above)
 
         detector_factory = Detector.from_config
+
     detector = detector_factory(cfg)
+    regions = regions_description(getattr(detector, "config", cfg))
+    print(f"detector: scheme {cfg.scheme}, teacher {cfg.teacher}"
+          f"{f' ({cfg.teacher_path})' if cfg.teacher_path else ''}, {regions}")
     prefixes = output_prefixes(files, src, out)
 
     used: set[Path] = set()
@@ -147,8 +151,9 @@ def run(args, detector_factory=None) -> int:
         cv2.imwrite(f"{prefix}_instances_color.png", colorize_instances(det.instances))
         cv2.imwrite(f"{prefix}_overlay.jpg", draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles))
         Path(f"{prefix}_obstacles.json").write_text(json.dumps(
-            {"image": source, "backend": det.backend, "device": det.device, "timings_ms": det.timings_ms,
-             "obstacles": det.obstacles_json(), "tentative": [o.to_dict() for o in det.tentative]}, indent=2))
+            {"image": source, "backend": det.backend, "device": det.device, "regions": regions,
+             "timings_ms": det.timings_ms, "obstacles": det.obstacles_json(),
+             "tentative": [o.to_dict() for o in det.tentative]}, indent=2))
         return det
 
     n_images = n_videos = n_video_frames = 0
@@ -187,5 +192,9 @@ def run(args, detector_factory=None) -> int:
     if failed:
         summary += " (" + "; ".join(f"{f.name}: {why}" for f, why in failed[:5]) + \
                    (f"; and {len(failed) - 5} more" if len(failed) > 5 else "") + ")"
+    teacher = getattr(detector, "teacher", None)
+    if getattr(teacher, "out_of_range_pixels", 0):
+        summary += (f"; the teacher's map left its declared range {teacher.map_range} in "
+                    f"{teacher.out_of_range_pixels} pixel(s) of {teacher.out_of_range_frames} frame(s)")
     print(f"{summary}; results in {out}")
     return 1 if failed else 0

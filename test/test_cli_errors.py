@@ -65,6 +65,9 @@ def _cases(r):
          "is not a device"),
         ("train-out", ["train", "student", "--out", f], "exists and is not a directory"),
         ("train-segmenter-yaml", ["train", "segmenter", "--config", y], "not valid YAML at line"),
+        ("models-args", ["models", "fetch"], "required: name"),
+        ("models-import", ["models", "import", str(r / "no_model")], "no_model"),
+        ("models-import-file", ["models", "import", f], "a_file"),
         ("train-segmenter-device", ["train", "segmenter", "--set", "device=banana", "--out", str(r / "g")],
          "invalid device 'banana'"),
     ]

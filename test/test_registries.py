@@ -55,10 +55,11 @@ def test_lists_of_names_are_views_of_the_registries():
     from csl_ros.training.config import TEACHER_SCORES
 
     names = tuple(TEACHER_REGISTRY)
-    assert names == ("msp", "maxlogit", "sml", "entropy", "energy")
+    assert names == ("msp", "maxlogit", "sml", "entropy", "energy", "rba")
     assert tuple(TEACHERS) == ("none", *names, "onnx") and tuple(TEACHER_NAMES) == (*names, "onnx")
-    assert tuple(SCORE_FUNCTIONS) == tuple(TEACHER_SCORES) == BENCH_TEACHERS == names
-    assert TEACHER_REGISTRY.names(bounded=False) == ("maxlogit", "sml", "energy")
+    assert tuple(SCORE_FUNCTIONS) == tuple(TEACHER_SCORES) == names
+    assert BENCH_TEACHERS == TEACHER_REGISTRY.names(class_scores=False) == names[:-1]  # rba: Mask2Former
+    assert TEACHER_REGISTRY.names(bounded=False) == ("maxlogit", "sml", "energy", "rba")
     assert tuple(CONFIG_BACKBONES) == tuple(BACKBONES) == ("resnet18", "resnet34", "resnet50", "resnet101")
     assert tuple(LOADER_DATASETS) == tuple(DATASETS)
     assert "cityscapes" not in BAG_DATASETS and "laf" in BAG_DATASETS

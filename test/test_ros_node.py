@@ -840,3 +840,20 @@ def test_real_detector_behind_the_node(rig_factory):
     assert (score2[inst > 0] >= 0.9).all()  # instances are made at the new threshold
     wait_for(lambda: rig.diag_values(rig.last_diag()).get("backend") == "eager", what="backend in diagnostics")
     assert rig.diag_values(rig.last_diag())["backends"] == "student eager, teacher eager"
+
+
+def test_node_with_hf_rba_teacher_and_mask2former_regions(rig_factory, tiny_hf_models):
+    pytest.importorskip("transformers")
+    from csl_ros.pipeline import Detector
+
+    rig = rig_factory(factory=Detector.from_config,
+                      overrides={"scheme": "2", "teacher": "rba", "regions": "mask2former",
+                                 "teacher_path": str(tiny_hf_models["mask2former"]), "input_height": 64,
+                                 "input_width": 128, "device": "cpu", "backend": "eager"})
+    rig.send(blob_image(200, size=(64, 128)), 1)
+    out = rig.wait_answer(1, timeout=60)
+    score = np.frombuffer(bytes(out["score"].data), np.float32)
+    assert score.size == 64 * 128 and np.isfinite(score).all() and 0 <= score.min() <= score.max() <= 1
+    wait_for(lambda: "closed-set Mask2Former" in rig.diag_values(rig.last_diag()).get("regions", ""),
+             what="regions named in the diagnostics")
+    assert rig.diag_values(rig.last_diag())["teacher_out_of_range_pixels"] == "0"

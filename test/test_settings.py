@@ -68,7 +68,7 @@ def test_every_configuration_uses_it():
     code = ("import sys, csl_ros.settings, csl_ros.config, csl_ros.training.config, csl_ros.data.registry; "
             "print('torch' in sys.modules, len(csl_ros.config.TEACHERS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "7"]
+    assert out.split() == ["False", "8"]
 
 
 def test_poly_schedule_with_warmup():

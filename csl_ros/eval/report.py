@@ -7,6 +7,7 @@ Markdown and HTML versions never disagree.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import math
 import re
@@ -16,6 +17,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from csl_ros.config import DetectorConfig, regions_description
 from csl_ros.eval.driving import add_report_section, plot_bands
 from csl_ros.eval.figures import legend_below as _legend_below, new_figure as _figure, save_figure as _save
 from csl_ros.pipeline.instances import describe_instances
@@ -246,6 +248,15 @@ def plot_sweep(sweep: dict, path: Path) -> Path:
 # the document
 # --------------------------------------------------------------------------------------------------
 
+def _regions_line(cfg: dict) -> str:
+    """The regions of the run named as the detector names them (older metrics: student regions)."""
+    names = {f.name for f in dataclasses.fields(DetectorConfig)}
+    try:
+        return regions_description(DetectorConfig(**{k: v for k, v in cfg.items() if k in names}))
+    except TypeError:
+        return "regions ?"
+
+
 def pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
@@ -428,7 +439,8 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
         f"track: {m['track']} (component size filters: predicted >= {comp['segsize'] if comp else '?'} px, "
         f"ground truth >= {comp['instsize'] if comp else '?'} px); protocol: {m['protocol']} "
         f"({m.get('protocol_description', '')})",
-        f"detector: scheme {cfg.get('scheme', '?')}, teacher {cfg.get('teacher', '?')}, network input "
+        f"detector: scheme {cfg.get('scheme', '?')}, teacher {cfg.get('teacher', '?')}, "
+        f"{_regions_line(cfg)}, network input "
         f"{cfg.get('input_height', '?')}x{cfg.get('input_width', '?')} (HxW), score_threshold "
         f"{cfg.get('score_threshold', '?')}, min_instance_area {cfg.get('min_instance_area', '?')}",
         f"backend {run.get('backend') or '?'} on {run.get('device') or '?'}",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csl_ros.config import DetectorConfig, apply_model_settings, apply_overrides
+from csl_ros.config import DetectorConfig, apply_model_settings, apply_overrides, regions_description
 from csl_ros.model import hard_assign, load_checkpoint, soft_assign, structure_constrained_fusion
 from csl_ros.model.device import resolve_device
 from csl_ros.model_settings import model_settings
@@ -33,6 +33,8 @@ from csl_ros.pipeline.instances import Obstacle, describe_instances, extract_ins
 from csl_ros.pipeline.timing import StageTimer
 from csl_ros.pipeline.tracking import Tracker, TrackingParams
 from csl_ros.shipped import resolve_shipped
+from csl_ros.teachers.hf import Mask2FormerRegions, resolve_hf_dir
+from csl_ros.teachers.real_models import load_hf_model
 from csl_ros.teachers.teacher import build_teacher
 
 log = logging.getLogger("csl_ros.detector")
@@ -94,13 +96,22 @@ def as_rgb_uint8(image) -> np.ndarray:
 class Detector:
     """CSL obstacle detector (scheme 1, scheme 2 or teacher only) on one backend and device."""
 
-    def __init__(self, cfg: DetectorConfig, student=None, teacher=None, *, model_hash: str = ""):
+    def __init__(self, cfg: DetectorConfig, student=None, teacher=None, *, model_hash: str = "",
+                 regions=None):
+        """``regions``: a region proposer replacing the student's regions (``regions: mask2former``;
+        images → (region probabilities B×N×h/4×w/4, validity B×N))."""
         cfg.validate()
         self.config = cfg
         self.device = resolve_device(cfg.device)
         if cfg.scheme in ("2", "teacher_only") and teacher is None:
             raise ValueError(f"scheme {cfg.scheme!r} needs a teacher (teacher={cfg.teacher!r})")
-        if cfg.scheme in ("1", "2") and student is None:
+        if cfg.regions == "mask2former" and cfg.scheme == "2" and regions is None:
+            raise ValueError("regions='mask2former' needs a Mask2Former region proposer (regions_path)")
+        if regions is not None and cfg.scheme != "2":
+            raise ValueError(f"regions='mask2former' fuses regions with a teacher: scheme '2', not "
+                             f"{cfg.scheme!r}")
+        self.regions = regions
+        if (cfg.scheme == "1" or (cfg.scheme == "2" and regions is None)) and student is None:
             raise ValueError(f"scheme {cfg.scheme!r} needs a CSL student")
         if cfg.scheme == "1" and not student.has_distribution:
             raise ValueError("scheme 1 needs a student with a distillation head (distill_channels > 0); "
@@ -108,18 +119,22 @@ class Detector:
         self.teacher = teacher
         self.network: CompiledModel | None = None
         self.teacher_network: CompiledModel | None = None
-        if student is not None and cfg.scheme != "teacher_only":
+        if student is not None and cfg.scheme != "teacher_only" and regions is None:
             example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
             self.network = self._compile(_StudentForward(student), example, model_hash, "student")
         if teacher is not None:
             teacher.model.to(self.device)
             # The teacher's segmenter goes through the same backends (an ONNX teacher already is a
             # session). Its input is the letterboxed uint8 batch.
-            if isinstance(teacher.model, torch.nn.Module) and cfg.scheme in ("2", "teacher_only"):
+            # A Mask2Former shared with the regions stays eager: the regions read its query outputs.
+            if isinstance(teacher.model, torch.nn.Module) and cfg.scheme in ("2", "teacher_only") and not (
+                    regions is not None and regions.shared):
                 example = torch.zeros(1, 3, cfg.input_height, cfg.input_width, dtype=torch.uint8)
                 self.teacher_network = self._compile(teacher.model, example, "", "teacher")
         self.backends = ", ".join(f"{role} {net.describe()}" for role, net in
                                   (("student", self.network), ("teacher", self.teacher_network)) if net)
+        if regions is not None and regions.shared:
+            self.backends = "teacher eager (its Mask2Former queries give the regions)"
         if self.backends:
             log.info("inference backends on %s: %s%s", self.device, self.backends,
                      f" (backend auto: measured fastest on {self.device.type} first)" if cfg.backend == "auto" else "")
@@ -135,7 +150,7 @@ class Detector:
         device = resolve_device(cfg.device)
         student = teacher = None
         model_hash = ""
-        if cfg.scheme in ("1", "2"):
+        if cfg.scheme == "1" or (cfg.scheme == "2" and cfg.regions == "student"):
             path = cfg.student_path
             if not path:
                 path = resolve_shipped(SHIPPED_STUDENT[cfg.scheme])
@@ -152,8 +167,34 @@ class Detector:
             teacher = build_teacher(cfg.teacher, segmenter_path=cfg.teacher_path,
                                     stats_path=cfg.teacher_stats_path,
                                     onnx_path=cfg.teacher_path if cfg.teacher == "onnx" else "",
-                                    device=device)
-        return cls(cfg, student, teacher, model_hash=model_hash)
+                                    onnx_output=cfg.onnx_output or None, device=device,
+                                    allow_download=cfg.allow_download)
+        regions = None
+        if cfg.scheme == "2" and cfg.regions == "mask2former":
+            regions = cls._region_proposer(cfg, teacher, device)
+        return cls(cfg, student, teacher, model_hash=model_hash, regions=regions)
+
+    @staticmethod
+    def _region_proposer(cfg: DetectorConfig, teacher, device):
+        """A Mask2Former region proposer; the teacher's own model when it is that Mask2Former."""
+        teacher_model = getattr(teacher, "model", None)
+        if getattr(teacher_model, "kind", None) == "mask2former":
+            try:
+                same = not cfg.regions_path or (resolve_hf_dir(cfg.regions_path).resolve()
+                                                == teacher_model.path.resolve())
+            except FileNotFoundError:  # not local yet (allow_download): another model
+                same = False
+            if same:
+                return Mask2FormerRegions(teacher_model, shared=True)
+        if not cfg.regions_path:
+            raise ValueError("regions='mask2former' needs regions_path (a Hugging Face Mask2Former) "
+                             "unless the teacher is one")
+        return Mask2FormerRegions(load_hf_model(cfg.regions_path, device, cfg.allow_download))
+
+    @property
+    def regions_description(self) -> str:
+        """What the fusion's regions come from, for every report."""
+        return regions_description(self.config)
 
     def _compile(self, module, example, model_hash: str, role: str) -> CompiledModel:
         cfg = self.config
@@ -185,6 +226,7 @@ class Detector:
         self.network = None
         self.teacher_network = None
         self.teacher = None
+        self.regions = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -225,24 +267,30 @@ class Detector:
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
             x, valid = self._letterbox(images)
-        region_logits = validity_logits = distribution = None
+            xd = x.to(self.device)  # one tensor for the teacher and shared regions (matched by identity)
+        region_probs = validity = distribution = None
         if self.network is not None:
             with timer.stage("network"):
                 region_logits, validity_logits, distribution = self.network(x.float())
+                region_probs = region_logits.float().sigmoid()
+                validity = validity_logits.float().softmax(-1)[..., 0]
         teacher_maps = teacher_seg = None
         if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
-            with timer.stage("teacher"):
-                t_out = self.teacher(x.to(self.device), network=self.teacher_network)
+            with timer.stage("teacher"):  # before shared Mask2Former regions: they reuse its pass
+                t_out = self.teacher(xd, network=self.teacher_network)
                 teacher_maps = t_out.score_map
                 teacher_seg = t_out.segmentation
+        if self.regions is not None:
+            with timer.stage("regions"):
+                region_probs, validity = self.regions(xd)
         results = []
         for b, (img, cam) in enumerate(zip(images, cameras)):
             H0, W0 = img.shape[:2]
             h, w = valid[b]
             with timer.stage("assignment"):
                 regions = None
-                if region_logits is not None:
-                    regions = self._assign(region_logits[b], validity_logits[b], (h, w), (H0, W0))
+                if region_probs is not None:
+                    regions = self._assign(region_probs[b], validity[b], (h, w), (H0, W0))
             with timer.stage("fusion"):
                 if cfg.scheme == "1":
                     d = distribution[b, :1]
@@ -272,14 +320,14 @@ class Detector:
             r.timings_ms = dict(timings)
         return results
 
-    def _assign(self, region_logits: torch.Tensor, validity_logits: torch.Tensor,
+    def _assign(self, region_probs: torch.Tensor, v: torch.Tensor,
                 valid: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
-        """Region labels at the input image size. Eq. 2 (or the hard baseline) runs at stride 4 on the
-        valid (un-padded) part; labels are upsampled nearest, never N full-size float maps."""
+        """Region labels at the input image size from r_n (N×h/4×w/4) and v_n (N). Eq. 2 (or the hard
+        baseline) runs at stride 4 on the valid (un-padded) part; labels are upsampled nearest, never
+        N full-size float maps."""
         cfg = self.config
         h4, w4 = math.ceil(valid[0] / 4), math.ceil(valid[1] / 4)
-        probs = region_logits[:, :h4, :w4].float().sigmoid()
-        v = validity_logits.float().softmax(-1)[:, 0]
+        probs = region_probs[:, :h4, :w4]
         if cfg.assignment == "soft":
             labels = soft_assign(probs, v, split_components=cfg.split_regions)
         else:

@@ -7,6 +7,7 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from csl_ros.config import regions_description
 from csl_ros.ros.stats import diagnostic_summary
 
 # After activation, the first frame may take this long (DDS discovery, a camera starting up) before
@@ -48,7 +49,11 @@ class NodeDiagnosticsMixin:
         values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,
                   "backend": backend or f"{cfg.backend} (requested)", "device": device or f"{cfg.device} (requested)",
                   "backends": backends or "-",
-                  "scheme": cfg.scheme, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold,
+                  "scheme": cfg.scheme, "teacher": cfg.teacher, "regions": regions_description(cfg),
+                  # pixels of a ready teacher map outside its declared range (counted, never hidden)
+                  "teacher_out_of_range_pixels": getattr(getattr(self._detector, "teacher", None),
+                                                         "out_of_range_pixels", 0),
+                  "score_threshold": cfg.score_threshold,
                   "camera_info_topic": info_topic, "camera_info": self._camera_info_state,
                   "camera_info_age_s": info_age, **snap}
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: csl detector",

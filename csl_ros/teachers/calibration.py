@@ -16,6 +16,10 @@ in-distribution pixels and stored with the teacher. Methods:
 ``quantile_linear``
     ``D = clip((s − q01)/(q99 − q01), 0, 1)``, the spec's first example. It saturates: the top 1 % of
     ID pixels and every anomaly above them tie at 1, which costs AP, hence not the default.
+``affine``
+    ``D = clip(scale·s + offset, 0, 1)``: a declared map (RbA: ``scale = offset = 1``, i.e.
+    ``clip(1 − Σ_c tanh(l_c), 0, 1)``), or fitted like quantile_linear (q01 → 0, q99 → 1) for a
+    ready-made ONNX map with another range.
 ``identity``
     ``D = clip(s, 0, 1)`` for scores that are already probabilities (MSP, entropy, ready-made
     anomaly maps).
@@ -30,9 +34,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-CALIBRATION_METHODS = ("logistic", "quantile_linear", "identity", "per_image_minmax")
+CALIBRATION_METHODS = ("logistic", "quantile_linear", "affine", "identity", "per_image_minmax")
 # Methods whose parameters come from in-distribution data (the others need none).
-FITTED_METHODS = ("logistic", "quantile_linear")
+FITTED_METHODS = ("logistic", "quantile_linear", "affine")
 
 
 @dataclass(frozen=True)
@@ -46,15 +50,16 @@ class Calibration:
         if self.method not in CALIBRATION_METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; choose one of "
                              f"{', '.join(CALIBRATION_METHODS)}")
-        need = {"logistic": ("center", "scale"), "quantile_linear": ("low", "high")}.get(self.method, ())
+        need = {"logistic": ("center", "scale"), "quantile_linear": ("low", "high"),
+                "affine": ("scale", "offset")}.get(self.method, ())
         missing = [k for k in need if k not in self.params]
         if missing:
             raise ValueError(f"{self.method} calibration needs parameter(s) {', '.join(missing)}")
         for k in need:
             if not math.isfinite(float(self.params[k])):
                 raise ValueError(f"{self.method} calibration parameter {k} is not finite")
-        if self.method == "logistic" and not float(self.params["scale"]) > 0:
-            raise ValueError(f"logistic calibration needs scale > 0, got {self.params['scale']}")
+        if self.method in ("logistic", "affine") and not float(self.params["scale"]) > 0:
+            raise ValueError(f"{self.method} calibration needs scale > 0, got {self.params['scale']}")
         if self.method == "quantile_linear" and not float(self.params["high"]) > float(self.params["low"]):
             raise ValueError("quantile_linear calibration needs high > low, got "
                              f"low={self.params['low']} high={self.params['high']}")
@@ -72,6 +77,8 @@ class Calibration:
         if self.method == "quantile_linear":
             lo, hi = float(self.params["low"]), float(self.params["high"])
             return ((s - lo) / (hi - lo)).clamp(0.0, 1.0)
+        if self.method == "affine":
+            return (s * float(self.params["scale"]) + float(self.params["offset"])).clamp(0.0, 1.0)
         if self.method == "identity":
             return s.clamp(0.0, 1.0)
         # per_image_minmax (ablation): each image of the batch on its own.
@@ -112,5 +119,7 @@ def fit_calibration(method: str, quantiles: dict[float, float]) -> Calibration:
         return Calibration("logistic", {"center": q99, "scale": (q99 - q50) / math.log(99.0)})
     if not q99 > q01:
         raise ValueError(f"degenerate in-distribution scores (q01={q01}, q99={q99}): cannot fit "
-                         "a quantile_linear calibration")
+                         f"a {method} calibration")
+    if method == "affine":
+        return Calibration("affine", {"scale": 1.0 / (q99 - q01), "offset": -q01 / (q99 - q01)})
     return Calibration("quantile_linear", {"low": q01, "high": q99})

@@ -1,6 +1,8 @@
 """``csl-ros teacher fit-stats``: SML statistics and score calibration of a teacher model.
 
-Runs the closed-set segmenter (``.safetensors``/``.pt``/``.pth``) or an ONNX teacher (``.onnx``) over
+Runs the closed-set segmenter (``.safetensors``/``.pt``/``.pth``, a Hugging Face SegFormer /
+Mask2Former folder or ``hf:<repo>``; Mask2Former: its per-pixel class scores l_c) or an ONNX teacher
+(``.onnx``) over
 in-distribution frames, once, and writes ``TeacherStats`` JSON: class-wise max-logit mean/variance
 (SML), quantiles of every score function and the fitted global calibrations. The file records the
 SHA-256 of the model, so it is refused with another model.
@@ -38,8 +40,9 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="teacher_command", metavar="SUBCOMMAND")
     sub.required = True
     f = add_command(sub, "fit-stats", "fit SML statistics and score calibration on ID frames", __doc__)
-    f.add_argument("--segmenter", required=True, type=Path,
-                   help="closed-set segmenter checkpoint (.safetensors/.pt/.pth) or ONNX teacher (.onnx)")
+    f.add_argument("--segmenter", required=True,
+                   help="closed-set segmenter checkpoint (.safetensors/.pt/.pth), Hugging Face model folder "
+                        "or hf:<repo>[@revision], or ONNX teacher (.onnx)")
     f.add_argument("--data", required=True, choices=DATASETS.choices(where={"semantic": True},
                                                                       after=("images",)),
                    help="in-distribution frames to fit on")
@@ -59,11 +62,14 @@ def register(subparsers) -> None:
     f.add_argument("--onnx-normalization", default=None, choices=("imagenet", "unit", "raw"),
                    help="input normalisation of a float-input ONNX model (default: its metadata, "
                         "else imagenet)")
+    f.add_argument("--onnx-output", default=None, metavar="NAME",
+                   help="output of the ONNX model to use, by name (default: its first)")
     f.add_argument("--calibration", default="logistic", choices=("logistic", "quantile_linear"),
                    help="calibration of the unbounded scores " + ", ".join(unbounded_scores()))
     f.add_argument("--map-calibration", default="identity",
-                   choices=("identity", "logistic", "quantile_linear"),
-                   help="calibration of a one-channel ONNX anomaly map (identity: already in [0,1])")
+                   choices=("identity", "affine", "logistic", "quantile_linear"),
+                   help="calibration of a one-channel ONNX anomaly map (identity: already in [0,1]; "
+                        "affine: q01 -> 0, q99 -> 1 of the in-distribution map, for another range)")
     f.add_argument("--reservoir", type=int, default=200_000,
                    help="number of pixels sampled for the calibration quantiles (default 200000)")
     f.add_argument("--seed", type=int, default=0, help="seed of the pixel sampling (default 0)")
@@ -104,31 +110,38 @@ def _frames(args):
 def run_fit_stats(args) -> int:
     # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.teachers.fit import fit_teacher_stats
+    from csl_ros.teachers.hf import is_hf_source, load_hf_segmenter
     from csl_ros.teachers.stats import default_stats_path
-    from csl_ros.teachers.teacher import resolve_device
+    from csl_ros.teachers.teacher import HF_STATS_FILE, resolve_device
 
     device = resolve_device(args.device)
-    if not args.segmenter.is_file():
+    model_path, digest, out = Path(args.segmenter), None, args.out
+    if is_hf_source(args.segmenter):
+        model = load_hf_segmenter(args.segmenter, device)
+        kind, model_path, digest = f"{model.kind} ({model.path})", None, model.digest
+        out = out or model.path / HF_STATS_FILE
+    elif not model_path.is_file():
         raise FileNotFoundError(f"teacher model not found: {args.segmenter}")
-    if args.segmenter.suffix == ".onnx":
+    elif model_path.suffix == ".onnx":
         # deferred: torch; csl-ros imports every command module to build its parser
         from csl_ros.teachers.onnx_runner import OnnxModel
 
-        model = OnnxModel(args.segmenter, device, input_normalization=args.onnx_normalization)
+        model = OnnxModel(model_path, device, input_normalization=args.onnx_normalization,
+                          output_name=args.onnx_output)
         kind = f"onnx ({model.output_kind})"
     else:
         # deferred: torch; csl-ros imports every command module to build its parser
         from csl_ros.teachers.segmenter import load_segmenter
 
-        model = load_segmenter(args.segmenter, args.preset, device=device)
+        model = load_segmenter(model_path, args.preset, device=device)
         kind = model.config.arch
     frames, n, info = _frames(args)
     stats = fit_teacher_stats(model, frames, size=args.size, batch_size=args.batch_size, device=device,
                               reservoir_size=args.reservoir, seed=args.seed,
                               calibration=args.calibration, map_calibration=args.map_calibration,
-                              model_path=args.segmenter, total=n, progress=not args.quiet,
+                              model_path=model_path, model_sha256=digest, total=n, progress=not args.quiet,
                               frames=n, model_kind=kind, **info)
-    out = args.out or default_stats_path(args.segmenter)
+    out = out or default_stats_path(model_path)
     digest = stats.save(out)
     print(f"teacher statistics of {args.segmenter} ({kind}) on {n} {info['data']} frames at "
           f"{args.size[0]}x{args.size[1]}: {stats.fit_info['pixels']} pixels, "

@@ -41,12 +41,14 @@ def frame_to_tensor(frame, size: tuple[int, int] | None) -> torch.Tensor:
 def fit_teacher_stats(model, frame_iter: Iterable, *, size: tuple[int, int] | None, batch_size: int = 4,
                       device: str | torch.device = "cpu", reservoir_size: int = 200_000, seed: int = 0,
                       calibration: str = "logistic", map_calibration: str = "identity",
-                      model_path: str | os.PathLike | None = None, total: int | None = None,
+                      model_path: str | os.PathLike | None = None, model_sha256: str | None = None,
+                      total: int | None = None,
                       progress: bool = True, **fit_info) -> TeacherStats:
     """Run ``model`` (ClosedSetSegmenter or OnnxModel) over ``frame_iter`` and fit statistics.
 
     ``model_path`` records the SHA-256 of the model file, so the statistics are refused with another
-    model. Extra keyword arguments are stored in ``fit_info`` (data source, frame count, ...).
+    model (``model_sha256`` instead for a model that is a folder, e.g. a Hugging Face one). Extra
+    keyword arguments are stored in ``fit_info`` (data source, frame count, ...).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -82,7 +84,7 @@ def fit_teacher_stats(model, frame_iter: Iterable, *, size: tuple[int, int] | No
     bar.close()
     if acc is None:
         raise ValueError("no frames to fit the teacher statistics on")
-    sha = file_sha256(model_path) if model_path is not None else None
+    sha = model_sha256 or (file_sha256(model_path) if model_path is not None else None)
     info = dict(fit_info)
     if model_path is not None:
         info["model_file"] = Path(model_path).name

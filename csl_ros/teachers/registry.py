@@ -8,6 +8,10 @@ An entry's object is ``score(logits B×K×H×W) -> B×1×H×W`` (higher = more a
 * ``calibration``: the calibration ``csl-ros teacher fit-stats`` stores for it by default
   (``identity`` for probabilities, ``logistic`` for unbounded scores);
 * ``needs_stats``: called as ``score(logits, stats)``;
+* ``fixed_calibration``: a calibration that needs no fitting (``Calibration.to_dict()`` form), used
+  unless the user overrides it; ``fit-stats`` then neither samples nor fits this score;
+* ``class_scores``: defined on a mask-classification model's per-pixel class scores
+  ``l_c = Σ_q softmax(cls_q)_c · sigmoid(mask_q)`` (a Mask2Former), not on plain logits;
 * ``help``: one line for the configuration's documentation.
 
 The teacher names of the configuration (``DetectorConfig.teacher``), the training config, the
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 from csl_ros.registry import Registry
 
-TEACHERS = Registry("teacher", bounded=False, calibration="logistic", needs_stats=False, help="")
+TEACHERS = Registry("teacher", bounded=False, calibration="logistic", needs_stats=False,
+                    fixed_calibration=None, class_scores=False, help="")
 
 # Built-ins, in the order of the paper's tables (spec section 7).
 TEACHERS.register("msp", "csl_ros.teachers.scores:msp_score", bounded=True, calibration="identity",
@@ -29,11 +34,21 @@ TEACHERS.register("sml", "csl_ros.teachers.scores:sml_score_from_stats", needs_s
 TEACHERS.register("entropy", "csl_ros.teachers.scores:entropy_score", bounded=True, calibration="identity",
                   help="normalised softmax entropy")
 TEACHERS.register("energy", "csl_ros.teachers.scores:energy_score", help="free energy")
+# RbA (Nayal et al., ICCV 2023) mapped to [0, 1] as clip(1 − Σ_c tanh(l_c), 0, 1): its raw score
+# −Σ_c tanh(l_c) lies in [−K, 0], so the map is fixed (affine, scale 1, offset 1), nothing to fit.
+TEACHERS.register("rba", "csl_ros.teachers.scores:rba_score", calibration="affine", class_scores=True,
+                  fixed_calibration={"method": "affine", "scale": 1.0, "offset": 1.0},
+                  help="RbA: clip(1 - sum_c tanh(l_c), 0, 1) on a Mask2Former's class scores")
 
 # Names of the configuration that are not score functions: no teacher (scheme 1), and an external
 # method exported to ONNX (its score function, if it outputs logits, is a TEACHERS name).
 NO_TEACHER = "none"
 ONNX_TEACHER = "onnx"
+
+
+def class_score_teachers() -> tuple[str, ...]:
+    """Scores that need a Mask2Former's per-pixel class scores (per-query posteriors and masks)."""
+    return TEACHERS.names(class_scores=True)
 
 
 def unbounded_scores() -> tuple[str, ...]:

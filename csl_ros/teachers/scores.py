@@ -67,6 +67,16 @@ def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     return -temperature * torch.logsumexp(logits.float() / temperature, dim=1, keepdim=True)
 
 
+def rba_score(class_scores: torch.Tensor) -> torch.Tensor:
+    """``s = −Σ_c tanh(l_c)`` (RbA, Nayal et al. ICCV 2023: "rejected by all" classes), in [−K, 0].
+
+    ``class_scores`` are Mask2Former's per-pixel class scores ``l_c = Σ_q softmax(cls_q)_c ·
+    sigmoid(mask_q)`` (``csl_ros.teachers.hf.mask2former_class_scores``); a pixel no class claims
+    scores 0, one claimed confidently scores about −tanh(1)."""
+    check_logits(class_scores)
+    return -torch.tanh(class_scores.float()).sum(dim=1, keepdim=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # SML
 # --------------------------------------------------------------------------------------------------

@@ -75,6 +75,9 @@ class TeacherStats:
     def calibration_for(self, score: str, method: str | None = None) -> Calibration:
         """The stored calibration of ``score``, or a ``method`` refitted from the stored quantiles."""
         if method is None:
+            fixed = TEACHERS.entry(score).fixed_calibration if score in TEACHERS else None
+            if fixed is not None and score not in self.calibration:
+                return Calibration.from_dict(dict(fixed))  # a fixed mapping, nothing to fit
             if score not in self.calibration:
                 raise ValueError(f"the teacher statistics have no calibration for score {score!r} "
                                  f"(have: {', '.join(sorted(self.calibration)) or 'none'})")
@@ -190,7 +193,7 @@ class StatsAccumulator:
         self._kind: str | None = None
         # Registered scores computed per pixel from the logits alone; SML (needs_stats) is
         # reconstructed from its basis maps at the end.
-        self.pixel_scores = TEACHERS.names(needs_stats=False)
+        self.pixel_scores = TEACHERS.names(needs_stats=False, fixed_calibration=None)
         k = num_classes
         self._count = torch.zeros(k, dtype=torch.float64)
         self._mean = torch.zeros(k, dtype=torch.float64)

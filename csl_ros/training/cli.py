@@ -16,7 +16,7 @@ import yaml
 
 from csl_ros.cli import add_command
 from csl_ros.settings import load_yaml_config, parse_set_args
-from csl_ros.training.config import STUDENT_SCHEMES, load_train_config
+from csl_ros.training.config import DATASETS as TRAIN_DATASETS, STUDENT_SCHEMES, load_train_config
 
 STUDENT_DOC = """csl-ros train student: train the class-agnostic (ca) or scheme-1 (distilled) CSL student.
 
@@ -32,9 +32,11 @@ Settings come in sections (data, optim, student, run; defaults = the Mask2Former
 SEGMENTER_DOC = """csl-ros train segmenter: train the closed-set segmenter the logit teachers score with.
 
 The teachers MSP, max-logit, SML and energy score its logits. One flat config (--set key=value, --print-config lists the keys), on the same synthroad frame cache as
-the student. A run resumes from <out>/last.pt when it exists.
+the student, or on Cityscapes (gtFine trainIds). A run resumes from <out>/last.pt when it exists.
 
   csl-ros train segmenter --set steps=2000 --out runs/segmenter --export models/seg.safetensors
+  csl-ros train segmenter --data cityscapes --root /data/cityscapes --set preset=deeplabv3_resnet50 \
+      --set crop_size=512x1024 --set val_split=val --out runs/seg_cityscapes
 """
 
 
@@ -58,6 +60,9 @@ def register(subparsers) -> None:
 
     g = add_command(sub, "segmenter", "closed-set segmenter for the logit teachers", SEGMENTER_DOC)
     _common(g)
+    g.add_argument("--data", default=None, choices=TRAIN_DATASETS,
+                   help="training data (overrides dataset of the config; default synthroad)")
+    g.add_argument("--root", default=None, help="dataset folder for --data cityscapes (overrides root)")
     g.add_argument("--cache-dir", default="", help="synthroad frame cache (default ~/.cache/csl_ros/synthroad)")
     g.add_argument("--export", type=Path, default=None, metavar="PATH",
                    help="copy the final segmenter checkpoint here")
@@ -136,6 +141,10 @@ def segmenter_config_from_args(args):
         cfg = dataclasses.replace(cfg, out_dir=args.out)
     if args.no_resume:
         cfg = dataclasses.replace(cfg, resume=False)
+    if getattr(args, "data", None):
+        cfg = dataclasses.replace(cfg, dataset=args.data)
+    if getattr(args, "root", None):
+        cfg = dataclasses.replace(cfg, root=args.root)
     cfg.validate()
     return cfg
 
@@ -150,11 +159,14 @@ def run_segmenter(args) -> int:
                          "only supported for the student")
 
     # deferred: torch; csl-ros imports every command module to build its parser
-    from csl_ros.training.datasets import SynthroadFrames
+    from csl_ros.training.datasets import CityscapesFrames, SynthroadFrames
     from csl_ros.training.segmenter import train_segmenter
 
     dataset = val = None
-    if cfg.cache_frames:  # share the on-disk frame cache with the student trainer and fit-stats
+    if cfg.dataset == "cityscapes":
+        dataset = CityscapesFrames(cfg.root, cfg.split)
+        val = CityscapesFrames(cfg.root, cfg.val_split) if cfg.val_split else None
+    elif cfg.cache_frames:  # share the on-disk frame cache with the student trainer and fit-stats
         dataset = SynthroadFrames(cfg.first_seed, cfg.frames, cfg.render_size, args.cache_dir or None)
         dataset.prepare(progress=cfg.progress)
         if cfg.val_frames > 0:

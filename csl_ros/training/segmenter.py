@@ -30,6 +30,7 @@ from csl_ros.model.device import resolve_device
 from csl_ros.settings import setting, validation_errors
 from csl_ros.teachers.segmenter import CITYSCAPES_CLASSES, ClosedSetSegmenter, preset, save_segmenter
 
+from .config import DATASETS as TRAIN_DATASETS
 from .config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
@@ -46,7 +47,13 @@ class SegmenterTrainConfig:
     preset: str = setting("lraspp_mobilenet_v3_large", "segmenter preset (csl_ros.teachers.segmenter.PRESETS)")
     num_classes: int = setting(CITYSCAPES_CLASSES, "classes of the segmenter (Cityscapes trainIds: 19)",
                                range=(2, 1000))
-    # data: synthroad seeds [first_seed, first_seed + frames), rendered once at render_size
+    # data: a dataset with trainIds (the training config's DATASETS); synthroad: seeds
+    # [first_seed, first_seed + frames), rendered once at render_size; cityscapes: gtFine of split
+    dataset: str = setting("synthroad", "training data: synthroad, or cityscapes (with root)",
+                           choices=TRAIN_DATASETS)
+    root: str = setting("", "cityscapes: dataset folder (leftImg8bit/, gtFine/)")
+    split: str = setting("train", "cityscapes: training split")
+    val_split: str = setting("", "cityscapes: mIoU on this split at the end (e.g. val); empty: none")
     first_seed: int = setting(0, "first synthroad seed", range=(0, 2**31 - 1))
     frames: int = setting(400, "synthroad training frames", range=(1, 2**31 - 1))
     render_size: tuple = setting((256, 512), "synthroad render size HxW")
@@ -89,6 +96,8 @@ class SegmenterTrainConfig:
             errors.append(f"crop_size must be (H, W) with both >= 32, got {self.crop_size}")
         if len(self.render_size) != 2 or min(self.render_size) < 32:
             errors.append(f"render_size must be (H, W) with both >= 32, got {self.render_size}")
+        if self.dataset == "cityscapes" and not self.root:
+            errors.append("dataset cityscapes needs root (the folder holding leftImg8bit/ and gtFine/)")
         if not (0 < self.scale_range[0] <= self.scale_range[1]):
             errors.append(f"scale_range must be 0 < lo <= hi, got {self.scale_range}")
         if errors:
