@@ -24,7 +24,8 @@ mIoU), and diagnostics of the fusion on obstacle pixels.
 ``--notes FILE`` appends a hand-written analysis under a heading that says so. Its numbers are
 ``{name}`` placeholders that this script fills from the run (``--list-values`` prints every name and
 value); an unknown name is an error, so the analysis never cites a number this run did not produce.
-``--scheme1-only`` measures only the scheme-1 rows (e.g. to compare a candidate ``--student-scheme1``).
+``--scheme1-only`` measures only the scheme-1 rows (e.g. to compare a candidate ``--student-scheme1``);
+``--from-json FILE`` rewrites the page from the measurements a ``--json FILE`` run saved.
 """
 from __future__ import annotations
 
@@ -418,31 +419,40 @@ def note_values(m):
 NOTES_HEADING = "## What the numbers say (hand-written analysis)"
 
 
+class NotesError(ValueError):
+    """The notes cite a value the run does not produce."""
+
+
 def render_notes(text, values):
-    """The analysis with its ``{name}`` placeholders filled; an unknown name is an error."""
+    """The analysis with its ``{name}`` placeholders filled; an unknown name is a NotesError."""
     class Strict(dict):
         def __missing__(self, key):
-            raise KeyError(f"the notes cite {{{key}}}, which this run does not produce (see --list-values)")
+            raise NotesError(f"the notes cite {{{key}}}, which this run does not produce (see --list-values)")
 
     return text.format_map(Strict(values))
 
 
-def write_markdown(path, args, m, wall, manifest):
+def write_markdown(path, args, m):
+    """docs/results.md from the measurements ``m`` (what ``--json`` writes; ``m["run"]`` says how they
+    were taken) and the notes file of ``args``."""
     results = {tuple(k.split("/")): r for k, r in m["rows"].items()}
     regions, diag, oracle, fidelity, tuned = m["regions"], m["diagnostics"], m["oracle"], m["distillation"], \
         m["tuned_threshold"]
-    n_test = args.frames
+    run = m["run"]
+    n_test, manifest = run["frames"], run["manifest"]
+    height, width = run["height"], run["width"]
+    rerendered = f" (text re-rendered from `--json` by `--from-json {args.from_json}`)" if args.from_json else ""
     lines = ["# Results: CSL on synthroad (issue 4)", "",
-             f"Produced by `python bench/results.py --out {args.out}` in {wall / 60:.1f} min on "
-             f"{platform.processor() or platform.machine()} (CPU, torch {torch.__version__}).", "",
+             f"Produced by `python bench/results.py --out {args.out}` in {run['wall_s'] / 60:.1f} min on "
+             f"{run['machine']} (CPU, torch {run['torch']}){rerendered}.", "",
              f"* Test set: {n_test} synthroad obstacle-track frames, seeds {TEST_SEED}..{TEST_SEED + n_test - 1} "
-             f"(never used in training), {args.height}×{args.width}; labels 0 road / 1 obstacle / 255 void. "
+             f"(never used in training), {height}×{width}; labels 0 road / 1 obstacle / 255 void. "
              f"{m['obstacle_sizes']['count']} obstacle instances, median area {m['obstacle_sizes']['median_px']:.0f} px "
              f"(quartiles {m['obstacle_sizes']['q25_px']:.0f}–{m['obstacle_sizes']['q75_px']:.0f}).",
              "* Metrics: pixel AUPR and FPR95 (%), SMIYC official binned protocol (`csl_ros.eval.metrics`).",
              "* Every row is `csl_ros.pipeline.Detector` with the shipped models "
              f"({', '.join(f'{k} {v[:12]}…' for k, v in manifest.items())}), input "
-             f"{args.height}×{args.width}, eager CPU.", "",
+             f"{height}×{width}, eager CPU.", "",
              "## Obstacle track (pixel level)", "",
              "| teacher | teacher alone AUPR ↑ | FPR95 ↓ | + CSL scheme 2 (soft) AUPR ↑ | FPR95 ↓ | Δ AUPR |",
              "|---|---|---|---|---|---|"]
@@ -473,8 +483,8 @@ def write_markdown(path, args, m, wall, manifest):
               f"scheme 2 on {tuned['frames']} separate obstacle frames (seeds {TUNE_SEED}+) is "
               f"**{tuned['threshold']:.4g}** (F1 {fmt(tuned['best_f1'])}).",
               "", "## Closed-set segmenter and region proposals", "",
-              f"* Segmenter (teacher base) mIoU on {args.val_frames} synthroad validation frames (seeds "
-              f"{VAL_SEED}+, no obstacles, {args.height}×{args.width}): **{fmt(m['segmenter_miou'])}**. Per class: "
+              f"* Segmenter (teacher base) mIoU on {run['val_frames']} synthroad validation frames (seeds "
+              f"{VAL_SEED}+, no obstacles, {height}×{width}): **{fmt(m['segmenter_miou'])}**. Per class: "
               + ", ".join(f"{c} {fmt(i, 100.0) if not math.isnan(i) else 'absent'}"
                           for c, i in zip(class_names(), m["segmenter_iou"])) + ".",
               "* Student region proposals, paper Table 7 protocol (majority GT trainId per region → mIoU, "
@@ -522,9 +532,19 @@ def main(argv=None) -> int:
                    help="print every {name} the notes may cite with its value from this run")
     p.add_argument("--scheme1-only", action="store_true",
                    help="measure the scheme-1 rows only (no markdown; with --json for the numbers)")
+    p.add_argument("--from-json", default="",
+                   help="measure nothing: write --out from the measurements a --json run saved (after editing "
+                        "the notes)")
     args = p.parse_args(argv)
     if args.notes and not Path(args.notes).is_file():
         p.error(f"--notes {args.notes}: no such file")
+    if args.from_json:
+        try:
+            m = json.loads(Path(args.from_json).read_text())
+            m["run"]
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"--from-json {args.from_json}: not the --json output of a full run ({e})")
+        return write_results(args, m)
     torch.set_num_threads(args.threads)
     t0 = time.time()
 
@@ -566,18 +586,27 @@ def main(argv=None) -> int:
         pass
     m = {"rows": {"/".join(k): v for k, v in results.items()}, "regions": regions, "segmenter_miou": seg[0],
          "segmenter_iou": seg[1], "oracle": oracle, "distillation": fidelity, "tuned_threshold": tuned,
-         "obstacle_sizes": obstacle_sizes(test), "diagnostics": {"/".join(k): v for k, v in diag.items()}}
+         "obstacle_sizes": obstacle_sizes(test), "diagnostics": {"/".join(k): v for k, v in diag.items()},
+         "run": {"frames": args.frames, "val_frames": args.val_frames, "height": args.height, "width": args.width,
+                 "wall_s": time.time() - t0, "manifest": manifest, "torch": torch.__version__,
+                 "machine": platform.processor() or platform.machine()}}
+    if args.json:  # first, so that a notes error can be fixed and re-rendered with --from-json
+        Path(args.json).write_text(json.dumps(m, indent=1) + "\n")
+    rc = write_results(args, m)
+    if rc == 0:
+        log(f"wrote {args.out}")
+    return rc
+
+
+def write_results(args, m) -> int:
     if args.list_values:
         for k, v in note_values(m).items():
             print(f"{{{k}}} = {v}")
     try:
-        write_markdown(args.out, args, m, time.time() - t0, manifest)
-    except KeyError as e:
-        print(f"error: {args.notes}: {e.args[0]}", file=sys.stderr)
+        write_markdown(args.out, args, m)
+    except NotesError as e:
+        print(f"error: {args.notes}: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        Path(args.json).write_text(json.dumps(m, indent=1) + "\n")
-    log(f"wrote {args.out}")
     return 0
 
 

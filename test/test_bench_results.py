@@ -1,6 +1,7 @@
 """bench/results.py: the ablation rows mean what their labels say, and the hand-written analysis can
 only cite numbers the run produced."""
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,17 +81,17 @@ def test_notes_placeholders_are_filled_from_the_run_and_unknown_ones_refused():
     assert values["gain_sml_ap"] == "+5.00" and values["gain_sml_rel"] == "25"
     assert values["scheme1_ap"] == "5.00" and values["obstacle_median_cells"] == "4.0"
     assert results.render_notes("SML {alone_sml_ap} -> {csl_sml_soft_ap}", values) == "SML 20.00 -> 25.00"
-    with pytest.raises(KeyError, match="made_up"):
+    with pytest.raises(results.NotesError, match="made_up"):
         results.render_notes("on 60 frames {made_up}", values)
 
 
-def test_shipped_notes_cite_only_known_values():
+def test_shipped_notes_cite_only_known_values(tmp_path):
     """Every {name} in docs/results_notes.md is one that note_values produces for a full run (names
     are checked against the result keys of a full table, values faked)."""
     import re
 
     notes = (Path(__file__).resolve().parents[1] / "docs" / "results_notes.md").read_text()
-    rows = {"/".join(k): {"ap": 0.1, "fpr95": 0.5} for k in results.table_rows()}
+    rows = {"/".join(k): {"ap": 0.1, "fpr95": 0.5, "auroc": 0.9, "s": 1.0} for k in results.table_rows()}
     regions = {v: {"miou": 0.5, "regions_per_frame": 10.0, "assigned_fraction": 0.9} for v in results.VARIANTS}
     diag = {"/".join(k): {"mean_obstacle": 0.1, "mean_road": 0.1, "road_p99": 0.1, "obstacle_median": 0.1,
                           "obstacle_region_purity": 0.5} for k in results.DIAGNOSTIC_ROWS}
@@ -104,4 +105,15 @@ def test_shipped_notes_cite_only_known_values():
          "tuned_threshold": {"frames": 1, "best_f1": 0.5, "threshold": 0.3}}
     names = set(re.findall(r"{(\w+)}", notes))
     assert names and names <= set(results.note_values(m))
-    results.render_notes(notes, results.note_values(m))
+    # the page from saved measurements: tables, the hand-written heading and the filled-in notes
+    m["run"] = {"frames": 2, "val_frames": 1, "height": 64, "width": 128, "wall_s": 60.0, "manifest": {},
+                "torch": "x", "machine": "y"}
+    (tmp_path / "m.json").write_text(json.dumps(m))
+    out = tmp_path / "r.md"
+    assert results.main(["--from-json", str(tmp_path / "m.json"), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert results.NOTES_HEADING in page and "Written by hand" in page and "{" not in page
+    assert "| SML + CSL, hard assignment (Mask2Former: v > 0.8, r ≥ 0.5, no component split) | 10.00 | 50.00 |" in page
+    (tmp_path / "bad.md").write_text("as measured on 60 frames: {made_up_number}")
+    assert results.main(["--from-json", str(tmp_path / "m.json"), "--out", str(out),
+                         "--notes", str(tmp_path / "bad.md")]) == 1
