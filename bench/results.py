@@ -406,7 +406,8 @@ def note_values(m):
     if "oracle" in m:
         v["oracle_ap"], v["oracle_fpr95"] = fmt(m["oracle"]["ap"]), fmt(m["oracle"]["fpr95"])
     for k, x in m.get("distillation", {}).items():
-        v[f"distill_{k}"] = fmt(x) if k in ("ap", "fpr95", "beyond_delta") else f"{x:.3f}"
+        v[f"distill_{k}"] = fmt(x) if k in ("ap", "fpr95", "beyond_delta") else f"{x:g}" if k == "huber_delta" \
+            else f"{x:.3f}"
     for k, x in m.get("obstacle_sizes", {}).items():
         v[f"obstacle_{k}"] = f"{x:.0f}"
     if "obstacle_sizes" in m:
