@@ -74,10 +74,10 @@ def timed(fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--height", type=int, default=1024)
-    ap.add_argument("--width", type=int, default=2048)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--frames", type=int, default=8, help="number of random frames (default 8)")
+    ap.add_argument("--height", type=int, default=1024, help="frame height in pixels (default 1024)")
+    ap.add_argument("--width", type=int, default=2048, help="frame width in pixels (default 2048)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random frames (default 0)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     frames = [synthetic_frame(rng, args.height, args.width) for _ in range(args.frames)]
@@ -134,6 +134,14 @@ def main() -> None:
     print(f"AUROC: exact {exact.auroc:.6f} | sklearn {sk_auroc:.6f} | official binned "
           f"{official.auroc:.6f}")
     print("components: vectorised == loop (sIoU gt, PPV) on every frame")
+    # The official curve's one dataset-wide sort, in numpy 1.23.5's tie order (long double keys), at
+    # the size of LostAndFound NoKnown: 1043 frames x at most 769 bin edges.
+    keys = np.round(rng.random(1043 * 769) * 1000) / 1000
+    _, t_ld = timed(lambda: M.official_argsort(keys))
+    _, t_f8 = timed(lambda: np.argsort(keys))
+    print(f"official curve sort of {keys.size} tied thresholds (LostAndFound NoKnown size): "
+          f"{1000 * t_ld:.0f} ms in numpy 1.23.5's tie order vs {1000 * t_f8:.0f} ms plain argsort, "
+          f"once per dataset")
 
 
 if __name__ == "__main__":

@@ -121,10 +121,13 @@ def hf_mask2former_runner() -> Runner:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--presets", nargs="+", default=["r18_fast", "r50_paper"])
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"),
+                        help="input size H W in pixels (default 512 1024)")
+    parser.add_argument("--reps", type=int, default=3, help="number of timed repetitions per stage (default 3)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="number of torch CPU threads (default: torch's own)")
+    parser.add_argument("--presets", nargs="+", default=["r18_fast", "r50_paper"],
+                        help="student presets to time (default r18_fast r50_paper)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

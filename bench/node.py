@@ -4,7 +4,7 @@
 
 The node runs in its own process (as deployed; a fresh one per configuration so its own figures cover
 exactly the measured frames), the camera publisher and the output subscriber in this one, over Fast DDS
-with the large-data transports. For each input size it reports, in the same run:
+with csl_ros's large-image profile (csl_ros.ros.dds). For each input size it reports, in the same run:
   * the bare detector alone in this process (reference; nothing else of the bench running);
   * closed loop (the next frame is published when the previous answer is complete): end-to-end latency
     p50/p99 and frames/s, for the core outputs (anomaly_score, ood_instances, obstacles) and for all
@@ -299,12 +299,15 @@ def run_config(args, size, kind, topics, with_open_loop):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="512x1024,1024x2048")
-    ap.add_argument("--frames", type=int, default=8, help="closed-loop frames per configuration")
-    ap.add_argument("--detector", default="auto", choices=("auto", "shipped", "random", "brightness"))
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sizes", default="512x1024,1024x2048",
+                    help="comma-separated frame sizes HxW in pixels (default 512x1024,1024x2048)")
+    ap.add_argument("--frames", type=int, default=8, help="number of closed-loop frames per configuration")
+    ap.add_argument("--detector", default="auto", choices=("auto", "shipped", "random", "brightness"),
+                    help="detector inside the node: the shipped models, random weights, or the model-free "
+                         "brightness one (auto: the first of shipped, random that builds)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default cpu)")
     ap.add_argument("--verbose", action="store_true", help="print the node process's log")
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -312,14 +315,16 @@ def main() -> int:
         return serve(args)
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+
+    use_large_image_profile()
     import rclpy
 
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     kind = resolve_kind(args.detector, detector_config(sizes[0], args.device))
     print(f"detector: {make_factory(kind)[1]}")
     print(f"transport: {os.environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp (default)')}, "
-          f"FASTDDS_BUILTIN_TRANSPORTS={os.environ['FASTDDS_BUILTIN_TRANSPORTS']}, node in its own process, "
+          f"{PROFILE_VARIABLE}={os.environ.get(PROFILE_VARIABLE)}, node in its own process, "
           f"{os.cpu_count()} CPU cores, device {args.device}\n")
     rclpy.init()
     results = []

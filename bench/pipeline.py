@@ -72,12 +72,14 @@ def detector_ms(preset, size, backend, repeats, cache, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="512x1024,1024x2048")
+    ap.add_argument("--sizes", default="512x1024,1024x2048",
+                    help="comma-separated frame sizes HxW in pixels (default 512x1024,1024x2048)")
     ap.add_argument("--presets", default="shipped,r18_fast,r50_paper",
                     help="student presets; 'shipped' = the shipped student_ca (r18_lite) with its weights")
-    ap.add_argument("--backends", default="eager,torchscript")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--backends", default="eager,torchscript",
+                    help="comma-separated inference back ends (default eager,torchscript)")
+    ap.add_argument("--repeats", type=int, default=3, help="number of timed repetitions (default 3)")
+    ap.add_argument("--device", default="auto", help="torch device: auto (cuda when present), cpu, cuda")
     args = ap.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
         "cpu" if args.device == "auto" else args.device)

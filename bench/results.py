@@ -339,7 +339,8 @@ def obstacle_sizes(frames):
 
 def tune_threshold(args):
     """The default configuration's (scheme 2, SML, soft) best pixel-F1 threshold on obstacle frames
-    that are neither training nor test frames: what config/driving.yaml's score_threshold is set to."""
+    that are neither training nor test frames: the tuned score_threshold (rounded) carried by the shipped
+    student_ca's metadata and the schema default (csl_ros.model.checkpoint)."""
     from csl_ros.eval.metrics import PixelAccumulator
 
     frames = render(range(TUNE_SEED, TUNE_SEED + args.tune_frames), (args.height, args.width), "obstacle")
@@ -480,7 +481,8 @@ def write_markdown(path, args, m):
               f"{fidelity['mean_teacher_obstacle']:.3f} on obstacles; mean |D̂ − D| {fidelity['mean_abs_diff']:.4f}; "
               f"{fmt(fidelity['beyond_delta'])} % of pixels have |D̂ − D| above the training Huber δ = "
               f"{fidelity['huber_delta']:g} (the loss is linear there).",
-              "", f"Default `score_threshold` (config/driving.yaml): the best pixel-F1 threshold of SML + CSL "
+              "", f"Default `score_threshold` (the shipped student's metadata and the schema default, rounded): "
+              f"the best pixel-F1 threshold of SML + CSL "
               f"scheme 2 on {tuned['frames']} separate obstacle frames (seeds {TUNE_SEED}+) is "
               f"**{tuned['threshold']:.4g}** (F1 {fmt(tuned['best_f1'])}).",
               "", "## Closed-set segmenter and region proposals", "",
@@ -513,19 +515,19 @@ def write_markdown(path, args, m):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="docs/results.md")
-    p.add_argument("--json", default=None, help="also write the raw numbers here")
-    p.add_argument("--frames", type=int, default=200, help="test frames (>= 200 for the issue)")
-    p.add_argument("--val-frames", type=int, default=100, help="validation frames for the mIoU numbers")
-    p.add_argument("--tune-frames", type=int, default=100, help="obstacle frames for the default threshold")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--student-ca", default="", help="default: shipped student_ca")
-    p.add_argument("--student-scheme1", default="", help="default: shipped student_scheme1")
-    p.add_argument("--segmenter", default="", help="default: shipped teacher_segmenter")
-    p.add_argument("--stats", default="", help="default: shipped teacher_segmenter_stats")
+    p.add_argument("--out", default="docs/results.md", help="Markdown file to write (default docs/results.md)")
+    p.add_argument("--json", default=None, help="also write the raw numbers to this JSON file")
+    p.add_argument("--frames", type=int, default=200, help="number of test frames (default 200)")
+    p.add_argument("--val-frames", type=int, default=100, help="number of validation frames for the mIoU numbers")
+    p.add_argument("--tune-frames", type=int, default=100, help="number of obstacle frames to tune the default threshold on")
+    p.add_argument("--height", type=int, default=256, help="frame height in pixels (default 256)")
+    p.add_argument("--width", type=int, default=512, help="frame width in pixels (default 512)")
+    p.add_argument("--batch", type=int, default=8, help="number of frames per forward pass (default 8)")
+    p.add_argument("--threads", type=int, default=2, help="number of torch CPU threads (default 2)")
+    p.add_argument("--student-ca", default="", help="class-agnostic student checkpoint (default: the shipped student_ca)")
+    p.add_argument("--student-scheme1", default="", help="scheme-1 student checkpoint (default: the shipped student_scheme1)")
+    p.add_argument("--segmenter", default="", help="closed-set segmenter checkpoint (default: the shipped teacher_segmenter)")
+    p.add_argument("--stats", default="", help="its SML statistics JSON (default: the shipped teacher_segmenter_stats)")
     p.add_argument("--notes", default="docs/results_notes.md",
                    help="hand-written analysis appended under a 'hand-written' heading, its {name} "
                         "placeholders filled from this run ('' = none)")

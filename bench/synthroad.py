@@ -33,8 +33,9 @@ def _clock():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=30, help="frames per mode (default 30)")
-    ap.add_argument("--size", type=image_size_arg, default=(512, 1024))
+    ap.add_argument("--frames", type=int, default=30, help="number of frames per mode (default 30)")
+    ap.add_argument("--size", type=image_size_arg, default=(512, 1024),
+                    help="frame size HxW in pixels (default 512x1024)")
     ap.add_argument("--core", type=int, default=0, help="CPU core to pin to (-1: no pinning)")
     args = ap.parse_args()
     size = args.size

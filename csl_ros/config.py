@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -18,9 +19,21 @@ TEACHERS = ("none", "msp", "maxlogit", "sml", "entropy", "energy", "onnx")
 SCHEMES = ("1", "2", "teacher_only")
 
 
-def _opt(default, help, *, range=None, choices=None, reload=False, ros=True):
-    """A schema field. ``reload``: changing it needs the models reloaded (refused while active)."""
-    meta = {"help": help, "range": range, "choices": choices, "reload": reload, "ros": ros}
+# Torch device strings accepted by every setting named device (checked before torch sees them).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
+
+
+def device_error(name: str, value: str) -> str | None:
+    """Why ``value`` is not a device string, or None."""
+    if isinstance(value, str) and DEVICE_PATTERN.fullmatch(value):
+        return None
+    return f"{name}={value!r} is not a device: auto, cpu, cuda, cuda:N, mps"
+
+
+def _opt(default, help, *, range=None, choices=None, reload=False, ros=True, device=False):
+    """A schema field. ``reload``: changing it needs the models reloaded (refused while active).
+    ``device``: the value must be a torch device string (DEVICE_PATTERN)."""
+    meta = {"help": help, "range": range, "choices": choices, "reload": reload, "ros": ros, "device": device}
     return field(default=default, metadata=meta)
 
 
@@ -59,18 +72,22 @@ class DetectorConfig:
                             choices=("product", "region_mean", "arithmetic"))
 
     # --- instances and obstacles ----------------------------------------------------------------
-    score_threshold: float = _opt(0.5, "Fused anomaly score at or above which a pixel is anomalous.",
-                                  range=(0.0, 1.0))
+    score_threshold: float = _opt(0.25, "Fused anomaly score at or above which a pixel is anomalous. "
+                                  "Default: the shipped models' tuned threshold; a student checkpoint "
+                                  "that carries its own replaces the default.", range=(0.0, 1.0))
     min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
                                   range=(0, 10_000_000))
     road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
                           "teacher's segmenter (when the teacher has one).")
 
     # --- compute --------------------------------------------------------------------------------
-    input_height: int = _opt(512, "Network input height in pixels (images are resized/padded to it).",
-                             range=(64, 4096), reload=True)
-    input_width: int = _opt(1024, "Network input width in pixels.", range=(64, 8192), reload=True)
-    device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True)
+    input_height: int = _opt(256, "Network input height in pixels (images are resized/padded to it). "
+                             "Default: the shipped models' training size; a student checkpoint that "
+                             "carries its own replaces the default.", range=(64, 4096), reload=True)
+    input_width: int = _opt(512, "Network input width in pixels (default: as input_height).",
+                            range=(64, 8192), reload=True)
+    device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True,
+                       device=True)
     backend: str = _opt("auto", "Inference backend: auto (fastest available), eager, torchscript, "
                         "tensorrt (torch-tensorrt, GPU only). Failures fall back to eager.",
                         choices=("auto", "eager", "torchscript", "tensorrt"), reload=True)
@@ -107,12 +124,41 @@ class NodeConfig:
                                    reload=True)
     publish_color: bool = _opt(True, "Publish ~/anomaly_score/color (bgr8 colour map).")
     publish_overlay: bool = _opt(True, "Publish ~/overlay (bgr8 image with instances outlined).")
+    marker_lifetime_frames: float = _opt(2.0, "Lifetime of the obstacle markers in frame periods of the "
+                                         "node's output (its measured processing rate; 1 s per period "
+                                         "until measured), so they vanish when the camera stops. 0: "
+                                         "until replaced.", range=(0.0, 1000.0))
+    output_frame: str = _opt("", "Frame of ~/obstacles and ~/obstacle_points, e.g. base_link, placed "
+                             "by the mount_* parameters (the camera's pose in it; tf2 is not used). "
+                             "Empty: the input image's optical frame (header.frame_id).")
+    mount_x_m: float = _opt(0.0, "Camera position in output_frame: x (metres).", range=(-100.0, 100.0))
+    mount_y_m: float = _opt(0.0, "Camera position in output_frame: y (metres).", range=(-100.0, 100.0))
+    mount_z_m: float = _opt(0.0, "Camera position in output_frame: z (metres).", range=(-100.0, 100.0))
+    mount_roll_deg: float = _opt(0.0, "Camera roll in output_frame (degrees; REP 103 body frame x "
+                                 "forward, y left, z up).", range=(-180.0, 180.0))
+    mount_pitch_deg: float = _opt(0.0, "Camera pitch in output_frame (degrees, positive looking down).",
+                                  range=(-90.0, 90.0))
+    mount_yaw_deg: float = _opt(0.0, "Camera yaw in output_frame (degrees, positive turning left).",
+                                range=(-180.0, 180.0))
     diagnostics_period_s: float = _opt(1.0, "Period of /diagnostics messages in seconds.",
                                        range=(0.05, 60.0), reload=True)
     auto_activate: bool = _opt(False, "Configure and activate the lifecycle node on start.", reload=True)
 
 
 SCHEMA = (DetectorConfig, NodeConfig)
+
+# DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model.checkpoint):
+# the input size it was trained for and the score threshold tuned for it.
+MODEL_SETTINGS = ("input_height", "input_width", "score_threshold")
+
+
+def apply_model_settings(cfg: DetectorConfig, settings: Mapping[str, Any]) -> tuple[DetectorConfig, dict]:
+    """``cfg`` with the model's ``settings`` for every MODEL_SETTINGS field still at its schema default
+    (a value the user set wins), and the dict of what was taken from the model."""
+    defaults = DetectorConfig()
+    taken = {k: v for k, v in settings.items()
+             if k in MODEL_SETTINGS and getattr(cfg, k) == getattr(defaults, k) and getattr(cfg, k) != v}
+    return dataclasses.replace(cfg, **taken), taken
 
 
 def schema_fields(cls) -> list[dataclasses.Field]:
@@ -165,6 +211,8 @@ def field_type(f: dataclasses.Field) -> type:
 def check_value(f: dataclasses.Field, value: Any) -> str | None:
     """Return why ``value`` is invalid for field ``f``, or None. Never clamps."""
     meta = f.metadata
+    if meta.get("device"):
+        return device_error(f.name, value)
     if meta.get("choices") is not None and value not in meta["choices"]:
         return f"{f.name}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
     if meta.get("range") is not None:
@@ -213,15 +261,30 @@ def parse_set_args(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str = "YAML file") -> dict[str, Any]:
+    """The top-level mapping of a YAML file (empty file: {}). A missing file, broken YAML syntax or a
+    non-mapping is one error naming the file (and the line of a syntax error)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    with open(path, "r", encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 def read_yaml_parameters(path: str | os.PathLike, node_name: str = "csl_detector") -> dict[str, Any]:
     """Read a ROS 2 params file (``/**: ros__parameters:`` or ``<node>: ros__parameters:``) or a
     plain mapping, and return the flat parameter dict."""
-    import yaml
-
-    with open(path, "r", encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, "parameters file")
     params: dict[str, Any] = {}
     ros_style = False
     for key, val in data.items():

@@ -7,8 +7,8 @@
 One lifecycle node ``csl_detector`` per camera, in ``/<namespace>/<camera>``, reading
 ``/<camera>/<image_topic>`` and ``/<camera>/<camera_info_topic>``. The nodes configure and activate
 themselves (``auto_activate:=false`` leaves them unconfigured for a lifecycle manager).
-Large images need Fast DDS's large-data transports, which this file enables (see docs/ros.md for
-other RMWs). ``ros2 launch csl_ros driving.launch.py --show-args`` describes every argument.
+The nodes select csl_ros's large-image Fast DDS profile themselves; a camera driver publishing large
+best-effort images needs it too (docs/ros.md, "Large images over DDS"). ``ros2 launch csl_ros driving.launch.py --show-args`` describes every argument.
 """
 import os
 
@@ -17,7 +17,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
 from csl_ros.ros.launch_support import (DETECTOR_LAUNCH_ARGUMENTS, detector_launch_description,
-                                        detector_node_settings, parse_bool, parse_cameras)
+                                        detector_node_settings, parse_bool, parse_cameras, require_executable)
 
 PACKAGE = "csl_ros"
 
@@ -36,12 +36,15 @@ def _launch_nodes(context, *args, **kwargs):
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
+    rviz = parse_bool(arg("rviz"), "rviz")
+    if rviz:  # before any node exists: a missing rviz2 must not leave a detector running on its own
+        require_executable("rviz2", "rviz2", "rviz:=true")
     actions = []
     for camera in parse_cameras(arg("cameras")):
         actions.append(LifecycleNode(
             package=PACKAGE, executable="csl_node", name="csl_detector", **detector_node_settings(arg, camera),
             arguments=["--ros-args", "--log-level", arg("log_level")], output="screen", emulate_tty=True))
-    if parse_bool(arg("rviz"), "rviz"):
+    if rviz:
         rviz_config = os.path.join(get_package_share_directory(PACKAGE), "config", "csl.rviz")
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", rviz_config],
                             parameters=[{"use_sim_time": parse_bool(arg("use_sim_time"), "use_sim_time")}],
@@ -50,5 +53,4 @@ def _launch_nodes(context, *args, **kwargs):
 
 
 def generate_launch_description():
-    # Sets FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (large images over Fast DDS) before the nodes start.
     return detector_launch_description(LAUNCH_ARGUMENTS, _launch_nodes)

@@ -58,5 +58,4 @@ def _launch(context, *args, **kwargs):
 
 
 def generate_launch_description():
-    # Sets FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (large images over Fast DDS) before the nodes start.
     return detector_launch_description(LAUNCH_ARGUMENTS, _launch)

@@ -4,6 +4,12 @@ import os
 # Spin-waiting OpenMP threads make torch steps ~20x slower when the cores are shared.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Fast DDS reads its profile once per process, before the first participant: the large-image profile
+# (csl_ros.ros.dds) must be in place before any test creates an rclpy context.
+from csl_ros.ros.dds import use_large_image_profile  # noqa: E402
+
+use_large_image_profile()
+
 
 import pytest  # noqa: E402  (after the environment settings above)
 

@@ -59,3 +59,47 @@ def test_yaml_round_trip_and_unknown_key(tmp_path):
     assert load_configs(path)[0].teacher == "msp"
     path.write_text("csl_detector:\n  ros__parameters:\n    teacher: entropy\n")
     assert load_configs(path)[0].teacher == "entropy"
+
+
+def test_one_default_the_shipped_models_settings():
+    """The schema's defaults are what the shipped students carry in their metadata (input size, tuned
+    threshold), and driving.yaml does not override them: detect, evaluate (schema defaults), the
+    node and the demo (driving.yaml) run the same settings without --config."""
+    from csl_ros.config import MODEL_SETTINGS
+    from csl_ros.model import read_checkpoint
+    from csl_ros.model.checkpoint import model_settings
+    from csl_ros.shipped import resolve_shipped
+
+    default = DetectorConfig()
+    for name in ("student_ca", "student_scheme1"):
+        carried = model_settings(read_checkpoint(resolve_shipped(name))[2])
+        assert carried and all(carried[k] == getattr(default, k) for k in carried), (name, carried)
+    det, _ = load_configs(ROOT / "config" / "driving.yaml")
+    for k in (*MODEL_SETTINGS, "scheme", "teacher", "device", "backend"):
+        assert getattr(det, k) == getattr(default, k), k
+
+
+def test_model_settings_fill_only_what_the_user_left_at_the_default():
+    from csl_ros.config import apply_model_settings
+
+    carried = {"input_height": 512, "input_width": 1024, "score_threshold": 0.4}
+    cfg, taken = apply_model_settings(DetectorConfig(), carried)
+    assert (cfg.input_height, cfg.input_width, cfg.score_threshold) == (512, 1024, 0.4) and taken == carried
+    mine = apply_overrides(DetectorConfig(), {"score_threshold": 0.6})
+    cfg, taken = apply_model_settings(mine, carried)
+    assert cfg.score_threshold == 0.6 and "score_threshold" not in taken and cfg.input_height == 512
+
+
+def test_device_strings_are_validated():
+    for good in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert apply_overrides(DetectorConfig(), {"device": good}).device == good
+    for bad in ("banana", "tpu", "cuda:x", "gpu"):
+        with pytest.raises(ValueError, match="is not a device"):
+            apply_overrides(DetectorConfig(), {"device": bad})
+
+
+def test_broken_yaml_names_the_file_and_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    teacher: [sml\n")
+    with pytest.raises(ValueError, match=r"p\.yaml: not valid YAML at line \d+"):
+        load_configs(path)

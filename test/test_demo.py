@@ -38,8 +38,9 @@ def test_demo_runs_the_node_live_and_writes_the_report(tiny_sets, tmp_path, caps
     from csl_ros.demo import default_params_file
 
     det_cfg, _ = load_configs(default_params_file())
-    assert det_cfg.score_threshold != DetectorConfig().score_threshold  # the YAML sets its own
-    assert m["config"]["score_threshold"] == det_cfg.score_threshold  # from config/driving.yaml
+    # one default: the schema's (the shipped models' tuned threshold), which driving.yaml leaves alone
+    assert det_cfg.score_threshold == DetectorConfig().score_threshold
+    assert m["config"]["score_threshold"] == det_cfg.score_threshold
     assert [s["parameter"] for s in m["sweeps"]] == ["score_threshold"]
 
 

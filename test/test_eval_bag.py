@@ -140,6 +140,7 @@ def test_cli_convert_and_info(tmp_path, capsys):
     assert cli(["bag", "info", str(out), "--check"]) == 0
     text = capsys.readouterr().out
     assert "/eval/ood_labels" in text and "2 decoded, 2 with labels" in text
+    assert "1 MCAP chunk(s) CRC-verified, 0 without a CRC" in text
     with pytest.raises(ValueError, match="--root is required"):
         cli(["bag", "convert", "--dataset", "laf", "--out", str(tmp_path / "x")])
 
@@ -167,3 +168,133 @@ def test_cli_convert_synthroad_round_trip(tmp_path):
 def json_camera(text):
     import json
     return json.loads(text)
+
+
+# ------------------------------------------------------------------------------------------------
+# MCAP integrity: chunk CRCs written and verified, damaged chunks and records named, --salvage
+# ------------------------------------------------------------------------------------------------
+
+def mcap_chunks(path):
+    """(byte offset, stored uncompressed CRC, records) of every chunk, read straight from the format
+    (magic, then opcode u8 + length u64 records; chunk: 3 x u64, crc u32, compression string, size u64)."""
+    import struct
+    data = path.read_bytes()
+    pos, out = 8, []
+    while True:
+        op, length = struct.unpack_from("<BQ", data, pos)
+        body = data[pos + 9:pos + 9 + length]
+        if op == 0x0F:                               # data end
+            return out, struct.unpack_from("<I", body)[0]
+        if op == 0x06:
+            crc, = struct.unpack_from("<I", body, 24)
+            n, = struct.unpack_from("<I", body, 28)
+            assert n == 0                            # uncompressed chunks
+            out.append((pos, crc, body[40:]))
+        pos += 9 + length
+
+
+def big_records(n=6):
+    return records(n=n, h=256, w=512)                # ~0.5 MB per frame: several chunks
+
+
+def test_written_mcap_bags_carry_chunk_crcs(tmp_path):
+    import zlib
+    B.write_bag(big_records(), tmp_path / "bag")
+    f = storage_file(tmp_path / "bag")
+    chunks, data_crc = mcap_chunks(f)
+    assert len(chunks) >= 3 and data_crc != 0
+    for _, crc, recs in chunks:
+        assert crc == zlib.crc32(recs) != 0
+    with B.BagReader(tmp_path / "bag") as reader:     # rosbags itself also checks non-zero CRCs
+        assert len(list(reader.frames())) == 6
+        assert reader.stats.chunks_verified == len(chunks) and reader.stats.chunks_without_crc == 0
+
+
+def corrupt_second_chunk(bag_dir):
+    """Flip bytes in the middle of the second chunk's data: image pixels, still decodable."""
+    f = storage_file(bag_dir)
+    chunks, _ = mcap_chunks(f)
+    off, _, recs = chunks[1]
+    data = bytearray(f.read_bytes())
+    mid = off + 9 + 40 + len(recs) // 2
+    data[mid:mid + 4] = bytes(255 - b for b in data[mid:mid + 4])
+    f.write_bytes(bytes(data))
+    return f, off
+
+
+def test_corrupt_chunk_is_refused_naming_file_offset_and_topics(tmp_path):
+    B.write_bag(big_records(), tmp_path / "bag")
+    f, off = corrupt_second_chunk(tmp_path / "bag")
+    with pytest.raises(B.BagError, match=rf"{f.name}: chunk at byte offset {off} \(messages logged "
+                                         rf"\d+\.\.\d+ ns, topics .*/camera/image_raw.*\) fails its CRC "
+                                         rf"check"):
+        list(B.read_bag(tmp_path / "bag"))
+    # --salvage: the chunk is skipped and listed; the frames of the other chunks are read
+    with B.BagReader(tmp_path / "bag", salvage=True) as reader:
+        frames = list(reader.frames())
+        assert 0 < len(frames) < 6
+        (skipped,) = reader.stats.skipped
+        assert skipped["byte_offset"] == off and skipped["file"] == str(f)
+        assert "/camera/image_raw" in skipped["topics"] and "CRC" in skipped["reason"]
+    assert all(fr.labels is not None for fr in frames)
+
+
+def test_corrupt_record_is_refused_naming_file_topic_and_stamp(tmp_path):
+    """A record damaged before the CRC was computed (a faulty recorder): the message does not decode."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    ts = B.typestore()
+    recs = records(n=4)
+    stamps = [B.DEFAULT_START_NS + i * 10**8 for i in range(4)]
+    with Writer(tmp_path / "bag", version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        img = writer.add_connection(B.IMAGE_TOPIC, B.IMAGE_T, typestore=ts)
+        lab = writer.add_connection(B.LABEL_TOPIC, B.IMAGE_T, typestore=ts)
+        for r, t in zip(recs, stamps):
+            raw = ts.serialize_cdr(B.array_to_image_msg(r.rgb, t), B.IMAGE_T)
+            writer.write(img, t, raw[:len(raw) // 2] if t == stamps[2] else raw)   # frame 2: cut short
+            writer.write(lab, t, ts.serialize_cdr(B.array_to_image_msg(r.label, t), B.IMAGE_T))
+    f = storage_file(tmp_path / "bag")
+    with B.BagReader(tmp_path / "bag") as reader:   # rosbags wrote no CRCs: said, not verified
+        assert reader.stats.chunks_without_crc >= 1 and "carry no CRC" in reader.stats.notes[0]
+    B.add_mcap_crcs(f)
+    with pytest.raises(B.BagError, match=rf"{f.name}: /camera/image_raw at {stamps[2]} ns: corrupt message"):
+        list(B.read_bag(tmp_path / "bag"))
+    with B.BagReader(tmp_path / "bag", salvage=True) as reader:
+        frames = list(reader.frames())
+        assert [fr.stamp_ns for fr in frames] == [stamps[0], stamps[1], stamps[3]]
+        (skipped,) = reader.stats.skipped
+        assert skipped["topic"] == B.IMAGE_TOPIC and skipped["log_time_ns"] == stamps[2]
+        assert reader.stats.unmatched_labels == 1        # its label is counted, not lost silently
+
+
+@pytest.mark.parametrize("layout", ["benchmark", "zip"])
+def test_cli_convert_fishyscapes_both_layouts(tmp_path, layout):
+    """`bag convert --dataset fishyscapes-laf`: the benchmark's dataset_FishyLAF (LostAndFound .webp
+    images beside it) and the public zip (NNNN_{fid}_labels.png, a flat laf_images/ folder of .png)."""
+    import cv2
+    recs = records(n=2, camera=False)
+    fids = [f"04_Maurener_Weg_8_{i:06d}_000030" for i in range(2)]
+    if layout == "benchmark":
+        root = tmp_path / "datasets"
+        labels = root / "dataset_FishyLAF" / "labels" / "val"
+        images = root / "dataset_LostAndFound" / "leftImg8bit" / "train" / "04_Maurener_Weg_8"
+        ext, params = ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]
+    else:
+        root = tmp_path / "fs"
+        labels = root / "fishyscapes_lostandfound"
+        images = root / "laf_images"
+        ext, params = ".png", []
+    labels.mkdir(parents=True)
+    images.mkdir(parents=True)
+    for i, (fid, rec) in enumerate(zip(fids, recs)):
+        name = f"{fid}_fishy-labels.png" if layout == "benchmark" else f"{i:04d}_{fid}_labels.png"
+        cv2.imwrite(str(labels / name), rec.label)
+        cv2.imwrite(str(images / f"{fid}_leftImg8bit{ext}"), rec.rgb[:, :, ::-1], params)
+    out = tmp_path / "bag"
+    assert cli(["bag", "convert", "--dataset", "fishyscapes-laf", "--root", str(root), "--out", str(out),
+                "--quiet"]) == 0
+    frames = list(B.read_bag(out))
+    assert [f.frame_id for f in frames] == fids
+    for f, rec in zip(frames, recs):
+        np.testing.assert_array_equal(f.labels, rec.label)
+        np.testing.assert_array_equal(f.image, rec.rgb)

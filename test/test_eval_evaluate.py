@@ -196,6 +196,105 @@ def test_limit_and_bad_inputs(synth_bag, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------
+# exit status: nothing scored, no label topic, dropped frames
+# --------------------------------------------------------------------------------------------------
+
+def test_bag_without_label_topic_exits_1_before_running_unless_no_labels(tmp_path, capsys):
+    recs = [Record(r.frame_id, r.rgb, None, r.camera) for r in Synthroad(seed=4, n_frames=3, size=(64, 128))]
+    B.write_bag(recs, tmp_path / "bag")
+    counting = Counting(brightness)
+    out = tmp_path / "eval"
+    assert evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet"),
+                            detector_factory=counting) == 1
+    assert counting.built == 0                        # refused before any model was loaded
+    m = load(out)
+    assert m["counts"] == {"images": 3, "labelled": 0, "scored": 0}
+    assert "no /eval/ood_labels topic" in m["run"]["failures"][0]
+    assert "--no-labels" in capsys.readouterr().err
+    # --no-labels: every image run through the detector and timed, no metric, exit 0
+    assert evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet",
+                                  "--no-labels"), detector_factory=counting) == 0
+    m = load(out)
+    assert counting.calls == 3 and m["counts"]["detector_runs"] == 3 and m["counts"]["scored"] == 0
+    assert m["timing"]["frame_ms"]["n"] == 3 and m["run"]["failures"] == []
+    assert m["pixel"]["ap"] is None and any("--no-labels" in n for n in m["notes"])
+
+
+def test_no_frame_scored_exits_1(tmp_path, capsys):
+    """A run that scores nothing (here: --limit stops before the only labelled frame) exits 1."""
+    recs = list(Synthroad(seed=5, n_frames=3, size=(64, 128)))
+    recs[0] = Record(recs[0].frame_id, recs[0].rgb, None, recs[0].camera)
+    B.write_bag(recs, tmp_path / "bag")
+    out = tmp_path / "eval"
+    assert evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet", "--limit", "1"),
+                            detector_factory=brightness) == 1
+    m = load(out)
+    assert m["counts"]["scored"] == 0 and m["counts"]["images"] == 1
+    assert "no frame was scored" in m["run"]["failures"][0]
+    assert "no frame was scored" in capsys.readouterr().err
+
+
+def test_label_without_its_image_is_a_dropped_frame(tmp_path):
+    """A damaged or missing image record leaves its label alone: counted, and exit 1 unless
+    --allow-dropped."""
+    from rosbags.rosbag2 import Writer
+
+    recs = list(Synthroad(seed=6, n_frames=4, size=(64, 128)))
+    ts = B.typestore()
+    with Writer(tmp_path / "bag", version=8) as writer:
+        img = writer.add_connection(B.IMAGE_TOPIC, B.IMAGE_T, typestore=ts)
+        lab = writer.add_connection(B.LABEL_TOPIC, B.IMAGE_T, typestore=ts)
+        for i, r in enumerate(recs):
+            t = B.DEFAULT_START_NS + i * 10**8
+            if i != 2:                                 # frame 2's image record is lost
+                writer.write(img, t, ts.serialize_cdr(B.array_to_image_msg(r.rgb, t), B.IMAGE_T))
+            writer.write(lab, t, ts.serialize_cdr(B.array_to_image_msg(r.label, t), B.IMAGE_T))
+    out = tmp_path / "eval"
+    assert evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet"),
+                            detector_factory=brightness) == 1
+    m = load(out)
+    assert m["counts"]["scored"] == 3 and m["counts"]["unmatched_labels"] == 1
+    assert "1 labels without an image" in m["run"]["failures"][0]
+    assert any("1 label(s) have no image" in n for n in m["notes"])
+    assert evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet",
+                                  "--allow-dropped"), detector_factory=brightness) == 0
+
+
+def test_corrupt_chunk_stops_the_evaluation_and_salvage_lists_it(tmp_path):
+    """Flipped bytes inside an MCAP chunk: an error naming the file and offset (before: other metrics,
+    exit 0); --salvage skips the chunk, lists it in metrics.json and the report, and exits 1 unless
+    --allow-dropped."""
+    import struct
+
+    B.write_bag(list(Synthroad(seed=7, n_frames=8, size=(256, 512))), tmp_path / "bag")
+    f = next((tmp_path / "bag").glob("*.mcap"))
+    data = bytearray(f.read_bytes())
+    pos, chunks = 8, []
+    while data[pos] != 0x0F:                          # walk the records up to data end
+        (length,) = struct.unpack_from("<Q", data, pos + 1)
+        if data[pos] == 0x06:
+            chunks.append((pos, length))
+        pos += 9 + length
+    off, length = chunks[1]
+    data[off + 9 + length // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    out = tmp_path / "eval"
+    with pytest.raises(B.BagError, match=rf"{f.name}: chunk at byte offset {off} .* fails its CRC check"):
+        evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet"),
+                         detector_factory=brightness)
+    assert evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet", "--salvage"),
+                            detector_factory=brightness) == 1
+    m = load(out)
+    (skipped,) = m["skipped_records"]
+    assert skipped["byte_offset"] == off and m["counts"]["skipped_records"] == 1
+    assert 0 < m["counts"]["scored"] < 8
+    assert any("--salvage skipped 1 damaged record" in f for f in m["run"]["failures"])
+    assert f"byte offset {off}" in (out / "report.md").read_text()
+    assert evaluate_command(parse("--bag", str(tmp_path / "bag"), "--out", str(out), "--quiet", "--salvage",
+                                  "--allow-dropped"), detector_factory=brightness) == 0
+
+
+# --------------------------------------------------------------------------------------------------
 # the node's outputs recorded in a bag
 # --------------------------------------------------------------------------------------------------
 
@@ -236,9 +335,15 @@ def test_recorded_scores_topic(bag_frames, tmp_path):
     scores[bag_frames[-1].stamp_ns + 10**9] = np.zeros(bag_frames[0].labels.shape, np.float32)  # no image
     write_recorded_bag(tmp_path / "rec", bag_frames, scores, topic)
     out = tmp_path / "eval"
+    # A dropped frame fails the run (exit 1, the reason in metrics.json) unless --allow-dropped.
     assert main(["evaluate", "--bag", str(tmp_path / "rec"), "--scores-topic", topic, "--out", str(out),
-                 "--quiet"]) == 0
+                 "--quiet"]) == 1
+    assert load(out)["counts"]["dropped"] == 1
+    assert any("1 labelled frame(s) dropped" in f for f in load(out)["run"]["failures"])
+    assert main(["evaluate", "--bag", str(tmp_path / "rec"), "--scores-topic", topic, "--out", str(out),
+                 "--quiet", "--allow-dropped"]) == 0
     m = load(out)
+    assert m["run"]["failures"] == []
     assert m["run"]["mode"] == "recorded"
     assert m["counts"] == {"images": 6, "labelled": 6, "scored": 5, "dropped": 1, "unlabelled_images": 0,
                            "unmatched_labels": 0, "unmatched_scores": 1}
@@ -370,7 +475,8 @@ def test_live_scores_what_the_node_published(live_node, synth_bag, bag_frames, t
     assert evaluate_command(parse("--live", "--bag", str(synth_bag), "--out", str(out), "--rate", "max",
                                   "--timeout", "20", "--wait-node", "30", "--quiet")) == 0
     m = load(out)
-    assert os.environ["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+    from csl_ros.ros.dds import PROFILE_FILE
+    assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == PROFILE_FILE
     c = m["counts"]
     assert c["published"] == N_FRAMES and c["scored"] == N_FRAMES and c["dropped"] == 0
     assert c["unmatched_scores"] == 0
@@ -396,7 +502,7 @@ def test_live_counts_frames_the_node_dropped(live_node, synth_bag, tmp_path):
     node, _ = live_node(delay_s=0.35)        # slower than the bag's 10 Hz: the node skips frames
     out = tmp_path / "live_slow"
     assert evaluate_command(parse("--live", "--bag", str(synth_bag), "--out", str(out), "--rate", "recorded",
-                                  "--timeout", "10", "--wait-node", "30", "--quiet")) == 0
+                                  "--timeout", "10", "--wait-node", "30", "--quiet", "--allow-dropped")) == 0
     m = load(out)
     c = m["counts"]
     assert c["published"] == N_FRAMES

@@ -229,6 +229,48 @@ def test_fishyscapes_layouts(tmp_path, synth_frames):
         L.FishyscapesLAF(tmp_path / "fs")
 
 
+@pytest.mark.parametrize("ext", [".png", ".webp", ".jpg"])
+def test_fishyscapes_benchmark_layout(tmp_path, synth_frames, ext):
+    """dataset_FishyLAF/labels/val/{fid}_fishy-labels.png beside dataset_LostAndFound (the
+    benchmark's datasets folder), LostAndFound images in any of the formats its loader accepts."""
+    frames = synth_frames["obstacle"]
+    datasets = tmp_path / "datasets"
+    fids = [f"13_Elly_Beinhorn_Str_{i:06d}_000050" for i in range(len(frames))]
+    labels = datasets / "dataset_FishyLAF" / "labels" / "val"
+    labels.mkdir(parents=True)
+    for fid, f, split in zip(fids, frames, ("train", "test")):
+        cv2.imwrite(str(labels / f"{fid}_fishy-labels.png"), f.ood_labels)
+        d = datasets / "dataset_LostAndFound" / "leftImg8bit" / split / "13_Elly_Beinhorn_Str"
+        d.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(d / f"{fid}_leftImg8bit{ext}"), f.image[:, :, ::-1],
+                           [cv2.IMWRITE_WEBP_QUALITY, 101] if ext == ".webp" else [])
+    for root in (datasets, datasets / "dataset_FishyLAF"):
+        ds = L.open_dataset("fishyscapes-laf", root)
+        assert ds.frame_ids == fids
+        for rec, f in zip(ds, frames):
+            np.testing.assert_array_equal(rec.label, f.ood_labels)
+            assert rec.rgb.shape == f.image.shape
+            if ext != ".jpg":
+                np.testing.assert_array_equal(rec.rgb, f.image)
+    # The zip's layout in the same root as well: ambiguous, refused with both folders named.
+    (datasets / "fishyscapes_lostandfound").mkdir()
+    with pytest.raises(ValueError, match="two Fishyscapes label folders.*labels/val.*fishyscapes_lostandfound"):
+        L.FishyscapesLAF(datasets)
+    with pytest.raises(FileNotFoundError, match="Fishyscapes label folder not found"):
+        L.FishyscapesLAF(tmp_path / "datasets" / "dataset_LostAndFound")
+
+
+def test_parse_label_name():
+    assert L.parse_label_name("validation0000_labels_semantic.png") == ("validation0000", "smiyc")
+    assert L.parse_label_name("01_a_000001_000010_gtCoarse_labelIds.png") == ("01_a_000001_000010", "laf")
+    assert L.parse_label_name("04_b_000000_000030_fishy-labels.png") == ("04_b_000000_000030",
+                                                                           "fishyscapes")
+    assert L.parse_label_name("0007_04_b_000000_000030_labels.png") == ("04_b_000000_000030",
+                                                                          "fishyscapes")
+    assert L.parse_label_name("x_labels.png") is None          # no NNNN_ prefix
+    assert L.parse_label_name("x_anomaly.png") is None
+
+
 def test_synthroad_loader_matches_render_sequence():
     from csl_ros.data.synthroad import render_sequence
 

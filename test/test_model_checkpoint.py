@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from csl_ros.model import build_student, file_sha256, get_preset, load_checkpoint, read_checkpoint, save_checkpoint
+from csl_ros.model.checkpoint import main as checkpoint_main
+from csl_ros.model.checkpoint import update_metadata
+from csl_ros.model.integrity import weights_sha256
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def test_int8_file_with_a_missing_scale_is_refused_naming_the_tensor(model, tmp_
     victim = next(k for k in state if k.endswith(".__int8_scale"))
     del state[victim]
     bad = tmp_path / "bad.safetensors"
-    save_file(state, bad, metadata=meta)
+    save_file(state, bad, metadata={**meta, "weights_sha256": weights_sha256(state)})  # consistent hash
     with pytest.raises(ValueError, match=r"bad\.safetensors: int8 tensor .* has no"):
         load_checkpoint(bad)
     with pytest.raises(ValueError, match="storage"):
@@ -99,7 +102,8 @@ def test_weights_not_matching_the_stored_config_are_refused(model, tmp_path):
     lying = dict(config.to_dict(), num_queries=20, distill_channels=0)
     bad = tmp_path / "lying.safetensors"
     save_file(load_file(good), bad, metadata={"format": "csl_ros.student", "format_version": "1",
-                                              "model_config": json.dumps(lying)})
+                                              "model_config": json.dumps(lying),
+                                              "weights_sha256": weights_sha256(load_file(good))})
     with pytest.raises(ValueError) as err:
         load_checkpoint(bad)
     message = str(err.value)
@@ -108,7 +112,7 @@ def test_weights_not_matching_the_stored_config_are_refused(model, tmp_path):
     del state["transformer_decoder.level_embed.weight"]
     pt = tmp_path / "partial.pt"
     torch.save({"format": "csl_ros.student", "format_version": "1", "model_config": config.to_dict(),
-                "state_dict": state, "metadata": {}}, pt)
+                "state_dict": state, "metadata": {"weights_sha256": weights_sha256(state)}}, pt)
     with pytest.raises(ValueError, match=r"partial\.pt.*missing.*level_embed"):
         load_checkpoint(pt)
 
@@ -133,6 +137,87 @@ def test_missing_corrupt_and_foreign_files(model, tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(ValueError, match="reserved"):
         save_checkpoint(tmp_path / "x.pt", model, metadata={"model_config": "{}"})
+
+
+def _flip_a_weight_byte(path):
+    """Flip one bit in the middle of the largest tensor's bytes (the header stays valid)."""
+    from safetensors import safe_open
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    with safe_open(path, framework="pt") as fh:
+        assert fh.metadata()["weights_sha256"]
+    name = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1]
+               - header[k]["data_offsets"][0])
+    start, end = header[name]["data_offsets"]
+    data[8 + header_len + (start + end) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("storage", ["float32", "int8"])
+def test_a_flipped_byte_in_the_weights_is_refused_naming_the_file(model, tmp_path, storage):
+    path = tmp_path / f"student_{storage}.safetensors"
+    save_checkpoint(path, model, storage=storage)
+    load_checkpoint(path)
+    _flip_a_weight_byte(path)
+    with pytest.raises(ValueError, match=rf"student_{storage}\.safetensors: the weights do not match the SHA-256"):
+        load_checkpoint(path)
+    pt = tmp_path / "student.pt"
+    save_checkpoint(pt, model)
+    blob = torch.load(pt, weights_only=True)
+    next(iter(blob["state_dict"].values())).view(-1)[0] += 1.0
+    torch.save(blob, pt)
+    with pytest.raises(ValueError, match=r"student\.pt: the weights do not match"):
+        load_checkpoint(pt)
+
+
+def test_shipped_students_carry_their_hash_and_load():
+    from csl_ros.shipped import resolve_shipped
+    for name in ("student_ca", "student_scheme1"):
+        loaded = load_checkpoint(resolve_shipped(name))
+        assert loaded.metadata["input_height"] == "256" and "weights_sha256" not in loaded.metadata
+
+
+def test_file_without_embedded_hash_is_refused(model, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(good, model)
+    with safe_open(good, framework="pt") as fh:
+        meta = {k: v for k, v in fh.metadata().items() if k != "weights_sha256"}
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    old = tmp_path / "old.safetensors"
+    save_file(state, old, metadata=meta)
+    with pytest.raises(ValueError, match=r"old\.safetensors: student checkpoint without an embedded weights_sha256"):
+        load_checkpoint(old)
+
+
+def test_json_or_pickle_given_as_a_checkpoint_gets_our_message(tmp_path):
+    import pickle
+    js = tmp_path / "params.pt"
+    js.write_text(json.dumps({"score_threshold": 0.3}))
+    pk = tmp_path / "objects.pth"
+    pk.write_bytes(pickle.dumps({"model": {1, 2}, "when": __import__("datetime").date(2024, 1, 1)}))
+    for path in (js, pk):
+        with pytest.raises(ValueError) as err:
+            load_checkpoint(path)
+        message = str(err.value)
+        assert message.startswith(str(path)) and "never unpickles" in message
+        assert "weights_only=False" not in message and "\n" not in message
+
+
+def test_update_metadata_keeps_the_tensors_and_checks_model_settings(model, tmp_path, capsys):
+    path = tmp_path / "student.safetensors"
+    save_checkpoint(path, model, metadata={"step": 5})
+    _, before, _ = read_checkpoint(path)
+    update_metadata(path, {"score_threshold": 0.3, "input_height": 256})
+    _, after, meta = read_checkpoint(path)
+    assert meta["score_threshold"] == "0.3" and meta["step"] == "5"
+    assert weights_sha256(before) == weights_sha256(after)
+    assert checkpoint_main([str(path), "score_threshold=1.5"]) == 2
+    assert "score_threshold=1.5 is outside" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="input_width"):
+        save_checkpoint(tmp_path / "x.pt", model, metadata={"input_width": "wide"})
 
 
 # --- export --------------------------------------------------------------------------------------

@@ -208,8 +208,34 @@ def test_detect_cli_writes_all_outputs(model_files, tmp_path):
     assert main(args) == 0
     out = tmp_path / "out"
     assert np.load(out / "frame_anomaly.npy").shape == (48, 80)
-    assert cv2.imread(str(out / "frame_instances.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
-    assert cv2.imread(str(out / "frame_overlay.jpg")).shape == (48, 80, 3)
+    inst = cv2.imread(str(out / "frame_instances.png"), cv2.IMREAD_UNCHANGED)
+    assert inst.dtype == np.uint16 and inst.shape == (48, 80)
+    # colour pictures: the input's rows, then the colour bar below; instances one colour per id
+    from csl_ros.visualize import colorize_instances, strip_height
+    from test_visualize import assert_colour_bar_below
+
+    score_png = cv2.imread(str(out / "frame_anomaly.png"))
+    assert score_png.shape == (48 + strip_height(80), 80, 3)
+    assert_colour_bar_below(score_png, 80)
+    np.testing.assert_array_equal(cv2.imread(str(out / "frame_instances_color.png")), colorize_instances(inst))
+    overlay = cv2.imread(str(out / "frame_overlay.jpg"))
+    assert overlay.shape[0] == 48 + strip_height(80) and overlay.shape[1] >= 80
     report = json.loads((out / "frame_obstacles.json").read_text())
     assert report["obstacles"] and report["obstacles"][0]["distance_m"] is not None
     assert main(["detect", str(tmp_path / "nope.png"), "--out", str(out)]) == 2
+
+
+def test_from_config_takes_the_checkpoints_settings_left_at_the_default(student, tmp_path):
+    """A student carrying its input size and tuned threshold (csl_ros.model.checkpoint) brings them,
+    unless the user set them."""
+    from csl_ros.config import apply_overrides
+    from csl_ros.model import save_checkpoint
+
+    path = tmp_path / "student.safetensors"
+    save_checkpoint(path, student, metadata={"input_height": 96, "input_width": 160, "score_threshold": 0.4})
+    base = DetectorConfig(scheme="1", student_path=str(path), device="cpu", backend="eager",
+                          engine_cache_dir=str(tmp_path))
+    cfg = Detector.from_config(base).config
+    assert (cfg.input_height, cfg.input_width, cfg.score_threshold) == (96, 160, 0.4)
+    cfg = Detector.from_config(apply_overrides(base, {"score_threshold": 0.7, "input_height": 64})).config
+    assert (cfg.input_height, cfg.input_width, cfg.score_threshold) == (64, 160, 0.7)

@@ -6,15 +6,18 @@ import threading
 import time
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 
 from csl_ros.config import DetectorConfig, NodeConfig
-from csl_ros.ros.image_conversion import ImageFormatError, compressed_msg_to_rgb, image_msg_to_rgb
-from csl_ros.ros.markers import MAX_DEPTH_M, marker_array_msg, obstacle_marker_specs, score_color
+from csl_ros.ros.image_conversion import (ImageFormatError, compressed_image_size, compressed_msg_to_rgb,
+                                         image_msg_to_rgb)
+from csl_ros.ros.markers import (MAX_DEPTH_M, Mounting, marker_array_msg, obstacle_marker_specs, obstacle_points,
+                                 obstacle_points_msg, score_color)
 from csl_ros.ros.params import parameter_specs, plan_parameter_changes
-from csl_ros.ros.stats import (ERROR, OK, WARN, LatencyWindow, LatestFrameSlot, NodeStats, RateMeter, Throttle,
-                               bad_frame_reason, diagnostic_summary)
+from csl_ros.ros.stats import (ERROR, OK, RECENT_WINDOW_S, WARN, LatencyWindow, LatestFrameSlot, NodeStats, RateMeter,
+                               Throttle, bad_frame_reason, diagnostic_summary)
 
 
 # --- latest-frame slot -------------------------------------------------------------------------------------
@@ -105,6 +108,8 @@ def _img(**kw):
     (_img(step=4), "step_mismatch"),
     (_img(data=bytes(20)), "data_too_short"),
     (_img(encoding="32FC1", step=16, data=np.full(16, np.nan, np.float32).tobytes()), "non_finite"),
+    (_img(encoding="yuv422", width=3, step=6, data=bytes(24)), "odd_width"),
+    (_img(encoding="yuyv", width=1, step=2, data=bytes(8)), "odd_width"),
 ])
 def test_bad_frame_reason_matches_conversion_errors(msg, reason):
     with pytest.raises(ImageFormatError) as exc:
@@ -120,9 +125,45 @@ def test_bad_frame_reason_compressed():
     assert bad_frame_reason("something new") == "other"
 
 
+def _png(width, height, rows=None):
+    """A PNG stream with the given header size; ``rows``: True for a complete, valid image (zero pixels,
+    compressed row by row so the test never holds the raw image)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    if rows:
+        comp, row, parts = zlib.compressobj(1), bytes(1 + 3 * width), []
+        parts += [comp.compress(row) for _ in range(height)]
+        idat = b"".join(parts) + comp.flush()
+    else:
+        idat = zlib.compress(bytes(64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_compressed_size_is_checked_from_the_header_before_decoding():
+    big = _png(20000, 20000, rows=True)  # valid, a few MB, 1.2 GB decoded
+    assert len(big) < 8_000_000 and compressed_image_size(big) == ("png", 20000, 20000)
+    for data in (big, _png(100000, 100000)):
+        with pytest.raises(ImageFormatError) as exc:
+            compressed_msg_to_rgb(SimpleNamespace(format="png", data=data))
+        assert bad_frame_reason(str(exc.value)) == "absurd_size" and "header" in str(exc.value)
+    small = _png(40, 30, rows=True)
+    assert compressed_msg_to_rgb(SimpleNamespace(format="png", data=small)).shape == (30, 40, 3)
+    for ext, size in ((".jpg", (53, 37)), (".png", (53, 37)), (".webp", (53, 37)), (".bmp", (53, 37))):
+        ok, buf = cv2.imencode(ext, np.zeros((37, 53, 3), np.uint8))
+        assert compressed_image_size(buf.tobytes())[1:] == size, ext
+    with pytest.raises(ImageFormatError) as exc:  # no header we can read the size from: not decoded
+        compressed_msg_to_rgb(SimpleNamespace(format="tiff", data=b"II*\x00" + bytes(100)))
+    assert bad_frame_reason(str(exc.value)) == "decode_failed"
+
+
 def test_diagnostic_summary_levels():
     snap = NodeStats().snapshot(0)
-    kw = dict(input_topic="/cam/image", recent_bad=0, input_publishers=1)
+    kw = dict(input_topic="/cam/image", input_publishers=1)
     level, msg = diagnostic_summary("unconfigured", snap, recent_input=0, **kw)
     assert level == ERROR and "unconfigured" in msg and "/cam/image" in msg
     level, msg = diagnostic_summary("inactive", snap, recent_input=3, **kw)
@@ -130,16 +171,36 @@ def test_diagnostic_summary_levels():
     assert diagnostic_summary("active", snap, recent_input=5, input_age_s=0.1, **kw) == (OK, "active")
     # A slow camera (no frame since the last report, but recently) is fine...
     assert diagnostic_summary("active", snap, recent_input=0, input_age_s=1.5, **kw) == (OK, "active")
-    # ...a starved node is not, and the message names the usual cause.
+    # ...a starved node is not, and the message points at the usual causes.
     for age in (None, 2.5):
         level, msg = diagnostic_summary("active", snap, recent_input=0, input_age_s=age, **kw)
-        assert level == WARN and "nothing received" in msg and "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA" in msg
-    level, msg = diagnostic_summary("active", snap, recent_input=0, input_topic="/x", recent_bad=0,
-                                    input_publishers=0)
+        assert level == WARN and "nothing received" in msg and "QoS" in msg and "troubleshooting" in msg
+    level, msg = diagnostic_summary("active", snap, input_age_s=None, input_topic="/x", input_publishers=0)
     assert level == WARN and "no publisher on /x" in msg
-    level, msg = diagnostic_summary("active", snap, recent_input=5, input_topic="/x", recent_bad=2,
-                                    input_publishers=1)
-    assert level == WARN and "2 bad" in msg
+    level, msg = diagnostic_summary("active", snap, input_age_s=0.1, recent={"bad_frames": 2}, **kw)
+    assert level == WARN and "2 bad" in msg and "last 10 s" in msg
+    level, msg = diagnostic_summary("active", snap, input_age_s=0.1, recent={"publish_errors": 1}, **kw)
+    assert level == WARN and "1 publishing error" in msg
+    # Recent errors do not hide a camera that stopped: starvation is reported first.
+    level, msg = diagnostic_summary("active", snap, input_age_s=3.0, recent={"bad_frames": 2}, **kw)
+    assert level == WARN and "nothing received" in msg
+    # Start-up grace: activated a moment ago, no frame yet.
+    level, msg = diagnostic_summary("active", snap, input_age_s=1.0, starved_after_s=5.0, first_frame_pending=True,
+                                    camera_info="missing", **kw)
+    assert level == OK and "waiting for the first frame" in msg
+    for info, words in (("missing", "no camera_info received on /cam/info"), ("uncalibrated", "uncalibrated")):
+        level, msg = diagnostic_summary("active", snap, input_age_s=0.1, camera_info=info,
+                                        camera_info_topic="/cam/info", **kw)
+        assert level == WARN and words in msg and "no markers" in msg
+
+
+def test_node_stats_errors_age_out_of_the_recent_window():
+    clock = [0.0]
+    st = NodeStats(recent_bad=RateMeter(RECENT_WINDOW_S, clock=lambda: clock[0]))
+    st.count_bad("odd_width")
+    assert st.recent_errors()["bad_frames"] == 1
+    clock[0] = RECENT_WINDOW_S + 0.1
+    assert st.recent_errors()["bad_frames"] == 0 and st.snapshot(0)["bad_frames"] == 1  # the total stays
 
 
 # --- parameters -------------------------------------------------------------------------------------------
@@ -221,6 +282,54 @@ def test_marker_array_msg_starts_with_deleteall():
     assert kinds == [msgs.Marker.CUBE, msgs.Marker.TEXT_VIEW_FACING] * 2
     assert all(m.header.frame_id == "camera_optical_frame" and m.header.stamp.sec == 42 for m in arr.markers)
     assert arr.markers[1].scale.x == pytest.approx(0.4) and arr.markers[1].pose.orientation.w == 1.0
+
+
+def test_mounting_places_optical_points_in_the_output_frame_by_hand():
+    # Camera 2 m ahead of base_link, 1.5 m up, looking along base_link's x: optical (x right, y down,
+    # z forward) -> base_link (x forward, y left, z up).
+    m = Mounting(x=2.0, z=1.5)
+    assert m.point((1.0, 1.5, 10.0)) == pytest.approx((12.0, -1.0, 0.0))  # 10 m ahead, 1 m right, on the ground
+    # The same camera turned 90 deg to the left (yaw): forward becomes +y, right becomes +x.
+    m = Mounting(x=2.0, z=1.5, yaw_deg=90.0)
+    assert m.point((1.0, 1.5, 10.0)) == pytest.approx((3.0, 10.0, 0.0))
+    # Pitched 10 deg down: a point 10 m along the optical axis is 10 cos10 ahead and 10 sin10 below.
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    assert Mounting(pitch_deg=10.0).point((0.0, 0.0, 10.0)) == pytest.approx((10 * c, 0.0, -10 * s))
+    # The orientation quaternion rotates the optical axes the same way.
+    for mount in (Mounting(), Mounting(yaw_deg=90.0), Mounting(roll_deg=30, pitch_deg=-20, yaw_deg=170)):
+        x, y, z, w = mount.quaternion()
+        q = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        np.testing.assert_allclose(q, mount.rotation(), atol=1e-9)
+
+
+def test_obstacle_points_one_per_obstacle_with_geometry():
+    pts = obstacle_points([_obstacle(3), _obstacle(4, contact=None, w=None, h=None)], Mounting(x=2.0, z=1.5))
+    assert pts == [pytest.approx((12.0, -0.5, 0.0, 3, 0.9, 0.4, 0.3))]
+    msgs = pytest.importorskip("sensor_msgs.msg")
+    std = pytest.importorskip("std_msgs.msg")
+    header = std.Header(frame_id="camera_optical_frame")
+    cloud = obstacle_points_msg([_obstacle(3)], header, mounting=Mounting(x=2.0, z=1.5), output_frame="base_link")
+    assert cloud.header.frame_id == "base_link" and (cloud.width, cloud.height, cloud.point_step) == (1, 1, 28)
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "score", "width_m", "height_m"]
+    assert cloud.fields[3].datatype == msgs.PointField.UINT32 and cloud.fields[0].datatype == msgs.PointField.FLOAT32
+    x, y, z, i, score, w, h = __import__("struct").unpack("<fffIfff", bytes(cloud.data))
+    assert (x, y, z, i) == (pytest.approx(12.0), pytest.approx(-0.5), pytest.approx(0.0), 3)
+
+
+def test_marker_lifetime_and_output_frame():
+    pytest.importorskip("visualization_msgs.msg")
+    std = pytest.importorskip("std_msgs.msg")
+    header = std.Header(frame_id="camera_optical_frame")
+    arr = marker_array_msg([_obstacle(1)], header, lifetime_s=0.25, mounting=Mounting(x=2.0, z=1.5),
+                           output_frame="base_link")
+    cube = arr.markers[1]
+    assert all(m.header.frame_id == "base_link" for m in arr.markers)
+    assert (cube.lifetime.sec, cube.lifetime.nanosec) == (0, 250_000_000)
+    # the cube's centre: half its height above and half its depth behind the contact point (optical),
+    # i.e. in base_link 0.2 m further ahead and 0.15 m up
+    assert (cube.pose.position.x, cube.pose.position.z) == pytest.approx((12.0 + 0.2, 0.15))
 
 
 def test_docs_list_every_parameter_with_its_reload_class():

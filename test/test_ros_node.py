@@ -27,7 +27,7 @@ from rcl_interfaces.msg import Log, Parameter as ParameterMsg, ParameterType, Pa
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from csl_ros.config import DetectorConfig, NodeConfig  # noqa: E402
@@ -35,13 +35,15 @@ from csl_ros.data.synthroad import render_frame  # noqa: E402
 from csl_ros.ros.image_conversion import fill_image_msg  # noqa: E402
 from csl_ros.ros.node import CslDetectorNode, build_engine  # noqa: E402
 from csl_ros.ros.testing import BrightnessDetector, private_ros_context  # noqa: E402
+from csl_ros.visualize import colorize_instances, colorize_scores, colour_bar_strip, strip_height  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
 DOMAIN_ID = random.randint(1, 200)
 OUTPUTS = {"score": ("anomaly_score", Image), "color": ("anomaly_score/color", Image),
-           "instances": ("ood_instances", Image), "overlay": ("overlay", Image),
-           "obstacles": ("obstacles", MarkerArray)}
+           "instances": ("ood_instances", Image), "instances_color": ("ood_instances/color", Image),
+           "overlay": ("overlay", Image),
+           "obstacles": ("obstacles", MarkerArray), "points": ("obstacle_points", PointCloud2)}
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +139,14 @@ class Rig:
             setattr(msg, k, v)
         self.pub.publish(msg)
 
-    def answered(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles")):
+    def answered(self, stamp, keys=("score", "instances", "instances_color", "color", "overlay", "obstacles",
+                                    "points")):
         with self.lock:
             return all(stamp in self.outputs[k] for k in keys)
 
-    def wait_answer(self, stamp, keys=("score", "instances", "color", "overlay", "obstacles"), timeout=10.0):
+    def wait_answer(self, stamp, keys=("score", "instances", "instances_color", "color", "overlay", "obstacles",
+                                       "points"),
+                    timeout=10.0):
         wait_for(lambda: self.answered(stamp, keys), timeout, f"outputs for stamp {stamp}")
         with self.lock:
             return {k: self.outputs[k][stamp] for k in keys}
@@ -199,14 +204,23 @@ def test_every_output_stamped_and_sized_like_the_input(rig_factory):
         rig.send(bgr, stamp, encoding="bgr8")
         out = rig.wait_answer(stamp)
         h, w = image.shape[:2]
-        for key, enc in (("score", "32FC1"), ("instances", "16UC1"), ("color", "bgr8"), ("overlay", "bgr8")):
+        for key, enc in (("score", "32FC1"), ("instances", "16UC1"), ("instances_color", "bgr8"),
+                         ("color", "bgr8"), ("overlay", "bgr8")):
             msg = out[key]
-            assert (msg.height, msg.width, msg.encoding) == (h, w, enc), key
+            if key in ("color", "overlay"):   # the input's rows, then the colour bar strip below them
+                assert msg.height == h + strip_height(w) and msg.width >= w and msg.encoding == enc, key
+            else:
+                assert (msg.height, msg.width, msg.encoding) == (h, w, enc), key
             assert msg.header.frame_id == "camera_optical_frame"
         score = np.frombuffer(bytes(out["score"].data), np.float32).reshape(h, w)
         expected = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
         np.testing.assert_allclose(score, expected, atol=1e-6)  # bgr8 input was converted correctly
+        color = np.frombuffer(bytes(out["color"].data), np.uint8).reshape(-1, w, 3)
+        np.testing.assert_array_equal(color[:h], colorize_scores(score))
+        np.testing.assert_array_equal(color[h:], colour_bar_strip(w))
         inst = np.frombuffer(bytes(out["instances"].data), np.uint16).reshape(h, w)
+        inst_color = np.frombuffer(bytes(out["instances_color"].data), np.uint8).reshape(h, w, 3)
+        np.testing.assert_array_equal(inst_color, colorize_instances(inst))
         markers = out["obstacles"].markers
         assert markers[0].action == Marker.DELETEALL
         cubes = [m for m in markers if m.type == Marker.CUBE]
@@ -217,6 +231,77 @@ def test_every_output_stamped_and_sized_like_the_input(rig_factory):
         assert any(m.type == Marker.TEXT_VIEW_FACING for m in markers)
     snap = rig.node.stats.snapshot(rig.node.frames_dropped)
     assert snap["frames_processed"] == 3 and snap["bad_frames"] == 0
+
+
+def test_best_effort_camera_info_with_reliable_image_input_still_gives_markers(rig_factory):
+    """camera_info is subscribed best effort whatever input_reliability says, so it matches a
+    best-effort camera_info publisher (a reliable subscription would not)."""
+    from rclpy.qos import qos_profile_sensor_data
+
+    rig = rig_factory(overrides={"input_reliability": "reliable"})
+    info_pub = rig.probe.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
+    wait_for(lambda: info_pub.get_subscription_count() > 0, what="camera_info matched best effort")
+    image, K = road_frame()
+    info = CameraInfo(width=image.shape[1], height=image.shape[0], k=[float(v) for v in np.ravel(K)])
+    info_pub.publish(info)
+    wait_for(lambda: rig.node._camera_info is not None, what="camera_info received")
+    rig.send(image, 1)
+    out = rig.wait_answer(1)
+    assert [m for m in out["obstacles"].markers if m.type == Marker.CUBE]
+
+
+class FixedObstacleDetector(BrightnessDetector):
+    """One obstacle record with known geometry on every frame (contact point in the optical frame)."""
+
+    def __call__(self, image, camera=None):
+        from csl_ros.pipeline.instances import Obstacle
+
+        det = super().__call__(image, camera)
+        det.obstacles = [Obstacle(id=7, area_px=100, bbox=(0, 0, 10, 10), mean_score=0.8, max_score=0.9,
+                                  contact_point_m=(1.0, 1.5, 10.0), distance_m=10.0, width_m=0.5, height_m=0.4)]
+        return det
+
+
+def test_obstacle_points_in_output_frame_match_hand_geometry(rig_factory):
+    """Camera 2 m ahead of base_link, 1.5 m up, turned 90 deg left: the optical point (1 right,
+    1.5 down, 10 forward) is at x = 2 + 1, y = 10, z = 1.5 - 1.5 in base_link."""
+    import struct
+
+    rig = rig_factory(factory=FixedObstacleDetector, overrides={
+        "output_frame": "base_link", "mount_x_m": 2.0, "mount_z_m": 1.5, "mount_yaw_deg": 90.0})
+    rig.send(blob_image(200), 1)
+    out = rig.wait_answer(1)
+    cloud = out["points"]
+    assert cloud.header.frame_id == "base_link" and cloud.header.stamp.sec == 1 and cloud.width == 1
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "score", "width_m", "height_m"]
+    x, y, z, ident, score, w, h = struct.unpack("<fffIfff", bytes(cloud.data))
+    assert (x, y, z) == pytest.approx((3.0, 10.0, 0.0), abs=1e-5)
+    assert (ident, score, w, h) == (7, pytest.approx(0.9), pytest.approx(0.5), pytest.approx(0.4))
+    cube = next(m for m in out["obstacles"].markers if m.type == Marker.CUBE)
+    assert cube.header.frame_id == "base_link" and cube.id == 7
+    # the cube stands on the road: its centre is 0.2 m above the contact point (half its height)
+    assert cube.pose.position.z == pytest.approx(0.2, abs=1e-5)
+
+
+def test_markers_expire_after_the_camera_stops_and_clear_on_deactivate(rig_factory):
+    rig = rig_factory(factory=FixedObstacleDetector)
+    for stamp in range(1, 7):  # ~10 Hz: the lifetime is two periods of the node's output
+        rig.send(blob_image(200), stamp)
+        rig.wait_answer(stamp)
+        time.sleep(0.1)
+    with rig.lock:
+        markers = rig.outputs["obstacles"][6].markers
+    rate = rig.node.stats.processed.rate_hz()
+    lifetimes = [m.lifetime.sec + m.lifetime.nanosec * 1e-9 for m in markers[1:]]
+    assert lifetimes and all(lt == pytest.approx(2.0 / rate, rel=0.3) for lt in lifetimes)
+    assert 0.1 < lifetimes[0] < 0.5  # 2 periods of ~0.1-0.15 s: gone in rviz soon after the camera stops
+    with rig.lock:
+        rig.outputs["obstacles"].clear()
+    assert _change_state(rig, Transition.TRANSITION_DEACTIVATE)
+    wait_for(lambda: rig.outputs["obstacles"], what="markers cleared on deactivate")
+    with rig.lock:
+        (cleared,) = rig.outputs["obstacles"].values()
+    assert [m.action for m in cleared.markers] == [Marker.DELETEALL]
 
 
 def test_optional_outputs_can_be_switched_off_at_run_time(rig_factory):
@@ -275,7 +360,18 @@ def test_live_threshold_change_takes_effect_on_the_next_frame(rig_factory):
     out = rig.wait_answer(2)
     assert np.frombuffer(bytes(out["instances"].data), np.uint16).max() == 0
     assert [m.action for m in out["obstacles"].markers] == [Marker.DELETEALL]  # stale markers removed
-    assert rig.detectors[0].seen_thresholds == [0.5, 0.7]
+    assert rig.detectors[0].seen_thresholds == [DetectorConfig().score_threshold, 0.7]
+
+
+def test_float_parameter_accepts_an_integer(rig_factory):
+    """`ros2 param set <node> score_threshold 1` sends an integer: it is the float 1.0."""
+    rig = rig_factory()
+    (res,) = _set_remote(rig, score_threshold=1)
+    assert res.successful, res.reason
+    assert rig.node.get_parameter("score_threshold").value == 1.0
+    assert rig.node.detector_config.score_threshold == 1.0
+    (res,) = _set_remote(rig, score_threshold=2)  # still range-checked
+    assert not res.successful and "out of range" in res.reason
 
 
 @pytest.mark.parametrize("values, words", [
@@ -345,19 +441,28 @@ def test_lifecycle_transitions_through_the_services(rig_factory):
     assert not rig.answered(1, keys=("score",))
 
     assert _change_state(rig, Transition.TRANSITION_ACTIVATE)
+    # Start-up grace: right after activation, no false "nothing received".
+    wait_for(lambda: "waiting for the first frame" in rig.last_diag().message, what="start-up grace")
+    assert rig.last_diag().level == b"\x00"
     rig.send(blob_image(200), 2)
     rig.wait_answer(2)
+    wait_for(lambda: "no camera_info received" in rig.last_diag().message, what="camera_info missing")
+    assert rig.diag_values(rig.last_diag())["camera_info"] == "missing"
+    rig.info_pub.publish(CameraInfo(width=512, height=256, k=[400.0, 0, 256, 0, 400.0, 128, 0, 0, 1]))
+    rig.send(blob_image(200), 3)
+    rig.wait_answer(3)
     wait_for(lambda: rig.last_diag().level == b"\x00", what="OK diagnostics")
     values = rig.diag_values(rig.last_diag())
     assert values["lifecycle_state"] == "active" and values["backend"] == "brightness" and values["device"] == "cpu"
+    assert values["camera_info"] == "calibrated" and float(values["camera_info_age_s"]) < 5
     for key in ("input_rate_hz", "processed_rate_hz", "frames_dropped", "latency_p50_ms", "latency_p95_ms",
                 "latency_p99_ms", "bad_frames"):
         assert key in values
 
     assert _change_state(rig, Transition.TRANSITION_DEACTIVATE)
-    rig.send(blob_image(200), 3)
+    rig.send(blob_image(200), 4)
     wait_for(lambda: rig.node.stats.ignored_inactive >= 2, what="ignored frame after deactivate")
-    assert not rig.answered(3, keys=("score",))
+    assert not rig.answered(4, keys=("score",))
     assert _change_state(rig, Transition.TRANSITION_CLEANUP)
     assert rig.node.lifecycle_state == "unconfigured" and rig.detectors[0].closed and rig.node.detector is None
     assert not _change_state(rig, Transition.TRANSITION_ACTIVATE)  # invalid from unconfigured
@@ -371,6 +476,27 @@ def test_configure_failure_is_reported_and_node_stays_unconfigured(rig_factory):
     assert not rig.node.configure_and_activate()
     assert rig.node.lifecycle_state == "unconfigured"
     wait_for(lambda: any("/nope/student.safetensors" in m for m in rig.logs), what="configure error log")
+    cfg = rig.node.detector_config    # sizes are HxW everywhere, the log included
+    size = f"input {cfg.input_height}x{cfg.input_width} (HxW)"
+    wait_for(lambda: any("loading the detector" in m and size in m for m in rig.logs), what="HxW in the log")
+
+
+def test_parameters_follow_the_settings_the_detector_took_from_its_checkpoint(rig_factory):
+    """Detector.from_config may take input size / threshold from the student's metadata for
+    parameters left at their defaults: the node's parameters then say what is used."""
+    import dataclasses
+
+    def from_checkpoint(cfg):
+        return BrightnessDetector(dataclasses.replace(cfg, input_height=96, score_threshold=0.4))
+
+    rig = rig_factory(factory=from_checkpoint)
+    assert rig.node.get_parameter("input_height").value == 96
+    assert rig.node.get_parameter("score_threshold").value == 0.4
+    assert rig.node.detector_config.score_threshold == 0.4
+    wait_for(lambda: any("from the student checkpoint" in m for m in rig.logs), what="log line")
+    rig.send(blob_image(153), 1)
+    rig.wait_answer(1)
+    assert rig.detectors[0].seen_thresholds == [0.4]
 
 
 def test_build_engine_reports_backend(rig_factory):
@@ -421,6 +547,9 @@ BAD_FRAMES = {
                            "non_finite"),
     "unsupported_encoding": (dict(height=H, width=W, encoding="bayer_rggb8", step=W, data=bytes(W * H)),
                              "unsupported_encoding"),
+    "yuv422_odd_width": (dict(height=H, width=W - 1, encoding="yuv422", step=2 * (W - 1), data=bytes(2 * (W - 1) * H)),
+                         "odd_width"),
+    "yuyv_width_1": (dict(height=H, width=1, encoding="yuyv", step=2, data=bytes(2 * H)), "odd_width"),
 }
 
 
@@ -462,6 +591,26 @@ def test_corrupt_compressed_image_is_skipped(rig_factory):
     wait_for(lambda: any("decode_failed" in m for m in rig.logs), what="decode log line")
     send(jpeg.tobytes(), 3)
     rig.wait_answer(3, keys=("score",))
+    huge = bytearray(cv2.imencode(".png", _GOOD)[1].tobytes())
+    huge[16:24] = (100_000).to_bytes(4, "big") * 2  # the header claims 100000x100000
+    send(huge, 4)
+    wait_for(lambda: rig.node.stats.bad_frames["absurd_size"] == 1, what="huge png counted as absurd_size")
+    send(jpeg.tobytes(), 5)
+    rig.wait_answer(5, keys=("score",))
+    assert rig.node.stats.publish_errors == 0 and rig.node.stats.detector_errors == 0
+
+
+def test_diagnostics_return_to_nothing_received_after_an_error(rig_factory):
+    """A past error does not hide a camera that stopped: the level follows a recent window."""
+    rig = rig_factory()
+    rig.info_pub.publish(CameraInfo(width=W, height=H, k=[100.0, 0, 32, 0, 100.0, 16, 0, 0, 1]))
+    rig.send(_GOOD, 1)
+    rig.wait_answer(1, keys=("score",))
+    rig.send_raw(**BAD_FRAMES["yuyv_width_1"][0])
+    wait_for(lambda: "bad input frame" in rig.last_diag().message, what="bad-frame WARN")
+    # The camera stops (its publisher stays): within a few periods "nothing received", not the old error.
+    wait_for(lambda: "nothing received" in rig.last_diag().message, timeout=10, what="nothing received")
+    assert rig.node.stats.publish_errors == 0
 
 
 # --- large images through DDS, from another process ----------------------------------------------------------
@@ -491,42 +640,127 @@ PUBLISHER = textwrap.dedent("""
 """)
 
 
-def test_full_size_frames_through_dds_from_another_process(rig_factory):
-    """1024x2048 rgb8 (6 MB) best effort between processes: every frame must get its answer."""
-    rig = rig_factory(overrides={"publish_overlay": False, "publish_color": False})
+@pytest.mark.parametrize("discovery_range", [None, "LOCALHOST"], ids=["range_unset", "LOCALHOST"])
+def test_full_size_frames_through_dds_from_another_process(discovery_range):
+    """1024x2048 rgb8 (6 MB) best effort between processes, with ROS_AUTOMATIC_DISCOVERY_RANGE unset and
+    LOCALHOST: every frame reaches the node (counted) and gets its answer. The camera process has the
+    setting docs/ros.md asks of a camera driver (the large-image Fast DDS profile)."""
     n, h, w = 5, 1024, 2048
-    env = _node_env()
-    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, rig.ns, str(n), str(h), str(w), "0.6"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for stamp in range(1, n + 1):
-            out = rig.wait_answer(stamp, keys=("score", "instances"), timeout=30)
-            assert (out["score"].height, out["score"].width) == (h, w)
-            assert (out["instances"].height, out["instances"].width) == (h, w)
-    finally:
+    domain = (DOMAIN_ID + 17) % 200 + 1
+    env = dict(_node_env(), ROS_DOMAIN_ID=str(domain))
+    if discovery_range:
+        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = discovery_range
+    with private_ros_context(domain, large_data=True, discovery_range=discovery_range) as context:
+        rig = Rig(context, overrides={"publish_overlay": False, "publish_color": False})
         try:
-            output = proc.communicate(timeout=30)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output = proc.communicate()[0]
-    assert proc.returncode == 0, output
-    snap = rig.node.stats.snapshot(rig.node.frames_dropped)
-    assert snap["frames_received"] == n and snap["frames_processed"] == n
+            proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, rig.ns, str(n), str(h), str(w), "0.6"],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                for stamp in range(1, n + 1):
+                    out = rig.wait_answer(stamp, keys=("score", "instances"), timeout=30)
+                    assert (out["score"].height, out["score"].width) == (h, w)
+                    assert (out["instances"].height, out["instances"].width) == (h, w)
+            finally:
+                try:
+                    output = proc.communicate(timeout=30)[0]
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    output = proc.communicate()[0]
+            assert proc.returncode == 0, output
+            snap = rig.node.stats.snapshot(rig.node.frames_dropped)
+            assert snap["frames_received"] == n and snap["frames_processed"] == n
+        finally:
+            rig.close()
+
+
+DEFAULT_ENV_SUBSCRIBER = textwrap.dedent("""
+    import sys, time
+    import rclpy
+    from sensor_msgs.msg import Image
+    topic = sys.argv[1]
+    rclpy.init()
+    node = rclpy.create_node("user_tool")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and topic not in dict(node.get_topic_names_and_types()):
+        rclpy.spin_once(node, timeout_sec=0.1)
+    print("visible", topic in dict(node.get_topic_names_and_types()), flush=True)
+    got = []
+    node.create_subscription(Image, topic, got.append, 10)  # what `ros2 topic echo` subscribes with
+    while time.monotonic() < deadline and not got:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    print("received", " ".join(f"{m.width}x{m.height}:{m.encoding}" for m in got[:1]) or "nothing", flush=True)
+    rclpy.shutdown()
+""")
+
+
+def _default_env(**extra):
+    """The environment of a shell where nobody configured DDS (no Fast DDS variables)."""
+    env = {k: v for k, v in _node_env().items() if not k.startswith(("FASTDDS_", "FASTRTPS_"))}
+    return dict(env, **extra)
+
+
+@pytest.mark.timeout(240)
+def test_default_environment_tool_reads_the_node_started_like_the_launch_file(ros):
+    """csl_node as driving.launch.py starts it (params file, auto_activate, real shipped models), and a
+    ROS 2 tool in a default environment (no Fast DDS settings): the tool sees the node's topic and
+    reads its full-size anomaly_score (512x1024 float32, 2 MB)."""
+    ns = f"/t{next(_COUNTER)}"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    node = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.node", "--ros-args", "--params-file",
+                             os.path.join(root, "config", "driving.yaml"), "-r", f"__ns:={ns}",
+                             "-p", "device:=cpu", "-p", "backend:=eager"],
+                            env=_default_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tool = subprocess.Popen([sys.executable, "-c", DEFAULT_ENV_SUBSCRIBER, f"{ns}/csl_detector/anomaly_score"],
+                            env=_default_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    camera = rclpy.create_node("camera", namespace=ns, context=ros)
+    try:
+        pub = camera.create_publisher(Image, "image", 1)
+        image, _ = road_frame(size=(512, 1024))
+        stamp, deadline = 0, time.monotonic() + 200
+        while tool.poll() is None and node.poll() is None and time.monotonic() < deadline:
+            stamp += 1
+            msg = fill_image_msg(Image(), image, "rgb8")
+            msg.header.stamp.sec = stamp
+            pub.publish(msg)
+            time.sleep(1.0)
+        output = tool.communicate(timeout=30)[0]
+        assert "visible True" in output and "received 1024x512:32FC1" in output, output
+    finally:
+        for proc in (tool, node):
+            if proc.poll() is None:
+                proc.send_signal(__import__("signal").SIGINT)
+                try:
+                    proc.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+        camera.destroy_node()
 
 
 # --- the csl_node executable -------------------------------------------------------------------------------
 def _node_env():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+    # os.environ holds the large-image Fast DDS profile (test/conftest.py): the camera driver's setting.
+    return dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID),
                 PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
 
 
-def test_csl_node_rejects_an_invalid_parameter_with_one_clear_line():
-    proc = subprocess.run([sys.executable, "-m", "csl_ros.ros.node", "--ros-args", "-p", "teacher:=bogus"],
+@pytest.mark.parametrize("args, words", [
+    (["--ros-args", "-p", "teacher:=bogus"], "teacher='bogus' is not one of"),
+    (["--ros-args", "-p", "device:=tpu"], "device='tpu' is not a device"),
+    (["--ros-args", "--params-file", "BROKEN"], "Couldn't parse params file"),
+    (["--ros-args", "--params-file", "/nonexistent/params.yaml"], "Error opening YAML file"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_csl_node_rejects_bad_arguments_with_one_clear_line(tmp_path, args, words):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("/**:\n  ros__parameters:\n    teacher: [sml\n")
+    args = [str(broken) if a == "BROKEN" else a for a in args]
+    proc = subprocess.run([sys.executable, "-m", "csl_ros.ros.node", *args],
                           env=_node_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "csl_node: error:" in proc.stderr and "teacher='bogus' is not one of" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("csl_node: error:") and words in lines[0], proc.stderr
 
 
 def test_csl_node_reports_unconfigured_and_exits_cleanly_on_sigint(ros):

@@ -315,6 +315,11 @@ def test_contact_sheet_and_overlay(obstacle_frames):
     assert ov.shape == f.image.shape and ov.dtype == np.uint8
     assert (ov[f.ood_labels == 1] == (0, 255, 255)).all()
     sheet = contact_sheet(obstacle_frames[:5], cols=3, tile_width=128)
-    assert sheet.shape == (4 + 2 * (2 * 64 + 4), 4 + 3 * (128 + 4), 3)
+    from csl_ros.visualize import strip_height
+
+    width = 4 + 3 * (128 + 4)
+    assert sheet.shape == (4 + 2 * (2 * 64 + 4) + strip_height(width), width, 3)
+    legend = sheet[-strip_height(width):]
+    assert (legend == (0, 255, 255)).all(-1).sum() > 20        # the OOD swatch in the legend below the grid
     with pytest.raises(ValueError):
         contact_sheet([])

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from csl_ros.config import TEACHERS
+from csl_ros.model.integrity import weights_sha256
 from csl_ros.teachers.onnx_runner import OnnxModel, set_onnx_metadata
 from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score
 from csl_ros.teachers.segmenter import (IMAGENET_MEAN, IMAGENET_STD, ClosedSetSegmenter,
@@ -116,15 +117,21 @@ def test_mismatched_checkpoints_are_refused_with_the_file_name(small_segmenter, 
     sd = {k: v.clone() for k, v in small_segmenter.net.state_dict().items()}
     ten = ClosedSetSegmenter(preset("lraspp_mobilenet_v3_large", num_classes=10))
     torch.save({"format": "csl_ros.segmenter", "config": small_segmenter.config.to_dict(),
-                "state_dict": ten.net.state_dict()}, tmp_path / "shapes.pt")
+                "state_dict": ten.net.state_dict(), "weights_sha256": weights_sha256(ten.net.state_dict())},
+               tmp_path / "shapes.pt")
     with pytest.raises(ValueError, match="shapes.pt.*shapes do not fit"):
         load_segmenter(tmp_path / "shapes.pt")
     # a pickle that is not weights-only is refused
     torch.save({"model": sd, "args": object.__new__(_Args)}, tmp_path / "pickled.pth")
-    with pytest.raises(ValueError, match="pickled.pth.*weights_only"):
+    with pytest.raises(ValueError, match="pickled.pth.*never unpickles"):
         load_segmenter(tmp_path / "pickled.pth")
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         load_segmenter(tmp_path / "nothere.pt")
+    # our own file without its embedded hash cannot be verified: refused
+    torch.save({"format": "csl_ros.segmenter", "config": small_segmenter.config.to_dict(), "state_dict": sd},
+               tmp_path / "nohash.pt")
+    with pytest.raises(ValueError, match="nohash.pt: segmenter checkpoint without an embedded weights_sha256"):
+        load_segmenter(tmp_path / "nohash.pt")
 
 
 class _Args:  # stands in for argparse.Namespace in a torchvision reference checkpoint

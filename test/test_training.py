@@ -256,6 +256,11 @@ def test_resume_gives_the_same_next_step(tmp_path):
     # the checkpoint loads with weights_only=True and records the optimiser / schedule state
     ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and "optimizer" in ckpt and "scheduler" in ckpt
+    # ...and the SHA-256 of its weights: a modified resume checkpoint is refused, naming the file
+    next(iter(ckpt["model"].values())).view(-1)[0] += 1.0
+    torch.save(ckpt, tmp_path / "b" / "last.pt")
+    with pytest.raises(ValueError, match=r"last\.pt: the weights do not match the SHA-256"):
+        train_student(cfg_b, DistEnv(), dataset=ToyFrames(), resume=True)
 
 
 def test_resume_refuses_another_run(tmp_path):

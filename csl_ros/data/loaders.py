@@ -8,9 +8,11 @@
   ``gtCoarse/{split}/{NN}_{scene}/{fid}_gtCoarse_labelIds.png`` (id 0 void, 1 free space -> 0,
   2..200 obstacle -> 1), ``camera/{split}/.../{fid}_camera.json`` when present; the official frame
   selections ("valid": the benchmark's LostAndFound-test/-train, "noknown": LostAndFound NoKnown).
-* Fishyscapes LostAndFound validation (100 frames): ``fishyscapes_lostandfound/{NNNN}_{fid}_labels.png``
-  (0 in-distribution, 1 OOD, 255 void) with the LostAndFound images either in ``laf_images/`` or
-  in a LostAndFound tree.
+* Fishyscapes LostAndFound validation (100 frames), labels 0 in-distribution, 1 OOD, 255 void, in
+  the benchmark's layout ``dataset_FishyLAF/labels/val/{fid}_fishy-labels.png`` or the public zip's
+  ``fishyscapes_lostandfound/{NNNN}_{fid}_labels.png``; the images are the LostAndFound frames of the
+  same fid (``leftImg8bit/{train|test}/{NN}_{scene}/{fid}_leftImg8bit.{png|webp|jpg}``, or a flat
+  ``laf_images/`` folder).
 * Cityscapes: ``leftImg8bit/{split}/{city}/{fid}_leftImg8bit.png`` with
   ``gtFine/{split}/{city}/{fid}_gtFine_labelTrainIds.png`` (or ``_labelIds.png``, mapped).
 * synthroad: rendered on the fly.
@@ -145,6 +147,59 @@ def read_label_png(path: str | Path) -> np.ndarray:
             raise ValueError(f"label file {p} has ids > 255 ({lab.dtype}); expected 8-bit ids")
         lab = lab.astype(np.uint8)
     return lab
+
+
+# Label files of the benchmark layouts: file name suffix -> label kind (the id mapping).
+FISHY_BENCHMARK_SUFFIX = "_fishy-labels.png"    # dataset_FishyLAF/labels/val/{fid}_fishy-labels.png
+FISHY_ZIP_SUFFIX = "_labels.png"                # fishyscapes_lostandfound/{NNNN}_{fid}_labels.png
+LABEL_SUFFIXES = {
+    "_labels_semantic.png": "smiyc",
+    "_gtCoarse_labelIds.png": "laf",
+    FISHY_BENCHMARK_SUFFIX: "fishyscapes",
+}
+LABEL_MAPPINGS = {"smiyc": map_smiyc_label, "laf": map_laf_label,
+                  "fishyscapes": map_fishyscapes_label}
+
+
+def parse_label_name(name: str) -> tuple[str, str] | None:
+    """(frame id, label kind) of a benchmark label file name, None when it is not one.
+
+    ``{fid}_labels_semantic.png`` (SMIYC), ``{fid}_gtCoarse_labelIds.png`` (LostAndFound),
+    ``{fid}_fishy-labels.png`` and ``{NNNN}_{fid}_labels.png`` (Fishyscapes, benchmark and zip).
+    """
+    for suffix, kind in LABEL_SUFFIXES.items():
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)], kind
+    if name.endswith(FISHY_ZIP_SUFFIX):
+        prefix, _, rest = name.partition("_")
+        if prefix.isdigit() and len(rest) > len(FISHY_ZIP_SUFFIX):
+            return rest[:-len(FISHY_ZIP_SUFFIX)], "fishyscapes"
+    return None
+
+
+def read_label(path: str | Path, kind: str) -> np.ndarray:
+    """A label file of ``kind`` (``LABEL_MAPPINGS``) as 0 / 1 / 255."""
+    return LABEL_MAPPINGS[kind](read_label_png(path))
+
+
+LAF_IMAGE_SUFFIX = "_leftImg8bit"
+LAF_IMAGE_EXTENSIONS = (".png", ".webp", ".jpg")   # the order the benchmark's loader tries them in
+
+
+def laf_image_index(files) -> dict[str, Path]:
+    """{fid: path} of ``{fid}_leftImg8bit.{png|webp|jpg}`` files; .png before .webp before .jpg."""
+    index: dict[str, Path] = {}
+    rank: dict[str, int] = {}
+    for f in files:
+        f = Path(f)
+        ext = f.suffix.lower()
+        stem = f.name[:-len(f.suffix)]
+        if ext not in LAF_IMAGE_EXTENSIONS or not stem.endswith(LAF_IMAGE_SUFFIX):
+            continue
+        fid, r = stem[:-len(LAF_IMAGE_SUFFIX)], LAF_IMAGE_EXTENSIONS.index(ext)
+        if r < rank.get(fid, len(LAF_IMAGE_EXTENSIONS)):
+            index[fid], rank[fid] = f, r
+    return index
 
 
 def camera_from_cityscapes_json(path: str | Path) -> dict:
@@ -296,7 +351,7 @@ def laf_select(fids: Sequence[str], split: str, subset: str, where: str = "") ->
 class LostAndFound(_Dataset):
     """LostAndFound (cityscapesScripts layout), frames discovered from the images as the benchmark."""
 
-    IMAGE_SUFFIX = "_leftImg8bit"
+    IMAGE_SUFFIX = LAF_IMAGE_SUFFIX
 
     def __init__(self, root: str | Path, split: str = "test", subset: str = "all"):
         root = Path(root)
@@ -306,14 +361,9 @@ class LostAndFound(_Dataset):
         self.name = "laf-noknown" if subset == "noknown" else "laf"
         img_dir = _require_dir(root / "leftImg8bit" / split, "LostAndFound image folder")
         self.gt_dir = _require_dir(root / "gtCoarse" / split, "LostAndFound gtCoarse folder")
-        files: list[Path] = []
-        for ext in ("png", "webp", "jpg"):
-            files = list(img_dir.glob(f"*/*{self.IMAGE_SUFFIX}.{ext}"))
-            if files:
-                break
-        if not files:
-            raise FileNotFoundError(f"no */*{self.IMAGE_SUFFIX}.png images in {img_dir}")
-        self._images = {p.name[:-len(self.IMAGE_SUFFIX + p.suffix)]: p for p in files}
+        self._images = laf_image_index(img_dir.glob(f"*/*{self.IMAGE_SUFFIX}.*"))
+        if not self._images:
+            raise FileNotFoundError(f"no */*{self.IMAGE_SUFFIX}.png (.webp, .jpg) images in {img_dir}")
         self.frame_ids = laf_select(list(self._images), split, subset, str(img_dir))
         missing = [f for f in self.frame_ids if not self._label_path(f).is_file()]
         if missing:
@@ -347,52 +397,70 @@ def laf_noknown(root) -> LostAndFound:
 
 
 class FishyscapesLAF(_Dataset):
-    """Fishyscapes LostAndFound validation: ``fishyscapes_lostandfound/{NNNN}_{fid}_labels.png``.
+    """Fishyscapes LostAndFound validation, in the benchmark's layout or the public zip's.
 
-    Images: ``{root}/laf_images/{fid}_leftImg8bit.png`` or, with ``laf_root`` (default: ``root``
-    when it holds ``leftImg8bit/``), a LostAndFound tree searched in its train and test splits.
+    Labels: ``{root}/dataset_FishyLAF/labels/val/{fid}_fishy-labels.png`` (``root`` may also be the
+    ``dataset_FishyLAF`` folder itself) or ``{root}/fishyscapes_lostandfound/{NNNN}_{fid}_labels.png``.
+    Images: the LostAndFound frames of the same fid, ``{fid}_leftImg8bit.{png|webp|jpg}``, from a flat
+    ``{root}/laf_images/`` folder or a LostAndFound tree (``leftImg8bit/{train|test}/{NN}_{scene}/``):
+    ``laf_root`` when given, else ``root``, ``root/dataset_LostAndFound`` or, beside a
+    ``dataset_FishyLAF`` root, ``../dataset_LostAndFound`` (the benchmark's datasets folder).
     """
 
     name = "fishyscapes-laf"
-    LABEL_SUFFIX = "_labels.png"
 
     def __init__(self, root: str | Path, laf_root: str | Path | None = None):
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"Fishyscapes root not found: {root}")
         self.root = root
-        label_dir = _require_dir(root / "fishyscapes_lostandfound", "Fishyscapes label folder")
-        labels = sorted(label_dir.glob(f"*{self.LABEL_SUFFIX}"))
-        if not labels:
-            raise FileNotFoundError(f"no *{self.LABEL_SUFFIX} files in {label_dir}")
+        layouts = [d for d in (root / "dataset_FishyLAF" / "labels" / "val", root / "labels" / "val",
+                               root / "fishyscapes_lostandfound") if d.is_dir()]
+        if not layouts:
+            raise FileNotFoundError(
+                f"Fishyscapes label folder not found under {root} (looked for "
+                f"dataset_FishyLAF/labels/val/*{FISHY_BENCHMARK_SUFFIX}, labels/val/ and "
+                f"fishyscapes_lostandfound/NNNN_*{FISHY_ZIP_SUFFIX})")
+        if len(layouts) > 1:
+            raise ValueError(f"two Fishyscapes label folders under {root}: {layouts[0]} and "
+                             f"{layouts[1]}; point --root at one of them")
+        self.labels_dir = layouts[0]
         self._labels: dict[str, Path] = {}
-        for p in labels:
-            prefix, _, rest = p.name.partition("_")
-            if not (prefix.isdigit() and rest.endswith(self.LABEL_SUFFIX)):
-                raise ValueError(f"unexpected Fishyscapes label name {p} (expected "
-                                 f"NNNN_{{fid}}{self.LABEL_SUFFIX})")
-            self._labels[rest[:-len(self.LABEL_SUFFIX)]] = p
-        laf_tree = Path(laf_root) if laf_root is not None else root
-        index: dict[str, Path] = {}
-        flat = root / "laf_images"
-        if flat.is_dir():
-            index.update({p.name[:-len("_leftImg8bit.png")]: p
-                          for p in flat.glob("*_leftImg8bit.png")})
-        if (laf_tree / "leftImg8bit").is_dir():
-            index.update({p.name[:-len("_leftImg8bit.png")]: p
-                          for p in (laf_tree / "leftImg8bit").glob("*/*/*_leftImg8bit.png")})
+        for p in sorted(self.labels_dir.glob("*.png")):
+            parsed = parse_label_name(p.name)
+            if parsed is None or parsed[1] != "fishyscapes":
+                raise ValueError(f"unexpected file in the Fishyscapes label folder: {p} (expected "
+                                 f"{{fid}}{FISHY_BENCHMARK_SUFFIX} or NNNN_{{fid}}{FISHY_ZIP_SUFFIX})")
+            if parsed[0] in self._labels:
+                raise ValueError(f"two Fishyscapes labels for frame {parsed[0]}: "
+                                 f"{self._labels[parsed[0]]} and {p}")
+            self._labels[parsed[0]] = p
+        if not self._labels:
+            raise FileNotFoundError(f"no Fishyscapes label files in {self.labels_dir}")
+        if laf_root is not None:
+            trees = [Path(laf_root)]
+        else:
+            trees = [root, root / "dataset_LostAndFound"]
+            if root.name == "dataset_FishyLAF":
+                trees.append(root.parent / "dataset_LostAndFound")
+        self.image_dirs = [root / "laf_images"] + [t / "leftImg8bit" for t in trees]
+        files = list((root / "laf_images").glob(f"*{LAF_IMAGE_SUFFIX}.*"))
+        for t in trees:
+            files += (t / "leftImg8bit").glob(f"*/*/*{LAF_IMAGE_SUFFIX}.*")
+        index = laf_image_index(files)
         self.frame_ids = sorted(self._labels)
         missing = [f for f in self.frame_ids if f not in index]
         if missing:
             raise FileNotFoundError(
-                f"{len(missing)} Fishyscapes frame(s) have no LostAndFound image in {flat} or "
-                f"{laf_tree / 'leftImg8bit'}/*/*/, e.g. {missing[0]}_leftImg8bit.png")
+                f"{len(missing)} Fishyscapes frame(s) have no LostAndFound image "
+                f"({'/'.join(LAF_IMAGE_EXTENSIONS)}) in {' or '.join(map(str, self.image_dirs))}, "
+                f"e.g. {missing[0]}{LAF_IMAGE_SUFFIX}.png")
         self._images = index
 
     def __getitem__(self, i: int) -> Record:
         fid = self.frame_ids[i]
         rgb = read_rgb(self._images[fid])
-        label = map_fishyscapes_label(read_label_png(self._labels[fid]))
+        label = read_label(self._labels[fid], "fishyscapes")
         if label.shape != rgb.shape[:2]:
             raise ValueError(f"label {self._labels[fid]} is {label.shape}, image is {rgb.shape[:2]}")
         return Record(fid, rgb, label)

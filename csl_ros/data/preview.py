@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from .synthroad import Frame
-from .synthroad.labels import OOD_COLOR, palette_lut
+from .synthroad.labels import OOD_COLOR, PALETTE, TRAIN_ID_NAMES, palette_lut
 
 
 def label_overlay(frame: Frame, alpha: float = 0.55) -> np.ndarray:
@@ -36,9 +36,23 @@ def _caption(img: np.ndarray, text: str) -> None:
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
+def label_legend(frames: Sequence[Frame], width: int) -> np.ndarray:
+    """A strip ``width`` px wide (RGB) naming the overlay's colours: OOD first, then the classes of
+    ``frames`` by pixel count (as many as fit)."""
+    from csl_ros.visualize import legend_strip
+
+    counts = np.bincount(np.concatenate([f.train_ids.ravel() for f in frames]), minlength=256)[:19]
+    items = [(tuple(int(c) for c in OOD_COLOR), "OOD obstacle / anomaly")]
+    if any((f.ood_labels == 255).any() for f in frames):
+        items.append((None, "dimmed: void (off-road)"))
+    items += [(tuple(int(c) for c in PALETTE[k]), TRAIN_ID_NAMES[k]) for k in np.argsort(-counts) if counts[k]]
+    return legend_strip(width, items)    # colours given as RGB: the strip is RGB too
+
+
 def contact_sheet(frames: Sequence[Frame], cols: int = 4, tile_width: int = 384,
                   captions: Sequence[str] | None = None) -> np.ndarray:
-    """A grid of frames, each shown as the image above its label overlay (RGB uint8)."""
+    """A grid of frames, each shown as the image above its label overlay, with the overlay's colour
+    legend in a strip below the grid (RGB uint8)."""
     if not frames:
         raise ValueError("contact_sheet needs at least one frame")
     if cols < 1 or tile_width < 16:
@@ -59,7 +73,7 @@ def contact_sheet(frames: Sequence[Frame], cols: int = 4, tile_width: int = 384,
         _caption(img, text)
         sheet[y:y + th, x:x + tw] = img
         sheet[y + th:y + 2 * th, x:x + tw] = ov
-    return sheet
+    return np.vstack([sheet, label_legend(frames, sheet.shape[1])])
 
 
 def save_contact_sheet(path, frames: Sequence[Frame], **kw) -> Path:

@@ -1,33 +1,35 @@
 """``csl-ros synth``: render synthroad frames into a real dataset layout (Cityscapes, SMIYC, LostAndFound).
 
-Frame ``i`` of ``--frames N`` is ``render_frame(seed + i)`` for the Cityscapes and SMIYC layouts; the
-LostAndFound layout is made of drives (``render_sequence(seed + j)``, ``--seq-len`` frames each), one
-scene folder per drive, as in the real dataset.
+Frame ``i`` of ``--frames N`` is rendered from seed ``--seed`` + ``i`` for the Cityscapes and SMIYC
+layouts (any frame can be rendered again alone); the LostAndFound layout is made of drives (drive ``j``
+from seed ``--seed`` + ``j``, ``--seq-len`` frames each), one scene folder per drive, as in the real
+dataset.
+
+    csl-ros synth --layout smiyc --split validation --frames 20 --size 512x1024 --out smiyc_synth
 """
 from __future__ import annotations
 
-import argparse
-
-from csl_ros.cli import image_size_arg
+from csl_ros.cli import add_command, image_size_arg
 
 DEFAULT_OBSTACLES = {"cityscapes": "none", "smiyc": "obstacle", "laf": "obstacle"}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("synth", help="render synthroad frames into a Cityscapes / SMIYC / LostAndFound layout",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "synth", "render synthroad frames into a Cityscapes / SMIYC / LostAndFound layout",
+                    __doc__)
     p.add_argument("--layout", required=True, choices=("cityscapes", "smiyc", "laf"), help="dataset layout to write")
     p.add_argument("--split", required=True,
                    help="split folder (cityscapes/laf, e.g. train, val, test); for smiyc the fid prefix / scene, "
                         "e.g. validation -> validation0000 (anomaly) or validation_000001 (obstacle)")
     p.add_argument("--frames", type=int, required=True, help="number of frames to write")
-    p.add_argument("--size", type=image_size_arg, default=(512, 1024), help="frame size HxW (default 512x1024)")
+    p.add_argument("--size", type=image_size_arg, default=(512, 1024), help="frame size HxW in pixels (default 512x1024)")
     p.add_argument("--out", required=True, help="root folder of the layout")
     p.add_argument("--obstacles", choices=("none", "obstacle", "anomaly"), default=None,
                    help="OOD obstacles: none, obstacle (on the road, Obstacle-Track labels) or anomaly (anywhere, "
                         "Anomaly-Track labels); default: none for cityscapes, obstacle for smiyc and laf")
     p.add_argument("--seed", type=int, default=0, help="seed of the first frame (default 0)")
-    p.add_argument("--seq-len", type=int, default=10, help="laf: frames per drive / scene folder (default 10)")
+    p.add_argument("--seq-len", type=int, default=10,
+                   help="laf: number of frames per drive / scene folder (default 10)")
     p.add_argument("--preview", default="", help="also write a contact sheet of up to 12 frames to this PNG")
     p.set_defaults(func=run)
 
@@ -53,6 +55,7 @@ def run(args) -> int:
     out = Path(args.out)
     if args.layout == "smiyc" and obstacles == "none":
         raise ValueError("the smiyc layout needs --obstacles obstacle (Obstacle Track) or anomaly (Anomaly Track)")
+    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails before anything is rendered
 
     preview_every = max(1, n // 12)
     preview = []

@@ -9,6 +9,13 @@ A converted bag holds, per frame and all with the same header stamp (and log tim
 * ``/eval/frame_id`` — std_msgs/String, the dataset's frame id (to name frames in reports).
 
 Camera mounting (height, pitch), which CameraInfo cannot carry, goes to the bag's ``custom_data``.
+
+Integrity: MCAP files we write carry the format's CRC-32s (every chunk's uncompressed CRC, the data
+section CRC and the summary CRC; ``rosbags`` writes zeros, so they are filled in after it closes the
+file). Every read verifies them first (:func:`check_mcap`): a damaged chunk is an error naming the file,
+its byte offset, the log-time range and the topics in it; a damaged message record is an error naming
+the file, the topic and its log time. With ``salvage=True`` damaged chunks and records are skipped
+instead, and every skipped one is listed in ``BagReader.stats.skipped``.
 The numpy <-> message conversion here is for ``rosbags`` message classes only (rclpy messages are
 converted in ``csl_ros.ros``).
 """
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +48,259 @@ FORMATS = ("mcap", "sqlite3")
 
 class BagError(ValueError):
     """A bag that cannot be read or written; the message names the file and what is wrong."""
+
+
+# --------------------------------------------------------------------------------------------------
+# MCAP integrity: the format's CRC-32s (https://mcap.dev/spec), written and verified here
+# --------------------------------------------------------------------------------------------------
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+_OP_FOOTER, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_CHUNK_INDEX, _OP_DATA_END = 0x02, 0x04, 0x05, 0x06, 0x08, 0x0F
+_FOOTER_SIZE = 1 + 8 + 20          # opcode, length, summary_start, summary_offset_start, summary_crc
+
+
+def _mcap_str(buf, pos: int) -> tuple[str, int]:
+    (n,) = struct.unpack_from("<I", buf, pos)
+    return bytes(buf[pos + 4:pos + 4 + n]).decode("utf-8", "replace"), pos + 4 + n
+
+
+def _decompress_chunk(body, where: str) -> tuple[int, bytes]:
+    """(stored uncompressed CRC, uncompressed records) of a chunk record's body."""
+    _, _, size, crc = struct.unpack_from("<QQQI", body, 0)
+    compression, pos = _mcap_str(body, 28)
+    (csize,) = struct.unpack_from("<Q", body, pos)
+    data = bytes(body[pos + 8:pos + 8 + csize])
+    if len(data) != csize:
+        raise BagError(f"{where}: chunk data is shorter than its stated {csize} bytes")
+    if compression:
+        try:   # the decompressors rosbags reads MCAP chunks with (lz4, zstd)
+            from rosbags.rosbag2.storage_mcap import DECOMPRESSORS
+        except ImportError:
+            DECOMPRESSORS = {}
+        if compression not in DECOMPRESSORS:
+            raise BagError(f"{where}: unsupported chunk compression {compression!r}")
+        try:
+            data = DECOMPRESSORS[compression](data, size)
+        except Exception as exc:
+            raise BagError(f"{where}: chunk does not decompress ({compression}: {exc})") from exc
+    if len(data) != size:
+        raise BagError(f"{where}: chunk holds {len(data)} bytes, its header says {size}")
+    return crc, data
+
+
+def _mcap_records(f, start: int, end: int, where: str):
+    """(opcode, byte offset, body) of the records in ``[start, end)`` of an open MCAP file."""
+    pos = start
+    while pos < end:
+        f.seek(pos)
+        head = f.read(9)
+        if len(head) < 9:
+            raise BagError(f"{where}: record at byte offset {pos} is cut off (the file is truncated)")
+        op, length = struct.unpack("<BQ", head)
+        if pos + 9 + length > end:
+            raise BagError(f"{where}: record at byte offset {pos} (opcode 0x{op:02x}) claims {length} "
+                           f"bytes, past the end of its section at {end}: the file is truncated or corrupt")
+        yield op, pos, f.read(length)
+        pos += 9 + length
+
+
+def _mcap_layout(f, where: str) -> tuple[int, int, int]:
+    """(file size, summary start or 0, footer offset); checks both magics."""
+    f.seek(0, 2)
+    size = f.tell()
+    f.seek(0)
+    if size < 2 * len(MCAP_MAGIC) + _FOOTER_SIZE or f.read(8) != MCAP_MAGIC:
+        raise BagError(f"{where}: not an MCAP file or truncated (bad magic at byte 0)")
+    f.seek(size - 8)
+    if f.read(8) != MCAP_MAGIC:
+        raise BagError(f"{where}: the file is truncated (no closing MCAP magic)")
+    footer = size - 8 - _FOOTER_SIZE
+    f.seek(footer)
+    op, length, summary_start, _, _ = struct.unpack("<BQQQI", f.read(_FOOTER_SIZE))
+    if op != _OP_FOOTER or length != 20 or summary_start > footer:
+        raise BagError(f"{where}: corrupt MCAP footer at byte offset {footer}")
+    return size, summary_start, footer
+
+
+# Files verified in this process, keyed by (path, size, mtime): one evaluation opens a bag several
+# times (label check, frames, recorded score topics), and reading gigabytes once is enough.
+_VERIFIED: dict[tuple, "McapCheck"] = {}
+
+
+def add_mcap_crcs(path: str | Path) -> None:
+    """Fill in the CRC-32s ``rosbags`` leaves at zero: each chunk's uncompressed CRC, the data
+    section CRC (magic through the last data record) and the summary CRC."""
+    path = Path(path)
+    where = str(path)
+    resolved = str(path.resolve())
+    for key in [k for k in _VERIFIED if k[0] == resolved]:
+        del _VERIFIED[key]
+    with open(path, "r+b") as f:
+        size, summary_start, footer = _mcap_layout(f, where)
+        data_crc = zlib.crc32(MCAP_MAGIC)
+        end = summary_start or footer
+        for op, pos, body in _mcap_records(f, 8, end, where):
+            if op == _OP_DATA_END:
+                f.seek(pos + 9)
+                f.write(struct.pack("<I", data_crc))
+                break
+            if op == _OP_CHUNK:
+                _, data = _decompress_chunk(body, f"{where}: chunk at byte offset {pos}")
+                body = bytearray(body)
+                struct.pack_into("<I", body, 24, zlib.crc32(data))
+                f.seek(pos + 9 + 24)
+                f.write(body[24:28])
+            data_crc = zlib.crc32(struct.pack("<BQ", op, len(body)), data_crc)
+            data_crc = zlib.crc32(body, data_crc)
+        else:
+            raise BagError(f"{where}: no MCAP data-end record")
+        if summary_start:
+            f.seek(summary_start)
+            summary = f.read(footer + 1 + 8 + 16 - summary_start)   # through summary_offset_start
+            f.seek(footer + 1 + 8 + 16)
+            f.write(struct.pack("<I", zlib.crc32(summary)))
+
+
+@dataclass
+class McapCheck:
+    """What :func:`check_mcap` found in one file."""
+
+    path: Path
+    chunks: int = 0
+    chunks_without_crc: int = 0
+    damaged: list = field(default_factory=list)   # dicts: file, byte_offset, log_time_ns, topics, reason
+
+
+def _summary_topics(f, summary_start: int, footer: int, where: str) -> dict[int, list[str]]:
+    """{chunk byte offset: topics} from the summary's channel and chunk-index records ({} if none)."""
+    topics: dict[int, str] = {}
+    chunks: dict[int, list[int]] = {}
+    try:
+        for op, _, body in _mcap_records(f, summary_start, footer, where):
+            if op == _OP_CHANNEL:
+                (cid,) = struct.unpack_from("<H", body, 0)
+                topics[cid] = _mcap_str(body, 4)[0]
+            elif op == _OP_CHUNK_INDEX:
+                (offset,) = struct.unpack_from("<Q", body, 16)
+                (n,) = struct.unpack_from("<I", body, 32)
+                chunks[offset] = [struct.unpack_from("<H", body, 36 + 10 * i)[0] for i in range(n // 10)]
+    except (BagError, struct.error):
+        return {}
+    return {off: sorted({topics.get(c, f"channel {c}") for c in cids}) for off, cids in chunks.items()}
+
+
+def check_mcap(path: str | Path, salvage: bool = False) -> McapCheck:
+    """Verify an MCAP file's CRC-32s: every chunk's, the data section's and the summary's.
+
+    A mismatch is a :class:`BagError` naming the file, the byte offset, the chunk's log-time range and
+    its topics; with ``salvage`` the damaged chunks are returned in ``McapCheck.damaged`` instead.
+    Chunks written without a CRC (0) cannot be checked; they are counted.
+    """
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED and (salvage or not _VERIFIED[key].damaged):
+        return _VERIFIED[key]
+    result = _check_mcap(path, salvage)
+    _VERIFIED[key] = result
+    return result
+
+
+def _check_mcap(path: Path, salvage: bool) -> McapCheck:
+    where = str(path)
+    result = McapCheck(path)
+    with open(path, "rb") as f:
+        size, summary_start, footer = _mcap_layout(f, where)
+        topics = _summary_topics(f, summary_start, footer, where) if summary_start else {}
+        data_crc = zlib.crc32(MCAP_MAGIC)
+        bad_crc = False
+        for op, pos, body in _mcap_records(f, 8, summary_start or footer, where):
+            if op == _OP_DATA_END:
+                (stored,) = struct.unpack_from("<I", body, 0)
+                if stored and stored != data_crc and not bad_crc:
+                    damage = {"file": str(path), "byte_offset": 0, "log_time_ns": None, "topics": [],
+                              "reason": f"the data section (bytes 0..{pos}) fails its CRC check outside "
+                                        f"the message chunks (schema, channel or metadata records)"}
+                    if not salvage:
+                        raise BagError(f"{where}: {damage['reason']}: the file is corrupt")
+                    result.damaged.append(damage)
+                break
+            data_crc = zlib.crc32(struct.pack("<BQ", op, len(body)), data_crc)
+            data_crc = zlib.crc32(body, data_crc)
+            if op != _OP_CHUNK:
+                continue
+            result.chunks += 1
+            t0, t1 = struct.unpack_from("<QQ", body, 0)
+            chunk_where = f"{where}: chunk at byte offset {pos}"
+            try:
+                crc, data = _decompress_chunk(body, chunk_where)
+                reason = None
+                if crc == 0:
+                    result.chunks_without_crc += 1
+                elif zlib.crc32(data) != crc:
+                    reason = "fails its CRC check"
+            except (BagError, struct.error) as exc:
+                reason = str(exc).split(": ")[-1]
+            if reason is None:
+                continue
+            bad_crc = True
+            damage = {"file": str(path), "byte_offset": pos, "log_time_ns": [t0, t1],
+                      "topics": topics.get(pos, []), "reason": f"chunk {reason}"}
+            if not salvage:
+                raise BagError(f"{chunk_where} (messages logged {t0}..{t1} ns, topics "
+                               f"{', '.join(damage['topics']) or 'unknown'}) {reason}: the file is "
+                               f"corrupt; --salvage skips it and lists it")
+            result.damaged.append(damage)
+        if summary_start:
+            f.seek(footer + 1 + 8 + 16)
+            (stored,) = struct.unpack("<I", f.read(4))
+            f.seek(summary_start)
+            if stored and zlib.crc32(f.read(footer + 1 + 8 + 16 - summary_start)) != stored:
+                damage = {"file": str(path), "byte_offset": summary_start, "log_time_ns": None,
+                          "topics": [], "reason": "the summary section (index) fails its CRC check"}
+                if not salvage:
+                    raise BagError(f"{where}: summary section at byte offset {summary_start} fails its "
+                                   f"CRC check: the file is corrupt")
+                result.damaged.append(damage)
+    return result
+
+
+def mcap_messages(path: Path, channels_wanted: dict[str, object], skip_offsets: set[int]):
+    """(connection, log time, raw CDR) of the messages of ``path`` in file order, chunks at
+    ``skip_offsets`` left out: the reader behind ``--salvage``. ``channels_wanted``: topic ->
+    rosbags connection."""
+    where = str(path)
+    with open(path, "rb") as f:
+        _, summary_start, footer = _mcap_layout(f, where)
+        by_id: dict[int, str] = {}
+        if summary_start:
+            for op, _, body in _mcap_records(f, summary_start, footer, where):
+                if op == _OP_CHANNEL:
+                    by_id[struct.unpack_from("<H", body, 0)[0]] = _mcap_str(body, 4)[0]
+
+        def records(buf):
+            pos = 0
+            while pos + 9 <= len(buf):
+                op, length = struct.unpack_from("<BQ", buf, pos)
+                yield op, buf[pos + 9:pos + 9 + length]
+                pos += 9 + length
+
+        for op, pos, body in _mcap_records(f, 8, summary_start or footer, where):
+            if op == _OP_DATA_END:
+                break
+            inner = [(op, body)]
+            if op == _OP_CHUNK:
+                if pos in skip_offsets:
+                    continue
+                inner = records(memoryview(_decompress_chunk(body, f"{where}: chunk at byte offset {pos}")[1]))
+            for iop, rec in inner:
+                if iop == _OP_CHANNEL:
+                    by_id[struct.unpack_from("<H", rec, 0)[0]] = _mcap_str(rec, 4)[0]
+                elif iop == _OP_MESSAGE:
+                    cid, _, log_time, _ = struct.unpack_from("<HIQQ", rec, 0)
+                    conn = channels_wanted.get(by_id.get(cid))
+                    if conn is not None:
+                        yield conn, log_time, bytes(rec[22:])
 
 
 @lru_cache(maxsize=1)
@@ -228,6 +490,8 @@ def write_bag(records: Iterable, out: str | Path, storage: str = "mcap", compres
         if first_camera is not None:
             writer.set_custom_data("csl_ros.camera", json.dumps(first_camera))
         writer.close()
+        for f in sorted(out.glob("*.mcap")):
+            add_mcap_crcs(f)
     except BaseException as exc:
         try:
             writer.abort()
@@ -260,6 +524,9 @@ class BagReadStats:
     matched: int = 0                   # frames with image and labels of the same stamp
     unmatched_labels: int = 0          # labels without an image of the same stamp
     notes: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)   # --salvage: every damaged chunk / record left out
+    chunks_verified: int = 0           # MCAP chunks whose CRC was checked
+    chunks_without_crc: int = 0        # MCAP chunks written without a CRC (not verifiable)
 
 
 def _storage_files(path: Path) -> list[Path]:
@@ -280,16 +547,31 @@ class BagReader:
     """
 
     def __init__(self, path: str | Path, image_topic: str | None = None,
-                 labels_topic: str = LABEL_TOPIC, lag_ns: int = 0):
+                 labels_topic: str = LABEL_TOPIC, lag_ns: int = 0, salvage: bool = False):
         from rosbags.rosbag2 import Reader
 
         self.lag_ns = int(lag_ns)   # for bags whose log times trail the stamps (recorded live)
         self.path = Path(path)
+        self.salvage = bool(salvage)
         if not self.path.exists():
             raise FileNotFoundError(f"bag not found: {self.path}")
         if self.path.is_dir() and not (self.path / "metadata.yaml").is_file():
             raise BagError(f"{self.path}: not a rosbag2 folder (metadata.yaml is missing)")
         self.stats = BagReadStats()
+        # CRCs first: a damaged file is named precisely before rosbags reads a byte of it.
+        self._mcap_files = [f for f in _storage_files(self.path) if f.suffix == ".mcap"] \
+            if self.path.is_dir() else ([self.path] if self.path.suffix == ".mcap" else [])
+        self._damaged_chunks: dict[Path, set[int]] = {}
+        for f in self._mcap_files:
+            check = check_mcap(f, salvage=self.salvage)
+            self.stats.chunks_verified += check.chunks - check.chunks_without_crc
+            self.stats.chunks_without_crc += check.chunks_without_crc
+            self.stats.skipped += check.damaged
+            if check.damaged:
+                self._damaged_chunks[f] = {d["byte_offset"] for d in check.damaged}
+        if self.stats.chunks_without_crc:
+            self.stats.notes.append(f"{self.stats.chunks_without_crc} MCAP chunk(s) carry no CRC "
+                                    f"(written by an older tool): their integrity was not verified")
         try:
             self._reader = Reader(self.path)
             self._reader.open()
@@ -340,9 +622,34 @@ class BagReader:
         except Exception as exc:
             raise BagError(f"{where}: corrupt message ({exc})") from exc
 
+    def skip(self, topic: str, t_ns: int, reason: str) -> None:
+        """Record one damaged record left out under ``salvage``."""
+        self.stats.skipped.append({"file": _describe(self.path), "topic": topic, "log_time_ns": t_ns,
+                                   "reason": reason})
+
+    def decode(self, conn, raw, t_ns):
+        """The message, or None when it is damaged and ``salvage`` skips it (listed in stats)."""
+        try:
+            return self._decode(conn, raw, t_ns)
+        except BagError as exc:
+            if not self.salvage:
+                raise
+            self.skip(conn.topic, t_ns, str(exc).rsplit(": ", 1)[-1])
+            return None
+
+    def messages(self, topics) -> Iterator[tuple]:
+        """(connection, log time ns, raw CDR) of ``topics``; under ``salvage`` damaged MCAP chunks are
+        left out (read in file order by :func:`mcap_messages`)."""
+        conns = [c for c in self._reader.connections if c.topic in set(topics)]
+        if not (self.salvage and self.stats.skipped and self._mcap_files):
+            yield from self._reader.messages(connections=conns)
+            return
+        wanted = {c.topic: c for c in conns}
+        for f in self._mcap_files:
+            yield from mcap_messages(f, wanted, self._damaged_chunks.get(f, set()))
+
     def frames(self) -> Iterator[BagFrame]:
         wanted = {self.image_topic, self.labels_topic, INFO_TOPIC, FRAME_ID_TOPIC}
-        conns = [c for c in self._reader.connections if c.topic in wanted]
         pending: dict[int, dict] = {}
 
         def flush(upto: int | None):
@@ -351,8 +658,10 @@ class BagReader:
 
         last_t = None
         try:
-            for conn, t_ns, raw in self._reader.messages(connections=conns):
-                msg = self._decode(conn, raw, t_ns)
+            for conn, t_ns, raw in self.messages(wanted):
+                msg = self.decode(conn, raw, t_ns)
+                if msg is None:
+                    continue
                 stamp = stamp_ns_of(msg) if conn.topic != FRAME_ID_TOPIC else t_ns
                 slot = pending.setdefault(stamp, {})
                 slot[conn.topic] = (msg, t_ns)
@@ -375,19 +684,36 @@ class BagReader:
             if self.labels_topic in slot:
                 self.stats.unmatched_labels += 1
             return
-        msg, _ = slot[self.image_topic]
-        if msg.__msgtype__ == COMPRESSED_T:
-            image = compressed_msg_to_rgb(msg, where)
-        else:
-            image = image_msg_to_array(msg, where)
-            if image.ndim == 2:
-                image = np.repeat(image[:, :, None], 3, axis=2)
+        msg, t_img = slot[self.image_topic]
+        try:
+            if msg.__msgtype__ == COMPRESSED_T:
+                image = compressed_msg_to_rgb(msg, where)
+            else:
+                image = image_msg_to_array(msg, where)
+                if image.ndim == 2:
+                    image = np.repeat(image[:, :, None], 3, axis=2)
+        except BagError as exc:
+            if not self.salvage:
+                raise
+            self.skip(self.image_topic, t_img, str(exc).rsplit(": ", 1)[-1])
+            if self.labels_topic in slot:
+                self.stats.unmatched_labels += 1     # its labelled frame is dropped, and counted
+            return
         labels = None
         if self.labels_topic in slot:
-            labels = image_msg_to_array(slot[self.labels_topic][0], where)
-            if labels.ndim != 2 or labels.shape != image.shape[:2]:
-                raise BagError(f"{where}: labels {labels.shape} do not match the image "
-                               f"{image.shape[:2]}")
+            lab_msg, t_lab = slot[self.labels_topic]
+            try:
+                labels = image_msg_to_array(lab_msg, where)
+                if labels.ndim != 2 or labels.shape != image.shape[:2]:
+                    raise BagError(f"{where}: labels {labels.shape} do not match the image "
+                                   f"{image.shape[:2]}")
+            except BagError as exc:
+                if not self.salvage:
+                    raise
+                self.skip(self.labels_topic, t_lab, str(exc).rsplit(": ", 1)[-1])
+                self.stats.unmatched_labels += 1     # the frame is dropped, and counted
+                return
+        if labels is not None:
             self.stats.matched += 1
         info = camera_info_to_dict(slot[INFO_TOPIC][0]) if INFO_TOPIC in slot else None
         fid = slot[FRAME_ID_TOPIC][0].data if FRAME_ID_TOPIC in slot else None
@@ -396,7 +722,7 @@ class BagReader:
 
 
 def read_bag(path: str | Path, image_topic: str | None = None,
-             labels_topic: str = LABEL_TOPIC) -> Iterator[BagFrame]:
+             labels_topic: str = LABEL_TOPIC, salvage: bool = False) -> Iterator[BagFrame]:
     """Iterate the frames of a bag (see :class:`BagReader`)."""
-    with BagReader(path, image_topic, labels_topic) as reader:
+    with BagReader(path, image_topic, labels_topic, salvage=salvage) as reader:
         yield from reader.frames()

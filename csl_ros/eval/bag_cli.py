@@ -1,29 +1,43 @@
 """``csl-ros bag``: convert benchmark datasets to rosbag2 (``convert``) and summarise a bag (``info``).
 
+Each frame becomes a sensor_msgs/Image (or CompressedImage), its CameraInfo and its ground-truth label
+image under one header stamp, so ``csl-ros evaluate`` and ``ros2 bag play`` can use it.
+
     csl-ros bag convert --dataset laf-noknown --root /data/LostAndFound --out laf_noknown_bag
     csl-ros bag convert --dataset synthroad --frames 200 --out drive --format sqlite3 --rate 10
     csl-ros bag info drive
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from csl_ros.cli import image_size_arg
+from csl_ros.cli import add_command, image_size_arg
+
+CONVERT_DOC = """csl-ros bag convert: write a benchmark dataset (or a synthroad drive) as a rosbag2.
+
+Images on /camera/image_raw (or .../compressed), camera_info and the ground-truth labels, one header
+stamp per frame at --rate. Datasets: smiyc-anomaly / smiyc-obstacle (SegmentMeIfYouCan), laf
+(LostAndFound, --split), laf-noknown, fishyscapes-laf (labels; images from --laf-root), synthroad
+(rendered on the fly; the synthroad options below).
+
+    csl-ros bag convert --dataset smiyc-obstacle --root /data/dataset_ObstacleTrack --out obstacle_bag
+"""
+INFO_DOC = """csl-ros bag info: topics, message counts and frames of a rosbag2.
+
+    csl-ros bag info drive --check
+"""
 
 BAG_DATASETS = ("smiyc-anomaly", "smiyc-obstacle", "laf", "laf-noknown", "fishyscapes-laf",
                 "synthroad")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bag", help="rosbag2 conversion of benchmark datasets, bag summary",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "bag", "rosbag2 conversion of benchmark datasets, bag summary", __doc__)
     sub = p.add_subparsers(dest="bag_command", metavar="BAG_COMMAND")
     sub.required = True
 
-    c = sub.add_parser("convert", help="write a dataset as a rosbag2 (images, camera info, labels)")
-    c.add_argument("--dataset", required=True, choices=BAG_DATASETS)
+    c = add_command(sub, "convert", "write a dataset as a rosbag2 (images, camera info, labels)", CONVERT_DOC)
+    c.add_argument("--dataset", required=True, choices=BAG_DATASETS, help="the dataset to convert")
     c.add_argument("--root", type=Path, default=None,
                    help="dataset folder (not used for synthroad)")
     c.add_argument("--out", required=True, type=Path, help="bag folder to create (must not exist)")
@@ -36,21 +50,25 @@ def register(subparsers) -> None:
     c.add_argument("--rate", type=float, default=10.0, help="frame rate of the stamps (Hz)")
     c.add_argument("--bag-version", type=int, default=8, choices=(8, 9),
                    help="rosbag2 metadata version: 8 (Jazzy and later) or 9 (Kilted)")
-    c.add_argument("--limit", type=int, default=None, help="convert only the first N frames")
-    c.add_argument("--split", default="test", choices=("test", "train"), help="LostAndFound split")
+    c.add_argument("--limit", type=int, default=None, help="convert only the first N frames (count)")
+    c.add_argument("--split", default="test", choices=("test", "train"), help="laf: LostAndFound split")
     c.add_argument("--laf-root", type=Path, default=None,
-                   help="fishyscapes-laf: LostAndFound tree holding the images")
-    g = c.add_argument_group("synthroad")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--frames", type=int, default=100)
-    g.add_argument("--size", type=image_size_arg, default=(512, 1024), help="HxW")
-    g.add_argument("--obstacles", default="obstacle", choices=("none", "obstacle", "anomaly"))
-    g.add_argument("--speed", type=float, default=10.0, help="ego speed (m/s)")
+                   help="fishyscapes-laf: LostAndFound tree holding the images (leftImg8bit/{train,test}/"
+                        "...; default: --root, --root/dataset_LostAndFound or ../dataset_LostAndFound)")
+    g = c.add_argument_group("synthroad (--dataset synthroad: a drive rendered on the fly)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the drive (default 0)")
+    g.add_argument("--frames", type=int, default=100, help="number of frames of the drive (default 100)")
+    g.add_argument("--size", type=image_size_arg, default=(512, 1024),
+                   help="frame size HxW in pixels (default 512x1024)")
+    g.add_argument("--obstacles", default="obstacle", choices=("none", "obstacle", "anomaly"),
+                   help="OOD obstacles: none, obstacle (on the road, Obstacle-Track labels) or anomaly "
+                        "(anywhere, Anomaly-Track labels); default obstacle")
+    g.add_argument("--speed", type=float, default=10.0, help="ego speed in m/s (default 10)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=run_convert)
 
-    i = sub.add_parser("info", help="topics, message counts and frames of a bag")
-    i.add_argument("bag", type=Path)
+    i = add_command(sub, "info", "topics, message counts and frames of a bag", INFO_DOC)
+    i.add_argument("bag", type=Path, help="rosbag2 folder (with its metadata.yaml)")
     i.add_argument("--check", action="store_true",
                    help="also decode every frame (finds truncated or corrupt data)")
     i.set_defaults(func=run_info)
@@ -98,6 +116,10 @@ def run_info(args) -> int:
 
     with BagReader(args.bag) as reader:
         print(f"{args.bag}: {reader.message_count} messages")
+        s = reader.stats
+        if s.chunks_verified or s.chunks_without_crc:
+            print(f"  integrity: {s.chunks_verified} MCAP chunk(s) CRC-verified, "
+                  f"{s.chunks_without_crc} without a CRC (not verifiable)")
         for topic, msgtype in sorted(reader.topics.items()):
             print(f"  {topic:<32} {msgtype}")
         for key, value in sorted(reader.custom.items()):

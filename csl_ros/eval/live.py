@@ -17,9 +17,8 @@ The evaluator is an rclpy node (``csl_evaluate``) that
    node; frames still unanswered ``--timeout`` seconds after the last one was published are dropped
    as well. Both are counted (``dropped``), never skipped silently.
 
-Fast DDS needs its large-data transports for big images: ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA``
-is set in the environment before rclpy is initialised unless the variable is already set (the
-participant reads it when it is created; ``launch/replay_eval.launch.py`` sets the same).
+Large images over Fast DDS need csl_ros's large-image profile (csl_ros.ros.dds), selected before rclpy
+is initialised unless the user configured Fast DDS; the node does the same.
 """
 from __future__ import annotations
 
@@ -47,6 +46,7 @@ class LiveOptions:
     bag_lag_s: float = 1.0
     instances_grace_s: float = 0.5  # how long a score waits for its instance map
     probe_period_s: float = 1.0
+    salvage: bool = False           # skip damaged bag records, listing them (--salvage)
 
 
 def parse_rate(text: str) -> float | None:
@@ -148,13 +148,14 @@ def evaluate_live(bag, sink, opts: LiveOptions, *, limit=None, quiet=True) -> tu
     import itertools
 
     from csl_ros.eval.bag import BagReader
-    from csl_ros.eval.evaluate import _bag_lag_ns, _bar, _image_count, decode_float_image
+    from csl_ros.eval.evaluate import _bag_lag_ns, _bar, _image_count, _salvage_report, decode_float_image
     from csl_ros.eval.scoring import ScoredFrame
 
     factor = parse_rate(opts.rate)
     if opts.timeout_s <= 0 or opts.wait_node_s <= 0:
         raise ValueError("--timeout and --wait-node must be > 0 seconds")
-    reader = BagReader(bag, lag_ns=_bag_lag_ns(opts.bag_lag_s))   # a bad bag fails before ROS starts
+    reader = BagReader(bag, lag_ns=_bag_lag_ns(opts.bag_lag_s),   # a bad bag fails before ROS starts
+                       salvage=opts.salvage)
     frames = reader.frames()
     if limit is not None:
         frames = itertools.islice(frames, limit)
@@ -167,8 +168,10 @@ def evaluate_live(bag, sink, opts: LiveOptions, *, limit=None, quiet=True) -> tu
     total = _image_count(reader)
     total = min(total, limit) if total is not None and limit is not None else total
 
-    # Read by Fast DDS when the participant is created (rclpy.init below): large images need it.
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    # Read by Fast DDS before the participant is created (rclpy.init below): large images need it.
+    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+
+    use_large_image_profile()
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -186,6 +189,7 @@ def evaluate_live(bag, sink, opts: LiveOptions, *, limit=None, quiet=True) -> tu
                   "image_topic": opts.image_topic, "camera_info_topic": opts.camera_info_topic,
                   "rate": opts.rate, "backend": None, "device": None,
                   "fastdds_builtin_transports": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS"),
+                  "fastdds_profiles_file": os.environ.get(PROFILE_VARIABLE),
                   "ros_domain_id": os.environ.get("ROS_DOMAIN_ID", "0")}
 
     context = rclpy.context.Context()
@@ -376,6 +380,7 @@ def evaluate_live(bag, sink, opts: LiveOptions, *, limit=None, quiet=True) -> tu
                 with inbox.arrived:
                     inbox.arrived.wait_for(lambda: s in inbox.scores or s not in pending, timeout=opts.timeout_s)
         counts["unmatched_labels"] = reader.stats.unmatched_labels
+        _salvage_report(reader, counts, info)
         wait_until(lambda: not pending, time.monotonic() + opts.timeout_s)
         drain(force_instances=True)
         for stamp in sorted(pending):

@@ -11,10 +11,12 @@ maps, and offers the exact (unbinned) variant:
   points. AP is the step sum ``sum(diff(recall) * precision[1:])``, AUROC the trapezoid, FPR95
   ``fpr[searchsorted(tpr, 0.95)]``. Memory: the per-frame entries (at most 769 per frame) are kept
   until :meth:`PixelAccumulator.result`, because the official tie order of the final sort is only
-  reproducible from the same concatenation. Quirks of the official curve code kept on purpose (they
-  move the reported numbers): the first sorted entry is always kept even when its threshold repeats,
-  and the reported thresholds (best F1, TPR95) index the uncollapsed threshold array with the index
-  of the collapsed curve; the component threshold is that reported best-F1 threshold.
+  reproducible from the same concatenation. The curve follows the benchmark's HEAD 1c7804e
+  ("metrics: fix best-f1 threshold selection") exactly (:func:`official_curve`): the thresholds are
+  collapsed with the same indices as the counts, the first sorted entry is always kept even when its
+  threshold repeats, and the best-F1 / TPR95 thresholds are read at the curve point's own index; the
+  component threshold is that best-F1 threshold. Ties in the descending sort are ordered as numpy
+  1.23.5 (the leaderboard's) orders them, whatever numpy is installed (:func:`official_argsort`).
 * Pixel level, protocol ``"exact"``: scores are float16, so counting pixels per float16 value
   (65,536 bins over the bit patterns) is exact with O(1) memory; the curve has one point per distinct
   score value (``score >= v``), identical to scikit-learn's ``average_precision_score`` /
@@ -66,6 +68,8 @@ TRACKS = {
     "anomaly": TrackSpec("anomaly", segsize=500, instsize=100),    # SegEval-AnomalyTrack
     "obstacle": TrackSpec("obstacle", segsize=50, instsize=10),    # SegEval-ObstacleTrack
     "laf": TrackSpec("laf", segsize=50, instsize=10),              # LostAndFound: obstacle sizes
+    # Fishyscapes LostAndFound: the benchmark scores FishyLAFAnomaly-val with the Anomaly Track sizes
+    "fishyscapes": TrackSpec("fishyscapes", segsize=500, instsize=100),
 }
 
 
@@ -136,18 +140,21 @@ def prepare_scores(scores, label_shape: tuple[int, int], protocol: str = "offici
                    frame_id: str = "?") -> np.ndarray:
     """The score map as the benchmark evaluates it.
 
-    Cast to float16 (the benchmark stores maps so); if smaller than the label, upsampled bilinearly in
-    float32 (``cv2.resize``, as the benchmark's metric worker), and for the exact protocol rounded back
-    to float16. NaN/inf, maps out of float16 range and maps larger than the label are ValueErrors.
+    Cast to float16 (the benchmark stores maps so). The benchmark's size rule: a map narrower than its
+    label is upsampled bilinearly to the label size in float32 (``cv2.resize``, as the benchmark's
+    metric worker), and for the exact protocol rounded back to float16; any other size mismatch (as
+    wide but fewer or more rows, wider) is a ValueError naming the frame and both sizes, never a
+    silent stretch. NaN/inf and maps out of float16 range are ValueErrors too.
     """
     _check_protocol(protocol)
     s16 = as_float16_map(scores, frame_id)
     h, w = label_shape
     if s16.shape == (h, w):
         return s16
-    if s16.shape[0] > h or s16.shape[1] > w:
-        raise ValueError(f"frame {frame_id}: score map {s16.shape} is larger than its label {(h, w)}; "
-                         f"only smaller maps are upsampled")
+    if s16.shape[1] >= w:
+        raise ValueError(f"frame {frame_id}: score map is {s16.shape[0]}x{s16.shape[1]} (HxW) but its "
+                         f"label is {h}x{w}; only maps narrower than the label are upsampled (the "
+                         f"benchmark's rule), any other size mismatch is an error")
     import cv2  # local: only needed for maps smaller than the label
 
     up = cv2.resize(s16.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
@@ -325,8 +332,8 @@ class PixelResult:
     fpr95: float | None
     tpr95_threshold: float | None
     best_f1: float | None
-    best_f1_threshold: float | None        # as the protocol reports it (official: its index quirk)
-    best_f1_point_threshold: float | None  # the threshold that actually attains best_f1
+    best_f1_threshold: float | None        # as the protocol reports it
+    best_f1_point_threshold: float | None  # the threshold that attains best_f1 (the same value)
     component_threshold: float | None      # binarisation for components: score > this
     curve: dict = field(default_factory=dict, repr=False)
     notes: list = field(default_factory=list)
@@ -501,62 +508,82 @@ class PixelAccumulator:
         tp_rel = np.concatenate(self._dtp)
         fp_rel = np.concatenate(self._dfp)
         n_pos, n_neg = float(self._n_pos), float(self._n_neg)
-        # Default argsort as the benchmark: the order of tied thresholds is numpy's.
-        order = np.argsort(thresholds)[::-1]
+        order = official_argsort(thresholds)[::-1]
         thr_sorted = thresholds[order]
         tp_cum = np.cumsum(tp_rel[order].astype(np.float64))
         fp_cum = np.cumsum(fp_rel[order].astype(np.float64))
         if thr_sorted.size > 1 and thr_sorted[0] == thr_sorted[1]:
             notes.append("the highest threshold is shared by several frames: the official curve's "
-                         "first point depends on numpy's sort order of ties")
-        # Collapse repeated thresholds to their last occurrence; index 0 is always kept (official).
-        keep = np.concatenate(([0], np.nonzero(thr_sorted[:-1] != thr_sorted[1:])[0],
-                               [thr_sorted.size - 1]))
-        tp, fp = tp_cum[keep], fp_cum[keep]
-        fn, tn = n_pos - tp, n_neg - fp
-        point_thr = thr_sorted[keep]
-        if tp[0] != 0 or fp[0] != 0:
-            tp, fp = np.concatenate(([0.0], tp)), np.concatenate(([0.0], fp))
-            fn, tn = np.concatenate(([n_pos], fn)), np.concatenate(([n_neg], tn))
-            point_thr = np.concatenate(([np.inf], point_thr))
-        if tp[-1] != n_pos or fp[-1] != n_neg:
-            tp, fp = np.concatenate((tp, [n_pos])), np.concatenate((fp, [n_neg]))
-            fn, tn = np.concatenate((fn, [0.0])), np.concatenate((tn, [0.0]))
-            point_thr = np.concatenate((point_thr, [-np.inf]))
-        tpr = _safe_div(tp, tp + fn)
-        fpr = _safe_div(fp, fp + tn)
+                         "first point depends on the sort order of ties " + (
+                             "(numpy 1.23.5's is used)" if LONG_DOUBLE_TIE_ORDER else
+                             "(numpy 1.23.5's cannot be reproduced on this platform, where long "
+                             "double is double: AP may differ from the leaderboard's by up to ~5e-3)"))
+        curve = official_curve(thr_sorted, tp_cum, fp_cum, n_pos, n_neg)
+        tp, fp, tpr, fpr, point_thr = (curve[k] for k in ("tp", "fp", "tpr", "fpr", "thresholds"))
+        fn = n_pos - tp
         n_pred = tp + fp
         precision = np.ones(tp.size)
         precision[n_pred > 0] = tp[n_pred > 0] / n_pred[n_pred > 0]
         recall = tpr
         ap = float(np.sum(np.diff(recall) * precision[1:]))
         auroc = _trapezoid(tpr, fpr) if n_neg > 0 else None
-
-        def reported_threshold(i: int, what: str) -> float:
-            # Official: the uncollapsed sorted thresholds indexed by the collapsed curve's index.
-            if i < thr_sorted.size:
-                return float(thr_sorted[i])
-            notes.append(f"official {what} index {i} is past the {thr_sorted.size} thresholds (the "
-                         f"benchmark code would raise IndexError); the lowest threshold is used")
-            return float(thr_sorted[-1])
-
         fpr95 = tpr95_thr = None
         if n_neg > 0:
             i95 = int(np.searchsorted(tpr, 0.95))
             if i95 < tpr.size:
-                fpr95, tpr95_thr = float(fpr[i95]), reported_threshold(i95, "TPR95 threshold")
-            else:
+                fpr95, tpr95_thr = float(fpr[i95]), float(point_thr[i95])
+            else:   # TPR 0.95 never reached: the benchmark reports these values
                 fpr95, tpr95_thr = 1.0, 0.0
         f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
         ix = int(np.nanargmax(f1))
-        best_thr = reported_threshold(ix, "best-F1 threshold")
-        curve = (_curve_dict(recall, precision, tpr, fpr, point_thr, [ix]) if with_curve else {})
+        best_thr = float(point_thr[ix])
+        curve_out = (_curve_dict(recall, precision, tpr, fpr, point_thr, [ix]) if with_curve else {})
         return PixelResult(ap_rule=ap_rule, **base, ap=ap,
                            ap_trapezoid=_trapezoid(precision, recall), auroc=auroc, fpr95=fpr95,
                            tpr95_threshold=tpr95_thr, best_f1=float(f1[ix]),
-                           best_f1_threshold=best_thr,
-                           best_f1_point_threshold=float(point_thr[ix]),
-                           component_threshold=best_thr, curve=curve, notes=notes)
+                           best_f1_threshold=best_thr, best_f1_point_threshold=best_thr,
+                           component_threshold=best_thr, curve=curve_out, notes=notes)
+
+
+# Where long double is plain double (Windows, macOS on arm64) it shares float64's sort, and numpy
+# 1.23.5's tie order is not guaranteed: results then say so when ties decide the first curve point.
+LONG_DOUBLE_TIE_ORDER = bool(np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant)
+
+
+def official_argsort(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values)`` (default kind) as numpy 1.23.5 orders it, whatever numpy is installed.
+
+    The benchmark's curve depends on the order of equal thresholds (its first point is never
+    collapsed), and its published numbers come from numpy 1.23.5's introsort. numpy >= 2 sorts float64
+    keys with a SIMD sort (x86) that orders ties differently; long double keys have no SIMD path and
+    go through the same introsort as numpy 1.23.5 did for float64, so sorting the values as long double
+    reproduces 1.23.5's permutation (values are unchanged: float64 embeds exactly in long double).
+    """
+    values = np.asarray(values)
+    return np.argsort(values.astype(np.longdouble) if values.dtype == np.float64 else values)
+
+
+def official_curve(thr_sorted: np.ndarray, tp_cum: np.ndarray, fp_cum: np.ndarray,
+                   n_pos: float, n_neg: float) -> dict:
+    """The benchmark's ``curves_from_cmats`` (HEAD 1c7804e) on descending thresholds and cumulated counts.
+
+    Repeated thresholds collapse to their last occurrence, with index 0 always kept (so a shared top
+    threshold keeps its first entry, and index 0 appears twice when it is unique); the thresholds are
+    collapsed with the same indices as the counts. A (0, 0) start point is prepended with threshold
+    ``max + 1``, a (P, N) end point appended with ``max - 1`` (max over the thresholds at that moment,
+    as the benchmark computes it). Returns tp, fp, tpr, fpr and the thresholds, one per curve point.
+    """
+    keep = np.concatenate(([0], np.nonzero(thr_sorted[:-1] != thr_sorted[1:])[0],
+                           [thr_sorted.size - 1]))
+    tp, fp, thr = tp_cum[keep], fp_cum[keep], thr_sorted[keep].astype(np.float64)
+    if tp[0] != 0 or fp[0] != 0:
+        tp, fp = np.concatenate(([0.0], tp)), np.concatenate(([0.0], fp))
+        thr = np.concatenate(([float(np.max(thr)) + 1], thr))
+    if tp[-1] != n_pos or fp[-1] != n_neg:
+        tp, fp = np.concatenate((tp, [n_pos])), np.concatenate((fp, [n_neg]))
+        thr = np.concatenate((thr, [float(np.max(thr)) - 1]))
+    return {"tp": tp, "fp": fp, "tpr": _safe_div(tp, n_pos), "fpr": _safe_div(fp, n_neg),
+            "thresholds": thr}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,15 +9,20 @@ from __future__ import annotations
 import csv
 import html
 import math
+import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 FIGURES = "figures"
-PANEL_TITLES = ("image", "anomaly score", "ground truth (grey: void)", "instances (red), GT (green)")
+PANEL_TITLES = ("image", "anomaly score", "ground truth", "detector instances (red), GT outline (green)")
 WORST_PANEL_WIDTH = 512         # px per panel of a worst-frame picture (2x2 panels)
 MAX_LABELLED_OBSTACLES = 12     # more labels than this hide the picture: outlines only
+# The thresholds of the pixel metrics, each named the same everywhere in the report.
+REPORTED_F1_THRESHOLD = "benchmark-reported best-F1 threshold"
+POINT_F1_THRESHOLD = "best-F1 point's own threshold"     # shown only where it differs from the reported one
+COMPONENT_THRESHOLD = "component threshold"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,11 +57,13 @@ def ground_truth_panel(image_rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def frame_panels(image_rgb: np.ndarray, anomaly: np.ndarray, instances: np.ndarray, labels: np.ndarray,
                  max_width: int = 640) -> np.ndarray:
-    """2x2 BGR picture of one frame: image | anomaly colour map / ground truth | instances."""
+    """2x2 BGR picture of one frame: image | anomaly colour map / ground truth | instances, each panel
+    with its legend in a strip below it (the score panels: the colour bar), never over the picture."""
     import cv2
 
     from csl_ros.pipeline.instances import describe_instances
-    from csl_ros.visualize import colorize_scores, draw_overlay
+    from csl_ros.visualize import (SCORE_BAR_TITLE, colorize_scores, colour_bar_strip, draw_overlay,
+                                   legend_strip, strip_height)
 
     image = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
     heat = colorize_scores(anomaly)
@@ -65,15 +72,21 @@ def frame_panels(image_rgb: np.ndarray, anomaly: np.ndarray, instances: np.ndarr
     obstacles = describe_instances(instances, anomaly, None)
     if len(obstacles) > MAX_LABELLED_OBSTACLES or w < 400:
         obstacles = []
-    over = draw_overlay(image_rgb, anomaly, instances, obstacles)
+    over = draw_overlay(image_rgb, anomaly, instances, obstacles, colour_bar=False, legend=False)
     contours, _ = cv2.findContours((labels == 1).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(over, contours, -1, (0, 255, 0), max(1, labels.shape[0] // 300))
     # panels between 384 px (small frames are enlarged, pixel-exact) and max_width wide
     s = min(max_width, max(384, w)) / w
     size = (max(2, int(round(w * s)) // 2 * 2), max(2, int(round(h * s)) // 2 * 2))
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_NEAREST
-    panels = [_titled(cv2.resize(p, size, interpolation=interp), t)
-              for p, t in zip((image, heat, gt, over), PANEL_TITLES)]
+    pw, sh = size[0], strip_height(size[0])
+    strips = (legend_strip(pw, [(None, f"{h}x{w} px (HxW)")], sh),
+              colour_bar_strip(pw, title=SCORE_BAR_TITLE, height=sh),
+              legend_strip(pw, [((0, 0, 255), "anomaly"), ((128, 128, 128), "void"),
+                                (None, "else: in-distribution")], sh),
+              colour_bar_strip(pw, title=f"{SCORE_BAR_TITLE}, blended", height=sh))
+    panels = [_titled(np.vstack([cv2.resize(p, size, interpolation=interp), strip]), t)
+              for p, strip, t in zip((image, heat, gt, over), strips, PANEL_TITLES)]
     top = np.hstack(panels[:2])
     bottom = np.hstack(panels[2:])
     return np.vstack([top, bottom])
@@ -101,9 +114,14 @@ def _figure(width=5.0, height=3.6):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path)
+    # bbox_inches="tight" grows the canvas to hold the legends placed below the axes
+    fig.savefig(path, bbox_inches="tight")
     return path
+
+
+def _legend_below(ax, ncol: int = 1) -> None:
+    """The axes' legend under the x-axis label, outside the data."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=7, frameon=False)
 
 
 def plot_pr(curve: dict, pixel: dict, path: Path) -> Path | None:
@@ -120,10 +138,21 @@ def plot_pr(curve: dict, pixel: dict, path: Path) -> Path | None:
         ts = np.array([np.nan if t is None else t for t in curve["threshold"]], np.float64)
         i = int(np.nanargmin(np.abs(ts - thr))) if np.isfinite(ts).any() else None
         if i is not None:
+            name = list(f1_thresholds(pixel))[-1]    # the point's own threshold, named as in the table
             ax.plot([rec[i]], [prec[i]], "o", color="tab:red",
-                    label=f"best F1 {100 * f1:.1f} at score >= {thr:.3g}")
-            ax.legend(loc="lower left", fontsize=8)
+                    label=f"best F1 {100 * f1:.1f} at the {name}: score >= {thr:.4g}")
+            _legend_below(ax)
     return _save_unit_square(fig, ax, "recall", "precision", path)
+
+
+def f1_thresholds(pixel: dict) -> dict[str, float | None]:
+    """The best-F1 thresholds to show, by name: the benchmark-reported one, and the point's own threshold
+    only where a protocol reports another value than the one attaining the best F1."""
+    out = {REPORTED_F1_THRESHOLD: pixel.get("best_f1_threshold")}
+    point = pixel.get("best_f1_point_threshold")
+    if point is not None and point != out[REPORTED_F1_THRESHOLD]:
+        out[POINT_F1_THRESHOLD] = point
+    return out
 
 
 def _save_unit_square(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
@@ -149,8 +178,8 @@ def plot_roc(curve: dict, pixel: dict, path: Path) -> Path | None:
     ax.set_title(f"pixel ROC, AUROC {100 * auroc:.2f}" if auroc is not None else "pixel ROC")
     if fpr95 is not None:
         ax.axhline(0.95, color="tab:red", lw=0.8, ls=":")
-        ax.plot([fpr95], [0.95], "o", color="tab:red", label=f"FPR95 {100 * fpr95:.2f}")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.plot([fpr95], [0.95], "o", color="tab:red", label=f"FPR95 {100 * fpr95:.2f} (FPR at TPR 0.95)")
+        _legend_below(ax)
     return _save_unit_square(fig, ax, "false positive rate", "true positive rate", path)
 
 
@@ -168,15 +197,16 @@ def plot_histogram(hist: dict, thresholds: dict, path: Path) -> Path | None:
         if counts.sum():
             ax.step(centres, counts / counts.sum(), where="mid", color=colour,
                     label=f"{name}, {int(counts.sum()):,} px")
-    for (name, thr), ls in zip(thresholds.items(), ("--", ":")):
+    for (name, thr), (ls, colour) in zip(thresholds.items(), (("--", "black"), (":", "tab:green"),
+                                                             ("-.", "tab:purple"))):
         if thr is not None and math.isfinite(thr):
-            ax.axvline(thr, color="black", lw=0.9, ls=ls, label=f"{name} {thr:.3g}")
+            ax.axvline(thr, color=colour, lw=0.9, ls=ls, label=f"{name} {thr:.4g}")
     ax.set_yscale("log")
     ax.set_xlabel("anomaly score")
     ax.set_ylabel("fraction of the class's pixels")
     ax.set_title("score histogram")
     ax.set_xlim(0, 1)
-    ax.legend(fontsize=7)
+    _legend_below(ax, ncol=2)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -198,7 +228,7 @@ def plot_per_frame(per_frame: Sequence[dict], path: Path) -> Path | None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("frame")
     ax.set_title("per-frame metrics")
-    ax.legend(fontsize=7, loc="lower left")
+    _legend_below(ax, ncol=3)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -215,7 +245,7 @@ def plot_sweep(sweep: dict, path: Path) -> Path:
     ax.axhline(rows[0]["gt_components"], color="grey", ls=":", lw=0.8, label="GT components")
     ax.set_xlabel(sweep["parameter"])
     ax.set_title("detector instances")
-    ax.legend(fontsize=7)
+    _legend_below(ax, ncol=2)
     ax.grid(alpha=0.3)
     if has_comp:
         ax2 = fig.add_subplot(1, 2, 2)
@@ -230,7 +260,7 @@ def plot_sweep(sweep: dict, path: Path) -> Path:
         ax2.set_ylim(-0.02, 1.02)
         ax2.set_xlabel(sweep["parameter"])
         ax2.set_title("metrics at a fixed threshold")
-        ax2.legend(fontsize=7)
+        _legend_below(ax2, ncol=2)
         ax2.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -303,24 +333,30 @@ class Doc:
                 body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
             elif b[0] == "table":
                 head = "".join(f"<th>{e(c)}</th>" for c in b[1])
-                rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2])
+                rows = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in b[2])
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             elif b[0] == "img":
                 body.append(f'<figure><a href="{e(b[1])}"><img src="{e(b[1])}" alt="{e(b[2])}"></a>'
                             f"<figcaption>{e(b[2])}</figcaption></figure>")
         style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
                  "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
-                 "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f0f0f0}"
+                 "td.num{text-align:right}img{max-width:100%}"
                  "figure{margin:1em 0}figcaption{font-size:0.85em;color:#555}code{background:#f4f4f4}")
         return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
                 f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
+NUMBER_CELL = re.compile(r"^(?:[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?|n/a|nan|inf|\d+/\d+)$", re.I)
+
+
+def _td(cell: str) -> str:
+    """A table cell; numbers (and n/a) right-aligned, text left-aligned."""
+    return f'<td class="num">{_inline(cell)}</td>' if NUMBER_CELL.match(cell.strip()) else f"<td>{_inline(cell)}</td>"
+
+
 def _inline(text: str) -> str:
     """Markdown `code` and [text](link) spans to HTML (everything else escaped)."""
-    import re
-
     out, pos = [], 0
     for m in re.finditer(r"`([^`]+)`|\[([^\]]+)\]\(([^)]+)\)", text):
         out.append(html.escape(text[pos:m.start()]))
@@ -368,8 +404,7 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
                      ("roc_curve", lambda p: plot_roc(curve, px, p)),
                      ("score_histogram", lambda p: plot_histogram(
                          metrics["score_histogram"],
-                         {"score_threshold": cfg.get("score_threshold"),
-                          "best-F1 threshold": px.get("best_f1_point_threshold")}, p)),
+                         {"detector score_threshold": cfg.get("score_threshold"), **f1_thresholds(px)}, p)),
                      ("per_frame", lambda p: plot_per_frame(metrics["per_frame"], p))):
         path = fn(fig_dir / f"{name}.png")
         if path is not None:
@@ -430,19 +465,29 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
     meanings = m.get("count_meanings", {})
     doc.table(["count", "frames", "meaning"], [[k, v, meanings.get(k, "")] for k, v in counts.items()])
     doc.h(2, "Pixel metrics")
-    doc.table(["AP", "FPR95", "AUROC", "best F1", "best-F1 threshold", "AP (trapezoid, pre-2023)",
-               "anomaly px", "in-distribution px"],
+    thresholds = f1_thresholds(px)
+    doc.table(["AP", "FPR95", "AUROC", "best F1", *thresholds, "AP (trapezoid, pre-2023)", "anomaly px",
+               "in-distribution px"],
               [[pct(px["ap"]), pct(px["fpr95"]), pct(px["auroc"]), pct(px["best_f1"]),
-                num(px["best_f1_threshold"]), pct(px["ap_trapezoid"]), f"{px['n_pos']:,}", f"{px['n_neg']:,}"]])
-    doc.p(f"AP rule: {px['ap_rule']}. Percentages. The component threshold is the best-F1 threshold "
-          f"as the benchmark reports it (`score > {num(px.get('component_threshold'))}`).")
+                *(num(v) for v in thresholds.values()), pct(px["ap_trapezoid"]), f"{px['n_pos']:,}",
+                f"{px['n_neg']:,}"]])
+    point_note = (f" The benchmark's code reports it at another index than the best point's; the "
+                  f"{POINT_F1_THRESHOLD} is the score at which the best F1 is actually attained, the point "
+                  f"marked on the PR curve." if POINT_F1_THRESHOLD in thresholds else
+                  " It is the point marked on the PR curve.")
+    doc.p(f"AP rule: {px['ap_rule']}. Percentages. The {REPORTED_F1_THRESHOLD} is the score at which the "
+          f"benchmark's code (protocol {m['protocol']}) reports the best F1, for `score >= "
+          f"{num(px.get('best_f1_threshold'))}`.{point_note} The component metrics binarise at `score > "
+          f"{num(px.get('component_threshold'))}` (the {COMPONENT_THRESHOLD}, the benchmark's rule). The "
+          f"score histogram marks the best-F1 threshold and the detector's own `score_threshold` (the one "
+          f"that makes its instances).")
     for key, caption in (("pr_curve", "pixel precision-recall curve"), ("roc_curve", "pixel ROC curve"),
                          ("score_histogram", "anomaly score of in-distribution vs anomaly pixels")):
         if key in written:
             doc.img(rel(key), caption)
     doc.h(2, "Component metrics")
     if comp is not None:
-        doc.table(["threshold (score >)", "sIoU gt", "PPV", "mean F1", "F1 @ 0.25", "F1 @ 0.5", "F1 @ 0.75",
+        doc.table([f"{COMPONENT_THRESHOLD} (score >)", "sIoU gt", "PPV", "mean F1", "F1 @ 0.25", "F1 @ 0.5", "F1 @ 0.75",
                    "GT components", "predicted components"],
                   [[num(comp["score_threshold"]), pct(comp["siou_gt"]), pct(comp["ppv"]), pct(comp["f1_mean"]),
                     pct(comp["f1_25"]), pct(comp["f1_50"]), pct(comp["f1_75"]), comp["n_gt_components"],

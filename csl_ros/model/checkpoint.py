@@ -11,9 +11,23 @@ float32 scale per output channel (``<key>`` + ``<key>.__int8_scale``) and every 
 Loading always gives a float32 model: int8 weights are dequantised (``q * scale``), which halves the
 float16 file again at a per-weight error of at most half a quantisation step (checked by the tests).
 
+Integrity: every checkpoint embeds ``weights_sha256`` (metadata), the SHA-256 of its stored tensors
+(:mod:`csl_ros.model.integrity`); every load recomputes it and refuses a mismatch or a file without
+it, naming the file. ``.pt`` files are read with ``weights_only=True`` only.
+
 Loading builds the model from the stored config and refuses any disagreement between config and
 weights (missing, unexpected or mis-shaped tensors), or between the stored config and one the caller
 expects, with a message naming the file and the offending keys.
+
+Detector settings carried by the model (``MODEL_SETTINGS``): a checkpoint's metadata may hold
+``input_height`` and ``input_width`` (the network input it was trained for) and ``score_threshold``
+(the fused-score threshold tuned for it). ``Detector.from_config`` uses them for every one of these
+settings the user left at the schema default (``csl_ros.config.apply_model_settings``). The schema's
+defaults are those of the shipped models (a test checks they agree). To retune a checkpoint, write
+the new values into its metadata: ``python -m csl_ros.model.checkpoint FILE score_threshold=0.3``
+re-saves the same tensors with the updated metadata (and a fresh ``weights_sha256``), then update
+``models/manifest.json`` (``csl_ros.shipped.register_shipped``) and, for a shipped model, the schema
+default.
 """
 from __future__ import annotations
 
@@ -24,9 +38,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from csl_ros.config import MODEL_SETTINGS
 from csl_ros.shipped import sha256_file as file_sha256  # one SHA-256 helper for every model file
 
 from .config import ModelConfig
+from .integrity import WEIGHTS_SHA256, torch_load_tensors, verify_weights, weights_sha256
 from .student import CSLStudent
 
 FORMAT = "csl_ros.student"
@@ -92,58 +108,97 @@ def save_checkpoint(path: str | os.PathLike, model: CSLStudent, metadata: dict[s
     if storage not in STORAGE_DTYPES:
         raise ValueError(f"storage={storage!r}: must be one of {STORAGE_DTYPES}")
     metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-    reserved = {"format", "format_version", "model_config", "stored_dtype"} & set(metadata)
+    reserved = {"format", "format_version", "model_config", "stored_dtype", WEIGHTS_SHA256} & set(metadata)
     if reserved:
         raise ValueError(f"metadata keys {sorted(reserved)} are reserved")
+    model_settings(metadata, source="metadata")  # refuse a wrong model setting before writing
     metadata["stored_dtype"] = storage
     state = _stored_state(model, storage)
+    _write(path, state, model.config, metadata)
+    return file_sha256(path)
+
+
+def _write(path: str, state: dict[str, Tensor], config: ModelConfig, metadata: dict[str, str]) -> None:
+    """Write stored tensors + config + metadata, embedding the tensors' SHA-256; atomic."""
+    metadata = {**metadata, WEIGHTS_SHA256: weights_sha256(state)}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     if path.endswith(".safetensors"):
         from safetensors.torch import save_file
         save_file(state, tmp, metadata={"format": FORMAT, "format_version": FORMAT_VERSION,
-                                        "model_config": model.config.to_json(), **metadata})
+                                        "model_config": config.to_json(), **metadata})
     else:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": model.config.to_dict(),
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": config.to_dict(),
                     "state_dict": state, "metadata": metadata}, tmp)
     os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
+
+
+def model_settings(metadata: dict[str, str], source: str = "checkpoint") -> dict:
+    """The detector settings a checkpoint carries (see the module docstring), typed and range-checked
+    by the schema; ValueError naming ``source`` for an invalid one."""
+    from csl_ros.config import DetectorConfig, apply_overrides
+
+    given = {k: metadata[k] for k in MODEL_SETTINGS if k in metadata}
+    try:
+        cfg = apply_overrides(DetectorConfig(), given)
+    except ValueError as exc:
+        raise ValueError(f"{source}: invalid model setting: {exc}") from None
+    return {k: getattr(cfg, k) for k in given}
+
+
+def update_metadata(path: str | os.PathLike, updates: dict[str, str]) -> str:
+    """Re-save checkpoint ``path`` with the same stored tensors and ``updates`` merged into its metadata
+    (e.g. a retuned ``score_threshold``); the loaded file is verified first. Returns the new file SHA-256."""
+    path = os.fspath(path)
+    config, stored, meta = _read_verified(path)
+    meta = {**meta, **{str(k): str(v) for k, v in updates.items()}}
+    model_settings(meta, source=path)
+    _write(path, stored, config, meta)
     return file_sha256(path)
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor], dict[str, str]]:
-    """(config, state dict, metadata) of a checkpoint file, without building a model."""
-    path = os.fspath(path)
+def _read_verified(path: str) -> tuple[ModelConfig, dict[str, Tensor], dict[str, str]]:
+    """(config, stored tensors as written, metadata) after the integrity check."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"student checkpoint not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
+    if path.endswith(".safetensors"):
+        try:
             from safetensors import safe_open
             with safe_open(path, framework="pt", device="cpu") as fh:
                 meta = dict(fh.metadata() or {})
                 state = {k: fh.get_tensor(k) for k in fh.keys()}
             config_data = json.loads(meta.pop("model_config", "null"))
-        else:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(blob, dict):
-                raise ValueError(f"expected a dict, found {type(blob).__name__}")
-            meta = {"format": str(blob.get("format", "")), "format_version": str(blob.get("format_version", "")),
-                    **{str(k): str(v) for k, v in (blob.get("metadata") or {}).items()}}
-            config_data, state = blob.get("model_config"), blob.get("state_dict")
-    except Exception as exc:  # truncated / corrupt / foreign file
-        raise ValueError(f"{path}: not a readable csl_ros student checkpoint "
-                         f"({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:  # truncated / corrupt / foreign file
+            raise ValueError(f"{path}: not a readable csl_ros student checkpoint (safetensors: "
+                             f"{type(exc).__name__}: {exc})") from None
+    else:
+        blob = torch_load_tensors(path, "csl_ros student checkpoint")
+        if not isinstance(blob, dict):
+            raise ValueError(f"{path}: not a csl_ros student checkpoint (a {type(blob).__name__}, not a dict)")
+        meta = {"format": str(blob.get("format", "")), "format_version": str(blob.get("format_version", "")),
+                **{str(k): str(v) for k, v in (blob.get("metadata") or {}).items()}}
+        config_data, state = blob.get("model_config"), blob.get("state_dict")
     if meta.get("format") != FORMAT or config_data is None or not isinstance(state, dict):
         raise ValueError(f"{path}: not a csl_ros student checkpoint (no '{FORMAT}' marker / model config / "
                          "state dict; backbone ImageNet weights go to build_student(backbone_weights=...))")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format version {meta.get('format_version')!r}, this csl_ros reads "
                          f"{FORMAT_VERSION!r}")
+    verify_weights(path, state, meta.pop(WEIGHTS_SHA256, None), "student")
     try:
         config = ModelConfig.from_dict(config_data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: invalid stored model config: {exc}") from exc
     meta.pop("format", None)
     meta.pop("format_version", None)
+    return config, state, meta
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor], dict[str, str]]:
+    """(config, state dict, metadata) of a checkpoint file, without building a model. The embedded
+    weights SHA-256 is verified (see the module docstring)."""
+    path = os.fspath(path)
+    config, state, meta = _read_verified(path)
     return config, _dequantized_state(path, state), meta
 
 
@@ -178,3 +233,28 @@ def load_checkpoint(path: str | os.PathLike, expected_config: ModelConfig | None
     model.load_state_dict(state)
     model.to(device).eval()
     return LoadedCheckpoint(model=model, config=config, metadata=meta, sha256=file_sha256(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m csl_ros.model.checkpoint FILE KEY=VALUE...``: update a checkpoint's metadata."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m csl_ros.model.checkpoint", description=main.__doc__)
+    parser.add_argument("file", help="student checkpoint (.safetensors or .pt)")
+    parser.add_argument("settings", nargs="+", metavar="KEY=VALUE",
+                        help=f"metadata to set, e.g. score_threshold=0.3 (model settings: {', '.join(MODEL_SETTINGS)})")
+    args = parser.parse_args(argv)
+    try:
+        from csl_ros.config import parse_set_args
+
+        digest = update_metadata(args.file, parse_set_args(args.settings))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: metadata updated, sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

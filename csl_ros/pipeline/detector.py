@@ -110,8 +110,12 @@ class Detector:
     # --- construction ------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: DetectorConfig) -> "Detector":
-        """Load the student and/or teacher named by ``cfg`` (shipped defaults when paths are empty)."""
+        """Load the student and/or teacher named by ``cfg`` (shipped defaults when paths are empty).
+        Settings the student checkpoint carries (input size, tuned score threshold: see
+        csl_ros.model.checkpoint) replace those ``cfg`` leaves at the schema default."""
+        from csl_ros.config import apply_model_settings
         from csl_ros.model import load_checkpoint
+        from csl_ros.model.checkpoint import model_settings
 
         cfg.validate()
         device = resolve_device(cfg.device)
@@ -125,6 +129,10 @@ class Detector:
                 path = resolve_shipped(SHIPPED_STUDENT[cfg.scheme])
             loaded = load_checkpoint(path, device="cpu")
             student, model_hash = loaded.model, loaded.sha256
+            cfg, taken = apply_model_settings(cfg, model_settings(loaded.metadata, source=str(path)))
+            if taken:
+                log.info("%s: using the checkpoint's %s (left at the schema default)", path,
+                         ", ".join(f"{k}={v}" for k, v in taken.items()))
         if cfg.scheme in ("2", "teacher_only"):
             if cfg.teacher == "none":
                 raise ValueError(f"scheme {cfg.scheme!r} needs a teacher; teacher is 'none'")

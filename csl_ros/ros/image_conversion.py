@@ -22,6 +22,7 @@ _ENCODINGS = {
     "yuv422_yuy2": (2, np.uint8), "yuyv": (2, np.uint8),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+_PACKED_422 = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
 
 # Refuse headers that claim more than this many pixels before touching the data (a 100000x100000
 # header with a few bytes of data must not allocate anything).
@@ -39,10 +40,12 @@ def _view(msg) -> tuple[np.ndarray, str]:
         raise ImageFormatError(f"unsupported encoding {enc!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
-        raise ImageFormatError(f"zero-size image ({w}x{h})")
+        raise ImageFormatError(f"zero-size image ({h}x{w}, HxW)")
     if h * w > MAX_PIXELS:
-        raise ImageFormatError(f"absurd image size {w}x{h} (more than {MAX_PIXELS} pixels)")
+        raise ImageFormatError(f"absurd image size {h}x{w} (HxW, more than {MAX_PIXELS} pixels)")
     channels, dtype = _ENCODINGS[enc]
+    if enc in _PACKED_422 and w % 2:  # one U/V pair per two pixels: an odd width has no valid layout
+        raise ImageFormatError(f"packed 4:2:2 encoding {enc} needs an even width, got {w}")
     itemsize = np.dtype(dtype).itemsize
     row_bytes = w * channels * itemsize
     if step < row_bytes:
@@ -52,7 +55,7 @@ def _view(msg) -> tuple[np.ndarray, str]:
     buf = memoryview(msg.data).cast("B") if not isinstance(msg.data, (bytes, bytearray)) else msg.data
     need = h * step
     if len(buf) < need:
-        raise ImageFormatError(f"data has {len(buf)} bytes, height*step needs {need} ({w}x{h}, step {step})")
+        raise ImageFormatError(f"data has {len(buf)} bytes, height*step needs {need} ({h}x{w} HxW, step {step})")
     flat = np.frombuffer(buf, dtype=np.uint8, count=need)
     rows = flat.reshape(h, step)[:, :row_bytes]
     dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<") if itemsize > 1 else np.dtype(dtype)
@@ -93,15 +96,82 @@ def image_msg_to_rgb(msg) -> np.ndarray:
     return _yuv422_to_rgb(arr, "uyvy" if enc in ("yuv422", "uyvy") else "yuyv")
 
 
+def _u16be(b: bytes, i: int) -> int:
+    return int.from_bytes(b[i:i + 2], "big")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first SOFn segment of a JPEG stream (markers walked, data not decoded)."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # stand-alone markers have no length
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return _u16be(data, i + 7), _u16be(data, i + 5)
+        i += 2 + _u16be(data, i + 2)
+    return None
+
+
+def compressed_image_size(data: bytes) -> tuple[str, int, int] | None:
+    """(container, width, height) read from the header of a JPEG, PNG, WebP, BMP or GIF stream without
+    decoding it; None when the container is not one of these or its header is cut short."""
+    head = bytes(data[:64])  # data: bytes or a memoryview (the JPEG walk reads past the first segments)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+        return "png", int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:2] == b"\xff\xd8":
+        size = _jpeg_size(bytes(data))
+        return None if size is None else ("jpeg", *size)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        chunk = head[12:16]
+        if chunk == b"VP8 ":
+            return "webp", int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+        if chunk == b"VP8L":
+            bits = int.from_bytes(head[21:25], "little")
+            return "webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8X":
+            return "webp", int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+        return None
+    if head[:2] == b"BM" and len(head) >= 26:
+        return ("bmp", abs(int.from_bytes(head[18:22], "little", signed=True)),
+                abs(int.from_bytes(head[22:26], "little", signed=True)))
+    if head[:4] == b"GIF8" and len(head) >= 10:
+        return "gif", int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    return None
+
+
 def compressed_msg_to_rgb(msg) -> np.ndarray:
-    """Decode a sensor_msgs/CompressedImage (jpeg/png/webp...) to (H, W, 3) uint8 RGB."""
+    """Decode a sensor_msgs/CompressedImage (jpeg/png/webp/bmp/gif) to (H, W, 3) uint8 RGB.
+
+    The decoded size is read from the container's header first and checked against ``MAX_PIXELS``,
+    so a small file claiming a huge image is refused before anything is allocated."""
     import cv2
 
     data = np.frombuffer(memoryview(msg.data).cast("B") if not isinstance(msg.data, (bytes, bytearray))
                          else msg.data, dtype=np.uint8)
     if data.size == 0:
         raise ImageFormatError(f"empty CompressedImage (format {msg.format!r})")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    header = compressed_image_size(memoryview(data))
+    if header is None:
+        raise ImageFormatError(f"CompressedImage could not be decoded: no readable jpeg, png, webp, bmp or gif "
+                               f"header (format {msg.format!r}, {data.size} bytes)")
+    container, w, h = header
+    if w <= 0 or h <= 0:
+        raise ImageFormatError(f"zero-size image ({w}x{h}) in the {container} header")
+    if w * h > MAX_PIXELS:
+        raise ImageFormatError(f"absurd image size {w}x{h} in the {container} header (more than {MAX_PIXELS} "
+                               "pixels); not decoded")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV raises for some corrupt streams instead of returning None
+        raise ImageFormatError(f"CompressedImage could not be decoded (format {msg.format!r}, {data.size} "
+                               f"bytes): {str(exc).strip().splitlines()[-1]}") from None
     if img is None or img.size == 0:
         raise ImageFormatError(f"CompressedImage could not be decoded (format {msg.format!r}, "
                                f"{data.size} bytes)")

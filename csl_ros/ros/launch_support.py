@@ -54,26 +54,38 @@ def launch_arguments(arguments, share_dir: str) -> list[tuple[str, str, str]]:
 
 
 def detector_launch_description(arguments, launch_function):
-    """The LaunchDescription of a detector launch file: Fast DDS large-data transports, the declared
-    ``arguments`` (name, default, description) and ``OpaqueFunction(launch_function)``. Imports the
-    launch packages here, so this module stays importable (and tested) without them."""
+    """The LaunchDescription of a detector launch file: the declared ``arguments`` (name, default,
+    description) and ``OpaqueFunction(launch_function)``. Imports the launch packages here, so this
+    module stays importable (and tested) without them. No DDS environment is set here: csl_node and
+    csl-ros evaluate select the large-image Fast DDS profile themselves (csl_ros.ros.dds), and the
+    other processes keep the default environment, which interoperates with it."""
     from ament_index_python.packages import get_package_share_directory
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
-    from launch.substitutions import EnvironmentVariable
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
     share = get_package_share_directory("csl_ros")
     return LaunchDescription([
-        # Fast DDS's default transports deliver no 512x1024 or larger image to a best-effort
-        # subscriber; LARGE_DATA (TCP + shared memory) delivers them all. Read at participant
-        # creation, so it must be set before the nodes start; a value already in the environment
-        # wins. Ignored by other RMWs.
-        SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS",
-                               EnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", default_value="LARGE_DATA")),
         *(DeclareLaunchArgument(name, default_value=default, description=description)
           for name, default, description in launch_arguments(arguments, share)),
         OpaqueFunction(function=launch_function),
     ])
+
+
+def require_executable(package: str, executable: str, reason: str) -> str:
+    """Path of ``executable`` of ROS package ``package`` (lib/<package>/<executable>, as launch_ros
+    finds it); FileNotFoundError naming it and ``reason`` when it is not installed, so a launch file
+    can refuse before it starts anything."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        path = os.path.join(get_package_prefix(package), "lib", package, executable)
+    except PackageNotFoundError:
+        path = None
+    if path is None or not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"{reason}, but {package} is not installed (no executable {executable} "
+                                f"in the ament index): install ros-$ROS_DISTRO-{package.replace('_', '-')} "
+                                f"or launch without it; nothing was started")
+    return path
 
 
 def detector_node_settings(arg: Callable[[str], str], camera: str) -> dict:

@@ -6,7 +6,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 import numpy as np
 
@@ -83,6 +83,13 @@ class RateMeter:
         while self._times and self._times[0] < now - self.window_s:
             self._times.popleft()
 
+    def count(self, now: float | None = None) -> int:
+        """Events in the window ending at ``now``."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._trim(now)
+            return len(self._times)
+
     def rate_hz(self, now: float | None = None) -> float:
         """Events per second in the window: (n - 1) intervals over the span of n events; 0 with
         fewer than two events."""
@@ -125,6 +132,7 @@ _BAD_FRAME_REASONS = (
     ("unsupported encoding", "unsupported_encoding"),
     ("zero-size", "zero_size"),
     ("absurd image size", "absurd_size"),
+    ("needs an even width", "odd_width"),
     ("step", "step_mismatch"),
     ("height*step needs", "data_too_short"),
     ("nan or inf", "non_finite"),
@@ -164,9 +172,19 @@ class Throttle:
             return True
 
 
+# Errors (bad frames, detector and publishing failures) set the diagnostic level for this long after
+# they happen, then age out, so a past error never hides what the node is doing now.
+RECENT_WINDOW_S = 10.0
+
+
+def _recent() -> RateMeter:
+    return RateMeter(RECENT_WINDOW_S)
+
+
 @dataclass
 class NodeStats:
-    """Counters and windows the node reports on /diagnostics."""
+    """Counters and windows the node reports on /diagnostics: totals since start, and the same events
+    in the last ``RECENT_WINDOW_S`` seconds (``recent_*``) for the diagnostic level."""
 
     received: RateMeter = field(default_factory=RateMeter)
     processed: RateMeter = field(default_factory=RateMeter)
@@ -174,13 +192,34 @@ class NodeStats:
     detector_ms: LatencyWindow = field(default_factory=LatencyWindow)
     bad_frames: collections.Counter = field(default_factory=collections.Counter)
     ignored_inactive: int = 0
-    detector_errors: int = 0
-    publish_errors: int = 0
+    recent_bad: RateMeter = field(default_factory=_recent)
+    recent_detector_errors: RateMeter = field(default_factory=_recent)
+    recent_publish_errors: RateMeter = field(default_factory=_recent)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def detector_errors(self) -> int:
+        return self.recent_detector_errors.total
+
+    @property
+    def publish_errors(self) -> int:
+        return self.recent_publish_errors.total
 
     def count_bad(self, reason: str) -> None:
         with self._lock:
             self.bad_frames[reason] += 1
+        self.recent_bad.tick()
+
+    def count_detector_error(self) -> None:
+        self.recent_detector_errors.tick()
+
+    def count_publish_error(self) -> None:
+        self.recent_publish_errors.tick()
+
+    def recent_errors(self) -> dict[str, int]:
+        """Bad frames, detector and publishing errors in the last ``RECENT_WINDOW_S`` seconds."""
+        return {"bad_frames": self.recent_bad.count(), "detector_errors": self.recent_detector_errors.count(),
+                "publish_errors": self.recent_publish_errors.count()}
 
     def snapshot(self, dropped: int) -> dict[str, Any]:
         """All figures as one flat dict (rates in Hz, latencies in ms)."""
@@ -212,14 +251,21 @@ class NodeStats:
 OK, WARN, ERROR = 0, 1, 2
 
 
-def diagnostic_summary(state: str, snapshot: dict[str, Any], *, input_topic: str,
-                       recent_input: int, recent_bad: int, input_publishers: int,
-                       input_age_s: float | None = None, starved_after_s: float = 2.0) -> tuple[int, str]:
+def diagnostic_summary(state: str, snapshot: dict[str, Any], *, input_topic: str, input_publishers: int,
+                       recent_input: int = 0, input_age_s: float | None = None, starved_after_s: float = 2.0,
+                       recent: Mapping[str, int] | None = None, camera_info: str = "calibrated",
+                       camera_info_topic: str = "camera_info", first_frame_pending: bool = False,
+                       ) -> tuple[int, str]:
     """(level, message) for /diagnostics from the lifecycle state and the recent figures.
 
-    ``recent_input``/``recent_bad``: frames received / rejected since the previous report;
-    ``input_age_s``: seconds since the latest frame (None: none yet). An active node without input for
-    ``starved_after_s`` is reported (a slow camera between two reports is not).
+    ``recent_input``: frames received since the previous report (inactive node);
+    ``input_age_s``: seconds since the latest frame, or since activation when that is more recent
+    (None: neither), so a node gets ``starved_after_s`` of grace after it starts before "nothing
+    received" is reported, and a camera that stops is reported ``starved_after_s`` later whatever
+    happened before. ``recent``: bad frames / detector / publishing errors in the last
+    ``RECENT_WINDOW_S`` seconds (keys ``bad_frames``, ``detector_errors``, ``publish_errors``).
+    ``camera_info``: "calibrated", "uncalibrated" (fx or fy 0) or "missing".
+    ``first_frame_pending``: activated recently, no frame yet (within the start-up grace period).
     """
     if state == "unconfigured":
         extra = f" ({input_publishers} publisher(s) on {input_topic} are ignored)" if input_publishers else ""
@@ -232,17 +278,26 @@ def diagnostic_summary(state: str, snapshot: dict[str, Any], *, input_topic: str
         return WARN, "node is inactive: nothing is processed" + extra + "; activate it to start"
     if state != "active":
         return ERROR, f"node is {state}"
-    if recent_bad:
-        return WARN, f"{recent_bad} bad input frame(s) rejected since the last report"
-    if snapshot.get("detector_errors") or snapshot.get("publish_errors"):
-        return WARN, (f"{snapshot['detector_errors']} detector error(s), {snapshot.get('publish_errors', 0)} "
-                      "publishing error(s) so far")
+    # A silent camera first: errors can only come with frames, so a starved node is starved now.
     starved = input_age_s is None or input_age_s > starved_after_s
     if starved and input_publishers:
         # The classic silent failure: large images that the transport cannot deliver.
-        return WARN, (f"active, but nothing received on {input_topic} from its {input_publishers} publisher(s): "
-                      "check QoS compatibility, and for large images on Fast DDS set "
-                      "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in the camera driver's environment too (docs/ros.md)")
+        return WARN, (f"active, but nothing received on {input_topic} from its {input_publishers} publisher(s) "
+                      f"for {starved_after_s:g} s: check QoS compatibility and, for large images, the DDS "
+                      "transport (docs/ros.md, troubleshooting)")
     if starved:
         return WARN, f"active, but no publisher on {input_topic}"
+    if first_frame_pending:
+        return OK, f"active, waiting for the first frame on {input_topic}"
+    recent = recent or {}
+    bad, det_err, pub_err = (int(recent.get(k, 0)) for k in ("bad_frames", "detector_errors", "publish_errors"))
+    if bad:
+        return WARN, f"{bad} bad input frame(s) rejected in the last {RECENT_WINDOW_S:g} s"
+    if det_err or pub_err:
+        return WARN, (f"{det_err} detector error(s), {pub_err} publishing error(s) in the last "
+                      f"{RECENT_WINDOW_S:g} s")
+    if camera_info != "calibrated":
+        what = "no camera_info received" if camera_info == "missing" else "camera_info is uncalibrated (fx or fy 0)"
+        return WARN, (f"active, but {what} on {camera_info_topic}: obstacles get no metric position and no "
+                      "markers")
     return OK, "active"

@@ -95,16 +95,21 @@ class BrightnessDetector:
 
 
 @contextlib.contextmanager
-def private_ros_context(domain_id: int, large_data: bool = False):
+def private_ros_context(domain_id: int, large_data: bool = False, discovery_range: str | None = None):
     """An rclpy context on ``ROS_DOMAIN_ID=domain_id`` (so parallel test runs do not see each other),
-    optionally with Fast DDS's large-data transports (read when the DDS participant is created, needed
-    for large images). The environment is restored and the context shut down on exit."""
+    optionally with the large-image Fast DDS profile (csl_ros.ros.dds; read once per process, before
+    its first participant) and ``ROS_AUTOMATIC_DISCOVERY_RANGE=discovery_range``. The environment is
+    restored and the context shut down on exit."""
     import rclpy
 
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS")}
+    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+
+    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", PROFILE_VARIABLE, "ROS_AUTOMATIC_DISCOVERY_RANGE")}
     os.environ["ROS_DOMAIN_ID"] = str(domain_id)
     if large_data:
-        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+        use_large_image_profile()
+    if discovery_range is not None:
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = discovery_range
     context = rclpy.context.Context()
     rclpy.init(context=context)
     try:

@@ -9,14 +9,20 @@ Data sources:
   synthroad   frames rendered on the fly without obstacles (seeds --first-seed .. +--frames)
   cityscapes  leftImg8bit/<split>/*/*_leftImg8bit.png under --root (gtFine must be present)
   images      every .png/.jpg/.jpeg/.webp under --root, sorted (e.g. any in-distribution folder)
+
+    csl-ros teacher fit-stats --segmenter seg.safetensors --data cityscapes --root /data/cityscapes
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from csl_ros.cli import image_size_arg
+from csl_ros.cli import add_command, image_size_arg
 
+TEACHER_DOC = """csl-ros teacher: utilities for the teacher models whose per-pixel scores CSL fuses.
+
+fit-stats fits the SML statistics and the [0, 1] score calibration of a closed-set segmenter or an
+ONNX teacher on in-distribution frames (csl-ros teacher fit-stats --help).
+"""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -24,12 +30,10 @@ def register(subparsers) -> None:
     from csl_ros.config import DetectorConfig
 
     default = DetectorConfig()
-    p = subparsers.add_parser("teacher", help="teacher utilities (fit-stats)", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "teacher", "teacher utilities (fit-stats)", TEACHER_DOC)
     sub = p.add_subparsers(dest="teacher_command", metavar="SUBCOMMAND")
     sub.required = True
-    f = sub.add_parser("fit-stats", help="fit SML statistics and score calibration on ID frames",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f = add_command(sub, "fit-stats", "fit SML statistics and score calibration on ID frames", __doc__)
     f.add_argument("--segmenter", required=True, type=Path,
                    help="closed-set segmenter checkpoint (.safetensors/.pt/.pth) or ONNX teacher (.onnx)")
     f.add_argument("--data", required=True, choices=("synthroad", "cityscapes", "images"),
@@ -37,13 +41,14 @@ def register(subparsers) -> None:
     f.add_argument("--root", type=Path, help="dataset folder (cityscapes, images)")
     f.add_argument("--split", default="train", help="Cityscapes split (default train)")
     f.add_argument("--frames", type=int, default=None,
-                   help="number of frames (synthroad: required-ish, default 200; others: all)")
+                   help="number of frames to fit on (default: 200 for synthroad, every frame for cityscapes "
+                        "and images)")
     f.add_argument("--first-seed", type=int, default=0, help="first synthroad seed (default 0)")
     f.add_argument("--size", type=image_size_arg, default=(default.input_height, default.input_width),
-                   help="fitting resolution HxW, the teacher's test-time input size "
+                   help="fitting resolution HxW in pixels, the teacher's test-time input size "
                         f"(default {default.input_height}x{default.input_width})")
-    f.add_argument("--batch-size", type=int, default=2)
-    f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    f.add_argument("--batch-size", type=int, default=2, help="number of frames per forward pass (default 2)")
+    f.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default auto)")
     f.add_argument("--preset", default=None, help="segmenter architecture for plain state dicts "
                    "whose keys are not recognised")
     f.add_argument("--onnx-normalization", default=None, choices=("imagenet", "unit", "raw"),
@@ -55,8 +60,8 @@ def register(subparsers) -> None:
                    choices=("identity", "logistic", "quantile_linear"),
                    help="calibration of a one-channel ONNX anomaly map (identity: already in [0,1])")
     f.add_argument("--reservoir", type=int, default=200_000,
-                   help="pixels sampled for the calibration quantiles")
-    f.add_argument("--seed", type=int, default=0, help="seed of the pixel sampling")
+                   help="number of pixels sampled for the calibration quantiles (default 200000)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the pixel sampling (default 0)")
     f.add_argument("--out", type=Path, default=None,
                    help="output JSON (default: <segmenter>.stats.json beside the model)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -26,7 +26,6 @@ Any mismatch is refused with a ValueError naming the file.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from csl_ros.model.integrity import torch_load_tensors, verify_weights, weights_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -192,19 +193,6 @@ class ClosedSetSegmenter(nn.Module):
 # checkpoints
 # --------------------------------------------------------------------------------------------------
 
-def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over (name, dtype, shape, bytes) of every tensor in key order: detects any change of
-    the stored weights, independent of the container format."""
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def save_segmenter(model: ClosedSetSegmenter, path: str | os.PathLike, dtype: torch.dtype | None = None,
                    ) -> Path:
     """Save weights + config. ``.safetensors`` (config and weight hash in the header metadata) or
@@ -251,11 +239,8 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict | None, str | None]:
                 raise ValueError(f"{path}: corrupt segmenter config in the header ({exc})") from None
         return state, config, meta.get("weights_sha256")
     if path.suffix in (".pt", ".pth"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot be loaded with weights_only=True ({exc}). Save only "
-                             "tensors, e.g. torch.save(checkpoint['model'], 'segmenter.pth')") from None
+        obj = torch_load_tensors(path, "segmenter checkpoint (save only tensors, e.g. "
+                                       "torch.save(checkpoint['model'], 'segmenter.pth'))")
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
         if obj.get("format") == CHECKPOINT_FORMAT:
@@ -296,9 +281,10 @@ def load_segmenter(path: str | os.PathLike, preset_name: str | None = None, devi
     if not path.is_file():
         raise FileNotFoundError(f"segmenter checkpoint not found: {path}")
     state, stored, stored_hash = _read_checkpoint(path)
-    if stored_hash is not None and weights_sha256(state) != stored_hash:
-        raise ValueError(f"{path}: the weights do not match the SHA-256 stored in the file "
-                         "(modified or corrupted checkpoint)")
+    # Our own files (with a stored config) always carry the hash; a plain third-party state dict
+    # (torchvision reference scripts) has none to check.
+    if stored is not None or stored_hash is not None:
+        verify_weights(path, state, stored_hash, "segmenter")
     try:
         if stored is not None:
             config = SegmenterConfig.from_dict(stored)

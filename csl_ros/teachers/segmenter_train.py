@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from csl_ros.model.integrity import WEIGHTS_SHA256, torch_load_tensors, verify_weights, weights_sha256
 from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, preset,
                                         save_segmenter)
 
@@ -270,10 +271,8 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
     if cfg.resume and ckpt_path.is_file():
-        try:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{ckpt_path}: cannot resume from this checkpoint ({exc})") from None
+        ck = torch_load_tensors(ckpt_path, "segmenter training checkpoint")
+        verify_weights(ckpt_path, ck.get("model") or {}, ck.get(WEIGHTS_SHA256), "segmenter training")
         for key in ("preset", "num_classes"):
             if ck["train_config"].get(key) != getattr(cfg, key):
                 raise ValueError(f"{ckpt_path}: checkpoint has {key}={ck['train_config'].get(key)!r}, "
@@ -290,7 +289,8 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
 
     def save_checkpoint(step: int) -> None:
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"model": model.net.state_dict(), "optimizer": optimizer.state_dict(),
+        weights = model.net.state_dict()
+        torch.save({"model": weights, WEIGHTS_SHA256: weights_sha256(weights), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "step": step,
                     "train_config": cfg.to_dict(), "segmenter_config": model.config.to_dict()}, tmp)

@@ -1,17 +1,8 @@
 """``csl-ros train``: train the CSL student or the closed-set segmenter (teacher base).
 
-  csl-ros train student --scheme ca --config my.yaml --set optim.max_steps=20000 --out runs/ca
-  csl-ros train student --scheme 1 --set student.teacher=sml --set student.teacher_path=seg.safetensors
-  torchrun --nproc_per_node 8 -m csl_ros train student --scheme ca --set data.dataset=cityscapes \\
-      --set data.root=/data/cityscapes            # multi-GPU (nccl) or multi-process CPU (gloo)
-  csl-ros train segmenter --set steps=2000 --out runs/segmenter
-
-Student settings are the sections of ``csl_ros.training.config.TrainConfig`` (data, optim, student,
-run; defaults = the Mask2Former recipe of the spec); ``--set section.key=value`` (or ``key=value``
-when the key is unique) overrides a YAML ``--config``. A run resumes from ``<out>/last.pt`` when it
-exists (``--no-resume`` starts afresh, ``--resume PATH`` picks a checkpoint).
-The segmenter is trained by ``csl_ros.teachers.segmenter_train`` (its own flat config,
-``--set key=value`` on ``SegmenterTrainConfig``), reading the same synthroad frame cache.
+``student`` and ``segmenter`` each have their own ``--help``. A run resumes from ``<out>/last.pt`` when
+it exists (``--no-resume`` starts afresh, ``--resume PATH`` picks a checkpoint); ``--print-config``
+shows every setting ``--set`` can change.
 """
 from __future__ import annotations
 
@@ -20,15 +11,35 @@ import dataclasses
 import json
 from pathlib import Path
 
+from csl_ros.cli import add_command
+
+
+STUDENT_DOC = """csl-ros train student: train the class-agnostic (ca) or scheme-1 (distilled) CSL student.
+
+Settings come in sections (data, optim, student, run; defaults = the Mask2Former recipe of the paper);
+--set section.key=value (or key=value when the key is unique) overrides a YAML --config;
+--print-config lists them all. A run resumes from <out>/last.pt when it exists.
+
+  csl-ros train student --scheme ca --config my.yaml --set optim.max_steps=20000 --out runs/ca
+  csl-ros train student --scheme 1 --set student.teacher=sml --set student.teacher_path=seg.safetensors
+  torchrun --nproc_per_node 8 -m csl_ros train student --scheme ca --set data.dataset=cityscapes \\
+      --set data.root=/data/cityscapes            # multi-GPU (nccl) or multi-process CPU (gloo)
+"""
+SEGMENTER_DOC = """csl-ros train segmenter: train the closed-set segmenter the logit teachers score with.
+
+The teachers MSP, max-logit, SML and energy score its logits. One flat config (--set key=value, --print-config lists the keys), on the same synthroad frame cache as
+the student. A run resumes from <out>/last.pt when it exists.
+
+  csl-ros train segmenter --set steps=2000 --out runs/segmenter --export models/seg.safetensors
+"""
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train the CSL student or the closed-set segmenter",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "train", "train the CSL student or the closed-set segmenter", __doc__)
     sub = p.add_subparsers(dest="train_command", metavar="WHAT")
     sub.required = True
 
-    s = sub.add_parser("student", help="class-agnostic (ca) or scheme-1 (distilled) CSL student",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = add_command(sub, "student", "class-agnostic (ca) or scheme-1 (distilled) CSL student", STUDENT_DOC)
     s.add_argument("--scheme", choices=("ca", "1"), help="ca: regions only; 1: + distillation head and "
                    "Huber loss against a frozen teacher (overrides student.scheme)")
     _common(s)
@@ -41,8 +52,7 @@ def register(subparsers) -> None:
                    help="only render / check the training data (fills the synthroad cache), then exit")
     s.set_defaults(func=run_student)
 
-    g = sub.add_parser("segmenter", help="closed-set segmenter for the logit teachers",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = add_command(sub, "segmenter", "closed-set segmenter for the logit teachers", SEGMENTER_DOC)
     _common(g)
     g.add_argument("--cache-dir", default="", help="synthroad frame cache (default ~/.cache/csl_ros/synthroad)")
     g.add_argument("--export", type=Path, default=None, metavar="PATH",
@@ -51,9 +61,9 @@ def register(subparsers) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML training config")
+    p.add_argument("--config", default=None, help="YAML training config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value (repeatable)")
+                   help="override one config value (repeatable; --print-config lists the keys)")
     p.add_argument("--out", default=None, help="output folder (overrides the config's)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT", help="resume from this checkpoint")
     p.add_argument("--no-resume", action="store_true", help="ignore <out>/last.pt and start afresh")
@@ -80,6 +90,8 @@ def run_student(args) -> int:
     from csl_ros.training.datasets import build_dataset
     from csl_ros.training.distributed import barrier, cleanup_distributed, init_distributed
     from csl_ros.training.student import export_student, train_student
+
+    Path(cfg.run.out_dir).mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the data
 
     env = init_distributed(cfg.run.device)
     try:
@@ -134,20 +146,14 @@ def _flat_overrides(cfg, values: dict):
 
 
 def segmenter_config_from_args(args):
-    import yaml
-
     from csl_ros.teachers.segmenter_train import SegmenterTrainConfig
     from csl_ros.training.config import parse_set_args
 
     cfg = SegmenterTrainConfig()
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        cfg = _flat_overrides(cfg, data)
+        from csl_ros.config import read_yaml_mapping
+
+        cfg = _flat_overrides(cfg, read_yaml_mapping(args.config, "training config"))
     cfg = _flat_overrides(cfg, parse_set_args(args.set))
     if args.out:
         cfg = dataclasses.replace(cfg, out_dir=args.out)

@@ -154,6 +154,10 @@ class TrainConfig:
                              "0 < min_scale <= max_scale")
         if not 0 < d.cat_max_ratio <= 1:
             raise ValueError(f"data.cat_max_ratio={d.cat_max_ratio}: must be in (0, 1]")
+        from csl_ros.config import device_error
+
+        if device_error("run.device", r.device):
+            raise ValueError(device_error("run.device", r.device))
         if d.dataset == "cityscapes" and not d.root:
             raise ValueError("data.root: the Cityscapes root folder is required for dataset=cityscapes")
         return self
@@ -260,17 +264,9 @@ def load_train_config(path: str | os.PathLike | None = None, overrides: Mapping[
     """``base`` (default: the recipe defaults) updated from a YAML file, then from ``overrides``."""
     cfg = base if base is not None else TrainConfig()
     if path is not None:
-        import yaml
+        from csl_ros.config import read_yaml_mapping
 
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"training config not found: {path}")
-        with open(path, "r", encoding="utf-8") as fh:
-            try:
-                data = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as exc:
-                raise ValueError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+        data = read_yaml_mapping(path, "training config")
         flat: dict[str, Any] = {}
         for key, value in data.items():
             if isinstance(value, Mapping):

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from csl_ros.model.integrity import WEIGHTS_SHA256, torch_load_tensors, verify_weights, weights_sha256
+
 from .distributed import DistEnv, all_reduce_mean, barrier, step_seed
 
 CHECKPOINT_FORMAT = "csl_ros.train_state"
@@ -97,8 +99,9 @@ class Trainer:
         return self.out_dir / "last.pt"
 
     def state_dict(self) -> dict:
+        model = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return {"format": CHECKPOINT_FORMAT, "step": self.step, "name": self.name,
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "model": model, WEIGHTS_SHA256: weights_sha256(model),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "config": self.cfg.to_dict(),
                 "world_size": self.env.world_size}
@@ -126,12 +129,10 @@ class Trainer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"training checkpoint not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a loadable training checkpoint ({type(exc).__name__}: {exc})") from None
+        state = torch_load_tensors(path, "csl_ros training checkpoint")
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a csl_ros training checkpoint")
+        verify_weights(path, state.get("model") or {}, state.get(WEIGHTS_SHA256), "training")
         if state.get("name") != self.name:
             raise ValueError(f"{path}: checkpoint of a {state.get('name')!r} run, this is a {self.name!r} run")
         try:
