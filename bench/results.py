@@ -41,7 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TEACHERS = ("msp", "maxlogit", "sml", "entropy", "energy")
+from csl_ros.teachers.registry import TEACHERS as TEACHER_REGISTRY
+
+TEACHERS = tuple(TEACHER_REGISTRY)  # every registered score function, in registration order
 TEST_SEED = 10_000_000
 VAL_SEED = 1_000_000
 TUNE_SEED = 20_000_000  # obstacle frames for choosing the default score_threshold (not the test set)
@@ -219,7 +221,7 @@ def region_quality(frames, args):
 
 def segmenter_miou(frames, args):
     from csl_ros.teachers.segmenter import load_segmenter
-    from csl_ros.teachers.segmenter_train import evaluate_miou
+    from csl_ros.training.segmenter import evaluate_miou
     from csl_ros.shipped import resolve_shipped
 
     path = args.segmenter or resolve_shipped("teacher_segmenter")
@@ -460,7 +462,7 @@ def write_markdown(path, args, m):
              "|---|---|---|---|---|---|"]
     for t in TEACHERS:
         a, b = results[("teacher_only", t, "soft")], results[("2", t, "soft")]
-        lines.append(f"| {NAMES[t]} | {fmt(a['ap'])} | {fmt(a['fpr95'])} | {fmt(b['ap'])} | {fmt(b['fpr95'])} | "
+        lines.append(f"| {NAMES.get(t, t)} | {fmt(a['ap'])} | {fmt(a['fpr95'])} | {fmt(b['ap'])} | {fmt(b['fpr95'])} | "
                      f"{100 * (b['ap'] - a['ap']):+.2f} |")
     sml, s1 = results[("teacher_only", "sml", "soft")], results[("1", "none", "soft")]
     lines += ["", "| method | AUPR ↑ | FPR95 ↓ |", "|---|---|---|",
@@ -504,6 +506,8 @@ def write_markdown(path, args, m):
                      f"{d['obstacle_median']:.3f} | {d['mean_road']:.3f} | {d['road_p99']:.3f} | {purity} |")
     lines += ["", "Timings per row (s, all frames): " +
               ", ".join(f"{k} {v['s']:.0f}" for k, v in m["rows"].items()), ""]
+    if m.get("driving_section"):
+        lines += [m["driving_section"].rstrip(), ""]
     if args.notes:
         lines += [NOTES_HEADING, "", f"*Written by hand (`{args.notes}`) about this run; every number in it is "
                   "filled in by `bench/results.py` from this run's measurements, the sentences around them are "
@@ -538,6 +542,9 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", default="",
                    help="measure nothing: write --out from the measurements a --json run saved (after editing "
                         "the notes)")
+    p.add_argument("--driving-drives", type=int, default=10,
+                   help="held-out synthroad drives of the driving table (bench/driving.py); 0 skips it")
+    p.add_argument("--driving-frames", type=int, default=30, help="frames per driving drive")
     args = p.parse_args(argv)
     if args.notes and not Path(args.notes).is_file():
         p.error(f"--notes {args.notes}: no such file")
@@ -590,6 +597,7 @@ def main(argv=None) -> int:
     m = {"rows": {"/".join(k): v for k, v in results.items()}, "regions": regions, "segmenter_miou": seg[0],
          "segmenter_iou": seg[1], "oracle": oracle, "distillation": fidelity, "tuned_threshold": tuned,
          "obstacle_sizes": obstacle_sizes(test), "diagnostics": {"/".join(k): v for k, v in diag.items()},
+         "driving_section": driving_markdown(args, log),
          "run": {"frames": args.frames, "val_frames": args.val_frames, "height": args.height, "width": args.width,
                  "wall_s": time.time() - t0, "manifest": manifest, "torch": torch.__version__,
                  "machine": platform.processor() or platform.machine()}}
@@ -599,6 +607,16 @@ def main(argv=None) -> int:
     if rc == 0:
         log(f"wrote {args.out}")
     return rc
+
+
+def driving_markdown(args, log) -> str:
+    """The driving table of bench/driving.py (held-out drives), or '' with --driving-drives 0."""
+    if not args.driving_drives:
+        return ""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from driving import driving_section
+
+    return driving_section(args.driving_drives, args.driving_frames, log)
 
 
 def write_results(args, m) -> int:

@@ -3,7 +3,9 @@
 Every runtime setting lives here once, as a dataclass field with its default, a description and its
 valid range or choices. The ROS node declares its parameters from these fields (with
 ``ParameterDescriptor`` ranges), ``config/*.yaml`` files are read into them, and the CLI's
-``--config FILE --set key=value`` goes through them too, so a default is never written twice.
+``--config FILE --set key=value`` goes through them too, so a default is never written twice. The
+mechanism (coercion, overrides, range and choice checks, YAML) is :mod:`csl_ros.settings`, shared
+with the model and training configs.
 
 Pure Python: no torch, no rclpy.
 """
@@ -11,30 +13,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
-TEACHERS = ("none", "msp", "maxlogit", "sml", "entropy", "energy", "onnx")
+from csl_ros.settings import (DEVICE_PATTERN, apply_overrides, check_value, coerce_value,  # noqa: F401
+                              device_error, field_type, parse_set_args, read_yaml_mapping, setting,
+                              validation_errors)
+from csl_ros.teachers.registry import NO_TEACHER, ONNX_TEACHER, TEACHERS as TEACHER_REGISTRY
+
+# Every registered score function, plus no teacher and an ONNX-exported method (a live view: a teacher
+# registered later is a valid choice too).
+TEACHERS = TEACHER_REGISTRY.choices(before=(NO_TEACHER,), after=(ONNX_TEACHER,))
 SCHEMES = ("1", "2", "teacher_only")
 
 
-# Torch device strings accepted by every setting named device (checked before torch sees them).
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
-
-
-def device_error(name: str, value: str) -> str | None:
-    """Why ``value`` is not a device string, or None."""
-    if isinstance(value, str) and DEVICE_PATTERN.fullmatch(value):
-        return None
-    return f"{name}={value!r} is not a device: auto, cpu, cuda, cuda:N, mps"
-
-
 def _opt(default, help, *, range=None, choices=None, reload=False, ros=True, device=False):
-    """A schema field. ``reload``: changing it needs the models reloaded (refused while active).
-    ``device``: the value must be a torch device string (DEVICE_PATTERN)."""
-    meta = {"help": help, "range": range, "choices": choices, "reload": reload, "ros": ros, "device": device}
-    return field(default=default, metadata=meta)
+    """A schema field (:func:`csl_ros.settings.setting`). ``reload``: changing it needs the models
+    reloaded (refused while active). ``ros``: declared as a node parameter."""
+    return setting(default, help, range=range, choices=choices, device=device, reload=reload, ros=ros)
 
 
 @dataclass
@@ -46,9 +42,10 @@ class DetectorConfig:
                        "'2' = fuse the teacher's per-pixel scores with the student's regions, "
                        "'teacher_only' = the teacher's scores without fusion (for comparison).",
                        choices=SCHEMES, reload=True)
-    teacher: str = _opt("sml", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, msp (1 - max "
-                        "softmax), maxlogit, sml (standardized max logit), entropy, energy, or onnx "
-                        "(an external method exported to ONNX, see teacher_path).",
+    teacher: str = _opt("sml", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, "
+                        + ", ".join(f"{n} ({TEACHER_REGISTRY.entry(n).help})" if TEACHER_REGISTRY.entry(n).help
+                                    else n for n in TEACHER_REGISTRY)
+                        + ", or onnx (an external method exported to ONNX, see teacher_path).",
                         choices=TEACHERS, reload=True)
     student_path: str = _opt("", "CSL student checkpoint (.safetensors or .pt). Empty: the shipped "
                              "synthroad model for the chosen scheme.", reload=True)
@@ -72,13 +69,33 @@ class DetectorConfig:
                             choices=("product", "region_mean", "arithmetic"))
 
     # --- instances and obstacles ----------------------------------------------------------------
-    score_threshold: float = _opt(0.25, "Fused anomaly score at or above which a pixel is anomalous. "
+    score_threshold: float = _opt(0.05, "Fused anomaly score at or above which a pixel is anomalous. "
                                   "Default: the shipped models' tuned threshold; a student checkpoint "
                                   "that carries its own replaces the default.", range=(0.0, 1.0))
     min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
                                   range=(0, 10_000_000))
+    min_split_fraction: float = _opt(0.25, "A connected anomalous area is cut along the student's "
+                                     "regions only into pieces covering at least this share of it (two "
+                                     "touching obstacles); smaller pieces join the largest, so one "
+                                     "obstacle stays one instance. 0 = every region piece is an instance.",
+                                     range=(0.0, 1.0))
     road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
                           "teacher's segmenter (when the teacher has one).")
+
+    # --- tracking across frames (one camera stream) ------------------------------------------------
+    track_confirm_hits: int = _opt(1, "An obstacle is reported once its track was seen in this many of "
+                                   "the last track_confirm_window frames (k of n; 1 of 1 = every "
+                                   "detection at once, no tracking delay).", range=(1, 100))
+    track_confirm_window: int = _opt(1, "Frames of the confirmation window (n of k of n); >= "
+                                     "track_confirm_hits.", range=(1, 100))
+    track_max_missed: int = _opt(0, "A track is deleted after this many consecutive frames without a "
+                                 "detection (0: at the first miss).", range=(0, 100))
+    track_gate_m: float = _opt(3.0, "Association gate on the ground when the camera geometry is known: "
+                               "largest contact-point distance between a track and a detection, in "
+                               "metres, or 20 % of the obstacle's distance when that is larger.",
+                               range=(0.1, 100.0))
+    track_min_iou: float = _opt(0.1, "Association without geometry: smallest bounding-box IoU between a "
+                                "track's last box and a detection.", range=(0.0, 1.0))
 
     # --- compute --------------------------------------------------------------------------------
     input_height: int = _opt(256, "Network input height in pixels (images are resized/padded to it). "
@@ -106,6 +123,9 @@ class DetectorConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming every invalid field."""
         errors = validation_errors(self)
+        if self.track_confirm_hits > self.track_confirm_window:
+            errors.append(f"track_confirm_hits={self.track_confirm_hits} exceeds track_confirm_window="
+                          f"{self.track_confirm_window} (k of n needs k <= n)")
         if errors:
             raise ValueError("invalid configuration: " + "; ".join(errors))
 
@@ -145,9 +165,7 @@ class NodeConfig:
     auto_activate: bool = _opt(False, "Configure and activate the lifecycle node on start.", reload=True)
 
 
-SCHEMA = (DetectorConfig, NodeConfig)
-
-# DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model.checkpoint):
+# DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model_settings):
 # the input size it was trained for and the score threshold tuned for it.
 MODEL_SETTINGS = ("input_height", "input_width", "score_threshold")
 
@@ -159,126 +177,6 @@ def apply_model_settings(cfg: DetectorConfig, settings: Mapping[str, Any]) -> tu
     taken = {k: v for k, v in settings.items()
              if k in MODEL_SETTINGS and getattr(cfg, k) == getattr(defaults, k) and getattr(cfg, k) != v}
     return dataclasses.replace(cfg, **taken), taken
-
-
-def schema_fields(cls) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(cls))
-
-
-def coerce_value(value: Any, typ: type, name: str) -> Any:
-    """Convert a YAML / command-line / ROS value to the field type ``typ`` (bool, int, float, str);
-    reject anything lossy with a ValueError naming ``name``. Used by every configuration in csl_ros."""
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ValueError(f"{name}: expected a boolean, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
-    if typ is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"{name}: expected a string, got {value!r}")
-    return value
-
-
-def field_type(f: dataclasses.Field) -> type:
-    t = f.type
-    if isinstance(t, str):
-        t = {"str": str, "int": int, "float": float, "bool": bool}[t]
-    return t
-
-
-def check_value(f: dataclasses.Field, value: Any) -> str | None:
-    """Return why ``value`` is invalid for field ``f``, or None. Never clamps."""
-    meta = f.metadata
-    if meta.get("device"):
-        return device_error(f.name, value)
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        return f"{f.name}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
-    if meta.get("range") is not None:
-        lo, hi = meta["range"]
-        if not (lo <= value <= hi):
-            return f"{f.name}={value!r} is outside [{lo}, {hi}]"
-    return None
-
-
-def validation_errors(cfg) -> list[str]:
-    errors = []
-    for f in dataclasses.fields(cfg):
-        err = check_value(f, getattr(cfg, f.name))
-        if err:
-            errors.append(err)
-    return errors
-
-
-def apply_overrides(cfg, values: Mapping[str, Any], *, strict: bool = True):
-    """Return a copy of ``cfg`` with ``values`` applied (coerced and validated)."""
-    names = {f.name: f for f in dataclasses.fields(cfg)}
-    updates = {}
-    for key, raw in values.items():
-        if key not in names:
-            if strict:
-                raise ValueError(f"unknown setting {key!r} for {type(cfg).__name__}; known: "
-                                 + ", ".join(sorted(names)))
-            continue
-        f = names[key]
-        val = coerce_value(raw, field_type(f), key)
-        err = check_value(f, val)
-        if err:
-            raise ValueError(err)
-        updates[key] = val
-    return dataclasses.replace(cfg, **updates)
-
-
-def parse_set_args(items: Iterable[str]) -> dict[str, str]:
-    """Parse CLI ``--set key=value`` items."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def read_yaml_mapping(path: str | os.PathLike, what: str = "YAML file") -> dict[str, Any]:
-    """The top-level mapping of a YAML file (empty file: {}). A missing file, broken YAML syntax or a
-    non-mapping is one error naming the file (and the line of a syntax error)."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-    with open(path, "r", encoding="utf-8") as fh:
-        try:
-            data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or type(exc).__name__
-            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return data
 
 
 def read_yaml_parameters(path: str | os.PathLike, node_name: str = "csl_detector") -> dict[str, Any]:

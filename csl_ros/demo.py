@@ -198,6 +198,11 @@ def step_node_eval(ctx: DemoContext) -> None:
         rc = evaluate_command(build_parser().parse_args(argv))
         if rc != 0:
             raise RuntimeError(f"the live evaluation failed (exit code {rc})")
+        import json
+
+        from csl_ros.eval.driving import driving_summary_line
+
+        ctx.notes.append(driving_summary_line(json.loads((out / "metrics.json").read_text())["driving"]))
         stats = node.stats.snapshot(node.frames_dropped)
         ctx.notes.append(f"node: {stats.get('frames_processed')} frames processed, "
                          f"{stats.get('frames_dropped')} dropped")

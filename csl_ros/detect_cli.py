@@ -43,7 +43,9 @@ def detector_config_from_args(args):
 def register(sub) -> None:
     p = add_command(sub, "detect", "run the detector on images, videos or a directory of them", __doc__)
     p.add_argument("input", help="an image file, a video file (.mp4, .avi, .mkv, .mov) or a directory "
-                                 "of them")
+                                 "of them; the frames are taken in order as one camera stream, obstacles "
+                                 "tracked across them with the track_* settings (unconfirmed ones are "
+                                 "listed under 'tentative' in the JSON)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--recursive", action="store_true",
                    help="also search the subfolders of a directory input; outputs mirror its tree")
@@ -151,7 +153,7 @@ def run(args, detector_factory=None) -> int:
         cv2.imwrite(f"{prefix}_overlay.jpg", draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles))
         Path(f"{prefix}_obstacles.json").write_text(json.dumps(
             {"image": source, "backend": det.backend, "device": det.device, "timings_ms": det.timings_ms,
-             "obstacles": det.obstacles_json()}, indent=2))
+             "obstacles": det.obstacles_json(), "tentative": [o.to_dict() for o in det.tentative]}, indent=2))
         return det
 
     n_images = n_videos = n_video_frames = 0

@@ -6,21 +6,14 @@ refused with its name instead of giving silently wrong scores.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
+from csl_ros.model.integrity import sha256_file
+
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def models_dir() -> Path:

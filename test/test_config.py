@@ -67,7 +67,7 @@ def test_one_default_the_shipped_models_settings():
     node and the demo (driving.yaml) run the same settings without --config."""
     from csl_ros.config import MODEL_SETTINGS
     from csl_ros.model import read_checkpoint
-    from csl_ros.model.checkpoint import model_settings
+    from csl_ros.model_settings import model_settings
     from csl_ros.shipped import resolve_shipped
 
     default = DetectorConfig()

@@ -42,6 +42,12 @@ def test_demo_runs_the_node_live_and_writes_the_report(tiny_sets, tmp_path, caps
     assert det_cfg.score_threshold == DetectorConfig().score_threshold
     assert m["config"]["score_threshold"] == det_cfg.score_threshold
     assert [s["parameter"] for s in m["sweeps"]] == ["score_threshold"]
+    # the driving figures: by distance band, tracked with driving.yaml's tracking, printed by the demo
+    d = m["driving"]
+    assert d["frames"] == 3 and d["distance_sources"] and set(d) >= {"per_frame", "tracked"}
+    assert d["tracking"]["confirm_hits"] == det_cfg.track_confirm_hits
+    assert "driving: per frame: recall within 30 m" in printed
+    assert "Driving metrics" in (out / "eval" / "report.md").read_text()
 
 
 def test_demo_without_shipped_models_names_the_manifest(tmp_path, monkeypatch, capsys):

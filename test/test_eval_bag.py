@@ -34,7 +34,8 @@ def test_round_trip_raw_images(tmp_path, storage):
     out = tmp_path / "bag"
     summary = B.write_bag(recs, out, storage=storage, rate_hz=20.0)
     assert summary.frames == 4 and summary.labelled == 4
-    assert set(summary.topics) == {B.IMAGE_TOPIC, B.INFO_TOPIC, B.LABEL_TOPIC, B.FRAME_ID_TOPIC}
+    assert set(summary.topics) == {B.IMAGE_TOPIC, B.INFO_TOPIC, B.LABEL_TOPIC, B.FRAME_ID_TOPIC,
+                                   B.GROUND_TRUTH_TOPIC}
     with B.BagReader(out) as reader:
         frames = list(reader.frames())
         assert reader.stats.matched == 4 and reader.stats.unmatched_labels == 0
@@ -44,6 +45,7 @@ def test_round_trip_raw_images(tmp_path, storage):
         np.testing.assert_array_equal(fr.image, rec.rgb)
         np.testing.assert_array_equal(fr.labels, rec.label)
         assert fr.camera_info["fx"] == rec.camera["fx"] and fr.camera_info["width"] == 40
+        assert fr.ground_truth == {"camera": rec.camera, "obstacles": None}   # the per-frame mounting
     stamps = np.diff([f.stamp_ns for f in frames])
     assert np.all(stamps == 50_000_000)
 

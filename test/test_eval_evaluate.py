@@ -114,7 +114,13 @@ def test_instance_counts_by_hand():
     inst[0:4, 28:30] = 3            # entirely void: not counted
     inst[18, 0:2] = 4               # on void GT C (1 px) + 1 background px: precision 0 -> false
     c = instance_counts(inst, labels, instsize=10)
-    assert c == {"instances": 3, "false_instances": 2, "gt_components": 2, "gt_detected": 1}
+    assert c == {"instances": 3, "false_instances": 2, "gt_components": 2, "gt_detected": 1,
+                 "gt_fragments": 1}
+    # fragmentation: A cut into two true instances counts two fragments for one detected component
+    inst[2:6, 5] = 5
+    inst[2:6, 2:5][:, 2] = 5
+    c = instance_counts(inst, labels, instsize=10)
+    assert c["gt_detected"] == 1 and c["gt_fragments"] == 2
 
 
 def test_instances_topic_next_to_scores():

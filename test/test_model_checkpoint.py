@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from csl_ros.model import build_student, file_sha256, get_preset, load_checkpoint, read_checkpoint, save_checkpoint
-from csl_ros.model.checkpoint import main as checkpoint_main
-from csl_ros.model.checkpoint import update_metadata
+from csl_ros.model_settings import main as checkpoint_main
+from csl_ros.model_settings import save_student, update_metadata
 from csl_ros.model.integrity import weights_sha256
 
 
@@ -217,7 +217,7 @@ def test_update_metadata_keeps_the_tensors_and_checks_model_settings(model, tmp_
     assert checkpoint_main([str(path), "score_threshold=1.5"]) == 2
     assert "score_threshold=1.5 is outside" in capsys.readouterr().err
     with pytest.raises(ValueError, match="input_width"):
-        save_checkpoint(tmp_path / "x.pt", model, metadata={"input_width": "wide"})
+        save_student(tmp_path / "x.pt", model, metadata={"input_width": "wide"})
 
 
 # --- export --------------------------------------------------------------------------------------

@@ -226,7 +226,7 @@ def test_detect_cli_writes_all_outputs(model_files, tmp_path):
 
 
 def test_from_config_takes_the_checkpoints_settings_left_at_the_default(student, tmp_path):
-    """A student carrying its input size and tuned threshold (csl_ros.model.checkpoint) brings them,
+    """A student carrying its input size and tuned threshold (csl_ros.model_settings) brings them,
     unless the user set them."""
     from csl_ros.config import apply_overrides
     from csl_ros.model import save_checkpoint

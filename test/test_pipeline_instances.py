@@ -108,7 +108,26 @@ def test_ground_contact_distance_on_synthroad_obstacles():
             ids = ids[ids > 0]
             if len(ids) != 1:  # occluded or merged with a neighbour: no single instance to measure
                 continue
-            rec = next(o for o in out.obstacles if o.id == ids[0])
+            rec = next(o for o in out.obstacles if o.instance == ids[0])
             assert rec.distance_m == pytest.approx(ob["distance_m"], rel=0.10), (seed, ob)
             checked += 1
     assert checked >= 15
+
+
+def test_regions_never_fragment_one_connected_area():
+    s = np.zeros((20, 40), np.float32)
+    s[2:12, 2:22] = 0.9          # one obstacle (200 px) crossed by region boundaries
+    regions = np.zeros((20, 40), np.int64)
+    regions[:, 5:] = 1           # a 30 px sliver (15 %) on the left
+    regions[:, 20:] = 2          # a 20 px sliver (10 %) on the right
+    frag = extract_instances(s, regions, 0.5, 10)                          # plain split: 3 fragments
+    assert len(set(np.unique(frag)) - {0}) == 3
+    whole = extract_instances(s, regions, 0.5, 10, min_split_fraction=0.25)
+    assert set(np.unique(whole)) == {0, 1} and (whole > 0).sum() == 200   # one instance, no hole
+    # two touching obstacles of 100 px each in two regions stay two instances
+    t = np.zeros((20, 40), np.float32)
+    t[2:12, 2:22] = 0.9
+    two = np.where(np.arange(40)[None, :] < 12, 1, 2) * np.ones((20, 1), np.int64)
+    assert len(set(np.unique(extract_instances(t, two, 0.5, 10, min_split_fraction=0.25))) - {0}) == 2
+    # pieces below min_area join the obstacle instead of leaving a hole
+    assert (extract_instances(s, regions, 0.5, 25) > 0).sum() == 200

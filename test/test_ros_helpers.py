@@ -262,6 +262,9 @@ def test_marker_specs_stand_on_the_ground_at_the_contact_point():
     assert y + cube.scale[1] / 2 == pytest.approx(1.5)          # bottom face on the road (y down)
     assert cube.scale == pytest.approx((0.4, 0.3, 0.4))
     assert text.position[1] < y and "#3" in text.text and "10.0 m" in text.text
+    tracked = _obstacle(7)
+    tracked.track_age = 12                                   # a tracked record: its age is in the label
+    assert "#7" in obstacle_marker_specs([tracked])[1].text and "age 12" in obstacle_marker_specs([tracked])[1].text
     wide = obstacle_marker_specs([_obstacle(1, w=5.0)])[0]
     assert wide.scale[2] == MAX_DEPTH_M
 

@@ -9,8 +9,7 @@ import torch
 
 from csl_ros.teachers import cli as teacher_cli
 from csl_ros.teachers.segmenter import ClosedSetSegmenter, load_segmenter, preset, save_segmenter
-from csl_ros.teachers.segmenter_train import (SegmenterTrainConfig, augment, evaluate_miou,
-                                              train_segmenter)
+from csl_ros.training.segmenter import SegmenterTrainConfig, augment, evaluate_miou, train_segmenter
 from csl_ros.teachers.stats import TeacherStats, file_sha256
 from csl_ros.teachers.teacher import build_teacher
 

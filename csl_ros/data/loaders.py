@@ -29,6 +29,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from csl_ros.data.registry import DATASETS as DATASET_REGISTRY
+
 VOID = 255
 
 
@@ -41,6 +43,11 @@ class Record:
     label: np.ndarray | None              # (H, W) uint8 0/1/255; None where withheld (SMIYC test)
     camera: dict | None = None            # fx, fy, cx, cy (px), height_m, pitch_deg (+ down), roll_deg
     semantic: np.ndarray | None = None    # (H, W) uint8 Cityscapes trainIds (Cityscapes, synthroad)
+    # Physical obstacles where the dataset knows them (synthroad: the generator's records, with the
+    # exact forward distance ``distance_m`` and a drive-wide ``instance_id``) and their pixels:
+    # ``obstacle_ids`` (H, W) uint8, 0 none, k = obstacles[k - 1].
+    obstacles: list | None = None
+    obstacle_ids: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -535,7 +542,12 @@ class Synthroad(_Dataset):
         camera = {"fx": float(cam.fx), "fy": float(cam.fy), "cx": float(cam.cx),
                   "cy": float(cam.cy), "height_m": float(cam.height_m),
                   "pitch_deg": float(cam.pitch_deg), "roll_deg": float(cam.roll_deg)}
-        return Record(frame_id, frame.image, frame.ood_labels, camera, semantic=frame.train_ids)
+        records = [dict(o) for o in frame.obstacles][:255]
+        ids = np.zeros(frame.instance_ids.shape, np.uint8)
+        for k, o in enumerate(records, 1):
+            ids[(frame.instance_ids == o["instance_id"]) & (frame.ood_labels == 1)] = k
+        return Record(frame_id, frame.image, frame.ood_labels, camera, semantic=frame.train_ids,
+                      obstacles=records, obstacle_ids=ids)
 
     def __iter__(self) -> Iterator[Record]:
         from csl_ros.data.synthroad import render_sequence
@@ -554,30 +566,20 @@ class Synthroad(_Dataset):
         raise IndexError(i)  # pragma: no cover
 
 
-DATASETS = ("smiyc-anomaly", "smiyc-obstacle", "laf", "laf-noknown", "fishyscapes-laf",
-            "cityscapes", "synthroad")
+DATASETS = DATASET_REGISTRY.choices()  # every registered dataset (csl_ros.data.registry)
 
 
 def open_dataset(name: str, root: str | Path | None = None, **options) -> _Dataset:
-    """A dataset by name (``DATASETS``); ``root`` is its folder (unused for synthroad).
+    """A registered dataset by name (``DATASETS``); ``root`` is its folder (unused for synthroad).
 
     Options: ``split`` (laf, cityscapes), ``laf_root`` (fishyscapes-laf), ``require_labels`` (smiyc),
     ``seed``, ``n_frames``, ``size``, ``obstacles``, ``speed_mps``, ``fps`` (synthroad).
     """
-    if name == "synthroad":
-        return Synthroad(**options)
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    entry = DATASET_REGISTRY.entry(name)
+    loader = entry.load()
+    kwargs = {**entry.fixed, **options}
+    if not entry.root:
+        return loader(**kwargs)
     if root is None:
         raise ValueError(f"dataset {name} needs its root folder")
-    if name == "smiyc-anomaly":
-        return SmiycTrack(root, "anomaly", **options)
-    if name == "smiyc-obstacle":
-        return SmiycTrack(root, "obstacle", **options)
-    if name == "laf":
-        return LostAndFound(root, options.pop("split", "test"), "all", **options)
-    if name == "laf-noknown":
-        return LostAndFound(root, "test", "noknown", **options)
-    if name == "fishyscapes-laf":
-        return FishyscapesLAF(root, **options)
-    return Cityscapes(root, **options)
+    return loader(root, **kwargs)

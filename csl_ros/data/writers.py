@@ -30,8 +30,6 @@ import numpy as np
 from .synthroad import Frame
 from .synthroad.labels import ROAD, THING_TRAIN_IDS, TRAIN_TO_LABEL_ID, VOID, train_ids_to_label_ids
 
-LAYOUTS = ("cityscapes", "smiyc", "laf")
-
 # LostAndFound label ids used for synthroad obstacle kinds (all inside the benchmark's 2..200
 # "obstacle" range and outside its "non-hazard" ids 31, 33, 34, 36-39).
 LAF_OBSTACLE_IDS = {"box": 2, "plank": 8, "cylinder": 12, "tyre": 16, "bag": 20, "polygon": 24}

@@ -6,7 +6,12 @@ A converted bag holds, per frame and all with the same header stamp (and log tim
   sensor_msgs/CompressedImage, with ``compressed=True``),
 * ``/camera/camera_info`` — sensor_msgs/CameraInfo, when the dataset knows the camera,
 * ``/eval/ood_labels`` — sensor_msgs/Image ``mono8``: 0 in-distribution, 1 anomaly, 255 void,
-* ``/eval/frame_id`` — std_msgs/String, the dataset's frame id (to name frames in reports).
+* ``/eval/frame_id`` — std_msgs/String, the dataset's frame id (to name frames in reports),
+* ``/eval/ground_truth`` — std_msgs/String, JSON ``{"camera": {...}, "obstacles": [...]}``: the
+  frame's camera with its mounting (height_m, pitch_deg: LostAndFound's camera files, synthroad's
+  generator) and, where the dataset knows them, its physical obstacles (synthroad: ``instance_id``
+  and the exact ``distance_m``), for the distance-aware metrics,
+* ``/eval/obstacle_ids`` — sensor_msgs/Image ``mono8``: 0 none, k = the k-th obstacle of the JSON.
 
 Camera mounting (height, pitch), which CameraInfo cannot carry, goes to the bag's ``custom_data``.
 
@@ -37,6 +42,8 @@ COMPRESSED_TOPIC = "/camera/image_raw/compressed"
 INFO_TOPIC = "/camera/camera_info"
 LABEL_TOPIC = "/eval/ood_labels"
 FRAME_ID_TOPIC = "/eval/frame_id"
+GROUND_TRUTH_TOPIC = "/eval/ground_truth"
+OBSTACLE_IDS_TOPIC = "/eval/obstacle_ids"
 CAMERA_FRAME = "camera_optical_frame"
 IMAGE_T = "sensor_msgs/msg/Image"
 COMPRESSED_T = "sensor_msgs/msg/CompressedImage"
@@ -482,6 +489,15 @@ def write_bag(records: Iterable, out: str | Path, storage: str = "mcap", compres
                 counts["labelled"] += 1
             writer.write(conn(FRAME_ID_TOPIC, STRING_T), stamp,
                          ts.serialize_cdr(ts.types[STRING_T](data=str(rec.frame_id)), STRING_T))
+            obstacles = getattr(rec, "obstacles", None)
+            if rec.camera is not None or obstacles is not None:
+                truth = json.dumps({"camera": rec.camera, "obstacles": obstacles})
+                writer.write(conn(GROUND_TRUTH_TOPIC, STRING_T), stamp,
+                             ts.serialize_cdr(ts.types[STRING_T](data=truth), STRING_T))
+            ids = getattr(rec, "obstacle_ids", None)
+            if ids is not None:
+                writer.write(conn(OBSTACLE_IDS_TOPIC, IMAGE_T), stamp,
+                             ts.serialize_cdr(array_to_image_msg(np.asarray(ids, np.uint8), stamp), IMAGE_T))
             counts["frames"] += 1
         if counts["frames"] == 0:
             raise ValueError("the dataset yielded no frames; nothing to write")
@@ -515,6 +531,8 @@ class BagFrame:
     image: np.ndarray                 # (H, W, 3) uint8 RGB
     labels: np.ndarray | None         # (H, W) uint8 0/1/255, None when the bag has none
     camera_info: dict | None
+    ground_truth: dict | None = None  # /eval/ground_truth: {"camera": ..., "obstacles": ...}
+    obstacle_ids: np.ndarray | None = None   # /eval/obstacle_ids (H, W) uint8
 
 
 @dataclass
@@ -649,7 +667,8 @@ class BagReader:
             yield from mcap_messages(f, wanted, self._damaged_chunks.get(f, set()))
 
     def frames(self) -> Iterator[BagFrame]:
-        wanted = {self.image_topic, self.labels_topic, INFO_TOPIC, FRAME_ID_TOPIC}
+        wanted = {self.image_topic, self.labels_topic, INFO_TOPIC, FRAME_ID_TOPIC, GROUND_TRUTH_TOPIC,
+                  OBSTACLE_IDS_TOPIC}
         pending: dict[int, dict] = {}
 
         def flush(upto: int | None):
@@ -662,7 +681,7 @@ class BagReader:
                 msg = self.decode(conn, raw, t_ns)
                 if msg is None:
                     continue
-                stamp = stamp_ns_of(msg) if conn.topic != FRAME_ID_TOPIC else t_ns
+                stamp = stamp_ns_of(msg) if conn.topic not in (FRAME_ID_TOPIC, GROUND_TRUTH_TOPIC) else t_ns
                 slot = pending.setdefault(stamp, {})
                 slot[conn.topic] = (msg, t_ns)
                 if last_t is not None and t_ns > last_t:
@@ -717,8 +736,27 @@ class BagReader:
             self.stats.matched += 1
         info = camera_info_to_dict(slot[INFO_TOPIC][0]) if INFO_TOPIC in slot else None
         fid = slot[FRAME_ID_TOPIC][0].data if FRAME_ID_TOPIC in slot else None
+        truth = ids = None
+        try:   # distances for the driving metrics; under salvage a damaged one only loses them
+            if GROUND_TRUTH_TOPIC in slot:
+                try:
+                    truth = json.loads(slot[GROUND_TRUTH_TOPIC][0].data)
+                except ValueError as exc:
+                    raise BagError(f"{where}: {GROUND_TRUTH_TOPIC} is not valid JSON ({exc})") from exc
+                if not isinstance(truth, dict):
+                    raise BagError(f"{where}: {GROUND_TRUTH_TOPIC} must be a JSON object")
+            if OBSTACLE_IDS_TOPIC in slot:
+                ids = image_msg_to_array(slot[OBSTACLE_IDS_TOPIC][0], where)
+                if ids.shape != image.shape[:2]:
+                    raise BagError(f"{where}: {OBSTACLE_IDS_TOPIC} {ids.shape} does not match the image "
+                                   f"{image.shape[:2]}")
+        except BagError as exc:
+            if not self.salvage:
+                raise
+            self.skip(GROUND_TRUTH_TOPIC, stamp, str(exc).rsplit(": ", 1)[-1])
+            truth = ids = None
         self.stats.images += 1
-        yield BagFrame(stamp, fid, image, labels, info)
+        yield BagFrame(stamp, fid, image, labels, info, truth, ids)
 
 
 def read_bag(path: str | Path, image_topic: str | None = None,

@@ -12,13 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from csl_ros.cli import add_command, image_size_arg
+from csl_ros.data.registry import DATASETS
 
 CONVERT_DOC = """csl-ros bag convert: write a benchmark dataset (or a synthroad drive) as a rosbag2.
 
 Images on /camera/image_raw (or .../compressed), camera_info and the ground-truth labels, one header
 stamp per frame at --rate. Datasets: smiyc-anomaly / smiyc-obstacle (SegmentMeIfYouCan), laf
 (LostAndFound, --split), laf-noknown, fishyscapes-laf (labels; images from --laf-root), synthroad
-(rendered on the fly; the synthroad options below).
+(rendered on the fly; the synthroad options below), and any other registered dataset with
+obstacle labels.
 
     csl-ros bag convert --dataset smiyc-obstacle --root /data/dataset_ObstacleTrack --out obstacle_bag
 """
@@ -27,8 +29,11 @@ INFO_DOC = """csl-ros bag info: topics, message counts and frames of a rosbag2.
     csl-ros bag info drive --check
 """
 
-BAG_DATASETS = ("smiyc-anomaly", "smiyc-obstacle", "laf", "laf-noknown", "fishyscapes-laf",
-                "synthroad")
+# The registered datasets with obstacle labels (a live view), and which command-line argument gives
+# each loader option a dataset declares (csl_ros.data.registry).
+BAG_DATASETS = DATASETS.choices(where={"anomaly_labels": True})
+OPTION_ARGS = {"split": "split", "laf_root": "laf_root", "seed": "seed", "n_frames": "frames",
+               "size": "size", "obstacles": "obstacles", "speed_mps": "speed", "fps": "rate"}
 
 
 def register(subparsers) -> None:
@@ -77,19 +82,14 @@ def register(subparsers) -> None:
 def open_for_bag(args):
     from csl_ros.data.loaders import open_dataset
 
-    if args.dataset == "synthroad":
-        return open_dataset("synthroad", seed=args.seed, n_frames=args.frames, size=args.size,
-                            obstacles=args.obstacles, speed_mps=args.speed, fps=args.rate)
-    if args.root is None:
+    entry = DATASETS.entry(args.dataset)
+    if entry.root and args.root is None:
         raise ValueError(f"--root is required for --dataset {args.dataset}")
-    options = {}
-    if args.dataset == "laf":
-        options["split"] = args.split
-    if args.dataset == "fishyscapes-laf" and args.laf_root is not None:
-        options["laf_root"] = args.laf_root
-    if args.dataset.startswith("smiyc"):
+    options = {name: getattr(args, OPTION_ARGS[name]) for name in entry.options
+               if name in OPTION_ARGS and getattr(args, OPTION_ARGS[name]) is not None}
+    if "require_labels" in entry.options:
         options["require_labels"] = False     # test images without labels still make a bag
-    return open_dataset(args.dataset, args.root, **options)
+    return open_dataset(args.dataset, args.root if entry.root else None, **options)
 
 
 def run_convert(args) -> int:

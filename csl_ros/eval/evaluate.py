@@ -203,6 +203,7 @@ def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, ba
     ``run_unlabelled``: also run (and time) the detector on images without ground truth (--no-labels).
     """
     from csl_ros.eval.bag import BagReader
+    from csl_ros.eval.driving import ground_truth_of
     from csl_ros.eval.scoring import ScoredFrame
 
     if detector_factory is None:
@@ -240,7 +241,7 @@ def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, ba
                 if fr.labels is None:
                     continue
                 sink.add(ScoredFrame(fr.stamp_ns, fr.frame_id, fr.image, fr.labels, det.anomaly_map,
-                                     det.instances, det.regions, det.timings_ms))
+                                     det.instances, det.regions, det.timings_ms, truth=ground_truth_of(fr)))
                 counts["scored"] += 1
             counts["unmatched_labels"] = reader.stats.unmatched_labels
             _salvage_report(reader, counts, info)
@@ -320,6 +321,7 @@ def evaluate_recorded(bag, sink, scores_topic: str, instances_topic: str | None,
     import numpy as np
 
     from csl_ros.eval.bag import BagReader
+    from csl_ros.eval.driving import ground_truth_of
     from csl_ros.eval.scoring import ScoredFrame
 
     skipped: list = []
@@ -349,7 +351,7 @@ def evaluate_recorded(bag, sink, scores_topic: str, instances_topic: str | None,
             if instances is not None and instances.dtype != np.uint16:
                 instances = None
             sink.add(ScoredFrame(fr.stamp_ns, fr.frame_id, fr.image, fr.labels, np.load(scores[fr.stamp_ns]),
-                                 instances))
+                                 instances, truth=ground_truth_of(fr)))
             counts["scored"] += 1
         counts["unmatched_labels"] = reader.stats.unmatched_labels
         _salvage_report(reader, counts, info, extra=skipped)
@@ -375,6 +377,7 @@ def run(args) -> int:
 def evaluate_command(args, detector_factory=None) -> int:
     """The ``csl-ros evaluate`` command; ``detector_factory`` replaces ``Detector.from_config`` (tests)."""
     from csl_ros import __version__
+    from csl_ros.eval.driving import driving_summary_line
     from csl_ros.eval.report import write_report
     from csl_ros.eval.metrics import summary_lines
     from csl_ros.eval.scoring import ScoreSink, parse_sweep, summarize
@@ -484,6 +487,7 @@ def evaluate_command(args, detector_factory=None) -> int:
           f"({counts['images']} images, {counts['dropped']} dropped, {counts['unlabelled_images']} unlabelled, "
           f"{counts['unmatched_labels']} labels without image)")
     print("\n".join(summary_lines(result)))
+    print(driving_summary_line(result["driving"]))
     for sw in result["sweeps"]:
         print(f"sweep {sw['parameter']}: {len(sw['rows'])} values (see the report)")
     print(f"wrote {out / 'metrics.json'}, report {written['report_html']}")

@@ -148,6 +148,7 @@ def evaluate_live(bag, sink, opts: LiveOptions, *, limit=None, quiet=True) -> tu
     import itertools
 
     from csl_ros.eval.bag import BagReader
+    from csl_ros.eval.driving import ground_truth_of
     from csl_ros.eval.evaluate import _bag_lag_ns, _bar, _image_count, _salvage_report, decode_float_image
     from csl_ros.eval.scoring import ScoredFrame
 
@@ -309,7 +310,7 @@ def evaluate_live(bag, sink, opts: LiveOptions, *, limit=None, quiet=True) -> tu
                 counts["answered_unlabelled"] += 1
                 return
             sink.add(ScoredFrame(stamp, frame.frame_id, frame.image, frame.labels, scores, instances,
-                                 latency_ms=(t_answer - t_pub) * 1e3))
+                                 latency_ms=(t_answer - t_pub) * 1e3, truth=ground_truth_of(frame)))
             counts["scored"] += 1
 
         def drop(stamp):

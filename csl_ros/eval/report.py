@@ -409,6 +409,10 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
         path = fn(fig_dir / f"{name}.png")
         if path is not None:
             written[name] = path
+    if metrics.get("driving", {}).get("frames"):
+        from csl_ros.eval.driving import plot_bands
+
+        written["driving_bands"] = plot_bands(metrics["driving"], fig_dir / "driving_bands.png")
     for sw in metrics.get("sweeps", []):
         written[f"sweep_{sw['parameter']}"] = plot_sweep(sw, fig_dir / f"sweep_{sw['parameter']}.png")
     worst = []
@@ -497,10 +501,14 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
     inst = m.get("instances", {})
     doc.h(2, "Detector instances")
     doc.table(["instances", "false instances", "GT components", "detected", "instance recall",
-               "instance precision"],
+               "instance precision", "fragmentation"],
               [[inst.get("instances"), inst.get("false_instances"), inst.get("gt_components"),
-                inst.get("gt_detected"), pct(inst.get("instance_recall")), pct(inst.get("instance_precision"))]])
+                inst.get("gt_detected"), pct(inst.get("instance_recall")), pct(inst.get("instance_precision")),
+                num(inst.get("fragmentation"), "{:.2f}")]])
     doc.p(inst.get("description", "") + (". " + inst["note"] if inst.get("note") else ""))
+    from csl_ros.eval.driving import add_report_section
+
+    add_report_section(doc, m.get("driving"), rel("driving_bands"))
     for sw in m.get("sweeps", []):
         doc.h(2, f"Sweep: {sw['parameter']}")
         doc.p(sw["description"] + ". One pass of network outputs: nothing before the instance step "

@@ -102,14 +102,39 @@ def parse_sweep(text: str) -> Sweep:
 # instance-level counts of the detector's own output
 # --------------------------------------------------------------------------------------------------
 
-def instance_counts(instances: np.ndarray, labels: np.ndarray, instsize: int) -> dict:
+@dataclass
+class InstanceMatch:
+    """The detector's instances against the ground-truth components of one frame (see
+    :func:`match_instances`)."""
+
+    gt: np.ndarray             # int32 (H, W) ground-truth component ids, 0 none
+    gt_counted: np.ndarray     # bool per component id: big enough to count (index 0 False)
+    counted: np.ndarray        # bool per instance id: has labelled (non-void) pixels (index 0 False)
+    true: np.ndarray           # bool per instance id: precision >= INSTANCE_PPV_MIN (index 0 False)
+    pairs: np.ndarray          # (P, 2) distinct (instance id, component id) overlaps on labelled pixels
+
+    def detected(self, instance_ok: np.ndarray | None = None) -> np.ndarray:
+        """Component ids overlapped by a true instance (and, given, one with ``instance_ok[id]``)."""
+        ok = self.true if instance_ok is None else self.true & instance_ok
+        return np.unique(self.pairs[ok[self.pairs[:, 0]], 1])
+
+    def counts(self) -> dict:
+        detected = self.detected()
+        n_true_pairs = int(np.count_nonzero(self.true[self.pairs[:, 0]]))
+        return {"instances": int(self.counted.sum()), "false_instances": int((self.counted & ~self.true).sum()),
+                "gt_components": int(np.count_nonzero(self.gt_counted)), "gt_detected": int(detected.size),
+                "gt_fragments": n_true_pairs}
+
+
+def match_instances(instances: np.ndarray, labels: np.ndarray, instsize: int) -> InstanceMatch:
     """The detector's instances against the ground-truth components of one frame.
 
     Ground truth: 8-connected components of label 1; components smaller than ``instsize`` pixels
     become void (as in the official component metrics). An instance's precision is the share of its
     labelled (non-void) pixels that lie on ground-truth components; an instance with precision below
     0.5 is a false instance, one entirely on void is not counted. A ground-truth component is
-    detected when a true (precision >= 0.5) instance overlaps it.
+    detected when a true (precision >= 0.5) instance overlaps it; the true instances overlapping a
+    detected component are its fragments (1 = one obstacle, one instance).
     """
     import cv2
 
@@ -128,20 +153,28 @@ def instance_counts(instances: np.ndarray, labels: np.ndarray, instsize: int) ->
     i, g = inst[sel], gt[sel]
     total = np.bincount(i, minlength=k + 1)
     on_gt = np.bincount(i[g > 0], minlength=k + 1)
-    counted = total[1:] > 0
-    ppv = on_gt[1:] / np.maximum(total[1:], 1)
-    good = counted & (ppv >= INSTANCE_PPV_MIN)
-    good_full = np.concatenate(([False], good))
-    hit = g[(g > 0) & good_full[i]]
-    n_gt = int(np.count_nonzero(~small[1:]))
-    return {"instances": int(counted.sum()), "false_instances": int((counted & ~good).sum()),
-            "gt_components": n_gt, "gt_detected": int(np.unique(hit).size)}
+    counted = total > 0
+    counted[0] = False
+    true = counted & (on_gt >= INSTANCE_PPV_MIN * np.maximum(total, 1))
+    on = g > 0
+    pairs = np.unique(np.stack([i[on], g[on].astype(np.int64)], axis=1), axis=0) if on.any() \
+        else np.zeros((0, 2), np.int64)
+    gt_counted = ~small
+    gt_counted[0] = False
+    return InstanceMatch(gt, gt_counted, counted, true, pairs)
+
+
+def instance_counts(instances: np.ndarray, labels: np.ndarray, instsize: int) -> dict:
+    """Counts of :func:`match_instances`: instances, false instances, ground-truth components,
+    detected components and the fragments of the detected ones."""
+    return match_instances(instances, labels, instsize).counts()
 
 
 def _instance_summary(c: dict) -> dict:
     out = dict(c)
     out["instance_recall"] = c["gt_detected"] / c["gt_components"] if c["gt_components"] else None
     out["instance_precision"] = (1.0 - c["false_instances"] / c["instances"]) if c["instances"] else None
+    out["fragmentation"] = c.get("gt_fragments", 0) / c["gt_detected"] if c["gt_detected"] else None
     return out
 
 
@@ -184,6 +217,7 @@ class ScoredFrame:
     regions: np.ndarray | None = None    # int (H, W) region ids of the fusion; None: not known
     timings_ms: dict | None = None       # per stage, from the detector
     latency_ms: float | None = None      # publish -> answer (live mode)
+    truth: object = None                 # csl_ros.eval.driving.GroundTruth: camera, obstacles, distances
 
 
 @dataclass
@@ -236,6 +270,9 @@ class ScoreSink:
         self._missing_regions = 0
         self._recomputed_instances = 0
         self._video = None
+        from csl_ros.eval.driving import DrivingAccumulator
+
+        self.driving = DrivingAccumulator(config, self.spec.instsize)
         self.video_path = Path(video_path) if video_path else None
         self.video_fps = float(video_fps)
 
@@ -278,10 +315,12 @@ class ScoreSink:
         inst = frame.instances
         if inst is None or inst.shape != labels.shape:
             regions = frame.regions if frame.regions is not None and frame.regions.shape == labels.shape else None
-            inst = extract_instances(prepared, regions, cfg.score_threshold, cfg.min_instance_area)
+            inst = extract_instances(prepared, regions, cfg.score_threshold, cfg.min_instance_area,
+                                     min_split_fraction=cfg.min_split_fraction)
             self._recomputed_instances += 1
         counts = instance_counts(inst, labels, self.spec.instsize)
         self.instances_total = _add_counts(self.instances_total, counts)
+        drive = self.driving.add(frame.stamp_ns, labels, inst, prepared, frame.truth)
         # what the second pass, the sweeps and the worst-frame pictures need
         has_regions = frame.regions is not None and frame.regions.shape == labels.shape
         if self.sweeps:
@@ -307,7 +346,8 @@ class ScoreSink:
         row = {"index": k, "frame_id": name, "stamp_ns": int(frame.stamp_ns),
                "n_pos": ps.n_pos, "n_neg": ps.n_neg, "ap": ps.ap, "fpr95": ps.fpr95, "auroc": ps.auroc,
                "tp_px": tp, "fp_px": fp, "fn_px": fn, "f1_at_threshold": _pixel_f1(tp, fp, fn),
-               **counts}
+               **counts, "gt_detected_tracked": drive["tracked"]["detected"],
+               "false_alarms_tracked": drive["tracked"]["false_alarms"]}
         if frame.timings_ms and "total" in frame.timings_ms:
             row["detector_ms"] = float(frame.timings_ms["total"])
         if frame.latency_ms is not None:
@@ -398,7 +438,8 @@ class ScoreSink:
                     for j, v in enumerate(sw.values):
                         thr = v if sw.parameter == "score_threshold" else cfg.score_threshold
                         area = v if sw.parameter == "min_instance_area" else cfg.min_instance_area
-                        inst = extract_instances(anomaly, regions, thr, area)
+                        inst = extract_instances(anomaly, regions, thr, area,
+                                                 min_split_fraction=cfg.min_split_fraction)
                         st["counts"][j] = _add_counts(st["counts"][j],
                                                       instance_counts(inst, labels, self.spec.instsize))
                         if st["comp"] is not None:
@@ -420,7 +461,8 @@ class ScoreSink:
                             f"with less than {INSTANCE_PPV_MIN:g} of its labelled pixels on anomalies "
                             f"is false; a component is detected when a true instance overlaps it"),
             **_instance_summary(self.instances_total or {"instances": 0, "false_instances": 0,
-                                                         "gt_components": 0, "gt_detected": 0}),
+                                                         "gt_components": 0, "gt_detected": 0,
+                                                         "gt_fragments": 0}),
         }
         if self._recomputed_instances:
             out["instances"]["note"] = (f"{self._recomputed_instances} frame(s) came without the "
@@ -441,6 +483,7 @@ class ScoreSink:
         out["score_histogram"] = {"bin_edges": [float(e) for e in edges],
                                   "in_distribution": self.hist["in_distribution"].tolist(),
                                   "anomaly": self.hist["anomaly"].tolist()}
+        out["driving"] = self.driving.result()
         out["per_frame"] = self.per_frame
         out["timing"] = {"detector_stages_ms": {k: summarize(v) for k, v in self.stage_ms.items()},
                          "latency_ms": summarize(self.latency_ms)}

@@ -24,14 +24,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-# Output channels of res2..res5 per depth.
-RESNET_CHANNELS = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-    "resnet101": (256, 512, 1024, 2048),
-}
-
+from csl_ros.registry import Registry
 
 # Residual blocks per stage and block type per depth (He et al. 2016, as in torchvision).
 RESNET_LAYOUT = {
@@ -40,6 +33,14 @@ RESNET_LAYOUT = {
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
 }
+# Output channels of res2..res5 per depth: the stage widths times the block's expansion (1 or 4).
+RESNET_CHANNELS = {name: tuple(c * (1 if kind == "basic" else 4) for c in (64, 128, 256, 512))
+                   for name, (kind, _) in RESNET_LAYOUT.items()}
+
+# Backbone builders: ``builder(config: ModelConfig) -> nn.Module`` whose ``forward(x)`` returns four
+# feature maps at strides 4, 8, 16, 32 and whose ``out_channels`` gives their channels (the FPN pixel
+# decoder reads it). ``ModelConfig.backbone`` is a name of this registry.
+BACKBONES = Registry("backbone", help="")
 
 
 def _narrow_resnet(name: str, width: float, norm_layer) -> nn.Module:
@@ -105,6 +106,29 @@ class ResNetTrunk(nn.Module):
         res4 = self.layer3(res3)
         res5 = self.layer4(res4)
         return res2, res3, res4, res5
+
+
+def build_resnet(config) -> ResNetTrunk:
+    """The ResNet trunk of a :class:`~csl_ros.model.config.ModelConfig` (depth = its backbone name)."""
+    return ResNetTrunk(config.backbone, config.backbone_norm, config.backbone_width)
+
+
+for _name, (_kind, _blocks) in RESNET_LAYOUT.items():
+    BACKBONES.register(_name, build_resnet, help=f"ResNet-{_name[6:]} ({_kind} blocks {_blocks}), "
+                       "torchvision layout; ImageNet weights load at backbone_width 1")
+
+
+def check_backbone(backbone: nn.Module, name: str = "backbone") -> tuple[int, int, int, int]:
+    """The ``out_channels`` of a backbone module (four positive ints, res2..res5), or a ValueError."""
+    channels = getattr(backbone, "out_channels", None)
+    try:
+        channels = tuple(int(c) for c in channels)
+    except (TypeError, ValueError):
+        channels = ()
+    if len(channels) != 4 or min(channels) < 1:
+        raise ValueError(f"{name} {type(backbone).__name__} must expose out_channels: the channels of its "
+                         f"four feature maps at strides 4, 8, 16, 32 (got {getattr(backbone, 'out_channels', None)!r})")
+    return channels
 
 
 # --- weight files ----------------------------------------------------------------------------------

@@ -19,30 +19,23 @@ Loading builds the model from the stored config and refuses any disagreement bet
 weights (missing, unexpected or mis-shaped tensors), or between the stored config and one the caller
 expects, with a message naming the file and the offending keys.
 
-Detector settings carried by the model (``MODEL_SETTINGS``): a checkpoint's metadata may hold
-``input_height`` and ``input_width`` (the network input it was trained for) and ``score_threshold``
-(the fused-score threshold tuned for it). ``Detector.from_config`` uses them for every one of these
-settings the user left at the schema default (``csl_ros.config.apply_model_settings``). The schema's
-defaults are those of the shipped models (a test checks they agree). To retune a checkpoint, write
-the new values into its metadata: ``python -m csl_ros.model.checkpoint FILE score_threshold=0.3``
-re-saves the same tensors with the updated metadata (and a fresh ``weights_sha256``), then update
-``models/manifest.json`` (``csl_ros.shipped.register_shipped``) and, for a shipped model, the schema
-default.
+Metadata is free-form strings here; the detector settings a checkpoint may carry (input size, tuned
+score threshold) are checked against the configuration schema one layer up, in
+:mod:`csl_ros.model_settings`, which also holds the tool that rewrites them.
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from csl_ros.config import MODEL_SETTINGS
-from csl_ros.shipped import sha256_file as file_sha256  # one SHA-256 helper for every model file
-
 from .config import ModelConfig
 from .integrity import WEIGHTS_SHA256, torch_load_tensors, verify_weights, weights_sha256
+from .integrity import sha256_file as file_sha256
 from .student import CSLStudent
 
 FORMAT = "csl_ros.student"
@@ -100,7 +93,7 @@ def _dequantized_state(path: str, state: dict[str, Tensor]) -> dict[str, Tensor]
 
 
 def save_checkpoint(path: str | os.PathLike, model: CSLStudent, metadata: dict[str, str] | None = None,
-                    storage: str = "float32") -> str:
+                    storage: str = "float32", check: Callable[[dict[str, str]], None] | None = None) -> str:
     """Write ``model``'s weights and config to ``path`` (format by extension); returns the file's
     SHA-256. ``metadata``: extra string key/values (e.g. training step, data set). ``storage``: one of
     STORAGE_DTYPES (see the module docstring); recorded as the ``stored_dtype`` metadata."""
@@ -111,7 +104,8 @@ def save_checkpoint(path: str | os.PathLike, model: CSLStudent, metadata: dict[s
     reserved = {"format", "format_version", "model_config", "stored_dtype", WEIGHTS_SHA256} & set(metadata)
     if reserved:
         raise ValueError(f"metadata keys {sorted(reserved)} are reserved")
-    model_settings(metadata, source="metadata")  # refuse a wrong model setting before writing
+    if check is not None:
+        check(metadata)  # refuse a wrong setting before writing
     metadata["stored_dtype"] = storage
     state = _stored_state(model, storage)
     _write(path, state, model.config, metadata)
@@ -133,26 +127,16 @@ def _write(path: str, state: dict[str, Tensor], config: ModelConfig, metadata: d
     os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
 
 
-def model_settings(metadata: dict[str, str], source: str = "checkpoint") -> dict:
-    """The detector settings a checkpoint carries (see the module docstring), typed and range-checked
-    by the schema; ValueError naming ``source`` for an invalid one."""
-    from csl_ros.config import DetectorConfig, apply_overrides
-
-    given = {k: metadata[k] for k in MODEL_SETTINGS if k in metadata}
-    try:
-        cfg = apply_overrides(DetectorConfig(), given)
-    except ValueError as exc:
-        raise ValueError(f"{source}: invalid model setting: {exc}") from None
-    return {k: getattr(cfg, k) for k in given}
-
-
-def update_metadata(path: str | os.PathLike, updates: dict[str, str]) -> str:
+def update_metadata(path: str | os.PathLike, updates: dict[str, str],
+                    check: Callable[[dict[str, str]], None] | None = None) -> str:
     """Re-save checkpoint ``path`` with the same stored tensors and ``updates`` merged into its metadata
-    (e.g. a retuned ``score_threshold``); the loaded file is verified first. Returns the new file SHA-256."""
+    (e.g. a retuned ``score_threshold``); the loaded file is verified first. Returns the new file SHA-256.
+    ``check``: called with the merged metadata before anything is written (raise to refuse)."""
     path = os.fspath(path)
     config, stored, meta = _read_verified(path)
     meta = {**meta, **{str(k): str(v) for k, v in updates.items()}}
-    model_settings(meta, source=path)
+    if check is not None:
+        check(meta)
     _write(path, stored, config, meta)
     return file_sha256(path)
 
@@ -233,28 +217,3 @@ def load_checkpoint(path: str | os.PathLike, expected_config: ModelConfig | None
     model.load_state_dict(state)
     model.to(device).eval()
     return LoadedCheckpoint(model=model, config=config, metadata=meta, sha256=file_sha256(path))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m csl_ros.model.checkpoint FILE KEY=VALUE...``: update a checkpoint's metadata."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m csl_ros.model.checkpoint", description=main.__doc__)
-    parser.add_argument("file", help="student checkpoint (.safetensors or .pt)")
-    parser.add_argument("settings", nargs="+", metavar="KEY=VALUE",
-                        help=f"metadata to set, e.g. score_threshold=0.3 (model settings: {', '.join(MODEL_SETTINGS)})")
-    args = parser.parse_args(argv)
-    try:
-        from csl_ros.config import parse_set_args
-
-        digest = update_metadata(args.file, parse_set_args(args.settings))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.file}: metadata updated, sha256 {digest}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -31,7 +31,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+from csl_ros.settings import apply_overrides, setting, validation_errors
+
+from .backbone import BACKBONES as BACKBONE_REGISTRY
+
+BACKBONES = BACKBONE_REGISTRY.choices()  # the registered backbone builders (csl_ros.model.backbone)
 BACKBONE_NORMS = ("bn", "frozen_bn")
 
 # Input normalisation of Mask2Former / detectron2 torchvision-style ResNets (RGB, 0-255 input).
@@ -43,13 +47,14 @@ PIXEL_STD = (58.395, 57.120, 57.375)
 class ModelConfig:
     """Every architecture choice of the CSL student (spec section 2). Frozen: presets are shared."""
 
-    backbone: str = field(default="resnet50", metadata={"help": "ResNet trunk, one of BACKBONES."})
+    backbone: str = setting("resnet50", "Backbone builder, one of BACKBONES (the ResNet trunks, or a "
+                            "registered one).", choices=BACKBONES)
     backbone_width: float = field(default=1.0, metadata={
         "help": "Channel multiplier of the ResNet trunk's stages (1 = the standard network, which ImageNet "
                 "weights fit; 0.5 = a quarter of the parameters, for small shipped models)."})
-    backbone_norm: str = field(default="bn", metadata={
-        "help": "'bn' (trainable BatchNorm, the released configs) or 'frozen_bn' (fixed statistics, for "
-                "fine-tuning with tiny per-device batches; spec ambiguity #13)."})
+    backbone_norm: str = setting("bn", "'bn' (trainable BatchNorm, the released configs) or 'frozen_bn' "
+                                 "(fixed statistics, for fine-tuning with tiny per-device batches; spec "
+                                 "ambiguity #13).", choices=BACKBONE_NORMS)
     conv_dim: int = field(default=256, metadata={"help": "Channels of the FPN pixel decoder outputs."})
     mask_dim: int = field(default=256, metadata={"help": "Channels of the per-pixel embeddings E and "
                                                  "of the region prototypes P."})
@@ -81,14 +86,12 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"ModelConfig.backbone={self.backbone!r}: must be one of {BACKBONES}")
+        errors = validation_errors(self, prefix="ModelConfig.")  # choices (csl_ros.settings)
+        if errors:
+            raise ValueError(errors[0])
         if isinstance(self.backbone_width, bool) or not isinstance(self.backbone_width, (int, float)) \
                 or not 0 < self.backbone_width <= 4:
             raise ValueError(f"ModelConfig.backbone_width={self.backbone_width!r}: must be a number in (0, 4]")
-        if self.backbone_norm not in BACKBONE_NORMS:
-            raise ValueError(f"ModelConfig.backbone_norm={self.backbone_norm!r}: must be one of "
-                             f"{BACKBONE_NORMS}")
         for name in ("conv_dim", "mask_dim", "hidden_dim", "num_queries", "dec_layers", "nheads",
                      "dim_feedforward", "gn_groups", "size_divisibility"):
             value = getattr(self, name)
@@ -130,7 +133,7 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown ModelConfig field(s) {unknown} (written by a newer csl_ros?)")
-        return cls(**dict(data))
+        return apply_overrides(cls(), data)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
@@ -161,4 +164,4 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
     if unknown:
         raise ValueError(f"unknown ModelConfig field(s) {unknown} in overrides of preset {name!r}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return apply_overrides(PRESETS[name], overrides)

@@ -21,6 +21,16 @@ import torch
 WEIGHTS_SHA256 = "weights_sha256"  # metadata key of the embedded hash
 
 
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a whole file (the digest manifests and statistics files record): one helper for
+    every model file csl_ros writes or checks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over (name, dtype, shape, bytes) of every tensor in key order: detects any change of
     the stored weights, independent of the container format."""

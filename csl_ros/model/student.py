@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import ResNetTrunk, load_backbone_weights
+from .backbone import BACKBONES, check_backbone, load_backbone_weights
 from .config import ModelConfig, get_preset
 from .heads import DistillationHead
 from .pixel_decoder import FPNPixelDecoder
@@ -52,14 +52,21 @@ def upsample_to_input(maps: Tensor, size: tuple[int, int], mode: str = "bilinear
 
 class CSLStudent(nn.Module):
     """Backbone (ResNet) -> FPN pixel decoder (E and three scales) -> masked-attention decoder
-    (N region prototypes, validity) -> region logits = P . E; plus the scheme-1 head D-hat on E."""
+    (N region prototypes, validity) -> region logits = P . E; plus the scheme-1 head D-hat on E.
 
-    def __init__(self, config: ModelConfig):
+    ``backbone``: a module to use instead of the registered builder ``config.backbone``
+    (``csl_ros.model.backbone.BACKBONES``); it returns four maps at strides 4..32 and exposes their
+    ``out_channels``. A checkpoint rebuilds its backbone from the config, so register a backbone that
+    should be saved and loaded."""
+
+    def __init__(self, config: ModelConfig, backbone: nn.Module | None = None):
         super().__init__()
         config.validate()
         self.config = config
-        self.backbone = ResNetTrunk(config.backbone, config.backbone_norm, config.backbone_width)
-        self.pixel_decoder = FPNPixelDecoder(self.backbone.out_channels, config.conv_dim, config.mask_dim,
+        self.backbone = BACKBONES.get(config.backbone)(config) if backbone is None else backbone
+        channels = check_backbone(self.backbone, "the backbone" if backbone is not None else
+                                  f"backbone {config.backbone!r}")
+        self.pixel_decoder = FPNPixelDecoder(channels, config.conv_dim, config.mask_dim,
                                              config.gn_groups)
         self.transformer_decoder = MaskedTransformerDecoder(
             in_channels=config.conv_dim, hidden_dim=config.hidden_dim, mask_dim=config.mask_dim,

@@ -6,6 +6,11 @@ Flow per batch (CSL inference, spec section 4):
   assignment_resolution="full") -> structure-constrained
   fusion (Eq. 3) at the input resolution -> instances (components of H >= threshold within regions)
   -> obstacle records with flat-ground geometry.
+
+Calling the detector on one image (``detector(image, camera)``) treats the calls as the frames of one
+camera stream and tracks the obstacles across them (``csl_ros.pipeline.tracking``, the ``track_*``
+settings): ``Detection.obstacles`` are the confirmed tracks' records, ``Detection.tentative`` the rest.
+``detect_batch`` is stateless (independent images, several cameras): every record is reported.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from csl_ros.pipeline.backends import CompiledModel, compile_network, resolve_de
 from csl_ros.pipeline.geometry import CameraGeometry
 from csl_ros.pipeline.instances import Obstacle, describe_instances, extract_instances
 from csl_ros.pipeline.timing import StageTimer
+from csl_ros.pipeline.tracking import Tracker, TrackingParams
 
 log = logging.getLogger("csl_ros.detector")
 
@@ -42,6 +48,7 @@ class Detection:
     backend: str = "eager"
     device: str = "cpu"
     regions: np.ndarray | None = None  # int32 (H, W) region ids used by the fusion (None: teacher only)
+    tentative: list[Obstacle] = field(default_factory=list)  # tracked, not (yet) confirmed: not reported
 
     def obstacles_json(self) -> list[dict]:
         return [o.to_dict() for o in self.obstacles]
@@ -93,7 +100,6 @@ class Detector:
             raise ValueError("scheme 1 needs a student with a distillation head (distill_channels > 0); "
                              "this checkpoint is class-agnostic only: use scheme 2 with a teacher")
         self.teacher = teacher
-        self._student_module = student
         self.network: CompiledModel | None = None
         if student is not None and cfg.scheme != "teacher_only":
             example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
@@ -106,16 +112,17 @@ class Detector:
                             self.network.fallback_reason)
         if teacher is not None:
             teacher.model.to(self.device)
+        self.tracker = Tracker(TrackingParams.from_config(cfg))
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: DetectorConfig) -> "Detector":
         """Load the student and/or teacher named by ``cfg`` (shipped defaults when paths are empty).
         Settings the student checkpoint carries (input size, tuned score threshold: see
-        csl_ros.model.checkpoint) replace those ``cfg`` leaves at the schema default."""
+        csl_ros.model_settings) replace those ``cfg`` leaves at the schema default."""
         from csl_ros.config import apply_model_settings
         from csl_ros.model import load_checkpoint
-        from csl_ros.model.checkpoint import model_settings
+        from csl_ros.model_settings import model_settings
 
         cfg.validate()
         device = resolve_device(cfg.device)
@@ -157,18 +164,22 @@ class Detector:
         self.config = apply_overrides(self.config, changes)
 
     def warmup(self) -> None:
-        self(np.zeros((self.config.input_height, self.config.input_width, 3), np.uint8))
+        self.detect_batch([np.zeros((self.config.input_height, self.config.input_width, 3), np.uint8)])
 
     def close(self) -> None:
         self.network = None
         self.teacher = None
-        self._student_module = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     # --- inference ---------------------------------------------------------------------------
     def __call__(self, image: np.ndarray, camera: CameraGeometry | None = None) -> Detection:
-        return self.detect_batch([image], [camera])[0]
+        """One frame of this detector's camera stream: detection, then tracking (module docs)."""
+        det = self.detect_batch([image], [camera])[0]
+        tracked = self.tracker.update(det.obstacles, TrackingParams.from_config(self.config))
+        det.obstacles = [o for o in tracked if o.confirmed]
+        det.tentative = [o for o in tracked if not o.confirmed]
+        return det
 
     def _letterbox(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Resize each image to fit the network size keeping its aspect ratio; pad bottom/right."""
@@ -235,7 +246,8 @@ class Detector:
                 roi = None
                 if cfg.road_roi and teacher_seg is not None:
                     roi = self._road_roi(teacher_seg[b, :h, :w], (H0, W0))
-                inst = extract_instances(anomaly, regions_np, cfg.score_threshold, cfg.min_instance_area, roi)
+                inst = extract_instances(anomaly, regions_np, cfg.score_threshold, cfg.min_instance_area, roi,
+                                         min_split_fraction=cfg.min_split_fraction)
                 obstacles = describe_instances(inst, anomaly, cam)
             results.append(Detection(anomaly, inst, obstacles, backend=self.backend, device=str(self.device),
                                      regions=regions_np.astype(np.int32) if regions_np is not None else None))

@@ -11,7 +11,11 @@ from csl_ros.pipeline.geometry import CameraGeometry
 
 @dataclass
 class Obstacle:
-    """One OOD instance. Pixel quantities refer to the input image; metric ones need a camera."""
+    """One OOD instance. Pixel quantities refer to the input image; metric ones need a camera.
+
+    ``id`` is the instance's label in the instance image until a :class:`~csl_ros.pipeline.tracking.
+    Tracker` has seen it; then it is the track id, stable across frames (``instance`` keeps the label).
+    """
 
     id: int
     area_px: int
@@ -22,15 +26,26 @@ class Obstacle:
     distance_m: float | None = None  # horizontal forward distance of the contact point
     width_m: float | None = None
     height_m: float | None = None
+    instance: int = 0                 # label of its pixels in the frame's instance image
+    track_age: int | None = None      # frames since its track was born (0: new this frame)
+    track_hits: int | None = None     # frames of the track's confirmation window it was seen in
+    confirmed: bool = True            # False while its track awaits confirmation (k of n)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
 def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold: float, min_area: int,
-                      roi: np.ndarray | None = None) -> np.ndarray:
-    """Label OOD instances: 8-connected components of ``scores >= threshold`` intersected with the
-    student's regions (a component spanning two regions becomes two instances).
+                      roi: np.ndarray | None = None, *, min_split_fraction: float = 0.0) -> np.ndarray:
+    """Label OOD instances: 8-connected components of ``scores >= threshold``, cut along the student's
+    regions only where the cut separates substantial parts.
+
+    One physical obstacle must stay one instance: a region piece of a component is its own instance
+    only when it covers at least ``min_split_fraction`` of the component and at least ``min_area``
+    pixels (two touching obstacles); smaller pieces (a region boundary crossing the obstacle, a sliver)
+    join the component's largest piece instead of becoming fragments or holes. ``min_split_fraction``
+    0 keeps every piece of ``min_area`` pixels (the plain component x region split); above 0.5 a
+    component is never split.
 
     ``roi``: optional boolean mask (e.g. the drivable road); instances not touching it are dropped.
     Returns a uint16 label image (0 = none), ids 1..K ordered by (component, region).
@@ -54,6 +69,7 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
             ids = np.cumsum(used)[key]  # 1-based id of every used key, in key order
         else:
             ids = np.unique(key, return_inverse=True)[1].ravel() + 1
+        ids = _merge_small_pieces(ids, comp, n_cc, max(int(min_area), 1), float(min_split_fraction))
     else:
         ids = comp
     area = np.bincount(ids)
@@ -68,6 +84,26 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
     out = np.zeros(scores.size, np.uint16)
     out[idx] = remap[ids]
     return out.reshape(scores.shape)
+
+
+def _merge_small_pieces(ids: np.ndarray, comp: np.ndarray, n_cc: int, min_area: int,
+                        min_fraction: float) -> np.ndarray:
+    """Relabel the (component, region) pieces ``ids`` of every pixel: a piece below ``min_area`` or
+    below ``min_fraction`` of its component's area joins the largest piece of its component."""
+    piece_area = np.bincount(ids)
+    piece_comp = np.zeros(piece_area.size, np.int64)
+    piece_comp[ids] = comp
+    comp_area = np.bincount(comp, minlength=n_cc)
+    pieces = np.flatnonzero(piece_area)
+    # the largest piece of each component: sort by (component, -area), take each group's first
+    order = pieces[np.lexsort((-piece_area[pieces], piece_comp[pieces]))]
+    first = np.r_[True, piece_comp[order][1:] != piece_comp[order][:-1]]
+    largest = np.zeros(n_cc, np.int64)
+    largest[piece_comp[order[first]]] = order[first]
+    small = piece_area < np.maximum(min_area, min_fraction * comp_area[piece_comp])
+    target = np.arange(piece_area.size)
+    target[small] = largest[piece_comp[small]]
+    return target[ids]
 
 
 def describe_instances(instances: np.ndarray, scores: np.ndarray,
@@ -106,7 +142,7 @@ def describe_instances(instances: np.ndarray, scores: np.ndarray,
         if area[i] == 0:
             continue
         ob = Obstacle(id=i, area_px=int(area[i]), bbox=(int(x0[i]), int(y0[i]), int(x1[i]) + 1, int(y1[i]) + 1),
-                      mean_score=float(ssum[i] / area[i]), max_score=float(smax[i]))
+                      mean_score=float(ssum[i] / area[i]), max_score=float(smax[i]), instance=i)
         if camera is not None:
             pts, dist = camera.ground_point(bx[i] + 0.5, y1[i] + 1.0)  # bottom edge of the last row
             if np.isfinite(dist):

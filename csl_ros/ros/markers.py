@@ -116,6 +116,8 @@ def obstacle_marker_specs(obstacles) -> list[MarkerSpec]:
         specs.append(MarkerSpec(NS_BOX, int(ob.id), "cube", centre, (w, h, d), score_color(ob.max_score)))
         label = f"#{ob.id} {ob.distance_m:.1f} m  score {ob.max_score:.2f}" if ob.distance_m is not None \
             else f"#{ob.id} score {ob.max_score:.2f}"
+        if getattr(ob, "track_age", None) is not None:   # tracked: the id is the track's, stable across frames
+            label += f"  age {ob.track_age}"
         specs.append(MarkerSpec(NS_LABEL, int(ob.id), "text", (x, y - h - LABEL_HEIGHT_M, z),
                                 (0.0, 0.0, LABEL_HEIGHT_M), (1.0, 1.0, 1.0, 1.0), label))
     return specs

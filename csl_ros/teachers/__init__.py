@@ -15,7 +15,7 @@ import importlib
 
 _EXPORTS = {
     "Teacher": "teacher", "TeacherOutput": "teacher", "build_teacher": "teacher",
-    "TEACHER_NAMES": "teacher", "resolve_device": "teacher",
+    "TEACHER_NAMES": "teacher", "resolve_device": "teacher", "TEACHERS": "registry",
     "SCORE_FUNCTIONS": "scores", "compute_score": "scores", "msp_score": "scores",
     "maxlogit_score": "scores", "sml_score": "scores", "entropy_score": "scores",
     "energy_score": "scores", "boundary_suppression": "scores", "dilated_smoothing": "scores",

@@ -7,7 +7,8 @@ SHA-256 of the model, so it is refused with another model.
 
 Data sources:
   synthroad   frames rendered on the fly without obstacles (seeds --first-seed .. +--frames)
-  cityscapes  leftImg8bit/<split>/*/*_leftImg8bit.png under --root (gtFine must be present)
+  cityscapes  leftImg8bit/<split>/*/*_leftImg8bit.png under --root (gtFine must be present); any
+              other registered dataset with semantic labels likewise
   images      every .png/.jpg/.jpeg/.webp under --root, sorted (e.g. any in-distribution folder)
 
     csl-ros teacher fit-stats --segmenter seg.safetensors --data cityscapes --root /data/cityscapes
@@ -17,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from csl_ros.cli import add_command, image_size_arg
+from csl_ros.data.registry import DATASETS
+from csl_ros.teachers.registry import unbounded_scores
 
 TEACHER_DOC = """csl-ros teacher: utilities for the teacher models whose per-pixel scores CSL fuses.
 
@@ -36,7 +39,8 @@ def register(subparsers) -> None:
     f = add_command(sub, "fit-stats", "fit SML statistics and score calibration on ID frames", __doc__)
     f.add_argument("--segmenter", required=True, type=Path,
                    help="closed-set segmenter checkpoint (.safetensors/.pt/.pth) or ONNX teacher (.onnx)")
-    f.add_argument("--data", required=True, choices=("synthroad", "cityscapes", "images"),
+    f.add_argument("--data", required=True, choices=DATASETS.choices(where={"semantic": True},
+                                                                      after=("images",)),
                    help="in-distribution frames to fit on")
     f.add_argument("--root", type=Path, help="dataset folder (cityscapes, images)")
     f.add_argument("--split", default="train", help="Cityscapes split (default train)")
@@ -55,7 +59,7 @@ def register(subparsers) -> None:
                    help="input normalisation of a float-input ONNX model (default: its metadata, "
                         "else imagenet)")
     f.add_argument("--calibration", default="logistic", choices=("logistic", "quantile_linear"),
-                   help="calibration of the unbounded scores maxlogit, sml, energy")
+                   help="calibration of the unbounded scores " + ", ".join(unbounded_scores()))
     f.add_argument("--map-calibration", default="identity",
                    choices=("identity", "logistic", "quantile_linear"),
                    help="calibration of a one-channel ONNX anomaly map (identity: already in [0,1])")
@@ -83,13 +87,13 @@ def _frames(args):
                  "obstacles": "none"})
     if args.root is None:
         raise ValueError(f"--data {args.data} needs --root")
-    if args.data == "cityscapes":
-        from csl_ros.data.loaders import Cityscapes
+    if args.data in DATASETS:
+        from csl_ros.data.loaders import open_dataset
 
-        ds = Cityscapes(args.root, split=args.split)
+        split = {"split": args.split} if "split" in DATASETS.entry(args.data).options else {}
+        ds = open_dataset(args.data, args.root, **split)
         n = min(len(ds), args.frames or len(ds))
-        return ((ds[i].rgb for i in range(n)), n,
-                {"data": "cityscapes", "split": args.split, "root": str(args.root)})
+        return ((ds[i].rgb for i in range(n)), n, {"data": args.data, **split, "root": str(args.root)})
     from csl_ros.data.loaders import read_rgb
 
     if not args.root.is_dir():

@@ -15,7 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-SCORE_FUNCTIONS = ("msp", "maxlogit", "sml", "entropy", "energy")
+from csl_ros.teachers.registry import TEACHERS
+
+SCORE_FUNCTIONS = TEACHERS.choices()  # the registered score functions (csl_ros.teachers.registry)
 
 # SML post-processing defaults (spec section 7, the SML repo's eval.py defaults).
 SML_BOUNDARY_WIDTH = 4
@@ -209,19 +211,20 @@ def sml_score(logits: torch.Tensor, class_mean, class_std, boundary_width: int =
     return sml_postprocess(s, pred, boundary_width, boundary_iterations, smoothing)
 
 
+def sml_score_from_stats(logits: torch.Tensor, stats) -> torch.Tensor:
+    """:func:`sml_score` with μ_c, σ_c and the post-processing of a ``TeacherStats`` (the registered
+    ``sml`` teacher)."""
+    if stats is None or not stats.has_class_stats:
+        raise ValueError("the sml score needs class-wise max-logit statistics (a teacher stats "
+                         "file made by `csl-ros teacher fit-stats`)")
+    return sml_score(logits, stats.class_mean, stats.class_std, **stats.sml_params)
+
+
 def compute_score(name: str, logits: torch.Tensor, stats=None) -> torch.Tensor:
-    """Raw score ``name`` ∈ SCORE_FUNCTIONS of ``logits``; SML needs ``stats`` (a TeacherStats)."""
-    if name == "msp":
-        return msp_score(logits)
-    if name == "maxlogit":
-        return maxlogit_score(logits)
-    if name == "entropy":
-        return entropy_score(logits)
-    if name == "energy":
-        return energy_score(logits)
-    if name == "sml":
-        if stats is None or not stats.has_class_stats:
-            raise ValueError("the sml score needs class-wise max-logit statistics (a teacher stats "
-                             "file made by `csl-ros teacher fit-stats`)")
-        return sml_score(logits, stats.class_mean, stats.class_std, **stats.sml_params)
-    raise ValueError(f"unknown score function {name!r}; choose one of {', '.join(SCORE_FUNCTIONS)}")
+    """Raw score ``name`` (a registered teacher, ``TEACHERS``) of ``logits``; a score that needs
+    statistics (SML) gets ``stats`` (a TeacherStats)."""
+    if name not in TEACHERS:
+        raise ValueError(f"unknown score function {name!r}; choose one of {', '.join(SCORE_FUNCTIONS)}")
+    entry = TEACHERS.entry(name)
+    score = entry.load()
+    return score(logits, stats) if entry.needs_stats else score(logits)

@@ -94,7 +94,6 @@ class SegmenterConfig:
 
 PRESETS: dict[str, SegmenterConfig] = {arch: SegmenterConfig(arch=arch) for arch in ARCHS}
 DEFAULT_PRESET = "lraspp_mobilenet_v3_large"   # the shipped synthroad teacher base
-REAL_PRESET = "deeplabv3_resnet50"             # for Cityscapes-trained user checkpoints
 
 
 def preset(name: str, **overrides) -> SegmenterConfig:

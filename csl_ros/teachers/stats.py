@@ -27,18 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csl_ros.shipped import sha256_file as file_sha256  # noqa: F401 (re-exported helper)
+from csl_ros.model.integrity import sha256_file as file_sha256  # noqa: F401 (re-exported helper)
 from csl_ros.teachers.calibration import CALIBRATION_METHODS, Calibration, fit_calibration
-from csl_ros.teachers.scores import (SML_BOUNDARY_ITERATIONS, SML_BOUNDARY_WIDTH, energy_score,
-                                     entropy_score, maxlogit_score, msp_score, sml_postprocess)
+from csl_ros.teachers.registry import TEACHERS, default_calibrations
+from csl_ros.teachers.scores import SML_BOUNDARY_ITERATIONS, SML_BOUNDARY_WIDTH, sml_postprocess
 
 STATS_FORMAT = "csl_ros.teacher_stats"
 STATS_VERSION = 1
 QUANTILE_PROBS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
-# Default calibration per score: MSP and entropy are already probabilities; the rest are unbounded.
-# "map" is the raw output of a one-channel ONNX teacher (usually already a probability).
-DEFAULT_CALIBRATION = {"msp": "identity", "entropy": "identity", "maxlogit": "logistic",
-                       "sml": "logistic", "energy": "logistic", "map": "identity"}
 
 
 def default_stats_path(checkpoint: str | os.PathLike) -> Path:
@@ -192,6 +188,9 @@ class StatsAccumulator:
                                               "smoothing": True})
         self._gen = torch.Generator().manual_seed(self.seed)
         self._kind: str | None = None
+        # Registered scores computed per pixel from the logits alone; SML (needs_stats) is
+        # reconstructed from its basis maps at the end.
+        self.pixel_scores = TEACHERS.names(needs_stats=False)
         k = num_classes
         self._count = torch.zeros(k, dtype=torch.float64)
         self._mean = torch.zeros(k, dtype=torch.float64)
@@ -255,15 +254,14 @@ class StatsAccumulator:
         self._m2 = self._m2 + m2_b + delta ** 2 * self._count * cnt / safe_n
         self._count = n
 
-        raw = torch.cat([msp_score(logits), maxlogit_score(logits), entropy_score(logits),
-                         energy_score(logits)], dim=1)  # B×4×H×W
+        raw = torch.cat([TEACHERS.get(name)(logits) for name in self.pixel_scores], dim=1)  # B×J×H×W
         b, _, h, w = logits.shape
         for i in range(b):
             idx, keys = self._candidates(h * w)
             if idx.numel() == 0:
                 continue
             idx_dev = idx.to(logits.device)
-            simple = raw[i].reshape(4, -1)[:, idx_dev]  # 4×n
+            simple = raw[i].reshape(raw.shape[1], -1)[:, idx_dev]  # J×n
             basis = self._sml_basis(ml[i], pred[i], idx_dev)  # 2K×n
             self._push(keys, torch.cat([simple, basis]).T)
         self.pixels += b * h * w
@@ -327,7 +325,7 @@ class StatsAccumulator:
     def finalize(self, calibration: str = "logistic", map_calibration: str = "identity",
                  segmenter_sha256: str | None = None, **fit_info) -> TeacherStats:
         """Compute μ/σ², the score quantiles and the calibrations; ``calibration`` is the method for
-        the unbounded logit scores (maxlogit, sml, energy), ``map_calibration`` for ONNX maps."""
+        the unbounded registered scores (maxlogit, sml, energy), ``map_calibration`` for ONNX maps."""
         for m in (calibration, map_calibration):
             if m not in CALIBRATION_METHODS or m == "per_image_minmax":
                 raise ValueError(f"calibration method {m!r} cannot be stored with a teacher; choose "
@@ -342,16 +340,17 @@ class StatsAccumulator:
             std = var.sqrt()
             k = self.num_classes
             v = self._values.double()
-            for j, name in enumerate(("msp", "maxlogit", "entropy", "energy")):
+            for j, name in enumerate(self.pixel_scores):
                 samples[name] = v[:, j].numpy()
-            a, b = v[:, 4:4 + k], v[:, 4 + k:4 + 2 * k]
+            j = len(self.pixel_scores)
+            a, b = v[:, j:j + k], v[:, j + k:j + 2 * k]
             samples["sml"] = (a / std + b * (mean / std)).sum(dim=1).numpy()
             stats.class_mean = mean.tolist()
             stats.class_var = var.tolist()
             stats.class_count = [int(c) for c in count.tolist()]
             stats.fallback_classes = fallback
-            methods = dict(DEFAULT_CALIBRATION)
-            for name in ("maxlogit", "sml", "energy"):
+            methods = default_calibrations()
+            for name in TEACHERS.names(bounded=False):
                 methods[name] = calibration
         else:
             stats.sml_params = {}

@@ -1,7 +1,7 @@
 """One teacher interface: image batch → per-pixel OOD map in [0, 1] (higher = more anomalous).
 
-``build_teacher(name, ...)`` with ``name`` in ``TEACHER_NAMES`` (``csl_ros.config.TEACHERS`` minus
-"none") returns a ``Teacher``; calling it on a B×3×H×W uint8 (or [0, 1] float) RGB batch gives a
+``build_teacher(name, ...)`` with ``name`` in ``TEACHER_NAMES`` (the registered score functions of
+``csl_ros.teachers.registry.TEACHERS``, plus "onnx") returns a ``Teacher``; calling it on a B×3×H×W uint8 (or [0, 1] float) RGB batch gives a
 ``TeacherOutput``:
 
 * ``score_map``  B×1×H×W in [0, 1]: the calibrated score D that CSL fuses (Eq. 3; spec section 4.4),
@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
-from csl_ros.config import TEACHERS
 from csl_ros.teachers.calibration import Calibration
+from csl_ros.teachers.registry import NO_TEACHER, ONNX_TEACHER, TEACHERS, unbounded_scores
 from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score, sml_score
 from csl_ros.teachers.stats import TeacherStats, default_stats_path, file_sha256
 
-TEACHER_NAMES = tuple(t for t in TEACHERS if t != "none")
-UNBOUNDED_SCORES = ("maxlogit", "sml", "energy")
+TEACHER_NAMES = TEACHERS.choices(after=(ONNX_TEACHER,))
 # Names of the shipped synthroad teacher files in models/manifest.json (csl_ros.shipped).
 SHIPPED_SEGMENTER = "teacher_segmenter"
 SHIPPED_STATS = "teacher_segmenter_stats"
@@ -49,8 +48,9 @@ class Teacher:
                  precision: str = "fp32"):
         if score_fn not in SCORE_FUNCTIONS + ("map",):
             raise ValueError(f"unknown score function {score_fn!r}")
-        if score_fn == "sml" and (stats is None or not stats.has_class_stats):
-            raise ValueError("the sml teacher needs class-wise statistics (teacher stats file)")
+        if score_fn != "map" and TEACHERS.entry(score_fn).needs_stats and (
+                stats is None or not stats.has_class_stats):
+            raise ValueError(f"the {score_fn} teacher needs class-wise statistics (teacher stats file)")
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
         self.name = name
@@ -119,13 +119,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def _choose_calibration(score_fn: str, stats: TeacherStats | None, override: str | None,
                         where: str) -> Calibration:
-    if override == "identity" and score_fn in UNBOUNDED_SCORES:
+    if override == "identity" and score_fn in unbounded_scores():
         raise ValueError(f"the {score_fn} score is unbounded; an identity calibration would just clip "
                          "it (use logistic, quantile_linear or the per_image_minmax ablation)")
     if override in ("identity", "per_image_minmax"):
         return Calibration(override)
     if stats is None:
-        if override is None and score_fn in ("msp", "entropy", "map"):
+        if override is None and (score_fn == "map" or TEACHERS.entry(score_fn).bounded):
             return Calibration("identity")  # already probabilities (a map is assumed in [0, 1])
         raise ValueError(f"the {score_fn} score needs a calibration fitted on in-distribution data, "
                          f"but no teacher statistics file was found ({where}); run `csl-ros teacher "
@@ -151,7 +151,7 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
                   calibration: str | None = None, onnx_score: str | None = None,
                   onnx_input_normalization: str | None = None, segmenter_preset: str | None = None,
                   verify_stats: bool = True, precision: str = "fp32") -> Teacher:
-    """Build teacher ``name`` ∈ {msp, maxlogit, sml, entropy, energy, onnx}.
+    """Build teacher ``name`` ∈ ``TEACHER_NAMES`` (a registered score function, or onnx).
 
     * Logit teachers load the closed-set segmenter ``segmenter_path`` (empty: the shipped synthroad
       segmenter, checked against models/manifest.json).
@@ -165,14 +165,14 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
       quantiles), identity, or per_image_minmax (**ablation only**, not comparable across images).
     * ``precision``: ``fp16`` runs the segmenter under CUDA autocast (ignored on CPU and for ONNX).
     """
-    if name == "none":
+    if name == NO_TEACHER:
         raise ValueError("teacher 'none' has no teacher to build (scheme 1 needs none)")
     if name not in TEACHER_NAMES:
         raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(TEACHER_NAMES)}")
     dev = resolve_device(device)
     segmenter_path, stats_path, onnx_path = str(segmenter_path or ""), str(stats_path or ""), str(onnx_path or "")
 
-    if name == "onnx":
+    if name == ONNX_TEACHER:
         from csl_ros.teachers.onnx_runner import OnnxModel
 
         path = onnx_path or (segmenter_path if segmenter_path.endswith(".onnx") else "")

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from csl_ros.cli import add_command
+from csl_ros.training.config import STUDENT_SCHEMES
 
 
 STUDENT_DOC = """csl-ros train student: train the class-agnostic (ca) or scheme-1 (distilled) CSL student.
@@ -40,7 +41,7 @@ def register(subparsers) -> None:
     sub.required = True
 
     s = add_command(sub, "student", "class-agnostic (ca) or scheme-1 (distilled) CSL student", STUDENT_DOC)
-    s.add_argument("--scheme", choices=("ca", "1"), help="ca: regions only; 1: + distillation head and "
+    s.add_argument("--scheme", choices=STUDENT_SCHEMES, help="ca: regions only; 1: + distillation head and "
                    "Huber loss against a frozen teacher (overrides student.scheme)")
     _common(s)
     s.add_argument("--export", type=Path, default=None, metavar="PATH",
@@ -122,39 +123,13 @@ def run_student(args) -> int:
     return 0
 
 
-# --- segmenter: delegated to csl_ros.teachers.segmenter_train ------------------------------------
-
-def _flat_overrides(cfg, values: dict):
-    """Apply ``{key: value}`` to a flat dataclass, coercing to each field's current type."""
-    from csl_ros.training.config import _coerce
-
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    updates = {}
-    for key, raw in values.items():
-        if key not in fields:
-            raise ValueError(f"unknown segmenter training key {key!r}; known keys: {', '.join(sorted(fields))}")
-        current = getattr(cfg, key)
-        if isinstance(current, tuple):
-            if isinstance(raw, str):
-                raw = [v for v in raw.replace("x", ",").split(",") if v.strip()]
-            if not isinstance(raw, (list, tuple)) or len(raw) != len(current):
-                raise ValueError(f"{key}: expected {len(current)} values, got {raw!r}")
-            updates[key] = tuple(_coerce(v, c, key) for v, c in zip(raw, current))
-        else:
-            updates[key] = _coerce(raw, current, key)
-    return dataclasses.replace(cfg, **updates)
-
+# --- segmenter: a task of the same trainer (csl_ros.training.segmenter) ----------------------------
 
 def segmenter_config_from_args(args):
-    from csl_ros.teachers.segmenter_train import SegmenterTrainConfig
-    from csl_ros.training.config import parse_set_args
+    from csl_ros.settings import load_yaml_config, parse_set_args
+    from csl_ros.training.segmenter import SegmenterTrainConfig
 
-    cfg = SegmenterTrainConfig()
-    if args.config:
-        from csl_ros.config import read_yaml_mapping
-
-        cfg = _flat_overrides(cfg, read_yaml_mapping(args.config, "training config"))
-    cfg = _flat_overrides(cfg, parse_set_args(args.set))
+    cfg = load_yaml_config(SegmenterTrainConfig(), args.config, parse_set_args(args.set), "training config")
     if args.out:
         cfg = dataclasses.replace(cfg, out_dir=args.out)
     if args.no_resume:
@@ -175,7 +150,7 @@ def run_segmenter(args) -> int:
                          "only supported for the student")
     import shutil
 
-    from csl_ros.teachers.segmenter_train import train_segmenter
+    from csl_ros.training.segmenter import train_segmenter
     from csl_ros.training.datasets import SynthroadFrames
 
     dataset = val = None

@@ -5,7 +5,8 @@
   ``first_seed .. first_seed + frames - 1``, rendered once and kept as PNG pairs in a cache folder
   (``~/.cache/csl_ros/synthroad/<H>x<W>/`` by default; never part of the repository), so the
   segmenter, the students and the statistics fit all read the same frames without re-rendering.
-* :class:`CityscapesFrames`: the real Cityscapes layout through :class:`csl_ros.data.loaders.Cityscapes`
+* :class:`RecordFrames`: any registered dataset with semantic labels (``csl_ros.data.registry``), e.g.
+  :class:`CityscapesFrames`, the real Cityscapes layout through :class:`csl_ros.data.loaders.Cityscapes`
   (``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine/..._gtFine_labelTrainIds.png``).
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from csl_ros.data.registry import DATASETS
 
 DEFAULT_CACHE = Path(os.path.expanduser("~/.cache/csl_ros/synthroad"))
 
@@ -84,34 +87,48 @@ class SynthroadFrames:
                 f"at {self.size[0]}x{self.size[1]}")
 
 
-class CityscapesFrames:
-    """Cityscapes fine annotations (trainIds) of one split."""
+class RecordFrames:
+    """The (image, trainIds) pairs of a registered dataset with semantic labels (``semantic`` in
+    :data:`csl_ros.data.registry.DATASETS`; e.g. Cityscapes fine annotations of one split)."""
 
-    def __init__(self, root: str | os.PathLike, split: str = "train"):
-        from csl_ros.data.loaders import Cityscapes
+    def __init__(self, name: str, root: str | os.PathLike, split: str = "train"):
+        from csl_ros.data.loaders import open_dataset
 
-        self._ds = Cityscapes(root, split)
-        self.root, self.split = Path(root), split
+        entry = DATASETS.entry(name)
+        if not entry.semantic:
+            raise ValueError(f"dataset {name} has no semantic (trainIds) labels to train on; choose one "
+                             f"of {', '.join(DATASETS.names(semantic=True))}")
+        self._ds = open_dataset(name, root, **({"split": split} if "split" in entry.options else {}))
+        self.name, self.root, self.split = name, Path(root), split
+        self.title = entry.help or name
 
     def __len__(self) -> int:
         return len(self._ds)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         record = self._ds[i]
+        if record.semantic is None:
+            raise ValueError(f"{self.name} frame {record.frame_id} has no semantic labels")
         return record.rgb, record.semantic
 
     def prepare(self, progress: bool = True) -> int:
         return 0
 
     def describe(self) -> str:
-        return f"Cityscapes {self.split} ({len(self)} frames) under {self.root}"
+        return f"{self.title} {self.split} ({len(self)} frames) under {self.root}"
 
 
-def build_dataset(data_cfg) -> SynthroadFrames | CityscapesFrames:
-    """The training source of a :class:`~csl_ros.training.config.DataConfig`."""
-    if data_cfg.dataset == "synthroad":
+class CityscapesFrames(RecordFrames):
+    """Cityscapes fine annotations (trainIds) of one split."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train"):
+        super().__init__("cityscapes", root, split)
+
+
+def build_dataset(data_cfg) -> SynthroadFrames | RecordFrames:
+    """The training source of a :class:`~csl_ros.training.config.DataConfig`: synthroad frames
+    rendered without obstacles and cached, or any registered dataset with semantic labels."""
+    if data_cfg.dataset == "synthroad":  # ID-only renders with a PNG cache, not the loader's drive
         return SynthroadFrames(data_cfg.synth_seed, data_cfg.synth_frames,
                                (data_cfg.synth_height, data_cfg.synth_width), data_cfg.root or None)
-    if data_cfg.dataset == "cityscapes":
-        return CityscapesFrames(data_cfg.root, data_cfg.split)
-    raise ValueError(f"unknown dataset {data_cfg.dataset!r}")
+    return RecordFrames(data_cfg.dataset, data_cfg.root, data_cfg.split)

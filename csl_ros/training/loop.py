@@ -1,5 +1,6 @@
-"""The shared training loop: DDP, the Mask2Former optimiser/schedule, AMP, gradient clipping,
-resumable checkpoints, a tqdm bar with loss and throughput, and a CSV log.
+"""The one training loop (student and segmenter): DDP, AdamW with a poly schedule (optional linear
+warm-up), AMP, gradient clipping, resumable checkpoints, a tqdm bar with loss and throughput, and a CSV
+log.
 
 A *task* supplies the model-specific parts (see :class:`TrainTask`): building one worker's batch for
 a step (a pure function of (seed, step, rank), so no RNG state is checkpointed) and the loss of a
@@ -57,10 +58,19 @@ class _StepBatches(torch.utils.data.Dataset):
         return self.task.make_batch(step)
 
 
-def poly_scheduler(optimizer: torch.optim.Optimizer, max_steps: int, power: float
-                   ) -> torch.optim.lr_scheduler.PolynomialLR:
-    """lr = base_lr * (1 - step / max_steps) ** power (detectron2 WarmupPolyLR without warm-up)."""
-    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max_steps, power=power)
+def poly_scheduler(optimizer: torch.optim.Optimizer, max_steps: int, power: float, warmup_steps: int = 0
+                   ) -> torch.optim.lr_scheduler.LRScheduler:
+    """lr = base_lr * (1 - step / max_steps) ** power (detectron2 WarmupPolyLR without warm-up); with
+    ``warmup_steps`` > 0, base_lr * (step + 1) / warmup_steps during the warm-up first."""
+    if warmup_steps <= 0:
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max_steps, power=power)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, 1.0 - step / max_steps) ** power
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass
@@ -74,11 +84,14 @@ class TrainSummary:
 
 
 class Trainer:
-    """Runs a :class:`TrainTask` with the recipe of a :class:`~csl_ros.training.config.TrainConfig`."""
+    """Runs a :class:`TrainTask` with the recipe (``optim``, ``run``, ``data.workers``) of a
+    :class:`~csl_ros.training.config.TrainConfig`. ``record``: the configuration written to
+    ``config.yaml`` and into the checkpoints (default ``cfg``; the segmenter records its own)."""
 
     def __init__(self, cfg, env: DistEnv, model: nn.Module, param_groups: list[dict], task: TrainTask,
-                 out_dir: str | os.PathLike, name: str = "train"):
+                 out_dir: str | os.PathLike, name: str = "train", record=None):
         self.cfg, self.env, self.task, self.name = cfg, env, task, name
+        self.record = record if record is not None else cfg
         self.out_dir = Path(out_dir)
         self.model = model.to(env.device)
         if env.is_distributed:
@@ -88,7 +101,7 @@ class Trainer:
             self.ddp = self.model
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(param_groups, lr=o.lr, weight_decay=o.weight_decay)
-        self.scheduler = poly_scheduler(self.optimizer, o.max_steps, o.poly_power)
+        self.scheduler = poly_scheduler(self.optimizer, o.max_steps, o.poly_power, o.warmup_steps)
         self.use_amp = bool(o.amp) and env.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
@@ -103,7 +116,7 @@ class Trainer:
         return {"format": CHECKPOINT_FORMAT, "step": self.step, "name": self.name,
                 "model": model, WEIGHTS_SHA256: weights_sha256(model),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "config": self.cfg.to_dict(),
+                "scaler": self.scaler.state_dict(), "config": self.record.to_dict(),
                 "world_size": self.env.world_size}
 
     def save(self) -> Path | None:
@@ -135,6 +148,11 @@ class Trainer:
         verify_weights(path, state.get("model") or {}, state.get(WEIGHTS_SHA256), "training")
         if state.get("name") != self.name:
             raise ValueError(f"{path}: checkpoint of a {state.get('name')!r} run, this is a {self.name!r} run")
+        stored, current = state.get("config") or {}, self.record.to_dict()
+        for key in getattr(self.task, "resume_keys", ()):  # settings a run cannot change midway
+            if stored.get(key) != current.get(key):
+                raise ValueError(f"{path}: checkpoint has {key}={stored.get(key)!r}, the config says "
+                                 f"{current.get(key)!r}; use another out_dir or start afresh")
         try:
             missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         except RuntimeError as exc:  # shape mismatches
@@ -201,7 +219,7 @@ class Trainer:
         writer = log_fh = None
         bar = None
         if env.is_main:
-            cfg.save(self.out_dir / "config.yaml")
+            self.record.save(self.out_dir / "config.yaml")
             if start == 0 and log_path.exists():
                 log_path.unlink()  # a fresh run starts a fresh log
             new = not log_path.exists()

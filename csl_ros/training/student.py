@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from csl_ros.model import (CSLStudent, LossConfig, SetCriterion, build_student, get_preset, masks_from_components,
-                           optimizer_param_groups, read_checkpoint, save_checkpoint)
+                           optimizer_param_groups, read_checkpoint)
+from csl_ros.model_settings import save_student
 
 from .augment import AugmentParams, augment, split_targets
 from .config import TrainConfig
@@ -165,7 +166,7 @@ def train_student(cfg: TrainConfig, env: DistEnv, dataset=None, resume=True, sto
                 "final_loss": f"{summary.last_loss}"}
         if teacher is not None:
             meta["teacher"] = repr(teacher)
-        save_checkpoint(Path(cfg.run.out_dir) / "student.safetensors", trainer.model.eval(), meta)
+        save_student(Path(cfg.run.out_dir) / "student.safetensors", trainer.model.eval(), meta)
     return summary, trainer
 
 
@@ -177,4 +178,4 @@ def export_student(src: str | Path, dst: str | Path, storage: str = "float16", m
     loaded = load_checkpoint(src)
     meta = {k: v for k, v in loaded.metadata.items() if k != "stored_dtype"}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    return save_checkpoint(dst, loaded.model, meta, storage=storage)
+    return save_student(dst, loaded.model, meta, storage=storage)

@@ -1,86 +1,87 @@
-"""Training loop of the closed-set segmenter (the base of the logit teachers) on synthroad.
+"""The closed-set segmenter (the base of the logit teachers) as a task of the one trainer.
 
 ``train_segmenter(SegmenterTrainConfig(...))``: cross-entropy over Cityscapes trainIds
 (``ignore_index=255``), AdamW (no weight decay on norms and biases), poly learning-rate schedule
 with optional linear warm-up, random scale + crop, horizontal flips and colour jitter, gradient
-clipping, AMP on CUDA, a tqdm progress bar with loss and throughput, a CSV log, resumable checkpoints
-(model, optimiser, schedule, AMP scaler and every random state, so a resumed run continues exactly
-as an uninterrupted one on CPU), and at the end the segmenter checkpoint (``segmenter.safetensors``)
-plus, optionally, mIoU on held-out validation seeds.
+clipping, AMP on CUDA, a tqdm progress bar, a CSV log and resumable checkpoints: all of it the
+student's :class:`~csl_ros.training.loop.Trainer`, with :class:`SegmenterTask` supplying the batches
+and the loss. At the end the segmenter checkpoint (``segmenter.safetensors``) plus, optionally, mIoU
+on held-out validation seeds.
 
 Only in-distribution frames are used (synthroad ``obstacles="none"``): no OOD data is ever used for
-training, as in the paper. Randomness comes from a ``torch.Generator`` seeded by the config.
+training, as in the paper. Each step's batch (frame indices and augmentation) is a pure function of
+(seed, step, rank), as the student's, so a resumed run continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
-from csl_ros.model.integrity import WEIGHTS_SHA256, torch_load_tensors, verify_weights, weights_sha256
-from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, preset,
-                                        save_segmenter)
+from csl_ros.settings import setting, validation_errors
+from csl_ros.teachers.segmenter import CITYSCAPES_CLASSES, ClosedSetSegmenter, preset, save_segmenter
+from csl_ros.teachers.teacher import resolve_device
+
+from .config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from .distributed import DistEnv, per_worker_batch, step_seed
+from .loop import Trainer
 
 IGNORE_INDEX = 255
 
 
 @dataclass
 class SegmenterTrainConfig:
-    """Everything a segmenter training run depends on (stored in its checkpoints)."""
+    """Everything a segmenter training run depends on (stored in its checkpoints). Flat keys for
+    ``csl-ros train segmenter --set key=value`` (``csl_ros.settings``)."""
 
-    out_dir: str = "runs/segmenter"
-    preset: str = "lraspp_mobilenet_v3_large"
-    num_classes: int = CITYSCAPES_CLASSES
+    out_dir: str = setting("runs/segmenter", "checkpoints, log and the segmenter go here")
+    preset: str = setting("lraspp_mobilenet_v3_large", "segmenter preset (csl_ros.teachers.segmenter.PRESETS)")
+    num_classes: int = setting(CITYSCAPES_CLASSES, "classes of the segmenter (Cityscapes trainIds: 19)",
+                               range=(2, 1000))
     # data: synthroad seeds [first_seed, first_seed + frames), rendered once at render_size
-    first_seed: int = 0
-    frames: int = 400
-    render_size: tuple = (256, 512)
-    cache_frames: bool = True
+    first_seed: int = setting(0, "first synthroad seed", range=(0, 2**31 - 1))
+    frames: int = setting(400, "synthroad training frames", range=(1, 2**31 - 1))
+    render_size: tuple = setting((256, 512), "synthroad render size HxW")
+    cache_frames: bool = setting(True, "keep rendered frames (on disk through csl-ros train segmenter)")
     # augmentation
-    crop_size: tuple = (256, 512)
-    scale_range: tuple = (0.75, 1.5)
-    hflip: bool = True
-    color_jitter: float = 0.3          # brightness/contrast/saturation factors in [1−j, 1+j]
+    crop_size: tuple = setting((256, 512), "training crop HxW (void padding where larger)")
+    scale_range: tuple = setting((0.75, 1.5), "random resize factors lo,hi")
+    hflip: bool = setting(True, "random horizontal flip (p = 0.5)")
+    color_jitter: float = setting(0.3, "brightness/contrast/saturation factors in [1-j, 1+j]", range=(0.0, 0.999))
     # optimisation
-    steps: int = 2000
-    batch_size: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    backbone_lr_mult: float = 1.0      # 0.1 when fine-tuning a pretrained trunk; 1 from scratch
-    poly_power: float = 0.9
-    warmup_steps: int = 50
-    grad_clip: float = 1.0             # max gradient norm; 0 disables
-    aux_weight: float = 0.5            # torchvision aux head loss weight (aux_loss presets only)
-    amp: bool = True                   # mixed precision on CUDA only
-    device: str = "auto"
-    num_threads: int = 0               # torch CPU threads; 0 keeps torch's default
-    seed: int = 0
+    steps: int = setting(2000, "optimisation steps", range=(1, 2**31 - 1))
+    batch_size: int = setting(4, "images per step", range=(1, 2**31 - 1))
+    lr: float = setting(1e-3, "AdamW learning rate (> 0)")
+    weight_decay: float = setting(1e-4, "AdamW weight decay (0 on norms and biases)", range=(0.0, math.inf))
+    backbone_lr_mult: float = setting(1.0, "backbone lr factor: 0.1 when fine-tuning a pretrained trunk, 1 "
+                                      "from scratch", range=(0.0, math.inf))
+    poly_power: float = setting(0.9, "poly schedule power", range=(0.0, math.inf))
+    warmup_steps: int = setting(50, "linear warm-up steps", range=(0, 2**31 - 1))
+    grad_clip: float = setting(1.0, "max gradient norm; 0 disables", range=(0.0, math.inf))
+    aux_weight: float = setting(0.5, "torchvision aux head loss weight (aux_loss presets only)",
+                                range=(0.0, math.inf))
+    amp: bool = setting(True, "mixed precision (on CUDA only)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N (checked when the run starts)")
+    num_threads: int = setting(0, "torch CPU threads; 0 keeps torch's default", range=(0, 1024))
+    seed: int = setting(0, "weight initialisation, data order and augmentation seed")
     # bookkeeping
-    log_every: int = 10
-    checkpoint_every: int = 200
-    resume: bool = True
-    save_dtype: str = "float16"        # final segmenter file: float16 or float32
-    val_first_seed: int = 1_000_000
-    val_frames: int = 0                # > 0: mIoU on these synthroad seeds at the end
-    progress: bool = True
+    log_every: int = setting(10, "CSV log period in steps", range=(1, 2**31 - 1))
+    checkpoint_every: int = setting(200, "resumable checkpoint period in steps", range=(1, 2**31 - 1))
+    resume: bool = setting(True, "continue from <out_dir>/last.pt when it exists")
+    save_dtype: str = setting("float16", "final segmenter file: float16 or float32", choices=("float16", "float32"))
+    val_first_seed: int = setting(1_000_000, "first synthroad validation seed", range=(0, 2**31 - 1))
+    val_frames: int = setting(0, "> 0: mIoU on these synthroad seeds at the end", range=(0, 2**31 - 1))
+    progress: bool = setting(True, "tqdm progress bar")
 
     def validate(self) -> None:
-        errors = []
-        if self.steps < 1:
-            errors.append(f"steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            errors.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.frames < 1:
-            errors.append(f"frames must be >= 1, got {self.frames}")
+        errors = validation_errors(self)
         if not self.lr > 0:
             errors.append(f"lr must be > 0, got {self.lr}")
         if len(self.crop_size) != 2 or min(self.crop_size) < 32:
@@ -89,17 +90,24 @@ class SegmenterTrainConfig:
             errors.append(f"render_size must be (H, W) with both >= 32, got {self.render_size}")
         if not (0 < self.scale_range[0] <= self.scale_range[1]):
             errors.append(f"scale_range must be 0 < lo <= hi, got {self.scale_range}")
-        if not 0 <= self.color_jitter < 1:
-            errors.append(f"color_jitter must be in [0, 1), got {self.color_jitter}")
-        if self.save_dtype not in ("float16", "float32"):
-            errors.append(f"save_dtype must be float16 or float32, got {self.save_dtype!r}")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            errors.append("checkpoint_every and log_every must be >= 1")
         if errors:
             raise ValueError("invalid segmenter training config: " + "; ".join(errors))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+    def recipe(self) -> TrainConfig:
+        """The trainer's recipe (optimiser, schedule, bookkeeping) of this run."""
+        return TrainConfig(
+            data=DataConfig(workers=0),
+            optim=OptimConfig(lr=self.lr, weight_decay=self.weight_decay, backbone_lr_multiplier=self.backbone_lr_mult,
+                              poly_power=self.poly_power, warmup_steps=self.warmup_steps, clip_grad_norm=self.grad_clip,
+                              amp=self.amp, max_steps=self.steps, batch_size=self.batch_size),
+            run=RunConfig(out_dir=self.out_dir, seed=self.seed, device=self.device, log_every=self.log_every,
+                          checkpoint_every=self.checkpoint_every, threads=self.num_threads, progress=self.progress))
 
 
 @dataclass
@@ -226,17 +234,32 @@ def _param_groups(model: ClosedSetSegmenter, cfg: SegmenterTrainConfig) -> list[
             for (bb, decay), ps in sorted(groups.items())]
 
 
-def _lr_factor(step: int, cfg: SegmenterTrainConfig) -> float:
-    """Linear warm-up then poly decay ``(1 − t/T)^power`` (step counts from 0)."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    return max(0.0, 1.0 - step / cfg.steps) ** cfg.poly_power
+class SegmenterTask:
+    """The segmenter's part of a :class:`~csl_ros.training.loop.Trainer` run: augmented batches of
+    (image, trainIds) drawn from ``dataset`` and the cross-entropy loss (plus the aux head's)."""
 
+    resume_keys = ("preset", "num_classes")  # a checkpoint of another architecture is refused
 
-def _resolve_device(name: str) -> torch.device:
-    from csl_ros.teachers.teacher import resolve_device
+    def __init__(self, cfg: SegmenterTrainConfig, env: DistEnv, dataset):
+        self.cfg, self.env, self.dataset = cfg, env, dataset
+        self.batch_size = per_worker_batch(cfg.batch_size, env)
 
-    return resolve_device(name)
+    def make_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, self.env.rank))
+        idx = torch.randint(0, len(self.dataset), (self.batch_size,), generator=gen).tolist()
+        pairs = [augment(*self.dataset[i], self.cfg, gen) for i in idx]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = (t.to(self.env.device) for t in batch)
+        logits, aux = model(x, with_aux=True)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+        if aux is not None and self.cfg.aux_weight > 0:
+            loss = loss + self.cfg.aux_weight * F.cross_entropy(aux.float(), y, ignore_index=IGNORE_INDEX)
+        return loss, {}
+
+    def batch_images(self, batch) -> int:
+        return int(batch[0].shape[0])
 
 
 def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
@@ -253,116 +276,32 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
     cfg.validate()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    device = _resolve_device(cfg.device)
+    env = DistEnv(device=resolve_device(cfg.device))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out / "last.pt", out / "log.csv"
     if dataset is None:
         dataset = SynthroadSegmentation(cfg.first_seed, cfg.frames, cfg.render_size, cfg.cache_frames)
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
 
-    torch.manual_seed(cfg.seed)  # weight init and dropout
-    model = ClosedSetSegmenter(preset(cfg.preset, num_classes=cfg.num_classes)).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    start = 0
-    if cfg.resume and ckpt_path.is_file():
-        ck = torch_load_tensors(ckpt_path, "segmenter training checkpoint")
-        verify_weights(ckpt_path, ck.get("model") or {}, ck.get(WEIGHTS_SHA256), "segmenter training")
-        for key in ("preset", "num_classes"):
-            if ck["train_config"].get(key) != getattr(cfg, key):
-                raise ValueError(f"{ckpt_path}: checkpoint has {key}={ck['train_config'].get(key)!r}, "
-                                 f"the config says {getattr(cfg, key)!r}; use another out_dir or "
-                                 "resume=False")
-        model.net.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scaler.load_state_dict(ck["scaler"])
-        gen.set_state(ck["generator"])
-        torch.set_rng_state(ck["torch_rng"])
-        start = int(ck["step"])
-    elif log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log
-
-    def save_checkpoint(step: int) -> None:
-        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        weights = model.net.state_dict()
-        torch.save({"model": weights, WEIGHTS_SHA256: weights_sha256(weights), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "step": step,
-                    "train_config": cfg.to_dict(), "segmenter_config": model.config.to_dict()}, tmp)
-        os.replace(tmp, ckpt_path)
-
-    from tqdm import tqdm
-
-    new_log = not log_path.exists()
-    log_fh = open(log_path, "a", newline="")
-    writer = csv.writer(log_fh)
-    if new_log:
-        writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s"])
-    losses: list[tuple[int, float]] = []
-    bar = tqdm(total=cfg.steps, initial=start, desc="segmenter", unit="step", disable=not cfg.progress)
-    t0 = time.time()
-    window_loss, window_n, window_t = 0.0, 0, time.time()
-    model.train()
-    try:
-        end = cfg.steps if stop_at_step is None else min(cfg.steps, stop_at_step)
-        for step in range(start, end):
-            factor = _lr_factor(step, cfg)
-            for g, base in zip(optimizer.param_groups, base_lrs):
-                g["lr"] = base * factor
-            idx = torch.randint(0, len(dataset), (cfg.batch_size,), generator=gen).tolist()
-            pairs = [augment(*dataset[i], cfg, gen) for i in idx]
-            x = torch.stack([p[0] for p in pairs]).to(device)
-            y = torch.stack([p[1] for p in pairs]).to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits, aux = model(x, with_aux=True)
-                loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
-                if aux is not None and cfg.aux_weight > 0:
-                    loss = loss + cfg.aux_weight * F.cross_entropy(aux.float(), y, ignore_index=IGNORE_INDEX)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {float(loss)} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            value = float(loss.detach())
-            losses.append((step, value))
-            window_loss, window_n = window_loss + value, window_n + 1
-            bar.update(1)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                now = time.time()
-                ips = window_n * cfg.batch_size / max(now - window_t, 1e-9)
-                writer.writerow([done, f"{window_loss / window_n:.5f}", f"{optimizer.param_groups[-1]['lr']:.3e}",
-                                 f"{ips:.2f}", f"{now - t0:.1f}"])
-                log_fh.flush()
-                bar.set_postfix(loss=f"{window_loss / window_n:.3f}", img_s=f"{ips:.1f}")
-                window_loss, window_n, window_t = 0.0, 0, now
-            if done % cfg.checkpoint_every == 0 or done == end:
-                save_checkpoint(done)
-    finally:
-        bar.close()
-        log_fh.close()
-
-    model.eval()
-    if stop_at_step is not None and stop_at_step < cfg.steps:
-        return TrainResult(segmenter_path=None, checkpoint_path=ckpt_path, log_path=log_path,
-                           losses=losses)
-    seg_path = save_segmenter(model, out / "segmenter.safetensors",
-                              dtype=torch.float16 if cfg.save_dtype == "float16" else None)
-    result = TrainResult(segmenter_path=seg_path, checkpoint_path=ckpt_path, log_path=log_path,
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    model = ClosedSetSegmenter(preset(cfg.preset, num_classes=cfg.num_classes))
+    trainer = Trainer(cfg.recipe(), env, model, _param_groups(model, cfg), SegmenterTask(cfg, env, dataset),
+                      out, name="segmenter", record=cfg)
+    summary = trainer.run(resume=cfg.resume, stop_at_step=stop_at_step)
+    # (step index, loss) of the steps run in this call, steps counted from 0
+    losses = [(step - 1, value) for step, value in summary.losses]
+    result = TrainResult(segmenter_path=None, checkpoint_path=trainer.last_path, log_path=out / "log.csv",
                          losses=losses)
+    model.eval()
+    if trainer.step < cfg.steps:
+        return result
+    result.segmenter_path = save_segmenter(model, out / "segmenter.safetensors",
+                                           dtype=torch.float16 if cfg.save_dtype == "float16" else None)
     if val_dataset is None and cfg.val_frames > 0:
         val_dataset = SynthroadSegmentation(cfg.val_first_seed, cfg.val_frames, cfg.render_size, cache=False)
     if val_dataset is not None:
-        result.miou, result.per_class_iou = evaluate_miou(model, val_dataset, device)
+        result.miou, result.per_class_iou = evaluate_miou(model, val_dataset, env.device)
         metrics = {"miou": result.miou, "per_class_iou": [None if math.isnan(v) else v
                                                           for v in result.per_class_iou],
                    "val_frames": len(val_dataset), "steps": cfg.steps, "config": cfg.to_dict()}

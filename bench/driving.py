@@ -1,0 +1,274 @@
+"""Held-out synthroad drives: does the shipped default find the obstacles that matter?
+
+    python bench/driving.py                         # 10 held-out drives, the shipped default; prints
+                                                    # the table and writes the JSON (--json)
+    python bench/driving.py --tune --json t.json    # choose score_threshold and tracking on TUNE drives
+
+The shipped default is ``config/driving.yaml`` over the schema defaults (the shipped student's input
+size and tuned threshold), as the demo runs it, on frames rendered at the demo's size (512x1024). Drives: synthroad
+``render_sequence`` with ``obstacles="obstacle"``, 10 m/s, 10 frames/s; test seeds from
+``DRIVE_SEED`` and tuning seeds from ``TUNE_DRIVE_SEED`` (the shipped models were trained on frame seeds
+0..999 and validated on 1,000,000+; no drive seed was used anywhere else). Each frame runs the
+:class:`csl_ros.pipeline.Detector` once (stateless ``detect_batch``); instances, tracking and the
+driving metrics (:mod:`csl_ros.eval.driving`, the code of ``csl-ros evaluate``) are then computed for
+every setting of the grid from the same fused maps and regions.
+
+``--tune`` picks, on the tuning drives, the setting with the highest tracked recall within 30 m among
+those with at most ``--max-fa`` tracked false alarms per frame; the test drives then measure it.
+``driving_markdown`` renders the result for docs/results.md (called by bench/results.py).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DRIVE_SEED = 30_000_000        # held-out test drives
+TUNE_DRIVE_SEED = 40_000_000   # drives for choosing the default (never the test drives)
+FRAME_SIZE = (512, 1024)       # what the demo renders
+GOAL_RECALL, GOAL_FA = 0.80, 0.2
+THRESHOLDS = (0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+TRACKING = ((1, 1, 0), (2, 3, 2), (3, 5, 2), (2, 2, 1))   # (confirm_hits, confirm_window, max_missed)
+
+
+def default_config(overrides=None):
+    """config/driving.yaml over the schema defaults (the shipped models' input size and threshold):
+    what `make demo` runs."""
+    from csl_ros.config import load_configs
+    from csl_ros.demo import default_params_file
+
+    det, _ = load_configs(default_params_file(), overrides or {})
+    return det
+
+
+def drive_frames(seed: int, frames: int, size=FRAME_SIZE):
+    """(stamp_ns, Record, GroundTruth) of one drive, as the bag would carry them."""
+    from csl_ros.data.loaders import Synthroad
+    from csl_ros.eval.driving import GroundTruth
+
+    ds = Synthroad(seed=seed, n_frames=frames, size=size, obstacles="obstacle", speed_mps=10.0, fps=10.0)
+    for k, rec in enumerate(ds):
+        info = {**rec.camera, "width": size[1], "height": size[0]}
+        yield k * 100_000_000, rec, GroundTruth(info, rec.camera, rec.obstacles, rec.obstacle_ids)
+
+
+def settings_grid(base, tune: bool, split_fractions=()):
+    from csl_ros.config import apply_overrides
+
+    if split_fractions:   # fragmentation: the same maps cut with each min_split_fraction
+        return {f"min_split_fraction {v:g}": apply_overrides(base, {"min_split_fraction": v})
+                for v in split_fractions}
+    if not tune:   # one setting: its accumulator scores the per-frame and the tracked output
+        return {"shipped default": base}
+    grid = {}
+    for thr, (k, n, m) in itertools.product(THRESHOLDS, TRACKING):
+        grid[f"thr {thr:g}, {k} of {n}, missed {m}"] = apply_overrides(
+            base, {"score_threshold": thr, "track_confirm_hits": k, "track_confirm_window": n,
+                   "track_max_missed": m})
+    return grid
+
+
+def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
+    """The fused map and regions of one frame; with ``cache``, kept there across runs (keyed by the
+    settings that change the network output)."""
+    tag = f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}"
+    path = cache / tag / f"{key}.npz" if cache is not None else None
+    if path is not None and path.is_file():
+        z = np.load(path)
+        return z["anomaly"], (z["regions"].astype(np.int32) if z["regions"].size else None)
+    det = detector.detect_batch([rec.rgb])[0]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, anomaly=det.anomaly_map,
+                 regions=det.regions.astype(np.int16) if det.regions is not None else np.zeros(0, np.int16))
+    return det.anomaly_map, det.regions
+
+
+def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=()):
+    """{setting name: (config, driving result)} over the drives ``seeds``."""
+    import torch
+
+    from csl_ros.eval.driving import DrivingAccumulator
+    from csl_ros.pipeline import Detector
+    from csl_ros.pipeline.instances import extract_instances
+
+    grid = settings_grid(base, tune, split_fractions)
+    accs = {name: DrivingAccumulator(cfg, instsize=10) for name, cfg in grid.items()}  # obstacle track
+    detector = Detector.from_config(base)
+    t0 = time.perf_counter()
+    n = 0
+    with torch.inference_mode():
+        for seed in seeds:
+            for acc in accs.values():
+                acc.new_sequence()
+            for stamp, rec, truth in drive_frames(seed, frames):
+                anomaly, regions = detect_cached(detector, rec, base, cache, f"{seed}_{stamp}")
+                n += 1
+                for name, cfg in grid.items():
+                    inst = extract_instances(anomaly, regions, cfg.score_threshold,
+                                             cfg.min_instance_area, min_split_fraction=cfg.min_split_fraction)
+                    accs[name].add(stamp, rec.label, inst, anomaly, truth)
+            log(f"drive {seed}: {n} frames so far, {time.perf_counter() - t0:.0f} s")
+    return {name: (grid[name], acc.result()) for name, acc in accs.items()}
+
+
+def choose(results, max_fa: float, reference_fa: float | None = None):
+    """The tuned setting: highest tracked near recall with tracked false alarms/frame <= max_fa; when
+    no setting gets there, the highest recall with no more false alarms than ``reference_fa`` (the
+    current default's), so the choice never trades more false alarms for recall. Returns (name, rule)."""
+    def best(limit):
+        ok = [(r["tracked"]["near"]["recall"] or 0.0, -(r["tracked"]["false_alarms_per_frame"] or 0.0), name)
+              for name, (_, r) in results.items() if (r["tracked"]["false_alarms_per_frame"] or 0.0) <= limit]
+        return max(ok)[2] if ok else None
+
+    name = best(max_fa)
+    if name is not None:
+        return name, f"tracked false alarms/frame <= {max_fa:g}"
+    if reference_fa is not None:
+        name = best(reference_fa)
+        if name is not None:
+            return name, (f"no setting reaches {max_fa:g} false alarms/frame: the highest recall with at most "
+                          f"the current default's {reference_fa:.3f}")
+    return None, "no setting qualifies"
+
+
+def summary(name, cfg, r) -> dict:
+    return {"setting": name, "score_threshold": cfg.score_threshold,
+            "input_size": [cfg.input_height, cfg.input_width], "frame_size": list(FRAME_SIZE),
+            "tracking": r["tracking"], "result": r}
+
+
+def driving_markdown(data: dict) -> str:
+    """The docs/results.md section of a ``bench/driving.py --json`` file."""
+    from csl_ros.eval.driving import band_table, summary_rows
+
+    rows_md = []
+
+    def table(header, rows):
+        rows_md.append("| " + " | ".join(map(str, header)) + " |")
+        rows_md.append("|" + "---|" * len(header))
+        rows_md.extend("| " + " | ".join(map(str, r)) + " |" for r in rows)
+        rows_md.append("")
+
+    test = data["test"]
+    r = test["result"]
+    near, fa = r["tracked"]["near"]["recall"], r["tracked"]["false_alarms_per_frame"]
+    met = near is not None and near >= GOAL_RECALL and fa is not None and fa <= GOAL_FA
+    out = ["## Driving: held-out synthroad drives by distance", "",
+           f"Generated by `{data['command']}` (also run by `python bench/results.py`). {r['sequences']} "
+           f"held-out drives "
+           f"(seeds {data['seeds'][0]}..{data['seeds'][-1]}, {r['frames']} frames, {r['minutes']:.2f} min of "
+           f"driving at 10 m/s), frames {FRAME_SIZE[0]}x{FRAME_SIZE[1]}, network input "
+           f"{test['input_size'][0]}x{test['input_size'][1]}, score_threshold {test['score_threshold']:g}, "
+           f"tracking {r['tracking']['confirm_hits']} of {r['tracking']['confirm_window']} "
+           f"(deleted after {r['tracking']['max_missed']} missed). Distances: the generator's "
+           f"(obstacle centre, forward). Goal: recall >= {GOAL_RECALL:.0%} within 30 m with <= {GOAL_FA:g} "
+           f"false alarms per frame, tracked: **{'met' if met else 'not met'}** "
+           f"({100 * (near or 0):.1f} %, {fa:.3f}).", ""]
+    header, rows = band_table(r)
+    rows_md.clear()
+    table(header, rows)
+    header, rows2 = summary_rows(r)
+    table(header, rows2)
+    out += rows_md
+    out += [f"score_threshold and tracking of `config/driving.yaml` were chosen with `python bench/driving.py "
+            f"--tune` on other drives (seeds from {TUNE_DRIVE_SEED}), never on these.", ""]
+    if data.get("tuning"):
+        t = data["tuning"]
+        out += [f"Setting chosen on {t['drives']} other drives (seeds from {TUNE_DRIVE_SEED}): {t['chosen']} "
+                f"({t['rule']}; tracked recall within 30 m {100 * t['near_recall']:.1f} %, "
+                f"{t['false_alarms_per_frame']:.3f} false alarms/frame there).", ""]
+    return "\n".join(out)
+
+
+def measure(drives: int = 10, frames: int = 30, overrides=None, command: str = "", log=print,
+            cache: Path | None = None) -> dict:
+    """The shipped default on ``drives`` held-out drives: the data behind :func:`driving_markdown`."""
+    base = default_config(overrides)
+    seeds = [DRIVE_SEED + i for i in range(drives)]
+    res = run(seeds, frames, base, tune=False, log=log, cache=cache)
+    return {"command": command or f"python bench/driving.py --drives {drives} --frames {frames}",
+            "seeds": seeds, "test": summary("shipped default", *res["shipped default"])}
+
+
+def driving_section(drives: int = 10, frames: int = 30, log=print) -> str:
+    """Measure and render the docs/results.md driving section (what bench/results.py appends)."""
+    return driving_markdown(measure(drives, frames, log=log))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--drives", type=int, default=10, help="test drives (default 10)")
+    p.add_argument("--frames", type=int, default=30, help="frames per drive at 10 frames/s and 10 m/s "
+                   "(default 30: 3 s, 30 m)")
+    p.add_argument("--tune", action="store_true", help="grid of score_threshold x tracking on tuning drives")
+    p.add_argument("--tune-drives", type=int, default=6, help="drives (of --frames each) for --tune and "
+                   "--split-fractions (default 6)")
+    p.add_argument("--split-fractions", default="", metavar="V1,V2,...",
+                   help="measure fragmentation for these min_split_fraction values on the tuning drives")
+    p.add_argument("--max-fa", type=float, default=0.15, help="--tune: tracked false alarms/frame allowed "
+                   "(below the goal's 0.2, a margin for the test drives)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--json", default=None, help="write the numbers here")
+    p.add_argument("--cache", type=Path, default=None, help="keep each frame's fused map and regions here "
+                   "(a second run with other thresholds or tracking skips the network)")
+    args = p.parse_args(argv)
+    import torch
+
+    from csl_ros.config import parse_set_args
+
+    torch.set_num_threads(args.threads)
+    base = default_config(parse_set_args(args.set))
+    data = {"command": "python bench/driving.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    if args.split_fractions:
+        fractions = [float(v) for v in args.split_fractions.split(",")]
+        seeds = [TUNE_DRIVE_SEED + i for i in range(args.tune_drives)]
+        res = run(seeds, args.frames, base, tune=False, cache=args.cache, split_fractions=fractions)
+        data["fragmentation"] = {}
+        for name, (_, r) in res.items():
+            pf = r["per_frame"]
+            data["fragmentation"][name] = {"fragmentation": pf["fragmentation"], "near_recall": pf["near"]["recall"],
+                                           "false_alarms_per_frame": pf["false_alarms_per_frame"]}
+            print(f"{name}: fragmentation (instances per detected obstacle) {pf['fragmentation'] or 0:.2f}, "
+                  f"recall within 30 m {pf['near']['recall'] or 0:.3f}, false alarms/frame "
+                  f"{pf['false_alarms_per_frame']:.3f} (per frame, {len(seeds)} drives from {seeds[0]})")
+    elif args.tune:
+        seeds = [TUNE_DRIVE_SEED + i for i in range(args.tune_drives)]
+        res = run(seeds, args.frames, base, tune=True, cache=args.cache)
+        current = run(seeds, args.frames, base, tune=False, cache=args.cache, log=lambda m: None)
+        reference_fa = current["shipped default"][1]["tracked"]["false_alarms_per_frame"]
+        for name, (_, r) in res.items():
+            print(f"{name:32s} tracked near recall {r['tracked']['near']['recall'] or 0:.3f} "
+                  f"fa/frame {r['tracked']['false_alarms_per_frame']:.3f} | per frame "
+                  f"{r['per_frame']['near']['recall'] or 0:.3f} {r['per_frame']['false_alarms_per_frame']:.3f} "
+                  f"frag {r['per_frame']['fragmentation'] or 0:.2f}")
+        chosen, rule = choose(res, args.max_fa, reference_fa)
+        print(f"current default: tracked fa/frame {reference_fa:.3f}; chosen: {chosen} ({rule})")
+        if chosen is not None:
+            cfg, r = res[chosen]
+            data["tuning"] = {"drives": len(seeds), "chosen": chosen, "rule": rule,
+                              "score_threshold": cfg.score_threshold,
+                              "confirm": [cfg.track_confirm_hits, cfg.track_confirm_window, cfg.track_max_missed],
+                              "near_recall": r["tracked"]["near"]["recall"],
+                              "false_alarms_per_frame": r["tracked"]["false_alarms_per_frame"]}
+        data["grid"] = {name: {"tracked": r["tracked"]["near"] | {"fa": r["tracked"]["false_alarms_per_frame"]},
+                               "per_frame": r["per_frame"]["near"] | {"fa": r["per_frame"]["false_alarms_per_frame"]}}
+                        for name, (_, r) in res.items()}
+    else:
+        data = measure(args.drives, args.frames, parse_set_args(args.set), data["command"], cache=args.cache)
+        print(driving_markdown(data))
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1, default=lambda o: o.item()
+                                              if isinstance(o, np.generic) else str(o)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Tracking across frames on scripted sequences (csl_ros.pipeline.tracking)."""
+import numpy as np
+import pytest
+
+from csl_ros.config import DetectorConfig, apply_overrides
+from csl_ros.pipeline.instances import Obstacle
+from csl_ros.pipeline.tracking import Tracker, TrackingParams, association_cost
+
+
+def _ob(x0, y0=100, size=20, ground=None):
+    ob = Obstacle(id=1, area_px=size * size, bbox=(x0, y0, x0 + size, y0 + size), mean_score=0.8, max_score=0.9)
+    if ground is not None:
+        ob.contact_point_m = (ground[0], 1.5, ground[1])
+        ob.distance_m = ground[1]
+    return ob
+
+
+def test_obstacle_seen_8_of_10_frames_keeps_one_id_and_a_blip_is_never_confirmed():
+    tr = Tracker(TrackingParams.default(confirm_hits=2, confirm_window=3, max_missed=2))
+    seen = [1, 1, 0, 1, 1, 1, 0, 1, 1, 1]           # 8 of 10 frames
+    ids, confirmed, blip_reports = set(), [], 0
+    for k, s in enumerate(seen):
+        frame = [_ob(200 + 2 * k)] if s else []      # the obstacle drifts slowly in the image
+        if k == 4:
+            frame.append(_ob(600, 300))               # a one-frame blip far from it
+        out = tr.update(frame)
+        for ob in out:
+            if ob.bbox[0] == 600:
+                blip_reports += ob.confirmed
+            else:
+                ids.add(ob.id)
+                confirmed.append(ob.confirmed)
+    assert len(ids) == 1                              # one track id through both gaps
+    assert confirmed[0] is False and all(confirmed[1:])   # confirmed at its 2nd sighting, then held
+    assert blip_reports == 0                          # the blip never became a confirmed obstacle
+    assert [t.id for t in tr.tracks] == list(ids)     # the blip's track is gone
+
+
+def test_track_is_deleted_after_max_missed_and_a_new_one_gets_a_new_id():
+    tr = Tracker(TrackingParams.default(max_missed=1))
+    (a,) = tr.update([_ob(100)])
+    tr.update([])                                     # missed once: kept
+    assert len(tr.tracks) == 1
+    tr.update([])                                     # missed twice: deleted
+    assert tr.tracks == []
+    (b,) = tr.update([_ob(100)])
+    assert b.id != a.id and b.track_age == 0
+
+
+def test_one_of_one_reports_every_detection_at_once_like_per_frame_output():
+    tr = Tracker()                                    # the schema's defaults: 1 of 1, deleted at a miss
+    assert TrackingParams.from_config(DetectorConfig()).is_per_frame
+    for k in range(4):
+        frame = [_ob(100 + k), _ob(400 + 50 * (k % 2), 300)]
+        out = tr.update(frame)
+        assert len(out) == 2 and all(o.confirmed for o in out)
+    ages = sorted(o.track_age for o in out)
+    assert ages[1] == 3                               # the steady obstacle aged with one id
+
+
+def test_ground_association_uses_contact_points_when_known():
+    p = TrackingParams.default(gate_m=2.0)
+    a, b = _ob(100, ground=(0.0, 20.0)), _ob(500, ground=(0.5, 19.0))   # far apart in the image
+    assert association_cost(a, b, p) == pytest.approx(np.hypot(0.5, 1.0) / 3.8)  # gate = 20 % of 19 m
+    assert association_cost(a, _ob(100, ground=(6.0, 20.0)), p) is None          # same box, 6 m aside
+    tr = Tracker(p)
+    first = tr.update([a])[0].id
+    assert tr.update([b])[0].id == first
+
+
+def test_confirm_hits_above_window_is_refused_by_the_schema():
+    with pytest.raises(ValueError, match="track_confirm_hits"):
+        apply_overrides(DetectorConfig(), {"track_confirm_hits": 3, "track_confirm_window": 2}).validate()
+
+
+def test_detector_calls_are_one_tracked_stream_and_detect_batch_is_stateless():
+    import torch
+
+    from csl_ros.pipeline import Detector
+    from csl_ros.teachers.teacher import TeacherOutput
+
+    class OracleTeacher:
+        model = torch.nn.Identity()
+        map = None
+
+        def __call__(self, x):
+            m = torch.from_numpy(self.map)[None, None].float()
+            return TeacherOutput(score_map=m, raw_score=m, logits=None, segmentation=None)
+
+    teacher = OracleTeacher()
+    cfg = apply_overrides(DetectorConfig(), {"scheme": "teacher_only", "teacher": "msp", "input_height": 64,
+                                             "input_width": 128, "device": "cpu", "backend": "eager",
+                                             "min_instance_area": 1, "track_confirm_hits": 2,
+                                             "track_confirm_window": 3, "track_max_missed": 1})
+    det = Detector(cfg, teacher=teacher)
+    teacher.map = np.zeros((64, 128), np.float32)
+    teacher.map[30:40, 50:60] = 1.0
+    image = np.zeros((64, 128, 3), np.uint8)
+    det.warmup()                                   # warm-up frames are not part of the stream
+    first = det(image)
+    assert first.obstacles == [] and len(first.tentative) == 1   # seen once: not reported yet
+    second = det(image)
+    assert [o.id for o in second.obstacles] == [first.tentative[0].id] and second.obstacles[0].track_age == 1
+    assert second.obstacles[0].to_dict()["track_age"] == 1 and second.obstacles[0].instance == 1
+    assert len(det.detect_batch([image])[0].obstacles) == 1     # stateless: every record reported
+
+
+def test_track_ids_and_ages_reach_markers_points_and_json():
+    from csl_ros.ros.markers import obstacle_marker_specs, obstacle_points
+
+    tr = Tracker()
+    for k in range(3):
+        (ob,) = tr.update([_ob(100, ground=(0.2, 12.0 - k))])
+    ob.width_m = ob.height_m = 0.5
+    assert ob.id == 1 and ob.track_age == 2
+    cube, text = obstacle_marker_specs([ob])
+    assert cube.id == text.id == 1 and "#1" in text.text and "age 2" in text.text
+    assert obstacle_points([ob])[0][3] == 1                       # ~/obstacle_points id field
+    d = ob.to_dict()
+    assert (d["id"], d["track_age"], d["track_hits"], d["confirmed"], d["instance"]) == (1, 2, 1, True, 0)
