@@ -106,7 +106,7 @@ def test_shipped_notes_cite_only_known_values(tmp_path):
     names = set(re.findall(r"{(\w+)}", notes))
     assert names and names <= set(results.note_values(m))
     # the page from saved measurements: tables, the hand-written heading and the filled-in notes
-    m["run"] = {"frames": 2, "val_frames": 1, "height": 64, "width": 128, "wall_s": 60.0, "manifest": {},
+    m["run"] = {"frames": 2, "val_frames": 1, "height": 64, "width": 128, "wall_s": 60.0, "manifest": {}, "default_threshold": 0.05,
                 "torch": "x", "machine": "y"}
     (tmp_path / "m.json").write_text(json.dumps(m))
     out = tmp_path / "r.md"
