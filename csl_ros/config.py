@@ -105,12 +105,14 @@ class DetectorConfig:
                             range=(64, 8192), reload=True)
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True,
                        device=True)
-    backend: str = _opt("auto", "Inference backend: auto (fastest available), eager, torchscript, "
-                        "tensorrt (torch-tensorrt, GPU only). Failures fall back to eager.",
-                        choices=("auto", "eager", "torchscript", "tensorrt"), reload=True)
+    backend: str = _opt("auto", "Inference backend of the student and the teacher: auto (the fastest "
+                        "measured on this kind of device: onnxruntime on CPU), eager, torchscript, compile "
+                        "(torch.compile; CUDA graphs on GPU), onnxruntime (TensorRT/CUDA/CPU execution "
+                        "provider), tensorrt (torch-tensorrt, GPU only). Failures fall back to eager.",
+                        choices=("auto", "eager", "torchscript", "compile", "onnxruntime", "tensorrt"), reload=True)
     precision: str = _opt("fp32", "fp32 or fp16 (fp16 only takes effect on GPU).",
                           choices=("fp32", "fp16"), reload=True)
-    engine_cache_dir: str = _opt("~/.cache/csl_ros/engines", "Where compiled TensorRT/TorchScript "
+    engine_cache_dir: str = _opt("~/.cache/csl_ros/engines", "Where compiled TensorRT/TorchScript/ONNX "
                                  "engines are cached (keyed by model hash, size, precision, version).",
                                  reload=True)
     force_rebuild_engine: bool = _opt(False, "Ignore a cached engine and build it again.", reload=True)

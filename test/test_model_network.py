@@ -268,3 +268,17 @@ def test_load_backbone_weights_from_torchvision_and_detectron2_files(tmp_path):
         pickle.dump({"model": {"x": CSLStudent}}, fh)      # a class reference, not an array
     with pytest.raises(ValueError, match="refusing"):
         load_backbone_weights(ResNetTrunk("resnet18"), evil)
+
+
+def test_eval_forward_equals_the_final_prediction_of_the_deep_supervision_path():
+    """Eval mode makes the intermediate (attention-mask) predictions from E resized to each level:
+    the final outputs equal those of the path that makes every prediction at H/4 x W/4."""
+    torch.manual_seed(5)
+    model = build_student(get_preset("r18_fast")).eval()
+    x = torch.rand(2, 3, 96, 160) * 255
+    with torch.no_grad():
+        fast = model(x)
+        model.transformer_decoder.train()  # every prediction at full size; student stays in eval (no aux)
+        full = model(x)
+    torch.testing.assert_close(fast.region_logits, full.region_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.validity_logits, full.validity_logits, rtol=1e-5, atol=1e-5)

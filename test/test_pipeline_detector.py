@@ -141,6 +141,49 @@ def test_torchscript_backend_matches_eager_and_is_cached(student, tmp_path):
     np.testing.assert_allclose(cached(img).anomaly_map, eager.anomaly_map, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["torchscript", "onnxruntime",
+                                     pytest.param("compile", marks=pytest.mark.slow)])  # inductor: ~3 min on CPU
+def test_every_backend_equals_eager_for_student_and_teacher(backend, student, teacher, tmp_path):
+    """Student outputs, teacher logits and the teacher's anomaly map within 1e-3 of eager."""
+    img = np.random.default_rng(4).integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    eager = make("2", student, teacher, tmp_path)
+    det = make("2", student, teacher, tmp_path, backend=backend)
+    for net in (det.network, det.teacher_network):
+        assert net.backend == backend and net.fallback_reason is None
+    x, _ = det._letterbox([img])
+    for ours, ref in zip(det.network(x.float()), eager.network(x.float()), strict=True):
+        np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-3, atol=1e-3)
+    ours, ref = det.teacher(x, network=det.teacher_network), eager.teacher(x, network=eager.teacher_network)
+    np.testing.assert_allclose(ours.logits.numpy(), ref.logits.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(ours.score_map.numpy(), ref.score_map.numpy(), atol=1e-3)
+    assert f"student {backend}" in det(img).backends and f"teacher {backend}" in det.backends
+    teacher_only = make("teacher_only", student, teacher, tmp_path, backend=backend)
+    np.testing.assert_allclose(teacher_only(img).anomaly_map, make("teacher_only", student, teacher, tmp_path)(img)
+                               .anomaly_map, atol=1e-3)
+
+
+def test_onnxruntime_cache_is_reused_and_a_corrupt_file_is_exported_again(student, tmp_path, caplog):
+    make("1", student, None, tmp_path, backend="onnxruntime")
+    (path,) = tmp_path.glob("onnxruntime_*.onnx")
+    stamp = path.stat().st_mtime_ns
+    assert make("1", student, None, tmp_path, backend="onnxruntime").network.fallback_reason is None
+    assert path.stat().st_mtime_ns == stamp  # loaded from the cache, not exported again
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    det = make("1", student, None, tmp_path, backend="onnxruntime")
+    assert det.backend == "onnxruntime" and "does not match its recorded SHA-256" in caplog.text
+    assert path.stat().st_mtime_ns != stamp
+
+
+def test_auto_picks_the_measured_fastest_cpu_backend_and_says_so(student, teacher, tmp_path, caplog):
+    from csl_ros.pipeline.backends import AUTO_BACKENDS
+
+    caplog.set_level("INFO", logger="csl_ros.detector")
+    det = make("2", student, teacher, tmp_path, backend="auto")
+    assert det.backend == AUTO_BACKENDS["cpu"][0] == det.teacher_network.backend
+    assert f"student {det.network.describe()}, teacher {det.teacher_network.describe()}" == det.backends
+    assert det.backends in caplog.text and "backend auto" in caplog.text
+
+
 def test_batch_equals_single_and_runtime_update(student, teacher, tmp_path):
     det = make("2", student, teacher, tmp_path, score_threshold=0.9, min_instance_area=1)
     rng = np.random.default_rng(4)

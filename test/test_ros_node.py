@@ -840,3 +840,4 @@ def test_real_detector_behind_the_node(rig_factory):
     score2 = np.frombuffer(bytes(out["score"].data), np.float32).reshape(256, 512)
     assert (score2[inst > 0] >= 0.9).all()  # instances are made at the new threshold
     wait_for(lambda: rig.diag_values(rig.last_diag()).get("backend") == "eager", what="backend in diagnostics")
+    assert rig.diag_values(rig.last_diag())["backends"] == "student eager, teacher eager"

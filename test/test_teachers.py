@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from csl_ros.teachers.calibration import Calibration, fit_calibration
 from csl_ros.teachers.scores import (boundary_suppression, compute_score, dilated_smoothing,
@@ -316,3 +317,24 @@ def test_stats_file_refuses_tampering_and_bad_content(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="s.stats.json"):
         TeacherStats.load(path)
+
+
+@pytest.mark.parametrize("shape,width,iterations", [((1, 1, 1, 9), 4, 4), ((2, 3, 17, 23), 4, 4),
+                                                    ((1, 2, 40, 33), 2, 2), ((1, 1, 31, 45), 6, 3),
+                                                    ((1, 1, 12, 12), 0, 2), ((1, 1, 64, 96), 1, 1)])
+def test_sml_postprocess_equals_pre_speedup_oracle(shape, width, iterations):
+    """The vectorised boundary suppression and separable smoothing give today's oracle to 1e-5."""
+    import sml_oracle
+
+    g = torch.Generator().manual_seed(sum(shape) + width)
+    b, c, h, w = shape
+    for blocks in (2, 5):  # large regions and fragmented ones (many boundaries, thin classes)
+        coarse = torch.randint(0, 7, (b, 1, -(-h // blocks), -(-w // blocks)), generator=g).float()
+        pred = F.interpolate(coarse, scale_factor=blocks, mode="nearest")[:, 0, :h, :w].long()
+        pred[:, ::7, ::5] = torch.randint(0, 7, pred[:, ::7, ::5].shape, generator=g)  # isolated pixels
+        x = torch.randn(shape, generator=g) * 3
+        np.testing.assert_array_equal(find_boundaries(pred), sml_oracle.find_boundaries(pred))
+        ours = boundary_suppression(x, pred, width, iterations)
+        ref = sml_oracle.boundary_suppression(x, pred, width, iterations)
+        np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(dilated_smoothing(ours), sml_oracle.dilated_smoothing(ref), atol=1e-5, rtol=0)

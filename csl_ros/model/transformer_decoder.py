@@ -178,15 +178,16 @@ class MaskedTransformerDecoder(nn.Module):
     def attention_mask(region_logits: Tensor, size: tuple[int, int]) -> Tensor:
         """Boolean B x N x (h*w): True where the query may NOT attend, i.e. sigmoid(resized logit) < 0.5,
         which is logit < 0. Rows masked everywhere are unmasked (Mask2Former), without Python branching."""
-        resized = F.interpolate(region_logits, size=size, mode="bilinear", align_corners=False)
-        mask = (resized.flatten(2) < 0).detach()
+        if tuple(region_logits.shape[-2:]) != tuple(size):
+            region_logits = F.interpolate(region_logits, size=size, mode="bilinear", align_corners=False)
+        mask = (region_logits.flatten(2) < 0).detach()
         return mask & ~mask.all(dim=-1, keepdim=True)
 
     def forward(self, features: list[Tensor], embeddings: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """features: [f32, f16, f8] (B x C x h_l x w_l), embeddings E: B x mask_dim x H/4 x W/4.
 
         Returns (validity logits per prediction, region logits per prediction), each a list of
-        ``num_layers + 1`` tensors, the final prediction last.
+        ``num_layers + 1`` tensors, the final prediction last; in eval mode the final prediction only.
         """
         sources, positions, sizes = [], [], []
         for level, feature in enumerate(features):
@@ -198,6 +199,8 @@ class MaskedTransformerDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
 
+        if not self.training:
+            return self._inference(output, query_pos, sources, positions, sizes, embeddings)
         validity, region = self.prediction_heads(output, embeddings)
         all_validity, all_region = [validity], [region]
         for i in range(self.num_layers):
@@ -210,3 +213,23 @@ class MaskedTransformerDecoder(nn.Module):
             all_validity.append(validity)
             all_region.append(region)
         return all_validity, all_region
+
+    def _inference(self, output: Tensor, query_pos: Tensor, sources: list[Tensor], positions: list[Tensor],
+                   sizes: list[tuple[int, int]], embeddings: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The eval-mode forward: only the final prediction, at H/4 x W/4.
+
+        The intermediate predictions only feed the attention masks, at the attended level's size, so
+        they are made from E resized to that size: bilinear resizing is linear in each channel, so
+        ``resize(P . E) = P . resize(E)`` (equal up to float rounding), and the N x H/4 x W/4 products
+        that dominated the decoder's cost on CPU are made once instead of ``num_layers + 1`` times.
+        """
+        small = [F.interpolate(embeddings, size=size, mode="bilinear", align_corners=False) for size in sizes]
+        for i in range(self.num_layers):
+            level = i % self.num_levels
+            _, region = self.prediction_heads(output, small[level])
+            output = self.cross_layers[i](output, sources[level], self.attention_mask(region, sizes[level]),
+                                          positions[level], query_pos)
+            output = self.self_layers[i](output, query_pos)
+            output = self.ffn_layers[i](output)
+        validity, region = self.prediction_heads(output, embeddings)
+        return [validity], [region]

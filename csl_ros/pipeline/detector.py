@@ -47,6 +47,7 @@ class Detection:
     timings_ms: dict[str, float] = field(default_factory=dict)
     backend: str = "eager"
     device: str = "cpu"
+    backends: str = ""                 # every network's backend, e.g. "student onnxruntime (CPU...), teacher ..."
     regions: np.ndarray | None = None  # int32 (H, W) region ids used by the fusion (None: teacher only)
     tentative: list[Obstacle] = field(default_factory=list)  # tracked, not (yet) confirmed: not reported
 
@@ -88,7 +89,7 @@ def as_rgb_uint8(image) -> np.ndarray:
 class Detector:
     """CSL obstacle detector (scheme 1, scheme 2 or teacher only) on one backend and device."""
 
-    def __init__(self, cfg: DetectorConfig, student=None, teacher=None, *, model_hash: str = "nohash"):
+    def __init__(self, cfg: DetectorConfig, student=None, teacher=None, *, model_hash: str = ""):
         cfg.validate()
         self.config = cfg
         self.device = resolve_device(cfg.device)
@@ -101,17 +102,22 @@ class Detector:
                              "this checkpoint is class-agnostic only: use scheme 2 with a teacher")
         self.teacher = teacher
         self.network: CompiledModel | None = None
+        self.teacher_network: CompiledModel | None = None
         if student is not None and cfg.scheme != "teacher_only":
             example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
-            self.network = compile_network(
-                _StudentForward(student), example, backend=cfg.backend, device=self.device,
-                precision=cfg.precision, cache_dir=cfg.engine_cache_dir, model_hash=model_hash,
-                force_rebuild=cfg.force_rebuild_engine)
-            if self.network.fallback_reason:
-                log.warning("inference backend fell back to %s (%s)", self.network.backend,
-                            self.network.fallback_reason)
+            self.network = self._compile(_StudentForward(student), example, model_hash, "student")
         if teacher is not None:
             teacher.model.to(self.device)
+            # The teacher's segmenter goes through the same backends (an ONNX teacher already is a
+            # session). Its input is the letterboxed uint8 batch.
+            if isinstance(teacher.model, torch.nn.Module) and cfg.scheme in ("2", "teacher_only"):
+                example = torch.zeros(1, 3, cfg.input_height, cfg.input_width, dtype=torch.uint8)
+                self.teacher_network = self._compile(teacher.model, example, "", "teacher")
+        self.backends = ", ".join(f"{role} {net.describe()}" for role, net in
+                                  (("student", self.network), ("teacher", self.teacher_network)) if net)
+        if self.backends:
+            log.info("inference backends on %s: %s%s", self.device, self.backends,
+                     f" (backend auto: measured fastest on {self.device.type} first)" if cfg.backend == "auto" else "")
         self.tracker = Tracker(TrackingParams.from_config(cfg))
 
     # --- construction ------------------------------------------------------------------------
@@ -127,7 +133,7 @@ class Detector:
         cfg.validate()
         device = resolve_device(cfg.device)
         student = teacher = None
-        model_hash = "nohash"
+        model_hash = ""
         if cfg.scheme in ("1", "2"):
             path = cfg.student_path
             if not path:
@@ -151,9 +157,20 @@ class Detector:
                                     device=device)
         return cls(cfg, student, teacher, model_hash=model_hash)
 
+    def _compile(self, module, example, model_hash: str, role: str) -> CompiledModel:
+        cfg = self.config
+        net = compile_network(module, example, backend=cfg.backend, device=self.device, precision=cfg.precision,
+                              cache_dir=cfg.engine_cache_dir, model_hash=model_hash,
+                              force_rebuild=cfg.force_rebuild_engine)
+        if net.fallback_reason:
+            log.warning("%s inference backend fell back to %s (%s)", role, net.backend, net.fallback_reason)
+        return net
+
     @property
     def backend(self) -> str:
-        return self.network.backend if self.network is not None else "eager"
+        """The student's backend (the teacher's in teacher-only mode)."""
+        net = self.network or self.teacher_network
+        return net.backend if net is not None else "eager"
 
     def update(self, **changes) -> None:
         """Apply run-time changes (thresholds, fusion options, mounting); they take effect on the next
@@ -168,6 +185,7 @@ class Detector:
 
     def close(self) -> None:
         self.network = None
+        self.teacher_network = None
         self.teacher = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -218,7 +236,7 @@ class Detector:
         teacher_maps = teacher_seg = None
         if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
             with timer.stage("teacher"):
-                t_out = self.teacher(x.to(self.device))
+                t_out = self.teacher(x.to(self.device), network=self.teacher_network)
                 teacher_maps = t_out.score_map
                 teacher_seg = t_out.segmentation
         results = []
@@ -250,6 +268,7 @@ class Detector:
                                          min_split_fraction=cfg.min_split_fraction)
                 obstacles = describe_instances(inst, anomaly, cam)
             results.append(Detection(anomaly, inst, obstacles, backend=self.backend, device=str(self.device),
+                                     backends=self.backends,
                                      regions=regions_np.astype(np.int32) if regions_np is not None else None))
         timings = timer.result()
         timings["total"] = sum(timings.values())

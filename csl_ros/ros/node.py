@@ -97,7 +97,7 @@ class CslDetectorNode(LifecycleNode):
         self._last_marker_header = None  # of the latest ~/obstacles message, for clearing them
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._backend_device = ("", "")
+        self._backend_device = ("", "", "")
         self._bad_log = Throttle(LOG_PERIOD_S)
         self._state_log = Throttle(LOG_PERIOD_S)
         self._last_report = 0  # frames received at the previous diagnostics
@@ -375,7 +375,7 @@ class CslDetectorNode(LifecycleNode):
                 log.error(f"detector failed on a frame: {type(exc).__name__}: {exc}")
             return
         self._publish(msg.header, rgb, det, node_cfg)
-        self._backend_device = (det.backend, det.device)
+        self._backend_device = (det.backend, det.device, getattr(det, "backends", ""))
         self.stats.processed.tick()
         self.stats.detector_ms.add(detector_ms)
         self.stats.latency_ms.add((time.monotonic() - t_received) * 1e3)
@@ -437,10 +437,11 @@ class CslDetectorNode(LifecycleNode):
         if silent and (recent_input or publishers) and self._state_log.ready(message.split(":")[0]):
             self.get_logger().warning(message)
         cfg = self._det_cfg
-        backend, device = self._backend_device
+        backend, device, backends = self._backend_device
         info_age = "" if self._camera_info_at is None else now - self._camera_info_at
         values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,
                   "backend": backend or f"{cfg.backend} (requested)", "device": device or f"{cfg.device} (requested)",
+                  "backends": backends or "-",
                   "scheme": cfg.scheme, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold,
                   "camera_info_topic": info_topic, "camera_info": self._camera_info_state,
                   "camera_info_age_s": info_age, **snap}

@@ -19,7 +19,7 @@ import torch
 
 from csl_ros.teachers.calibration import Calibration
 from csl_ros.teachers.registry import NO_TEACHER, ONNX_TEACHER, TEACHERS, unbounded_scores
-from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score, sml_score
+from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score, sml_postprocess, standardized_max_logit
 from csl_ros.teachers.stats import TeacherStats, default_stats_path, file_sha256
 
 TEACHER_NAMES = TEACHERS.choices(after=(ONNX_TEACHER,))
@@ -71,14 +71,19 @@ class Teacher:
         return self.calibration.is_global
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> TeacherOutput:
+    def __call__(self, images: torch.Tensor, network=None) -> TeacherOutput:
+        """``network``: a compiled stand-in for ``model`` (``csl_ros.pipeline.backends.CompiledModel``:
+        same input, its output first in a tuple) that runs instead of the eager model."""
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if images.dim() == 3:
             raise ValueError("images must be batched B×3×H×W (got a single 3-D image; add a batch dim)")
         images = images.to(self.device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):
-            out = self.model(images)
+        if network is not None:
+            out = network(images)[0]
+        else:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):
+                out = self.model(images)
         if self.score_fn == "map":
             if out.shape[1] != 1:
                 raise ValueError(f"the {self.name} teacher expected a 1-channel anomaly map, got "
@@ -90,12 +95,14 @@ class Teacher:
             if self.stats is not None and self.stats.num_classes != logits.shape[1]:
                 raise ValueError(f"the teacher statistics are for {self.stats.num_classes} classes but "
                                  f"the model gives {logits.shape[1]}")
-            if self._sml is not None:
+            if self._sml is not None:  # sml_score, keeping the class map it computes anyway
                 mean, std, params = self._sml
-                raw = sml_score(logits, mean, std, **params)
+                s, seg = standardized_max_logit(logits, mean, std)
+                raw = sml_postprocess(s, seg, **params)
             else:
                 raw = compute_score(self.score_fn, logits, self.stats)
-            seg = logits.argmax(dim=1)
+                # = argmax (first maximum on ties); a max over dim 1 is ~3x faster than argmax on CPU
+                seg = logits.max(dim=1).indices
         return TeacherOutput(score_map=self.calibration(raw), raw_score=raw, logits=logits,
                              segmentation=seg)
 
