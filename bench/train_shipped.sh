@@ -40,8 +40,9 @@ $CSL train student --scheme ca --out "$R/student_ca" "${STUDENT_COMMON[@]}" --se
 # 5. scheme-1 student: + distillation head, Huber loss against the frozen SML teacher. lambda_d = 100:
 #    the teacher's calibrated maps are near 0 on in-distribution frames, so with the spec's lambda_d = 1
 #    the Huber term is ~1/6000 of the loss and the shared features never serve the distillation.
+#    Huber delta 0.1 (the training default): on [0, 1] maps the spec's delta = 1 is plain 0.5 * MSE.
 $CSL train student --scheme 1 --out "$R/student_scheme1" "${STUDENT_COMMON[@]}" --set optim.max_steps=1500 \
-  --set student.distill_weight=100 \
+  --set student.distill_weight=100 --set student.huber_delta=0.1 \
   --set student.init_from="$R/student_ca/student.safetensors" --set student.teacher=sml \
   --set student.teacher_path="$M/teacher_segmenter.safetensors" \
   --set student.teacher_stats_path="$M/teacher_segmenter.stats.json" \

@@ -70,6 +70,11 @@ class DetectorConfig:
     assignment: str = _opt("soft", "Region assignment: 'soft' (CSL Eq. 2, every pixel assigned) or "
                            "'hard' (Mask2Former/EntitySeg thresholds, for the ablation).",
                            choices=("soft", "hard"))
+    assignment_resolution: str = _opt("stride4", "Where the region assignment (Eq. 2, or the hard "
+                                      "baseline) takes its argmax: 'stride4' = on the student's 1/4-resolution "
+                                      "region maps, labels upsampled (fast); 'full' = on the region scores "
+                                      "bilinearly upsampled to the network input size, as Mask2Former's "
+                                      "inference does (exact, slower).", choices=("stride4", "full"))
     split_regions: bool = _opt(True, "Split every assigned region into 8-connected components before "
                                "fusion (region proposals at the disconnected-component level).")
     fusion_mode: str = _opt("product", "Structure-constrained fusion (Eq. 3): 'product' = region mean x "

@@ -137,7 +137,7 @@ def test_importance_sampling_prefers_uncertain_points():
 
 
 def test_distill_huber_loss_by_hand_and_resolution_handling():
-    crit = SetCriterion()
+    crit = SetCriterion(LossConfig(huber_delta=1.0))
     d = torch.full((1, 1, 5, 6), 0.25)
     assert crit.distill_loss(d, torch.full((1, 1, 5, 6), 0.75)).item() == pytest.approx(0.5 * 0.5 ** 2)
     assert crit.distill_loss(d * 0, torch.full((1, 1, 5, 6), 2.0)).item() == pytest.approx(2.0 - 0.5)
@@ -152,6 +152,24 @@ def test_distill_huber_loss_by_hand_and_resolution_handling():
     with pytest.raises(ValueError, match="distillation head"):
         crit(_output(torch.zeros(2, 5, 6), torch.zeros(2, 2), aux=1), [torch.zeros(0, 18, 23)],
              teacher=torch.zeros(1, 1, 18, 23))
+
+
+def test_default_huber_delta_is_robust_on_unit_range_maps():
+    """On [0, 1] maps every residual is <= 1, so delta = 1 is 0.5 * MSE everywhere; the default delta
+    (0.1) is linear above 0.1: a residual of 0.5 costs delta * (0.5 - delta / 2), not 0.5 * 0.5 ** 2,
+    and its gradient is capped at delta while a small residual keeps the quadratic gradient."""
+    from csl_ros.training.config import StudentConfig
+
+    delta = LossConfig().huber_delta
+    assert delta == StudentConfig().huber_delta == pytest.approx(0.1)  # one default for training and loss
+    crit = SetCriterion()
+    teacher = torch.zeros(1, 1, 1, 2)
+    d = torch.tensor([[[[0.5, 0.05]]]], requires_grad=True)
+    loss = crit.distill_loss(d, teacher)
+    assert loss.item() == pytest.approx((delta * (0.5 - delta / 2) + 0.5 * 0.05 ** 2) / 2)
+    assert loss.item() < 0.5 * (0.5 ** 2 + 0.05 ** 2) / 2  # less than the delta = 1 (MSE) loss
+    loss.backward()
+    assert d.grad.flatten().tolist() == pytest.approx([delta / 2, 0.05 / 2])  # outlier capped, inlier linear
 
 
 def test_bad_configs_and_inputs_are_refused():

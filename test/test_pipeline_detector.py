@@ -59,6 +59,47 @@ def test_scheme2_fusion_equals_eq3_on_the_detector_regions(student, teacher, tmp
     np.testing.assert_allclose(fused.anomaly_map, means[r] * d, atol=1e-5)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_full_assignment_resolution_is_the_exact_full_resolution_eq2(split, student, teacher, tmp_path):
+    """assignment_resolution="full" gives the regions of the exact Eq. 2 path (logits bilinearly
+    upsampled to the network input before the argmax, soft_assign_logits(exact=True)), also for a
+    letterboxed image (valid part cropped before the component split); the hard baseline at full
+    resolution is Mask2Former's thresholds on the upsampled scores."""
+    import torch.nn.functional as F
+
+    from csl_ros.model import connected_components, hard_assign, soft_assign_logits
+
+    rng = np.random.default_rng(3)
+    for shape in [(64, 128, 3), (40, 128, 3)]:  # exact input size, and letterboxed (valid 40 x 128)
+        img = rng.integers(0, 255, shape, dtype=np.uint8)
+        with torch.inference_mode():
+            out = student(torch.from_numpy(img).permute(2, 0, 1)[None].float() if shape[0] == 64 else
+                          make("2", student, teacher, tmp_path)._letterbox([img])[0].float())
+        logits, vlogits = out.region_logits[0], out.validity_logits[0]
+        exact = soft_assign_logits(logits, vlogits, out_size=(64, 128), split_components=False, exact=True)
+        exact = exact[:shape[0]].numpy()
+        if split:
+            exact = connected_components(exact, 8)[0]
+        for assignment in ("soft", "hard"):
+            det = make("2", student, teacher, tmp_path, assignment="soft" if assignment == "soft" else "hard",
+                       assignment_resolution="full", split_regions=split)
+            regions = det(img).regions
+            assert regions.shape == shape[:2]
+            if assignment == "soft":
+                np.testing.assert_array_equal(regions, exact)
+            else:
+                probs = F.interpolate(logits[None], size=(64, 128), mode="bilinear", align_corners=False)[0]
+                want = hard_assign(probs[:, :shape[0]].sigmoid(), vlogits.softmax(-1)[:, 0], split_components=split)
+                np.testing.assert_array_equal(regions, want.numpy())
+        stride4 = make("2", student, teacher, tmp_path, split_regions=split)(img).regions
+        assert stride4.shape == shape[:2]  # the default path stays available and input-sized
+
+
+def test_assignment_resolution_is_a_checked_choice():
+    with pytest.raises(ValueError, match="assignment_resolution"):
+        DetectorConfig(assignment_resolution="half").validate()
+
+
 def test_grey_and_rgba_inputs(student, teacher, tmp_path):
     det = make("2", student, teacher, tmp_path)
     rng = np.random.default_rng(2)

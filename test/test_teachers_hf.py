@@ -91,8 +91,8 @@ def test_mask2former_regions_equal_numpy_eq2(tiny_hf_models):
     model = load_hf_segmenter(tiny_hf_models["mask2former"])
     with torch.no_grad():
         raw = model.network(pixel_values=model.preprocessing(_batch(img))[0])
-    r_probs, v = Mask2FormerRegions(model)(_batch(img))
-    labels = soft_assign(r_probs[0], v[0], split_components=False).numpy()
+    r_logits, v = Mask2FormerRegions(model)(_batch(img))
+    labels = soft_assign(r_logits[0].sigmoid(), v[0], split_components=False).numpy()
     # independent Eq. 2: A(x) = argmax_n sigmoid(mask_n(x)) · (1 − p_n(no object)), stride 4
     masks = raw.masks_queries_logits[0].numpy().astype(np.float64)
     cls = raw.class_queries_logits[0].numpy().astype(np.float64)
@@ -251,7 +251,7 @@ def test_detector_rba_teacher_with_mask2former_regions_one_pass(tiny_hf_models):
     x = _batch(img)
     d = build_teacher("rba", segmenter_path=tiny_hf_models["mask2former"], device="cpu")(x).score_map[0]
     r, v = Mask2FormerRegions(load_hf_segmenter(tiny_hf_models["mask2former"]))(x)
-    labels = soft_assign(r[0], v[0], split_components=True, out_size=(64, 128))
+    labels = soft_assign(r[0].sigmoid(), v[0], split_components=True, out_size=(64, 128))
     np.testing.assert_array_equal(out.regions, labels.numpy())
     expected = structure_constrained_fusion(d, labels, "product")[0].clamp(0, 1).numpy()
     np.testing.assert_allclose(out.anomaly_map, expected, atol=1e-5)

@@ -152,6 +152,16 @@ def soft_assign_logits(region_logits: Tensor, validity_logits: Tensor, out_size:
     if validity_logits.dim() != 2 or validity_logits.shape[-1] != 2:
         raise ValueError(f"validity_logits must be N x 2, got shape {tuple(validity_logits.shape)}")
     validity = validity_logits.float().softmax(-1)[:, 0]
+    return soft_assign_region_logits(region_logits, validity, out_size, split_components, exact, chunk_rows,
+                                     connectivity)
+
+
+def soft_assign_region_logits(region_logits: Tensor, validity: Tensor, out_size: tuple[int, int] | None = None,
+                              split_components: bool = True, exact: bool = False, chunk_rows: int = 64,
+                              connectivity: int = 8) -> Tensor:
+    """Eq. 2 from region logits (N x h x w) and validity probabilities v_n (N), as
+    :func:`soft_assign_logits` (which derives v_n from the student's validity logits); region proposers
+    whose validity is not a two-way softmax (Mask2Former: 1 - p(no object)) call this directly."""
     if not exact or out_size is None:
         return soft_assign(region_logits.float().sigmoid(), validity, split_components, out_size, connectivity)
     _check_regions_validity(region_logits, validity)

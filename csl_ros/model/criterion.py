@@ -30,7 +30,8 @@ class LossConfig:
     importance_sample_ratio: float = 0.75  # ... keep this fraction as the most uncertain, rest random
     deep_supervision: bool = True         # losses on all dec_layers + 1 predictions (else the last only)
     distill_weight: float = 1.0           # lambda_d of the scheme-1 Huber loss (spec ambiguity #11)
-    huber_delta: float = 1.0
+    huber_delta: float = 0.1              # Huber delta of the distillation loss (see SetCriterion.distill_loss);
+    #                                       the training schema's student.huber_delta has the same default
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -107,7 +108,15 @@ class SetCriterion(nn.Module):
     def distill_loss(self, distribution: Tensor, teacher: Tensor) -> Tensor:
         """Mean Huber loss between D-hat (B x C x h x w) and the teacher map at D-hat's resolution: a
         teacher at the input resolution H x W is padded (replicate) to 4h x 4w and averaged over 4x4
-        cells; one already at h x w is used as is."""
+        cells; one already at h x w is used as is.
+
+        The paper's L_d ("mean Huber loss between the predicted per-pixel distribution and the output of
+        the base teacher") gives no delta. Both maps lie in [0, 1], so every residual is at most 1: with
+        the spec's delta = 1 the loss is exactly 0.5 * MSE and its robust (linear) part never acts.
+        The default delta = 0.1 (a tenth of the map's range) keeps the quadratic fit for the small
+        residuals that make up almost all in-distribution pixels (the calibrated teacher map is near 0
+        there) and caps the gradient of residuals above 0.1 at delta, so the teacher's sparse spikes
+        (rare classes, object borders) do not dominate the distillation."""
         if teacher.dim() != 4 or teacher.shape[:2] != distribution.shape[:2]:
             raise ValueError(f"teacher map must be B x C x H x W matching D-hat {tuple(distribution.shape[:2])}, "
                              f"got {tuple(teacher.shape)}")

@@ -2,7 +2,8 @@
 
 Flow per batch (CSL inference, spec section 4):
   letterbox to the network size -> student (region logits, validity, scheme-1 D-hat) and/or teacher
-  (per-pixel D) -> soft assignment (Eq. 2) at stride 4, labels upsampled -> structure-constrained
+  (per-pixel D) -> soft assignment (Eq. 2) at stride 4, labels upsampled (or at the network input,
+  assignment_resolution="full") -> structure-constrained
   fusion (Eq. 3) at the input resolution -> instances (components of H >= threshold within regions)
   -> obstacle records with flat-ground geometry.
 
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from csl_ros.config import DetectorConfig, apply_model_settings, apply_overrides, regions_description
-from csl_ros.model import hard_assign, load_checkpoint, soft_assign, structure_constrained_fusion
+from csl_ros.model import (connected_components, hard_assign, load_checkpoint, soft_assign, soft_assign_region_logits,
+                           structure_constrained_fusion)
 from csl_ros.model.device import resolve_device
 from csl_ros.model_settings import model_settings
 from csl_ros.pipeline.backends import CompiledModel, compile_network
@@ -268,11 +270,10 @@ class Detector:
         with timer.stage("preprocess"):
             x, valid = self._letterbox(images)
             xd = x.to(self.device)  # one tensor for the teacher and shared regions (matched by identity)
-        region_probs = validity = distribution = None
+        region_logits = validity = distribution = None
         if self.network is not None:
             with timer.stage("network"):
                 region_logits, validity_logits, distribution = self.network(x.float())
-                region_probs = region_logits.float().sigmoid()
                 validity = validity_logits.float().softmax(-1)[..., 0]
         teacher_maps = teacher_seg = None
         if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
@@ -282,15 +283,15 @@ class Detector:
                 teacher_seg = t_out.segmentation
         if self.regions is not None:
             with timer.stage("regions"):
-                region_probs, validity = self.regions(xd)
+                region_logits, validity = self.regions(xd)
         results = []
         for b, (img, cam) in enumerate(zip(images, cameras)):
             H0, W0 = img.shape[:2]
             h, w = valid[b]
             with timer.stage("assignment"):
                 regions = None
-                if region_probs is not None:
-                    regions = self._assign(region_probs[b], validity[b], (h, w), (H0, W0))
+                if region_logits is not None:
+                    regions = self._assign(region_logits[b], validity[b], (h, w), (H0, W0))
             with timer.stage("fusion"):
                 if cfg.scheme == "1":
                     d = distribution[b, :1]
@@ -320,18 +321,35 @@ class Detector:
             r.timings_ms = dict(timings)
         return results
 
-    def _assign(self, region_probs: torch.Tensor, v: torch.Tensor,
+    def _assign(self, region_logits: torch.Tensor, v: torch.Tensor,
                 valid: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
-        """Region labels at the input image size from r_n (N×h/4×w/4) and v_n (N). Eq. 2 (or the hard
-        baseline) runs at stride 4 on the valid (un-padded) part; labels are upsampled nearest, never
-        N full-size float maps."""
+        """Region labels at the input image size from the region logits (N×h/4×w/4, r_n = sigmoid) and
+        v_n (N). ``assignment_resolution="stride4"``: Eq. 2 (or the hard baseline) runs at stride 4 on
+        the valid (un-padded) part and the labels are upsampled nearest, never N full-size float maps.
+        ``"full"``: Mask2Former's inference, the whole stride-4 logit maps bilinearly upsampled to the
+        network input, cropped to the valid part, then the assignment (and the component split) at that
+        resolution."""
         cfg = self.config
-        h4, w4 = math.ceil(valid[0] / 4), math.ceil(valid[1] / 4)
-        probs = region_probs[:, :h4, :w4]
-        if cfg.assignment == "soft":
-            labels = soft_assign(probs, v, split_components=cfg.split_regions)
+        if cfg.assignment_resolution == "full":
+            h, w = valid
+            full = (region_logits.shape[-2] * 4, region_logits.shape[-1] * 4)
+            if cfg.assignment == "soft":
+                # banded exact upsampling: at most N x 64 rows of floats at once
+                labels = soft_assign_region_logits(region_logits, v, out_size=full, split_components=False,
+                                                   exact=True)[:h, :w]
+                if cfg.split_regions:  # after the crop, so no component joins through the padding
+                    labels = torch.from_numpy(connected_components(labels.cpu().numpy(), 8)[0]).to(labels.device)
+            else:  # the hard baseline needs every query's whole-image area: N full-size maps
+                probs = F.interpolate(region_logits[None].float(), size=full, mode="bilinear",
+                                      align_corners=False)[0, :, :h, :w].sigmoid()
+                labels = hard_assign(probs, v, split_components=cfg.split_regions)
         else:
-            labels = hard_assign(probs, v, split_components=cfg.split_regions)
+            h4, w4 = math.ceil(valid[0] / 4), math.ceil(valid[1] / 4)
+            probs = region_logits[:, :h4, :w4].float().sigmoid()
+            if cfg.assignment == "soft":
+                labels = soft_assign(probs, v, split_components=cfg.split_regions)
+            else:
+                labels = hard_assign(probs, v, split_components=cfg.split_regions)
         return F.interpolate(labels[None, None].float(), size=out_size, mode="nearest")[0, 0].long()
 
     def _road_roi(self, seg: torch.Tensor, out_size) -> np.ndarray:

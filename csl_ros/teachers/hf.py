@@ -376,7 +376,7 @@ class Mask2FormerRegions:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """B×3×H×W → (region probabilities B×Q×⌈H/4⌉×⌈W/4⌉, validity B×Q)."""
+        """B×3×H×W → (region logits B×Q×⌈H/4⌉×⌈W/4⌉: r_n = sigmoid of them, validity v_n B×Q)."""
         q = self.model.last_queries if self.shared else None
         if q is None or q.source is not images:
             q = self.model.query_outputs(images)
@@ -389,7 +389,7 @@ class Mask2FormerRegions:
         if tuple(masks.shape[-2:]) != out:
             masks = F.interpolate(masks, size=out, mode="bilinear", align_corners=False)
         validity = 1.0 - q.class_logits.float().softmax(-1)[..., -1]
-        return masks.sigmoid(), validity
+        return masks, validity
 
 
 # --------------------------------------------------------------------------------------------------

@@ -103,7 +103,9 @@ class StudentConfig:
                                                      "help": "points per mask for matching and losses"})
     distill_weight: float = field(default=1.0, metadata={"range": NON_NEGATIVE,
                                                          "help": "lambda_d of the Huber loss (scheme 1)"})
-    huber_delta: float = field(default=1.0, metadata={"help": "Huber delta (scheme 1)"})
+    huber_delta: float = field(default=0.1, metadata={"help": "Huber delta of the distillation loss (scheme 1). "
+                                                      "Maps are in [0, 1], so delta >= 1 is plain 0.5 * MSE; "
+                                                      "0.1 makes residuals above 0.1 count linearly"})
     teacher: str = field(default="sml", metadata={"help": "scheme 1: score function of the frozen teacher",
                                                   "choices": TEACHER_SCORES})
     teacher_path: str = field(default="", metadata={"help": "scheme 1: segmenter checkpoint (empty: shipped)"})

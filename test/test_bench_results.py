@@ -1,0 +1,119 @@
+"""bench/results.py: the ablation rows mean what their labels say, and the hand-written analysis can
+only cite numbers the run produced."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from csl_ros.config import DetectorConfig
+from csl_ros.model import build_student, connected_components, get_preset, hard_assign
+from csl_ros.pipeline import Detector
+
+
+def _results_module():
+    path = Path(__file__).resolve().parents[1] / "bench" / "results.py"
+    spec = importlib.util.spec_from_file_location("bench_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+results = _results_module()
+
+
+@pytest.fixture(scope="module")
+def detector_models():
+    from csl_ros.teachers.calibration import Calibration
+    from csl_ros.teachers.segmenter import ClosedSetSegmenter, preset
+    from csl_ros.teachers.teacher import Teacher
+
+    torch.manual_seed(0)
+    student = build_student(get_preset("r18_fast")).eval()
+    return student, Teacher("msp", ClosedSetSegmenter(preset("fpn_resnet18")), "msp", Calibration("identity"))
+
+
+def test_hard_rows_are_mask2former_without_split_and_the_split_variant_separately(detector_models):
+    """The "hard" row is Mask2Former's hard assignment (query ids, no component split); the
+    "hard_split" row is the same labels split into connected components; both as the Detector runs them."""
+    region_logits = torch.full((3, 16, 32), -6.0)
+    region_logits[0, 2:6, 2:8] = 6.0      # query 0: two separate blobs
+    region_logits[0, 10:14, 20:28] = 6.0
+    region_logits[1, 8:16, 0:10] = 6.0    # query 1: one blob
+    validity_logits = torch.tensor([[4.0, 0.0], [4.0, 0.0], [-4.0, 0.0]])  # v = 0.98, 0.98, 0.02
+    probs, v = region_logits.sigmoid(), validity_logits.softmax(-1)[:, 0]
+    got = {}
+    for variant in ("hard", "hard_split"):
+        cfg = DetectorConfig(scheme="2", teacher="msp", device="cpu", backend="eager", input_height=64,
+                             input_width=128, **results.VARIANTS[variant])
+        det = Detector(cfg, student=detector_models[0], teacher=detector_models[1])
+        got[variant] = det._assign(region_logits, v, (64, 128), (64, 128))
+    m2f = hard_assign(probs, v, split_components=False).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    np.testing.assert_array_equal(got["hard"].numpy(), m2f.numpy())
+    assert set(got["hard"].unique().tolist()) == {-1, 0, 1}  # query ids: query 0's two blobs are one region
+    split = hard_assign(probs, v, split_components=True).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    np.testing.assert_array_equal(got["hard_split"].numpy(), split.numpy())
+    assert len(set(got["hard_split"].unique().tolist()) - {-1}) == 3  # the split row: three components
+    assert results.VARIANTS["soft_full"]["assignment_resolution"] == "full"
+
+
+def test_hard_assignment_without_split_keeps_one_query_as_one_region():
+    """Two disconnected blobs of one query: one region in the Mask2Former row, two with the split."""
+    r = torch.zeros(2, 8, 8)
+    r[0, 1:3, 1:3] = 1.0
+    r[0, 5:7, 5:7] = 1.0
+    v = torch.tensor([0.9, 0.1])
+    m2f = hard_assign(r, v, split_components=False)
+    assert set(m2f.unique().tolist()) == {-1, 0}
+    split = hard_assign(r, v, split_components=True)
+    assert len(set(split.unique().tolist()) - {-1}) == 2
+    assert connected_components(m2f.numpy(), 8)[0].max() == 1  # the same two blobs, as components
+
+
+def test_notes_placeholders_are_filled_from_the_run_and_unknown_ones_refused():
+    m = {"rows": {"teacher_only/sml/soft": {"ap": 0.20, "fpr95": 0.5}, "2/sml/soft": {"ap": 0.25, "fpr95": 0.4},
+                  "1/none/soft": {"ap": 0.05, "fpr95": 1.0}},
+         "obstacle_sizes": {"count": 3, "median_px": 64.0, "q25_px": 16.0, "q75_px": 100.0}}
+    values = results.note_values(m)
+    assert values["alone_sml_ap"] == "20.00" and values["csl_sml_soft_fpr95"] == "40.00"
+    assert values["gain_sml_ap"] == "+5.00" and values["gain_sml_rel"] == "25"
+    assert values["scheme1_ap"] == "5.00" and values["obstacle_median_cells"] == "4.0"
+    assert results.render_notes("SML {alone_sml_ap} -> {csl_sml_soft_ap}", values) == "SML 20.00 -> 25.00"
+    with pytest.raises(results.NotesError, match="made_up"):
+        results.render_notes("on 60 frames {made_up}", values)
+
+
+def test_shipped_notes_cite_only_known_values(tmp_path):
+    """Every {name} in docs/results_notes.md is one that note_values produces for a full run (names
+    are checked against the result keys of a full table, values faked)."""
+    import re
+
+    notes = (Path(__file__).resolve().parents[1] / "docs" / "results_notes.md").read_text()
+    rows = {"/".join(k): {"ap": 0.1, "fpr95": 0.5, "auroc": 0.9, "s": 1.0} for k in results.table_rows()}
+    regions = {v: {"miou": 0.5, "regions_per_frame": 10.0, "assigned_fraction": 0.9} for v in results.VARIANTS}
+    diag = {"/".join(k): {"mean_obstacle": 0.1, "mean_road": 0.1, "road_p99": 0.1, "obstacle_median": 0.1,
+                          "obstacle_region_purity": 0.5} for k in results.DIAGNOSTIC_ROWS}
+    distill = {k: 0.1 for k in ("ap", "fpr95", "pearson", "mean_abs_diff", "mean_dhat", "mean_teacher",
+                                "huber_delta", "beyond_delta", "pearson_road", "mean_dhat_road",
+                                "mean_teacher_road", "pearson_obstacle", "mean_dhat_obstacle",
+                                "mean_teacher_obstacle")}
+    m = {"rows": rows, "regions": regions, "segmenter_miou": 0.5, "segmenter_iou": [0.5] * 19, "diagnostics": diag,
+         "oracle": {"ap": 0.5, "fpr95": 0.5}, "distillation": distill,
+         "obstacle_sizes": {"count": 3, "median_px": 64.0, "q25_px": 16.0, "q75_px": 100.0},
+         "tuned_threshold": {"frames": 1, "best_f1": 0.5, "threshold": 0.3}}
+    names = set(re.findall(r"{(\w+)}", notes))
+    assert names and names <= set(results.note_values(m))
+    # the page from saved measurements: tables, the hand-written heading and the filled-in notes
+    m["run"] = {"frames": 2, "val_frames": 1, "height": 64, "width": 128, "wall_s": 60.0, "manifest": {}, "default_threshold": 0.05,
+                "torch": "x", "machine": "y"}
+    (tmp_path / "m.json").write_text(json.dumps(m))
+    out = tmp_path / "r.md"
+    assert results.main(["--from-json", str(tmp_path / "m.json"), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert results.NOTES_HEADING in page and "Written by hand" in page and "{" not in page
+    assert "| SML + CSL, hard assignment (Mask2Former: v > 0.8, r ≥ 0.5, no component split) | 10.00 | 50.00 |" in page
+    (tmp_path / "bad.md").write_text("as measured on 60 frames: {made_up_number}")
+    assert results.main(["--from-json", str(tmp_path / "m.json"), "--out", str(out),
+                         "--notes", str(tmp_path / "bad.md")]) == 1
