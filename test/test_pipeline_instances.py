@@ -106,7 +106,7 @@ def test_ground_contact_distance_on_synthroad_obstacles():
         def __init__(self):
             self.map = None
 
-        def __call__(self, x, network=None):   # the Teacher call the Detector makes (issue 15)
+        def __call__(self, x, network=None):  # the Teacher interface: network = its compiled back end
             m = torch.from_numpy(self.map)[None, None].float()
             return TeacherOutput(score_map=m, raw_score=m, logits=None, segmentation=None)
 

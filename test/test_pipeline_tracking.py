@@ -83,7 +83,7 @@ def test_detector_calls_are_one_tracked_stream_and_detect_batch_is_stateless():
         model = torch.nn.Identity()
         map = None
 
-        def __call__(self, x, network=None):   # the Teacher call the Detector makes (issue 15)
+        def __call__(self, x, network=None):  # the Teacher interface: network = its compiled back end
             m = torch.from_numpy(self.map)[None, None].float()
             return TeacherOutput(score_map=m, raw_score=m, logits=None, segmentation=None)
 
