@@ -33,13 +33,16 @@ setup(
         "pyyaml>=6",
         "safetensors>=0.4",
         "tqdm>=4.66",
-        "matplotlib>=3.8",
-        "imageio>=2.34",
-        "imageio-ffmpeg>=0.5",
-        "rosbags>=0.10",
         "onnxruntime>=1.18",
     ],
     extras_require={
+        # csl_ros.eval, csl-ros bag / evaluate / demo: rosbags, report figures, videos (the node needs none)
+        "eval": [
+            "matplotlib>=3.8",
+            "imageio>=2.34",
+            "imageio-ffmpeg>=0.5",
+            "rosbags>=0.10",
+        ],
         "ros": [
             "ros-rclpy",
             "ros-sensor-msgs",
@@ -70,7 +73,7 @@ setup(
     entry_points={
         "console_scripts": [
             "csl-ros = csl_ros.cli:main",
-            "csl_node = csl_ros.ros.node:main",
+            "csl_node = csl_ros.ros.csl_node:main",
         ],
     },
 )

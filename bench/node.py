@@ -182,7 +182,7 @@ class Client:
     def publish(self, image, stamp):
         from sensor_msgs.msg import Image
 
-        from csl_ros.ros.image_conversion import fill_image_msg
+        from csl_ros.image_codec import fill_image_msg
 
         msg = fill_image_msg(Image(), image, "rgb8")
         msg.header.stamp.sec = stamp

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from csl_ros import __version__
+
 # Subcommand modules; each registers its own parser.
 COMMAND_MODULES = [
     "csl_ros.data.synth_cli",
@@ -17,7 +19,7 @@ COMMAND_MODULES = [
     "csl_ros.detect_cli",
     "csl_ros.eval.metrics_cli",
     "csl_ros.eval.bag_cli",
-    "csl_ros.eval.evaluate",
+    "csl_ros.evaluate_cli",
     "csl_ros.teachers.cli",
     "csl_ros.teachers.models_cli",
     "csl_ros.training.cli",
@@ -75,7 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="csl-ros",
         description="CSL road-obstacle / OOD segmentation: synthetic data, training, detection, "
                     "ROS 2 bag conversion and SMIYC evaluation.")
-    from csl_ros import __version__
     parser.add_argument("--version", action="version", version=f"csl-ros {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
     sub.required = True

@@ -16,10 +16,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from csl_ros.settings import (DEVICE_PATTERN, apply_overrides, check_value, coerce_value,  # noqa: F401
-                              device_error, field_type, parse_set_args, read_yaml_mapping, setting,
-                              validation_errors)
-from csl_ros.teachers.registry import NO_TEACHER, ONNX_TEACHER, TEACHERS as TEACHER_REGISTRY
+from csl_ros.settings import (DEVICE_PATTERN, apply_overrides, check_value, coerce_value, device_error,  # noqa: F401
+                              field_type, parse_set_args, read_yaml_mapping, setting, validation_errors)
+from csl_ros.teachers.registry import NO_TEACHER, ONNX_TEACHER
+from csl_ros.teachers.registry import TEACHERS as TEACHER_REGISTRY
 
 # Every registered score function, plus no teacher and an ONNX-exported method (a live view: a teacher
 # registered later is a valid choice too).

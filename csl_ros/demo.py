@@ -16,15 +16,29 @@ The network runs at the schema default 256x512 (HxW, the shipped models' trainin
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 import shutil
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from csl_ros.cli import add_command, image_size_arg
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from csl_ros.cli import add_command, build_parser, image_size_arg
+from csl_ros.config import load_configs, parse_set_args
+from csl_ros.data.loaders import Synthroad
+from csl_ros.data.preview import label_overlay, save_contact_sheet
+from csl_ros.data.synthroad import render_sequence
+from csl_ros.evaluate_cli import LIVE_CAMERA_INFO_TOPIC, LIVE_IMAGE_TOPIC, evaluate_command
+from csl_ros.ros.dds import PROFILE_VARIABLE, restored_environment, use_large_image_profile
 
 DEMO_SWEEP = "score_threshold=0.02,0.05,0.1,0.2,0.3,0.5,0.7"   # wide: scores of obstacles vary by model
 NODE_NAMESPACE = "/csl/camera"                 # as launch/replay_eval.launch.py starts the node
@@ -51,11 +65,9 @@ class DemoContext:
 
 def default_params_file() -> Path:
     """config/driving.yaml: the source tree's, else the installed share/csl_ros/config one."""
-    import sys
-
     candidates = [Path(__file__).resolve().parents[1] / "config" / "driving.yaml"]
     try:
-        from ament_index_python.packages import get_package_share_directory
+        from ament_index_python.packages import get_package_share_directory  # optional: a colcon install
 
         candidates.append(Path(get_package_share_directory("csl_ros")) / "config" / "driving.yaml")
     except Exception:  # not in a sourced ROS workspace
@@ -70,8 +82,7 @@ def default_params_file() -> Path:
 
 def step_models(ctx: DemoContext) -> None:
     """Build the detector first: a missing model fails before anything is rendered."""
-    from csl_ros.config import load_configs
-    from csl_ros.pipeline import Detector
+    from csl_ros.pipeline import Detector  # deferred: torch; csl-ros imports this module for its parser
 
     ctx.detector_config, ctx.node_config = load_configs(ctx.config_path, ctx.overrides)
     t0 = time.perf_counter()
@@ -83,9 +94,6 @@ def step_models(ctx: DemoContext) -> None:
 
 
 def step_drive(ctx: DemoContext) -> None:
-    from tqdm import tqdm
-
-    from csl_ros.data.synthroad import render_sequence
     t0 = time.perf_counter()
     it = render_sequence(ctx.seed, ctx.frames_n, ctx.size, obstacles="obstacle", speed_mps=ctx.speed_mps, fps=ctx.fps)
     ctx.frames = list(tqdm(it, total=ctx.frames_n, desc="render drive", unit="frame"))
@@ -96,18 +104,14 @@ def step_drive(ctx: DemoContext) -> None:
 
 
 def step_contact_sheet(ctx: DemoContext) -> None:
-    from csl_ros.data.preview import save_contact_sheet
     n = len(ctx.frames)
     pick = [ctx.frames[round(i * (n - 1) / 11)] for i in range(12)] if n >= 12 else ctx.frames
     ctx.artifacts["contact_sheet"] = save_contact_sheet(ctx.out / "synthroad_drive_sheet.png", pick)
 
 
 def step_video(ctx: DemoContext) -> None:
-    import cv2
-    import imageio.v2 as imageio
-    import numpy as np
+    import imageio.v2 as imageio  # deferred: the eval extra (csl-ros starts without it)
 
-    from csl_ros.data.preview import label_overlay
     h, w = ctx.size
     # at most 640 px wide, dimensions divisible by 16 (keeps every MP4 player happy)
     vw = max(16, (min(w, 640) // 16) * 16)
@@ -129,8 +133,7 @@ def step_video(ctx: DemoContext) -> None:
 
 
 def step_bag(ctx: DemoContext) -> None:
-    from csl_ros.data.loaders import Synthroad
-    from csl_ros.eval.bag import write_bag
+    from csl_ros.eval.bag import write_bag  # deferred: rosbags, the eval extra
 
     bag = ctx.out / "drive_bag"
     if bag.exists():            # the demo's own bag from an earlier run (rosbag2 never overwrites)
@@ -141,9 +144,7 @@ def step_bag(ctx: DemoContext) -> None:
 
 
 def _parameters(ctx: DemoContext):
-    import dataclasses
-
-    from rclpy.parameter import Parameter
+    from rclpy.parameter import Parameter  # deferred: rclpy, the ros extra (csl-ros starts without it)
 
     values = {**dataclasses.asdict(ctx.detector_config), **dataclasses.asdict(ctx.node_config)}
     return [Parameter(k, value=v) for k, v in values.items()]
@@ -151,19 +152,19 @@ def _parameters(ctx: DemoContext):
 
 def step_node_eval(ctx: DemoContext) -> None:
     """The node on its own ROS context in this process, the live evaluator talking to it over DDS."""
-    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
+    with restored_environment("ROS_DOMAIN_ID", PROFILE_VARIABLE):
+        _node_eval(ctx)
 
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", PROFILE_VARIABLE)}
+
+def _node_eval(ctx: DemoContext) -> None:
     # A private domain unless the user chose one, so a running ROS graph is not disturbed.
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 199)))
     use_large_image_profile()   # read by Fast DDS before rclpy.init below creates the participant
-    import threading
 
+    # deferred: rclpy (the ros extra) and the node, which loads torch
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from csl_ros.cli import build_parser
-    from csl_ros.eval.evaluate import LIVE_CAMERA_INFO_TOPIC, LIVE_IMAGE_TOPIC, evaluate_command
     from csl_ros.ros.node import CslDetectorNode, default_detector_factory
 
     prebuilt = [ctx.detector]
@@ -198,9 +199,7 @@ def step_node_eval(ctx: DemoContext) -> None:
         rc = evaluate_command(build_parser().parse_args(argv))
         if rc != 0:
             raise RuntimeError(f"the live evaluation failed (exit code {rc})")
-        import json
-
-        from csl_ros.eval.driving import driving_summary_line
+        from csl_ros.eval.driving import driving_summary_line  # deferred: torch (as in step_models)
 
         ctx.notes.append(driving_summary_line(json.loads((out / "metrics.json").read_text())["driving"]))
         stats = node.stats.snapshot(node.frames_dropped)
@@ -219,11 +218,6 @@ def step_node_eval(ctx: DemoContext) -> None:
         if thread is not None:
             thread.join(timeout=5)
         ctx.detector = None
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # The demo is this list of steps, run in order on one shared DemoContext: each step reads what earlier
@@ -255,15 +249,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import cv2
-
 
     cv2.setNumThreads(1)
     size = args.size
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
-    from csl_ros.config import parse_set_args
-    from csl_ros.eval.live import parse_rate
+    from csl_ros.ros.live_replay import parse_rate  # deferred: rclpy, the ros extra
 
     parse_rate(args.rate)
     ctx = DemoContext(out=Path(args.out), frames_n=int(args.frames), size=size,

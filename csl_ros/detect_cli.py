@@ -18,9 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections import Counter
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from csl_ros.cli import add_command
+from csl_ros.config import load_configs, parse_set_args, regions_description
+from csl_ros.visualize import colorize_instances, draw_overlay, score_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
@@ -34,8 +41,6 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def detector_config_from_args(args):
-    from csl_ros.config import load_configs, parse_set_args
-
     det, _node = load_configs(args.config, parse_set_args(args.set))
     return det
 
@@ -76,8 +81,6 @@ def collect_inputs(src: Path, recursive: bool = False) -> list[Path]:
 def output_prefixes(files: list[Path], src: Path, out: Path) -> dict[Path, Path]:
     """{input: output path prefix}: ``out/<subfolder>/<stem>``, or ``<stem>_<ext>`` when another input
     of the same folder has the same stem, so no output overwrites another."""
-    from collections import Counter
-
     rel = {f: (f.parent.relative_to(src) if src.is_dir() else Path()) for f in files}
     stems = Counter((rel[f], f.stem.lower()) for f in files)
     return {f: out / rel[f] / (f.stem if stems[(rel[f], f.stem.lower())] == 1
@@ -86,8 +89,6 @@ def output_prefixes(files: list[Path], src: Path, out: Path) -> dict[Path, Path]
 
 def video_frames(path: Path, every: int):
     """(frame index, RGB frame) of every ``every``-th frame of a video; ValueError if unreadable."""
-    import cv2
-
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ValueError("not a readable video")
@@ -111,13 +112,7 @@ def video_frames(path: Path, every: int):
 
 def run(args, detector_factory=None) -> int:
     """The ``csl-ros detect`` command; ``detector_factory`` replaces ``Detector.from_config`` (tests)."""
-    import sys
-
-    import cv2
-    import numpy as np
-
-    from csl_ros.pipeline import CameraGeometry
-    from csl_ros.visualize import colorize_instances, draw_overlay, score_image
+    from csl_ros.pipeline import CameraGeometry  # deferred: torch; csl-ros imports this module for its parser
 
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
@@ -127,10 +122,9 @@ def run(args, detector_factory=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails before the models load
     if detector_factory is None:
-        from csl_ros.pipeline import Detector
+        from csl_ros.pipeline import Detector  # deferred: torch (see above)
 
         detector_factory = Detector.from_config
-    from csl_ros.config import regions_description
 
     detector = detector_factory(cfg)
     regions = regions_description(getattr(detector, "config", cfg))

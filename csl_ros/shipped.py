@@ -23,7 +23,7 @@ def models_dir() -> Path:
     if os.environ.get("CSL_ROS_MODELS_DIR"):
         candidates.append(Path(os.environ["CSL_ROS_MODELS_DIR"]))
     try:  # a sourced ROS 2 workspace
-        from ament_index_python.packages import get_package_share_directory
+        from ament_index_python.packages import get_package_share_directory  # optional: a colcon install
 
         candidates.append(Path(get_package_share_directory("csl_ros")) / "models")
     except Exception:  # not in a ROS environment, or the package is not indexed

@@ -32,7 +32,7 @@ def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]):
 def parsers():
     trees = [("csl-ros", build_parser())]
     try:
-        from csl_ros.ros.node import build_arg_parser
+        from csl_ros.ros.csl_node import build_arg_parser
     except ImportError:   # no rclpy: the node's parser is checked where ROS is installed
         pass
     else:

@@ -18,7 +18,7 @@ from csl_ros.cli import build_parser, main  # noqa: E402
 from csl_ros.config import DetectorConfig  # noqa: E402
 from csl_ros.data.loaders import Record, Synthroad  # noqa: E402
 from csl_ros.eval import bag as B  # noqa: E402
-from csl_ros.eval.evaluate import evaluate_command, instances_topic_for  # noqa: E402
+from csl_ros.evaluate_cli import evaluate_command, instances_topic_for  # noqa: E402
 from csl_ros.eval.metrics import evaluate as reference_evaluate  # noqa: E402
 from csl_ros.eval.scoring import instance_counts, parse_sweep  # noqa: E402
 from csl_ros.ros.testing import BrightnessDetector, private_ros_context  # noqa: E402

@@ -5,8 +5,8 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 sensor_msgs = pytest.importorskip("sensor_msgs.msg")
 
-from csl_ros.ros.image_conversion import (  # noqa: E402
-    ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb)
+from csl_ros.image_codec import (  # noqa: E402
+    ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb, single_channel_msg_to_array)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
@@ -125,3 +125,25 @@ def test_fill_image_msg_round_trip():
     np.testing.assert_array_equal(np.frombuffer(bytes(msg.data), np.uint16).reshape(6, 7), ids)
     with pytest.raises(ImageFormatError, match="does not match"):
         fill_image_msg(sensor_msgs.Image(), ids, "32FC1")
+
+
+@pytest.mark.parametrize("encoding,dtype", [("32FC1", np.float32), ("64FC1", np.float64), ("16UC1", np.uint16),
+                                            ("mono16", np.uint16), ("mono8", np.uint8), ("8UC1", np.uint8)])
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_single_channel_maps_keep_their_values_and_dtype(encoding, dtype, bigendian):
+    """Score maps, instance ids and labels (the node's outputs, the bag's labels): padded rows and
+    big-endian data come back as a writable native (H, W) array of the encoding's dtype."""
+    a = (RNG.random((5, 9)) * 200).astype(dtype)
+    out = single_channel_msg_to_array(make_msg(a, encoding, step=9 * np.dtype(dtype).itemsize + 8, bigendian=bigendian),
+                                      "/x/anomaly_score at 5 ns")
+    assert out.dtype == np.dtype(dtype) and out.dtype.isnative and out.flags.writeable
+    np.testing.assert_array_equal(out, a)
+
+
+def test_single_channel_refuses_colour_and_short_data_naming_where():
+    with pytest.raises(ImageFormatError, match=r"^/x/anomaly_score at 5 ns: expected a single-channel image.*'rgb8'"):
+        single_channel_msg_to_array(make_msg(RGB, "rgb8"), "/x/anomaly_score at 5 ns")
+    short = make_msg(np.zeros((4, 4), np.float32), "32FC1")
+    short.data = short.data[:10]
+    with pytest.raises(ImageFormatError, match=r"^bag: .*bytes"):
+        single_channel_msg_to_array(short, "bag")

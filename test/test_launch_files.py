@@ -272,7 +272,7 @@ def test_replay_eval_launch(monkeypatch, tmp_path):
     assert flags["--scores-topic"] == f"{node.kwargs['namespace']}/csl_detector/anomaly_score"
     # ...and the evaluator's own parser accepts every flag (the default topics are its defaults too).
     from csl_ros.cli import build_parser
-    from csl_ros.eval import evaluate as evaluate_module
+    from csl_ros import evaluate_cli as evaluate_module
 
     args = build_parser().parse_args(cmd[1:])
     assert args.live and (args.image_topic, args.scores_topic) == (evaluate_module.LIVE_IMAGE_TOPIC,

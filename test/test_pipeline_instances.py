@@ -1,5 +1,6 @@
 """Instance extraction and flat-ground geometry (hand-made cases)."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -68,6 +69,25 @@ def test_pitch_moves_the_horizon():
     assert d == pytest.approx(1.5 / math.tan(math.radians(5)), rel=1e-9)
     with pytest.raises(ValueError, match="focal"):
         CameraGeometry.from_K([0, 0, 1, 0, 0, 1, 0, 0, 1])
+
+
+def test_camera_geometry_from_camera_info_message_or_bag_dict():
+    """One rule for the node (a CameraInfo message) and the evaluator (the bag reader's dict): the same
+    camera, scaled to the image when camera_info describes the full sensor; no calibration -> None."""
+    k = [1000.0, 0.0, 640.0, 0.0, 1100.0, 360.0, 0.0, 0.0, 1.0]
+    msg = SimpleNamespace(k=k, width=1280, height=720)
+    info = {"fx": 1000.0, "fy": 1100.0, "cx": 640.0, "cy": 360.0, "width": 1280, "height": 720}
+    full = CameraGeometry.from_camera_info(msg, (720, 1280, 3), height_m=1.2, pitch_deg=3.0)
+    assert full == CameraGeometry(1000.0, 1100.0, 640.0, 360.0, 1.2, 3.0)
+    assert CameraGeometry.from_camera_info(info, (720, 1280), 1.2, 3.0) == full
+    half = CameraGeometry.from_camera_info(msg, (360, 640, 3), height_m=1.2, pitch_deg=3.0)
+    assert half == CameraGeometry(500.0, 550.0, 320.0, 180.0, 1.2, 3.0)
+    assert CameraGeometry.from_camera_info(info, (360, 640), 1.2, 3.0) == half
+    unsized = CameraGeometry.from_camera_info(SimpleNamespace(k=k, width=0, height=0), (360, 640))
+    assert (unsized.fx, unsized.cx) == (1000.0, 640.0)      # no size given: taken as the image's own
+    assert CameraGeometry.from_camera_info(None, (720, 1280)) is None
+    assert CameraGeometry.from_camera_info(SimpleNamespace(k=[0.0] * 9, width=1280, height=720), (720, 1280)) is None
+    assert CameraGeometry.from_camera_info({"fx": 0, "fy": 0, "cx": 0, "cy": 0}, (720, 1280)) is None
 
 
 def test_ground_contact_distance_on_synthroad_obstacles():

@@ -18,7 +18,7 @@ from test_visualize import assert_colour_bar_below  # noqa: E402
 
 from csl_ros.cli import build_parser, main  # noqa: E402
 from csl_ros.eval import report as R  # noqa: E402
-from csl_ros.eval.evaluate import evaluate_command  # noqa: E402
+from csl_ros.evaluate_cli import evaluate_command  # noqa: E402
 from csl_ros.ros.testing import BrightnessDetector  # noqa: E402
 from csl_ros.visualize import strip_height  # noqa: E402
 

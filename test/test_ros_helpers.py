@@ -2,6 +2,7 @@
 marker geometry. No DDS needed."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from types import SimpleNamespace
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 
 from csl_ros.config import DetectorConfig, NodeConfig
-from csl_ros.ros.image_conversion import (ImageFormatError, compressed_image_size, compressed_msg_to_rgb,
-                                         image_msg_to_rgb)
+from csl_ros.image_codec import ImageFormatError, compressed_image_size, compressed_msg_to_rgb, image_msg_to_rgb
 from csl_ros.ros.markers import (MAX_DEPTH_M, Mounting, marker_array_msg, obstacle_marker_specs, obstacle_points,
                                  obstacle_points_msg, score_color)
+from csl_ros.ros.outputs import (IMAGE, MARKER_ARRAY, NODE_OUTPUTS, NodeOutput, node_of_topic, output_topic,
+                                 register_output, sibling_topic)
 from csl_ros.ros.params import parameter_specs, plan_parameter_changes
 from csl_ros.ros.stats import (ERROR, OK, RECENT_WINDOW_S, WARN, LatencyWindow, LatestFrameSlot, NodeStats, RateMeter,
                                Throttle, bad_frame_reason, diagnostic_summary)
@@ -345,3 +347,34 @@ def test_docs_list_every_parameter_with_its_reload_class():
     specs = parameter_specs()
     assert set(re.findall(r"`(\w+)`", runtime_par)) == {s.name for s in specs if not s.reload}
     assert set(re.findall(r"`(\w+)`", reload_par)) == {s.name for s in specs if s.reload}
+
+
+# --- the node's outputs registry ------------------------------------------------------------------------------
+def test_output_topics_come_from_the_registry():
+    assert output_topic("score", "/csl/camera") == "/csl/camera/csl_detector/anomaly_score"
+    assert output_topic("instances", "") == "/csl_detector/ood_instances"
+    assert sibling_topic("/ns/csl_detector/anomaly_score", "instances") == "/ns/csl_detector/ood_instances"
+    assert sibling_topic("/ns/other_name", "overlay") == "/ns/other_name/overlay"   # taken as the node
+    assert node_of_topic("/csl/camera/csl_detector/anomaly_score/") == "/csl/camera/csl_detector"
+    # every flag an output names is a NodeConfig field (a node parameter)
+    flags = {o.enabled_by for o in NODE_OUTPUTS.values() if o.enabled_by}
+    assert flags and flags <= {f.name for f in dataclasses.fields(NodeConfig)}
+
+
+def test_register_output_refuses_a_second_key_or_topic_and_misplaced_encodings(monkeypatch):
+    monkeypatch.setattr("csl_ros.ros.outputs.NODE_OUTPUTS", dict(NODE_OUTPUTS))
+    from csl_ros.ros import outputs
+
+    def render(frame):
+        return frame.detection.anomaly_map
+
+    with pytest.raises(ValueError, match="'score' is registered already"):
+        register_output(NodeOutput("score", "elsewhere", IMAGE, "32FC1", render))
+    with pytest.raises(ValueError, match="~/overlay is registered already"):
+        register_output(NodeOutput("overlay2", "overlay", IMAGE, "bgr8", render))
+    with pytest.raises(ValueError, match="encoding"):
+        register_output(NodeOutput("markers2", "markers2", MARKER_ARRAY, "bgr8", render))
+    with pytest.raises(ValueError, match="encoding"):
+        register_output(NodeOutput("image2", "image2", IMAGE, None, render))
+    register_output(NodeOutput("score_copy", "anomaly_score/copy", IMAGE, "32FC1", render))
+    assert list(outputs.NODE_OUTPUTS)[-1] == "score_copy" and "score_copy" not in NODE_OUTPUTS

@@ -27,23 +27,22 @@ from rcl_interfaces.msg import Log, Parameter as ParameterMsg, ParameterType, Pa
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
-from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from visualization_msgs.msg import Marker  # noqa: E402
 
 from csl_ros.config import DetectorConfig, NodeConfig  # noqa: E402
 from csl_ros.data.synthroad import render_frame  # noqa: E402
-from csl_ros.ros.image_conversion import fill_image_msg  # noqa: E402
-from csl_ros.ros.node import CslDetectorNode, build_engine  # noqa: E402
+from csl_ros.image_codec import fill_image_msg  # noqa: E402
+from csl_ros.ros.csl_node import build_engine  # noqa: E402
+from csl_ros.ros.node import MESSAGE_TYPES, CslDetectorNode  # noqa: E402
+from csl_ros.ros.outputs import NODE_OUTPUTS  # noqa: E402
 from csl_ros.ros.testing import BrightnessDetector, private_ros_context  # noqa: E402
 from csl_ros.visualize import colorize_instances, colorize_scores, colour_bar_strip, strip_height  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
 DOMAIN_ID = random.randint(1, 200)
-OUTPUTS = {"score": ("anomaly_score", Image), "color": ("anomaly_score/color", Image),
-           "instances": ("ood_instances", Image), "instances_color": ("ood_instances/color", Image),
-           "overlay": ("overlay", Image),
-           "obstacles": ("obstacles", MarkerArray), "points": ("obstacle_points", PointCloud2)}
+OUTPUTS = {out.key: (out.topic, MESSAGE_TYPES[out.message]) for out in NODE_OUTPUTS.values()}
 
 
 @pytest.fixture(scope="module")
@@ -619,7 +618,7 @@ PUBLISHER = textwrap.dedent("""
     import numpy as np, rclpy
     from sensor_msgs.msg import Image
     from rclpy.qos import qos_profile_sensor_data
-    from csl_ros.ros.image_conversion import fill_image_msg
+    from csl_ros.image_codec import fill_image_msg
     ns, n, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     rclpy.init()
     node = rclpy.create_node("camera", namespace=ns)
@@ -706,7 +705,7 @@ def test_default_environment_tool_reads_the_node_started_like_the_launch_file(ro
     reads its full-size anomaly_score (512x1024 float32, 2 MB)."""
     ns = f"/t{next(_COUNTER)}"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    node = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.node", "--ros-args", "--params-file",
+    node = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.csl_node", "--ros-args", "--params-file",
                              os.path.join(root, "config", "driving.yaml"), "-r", f"__ns:={ns}",
                              "-p", "device:=cpu", "-p", "backend:=eager"],
                             env=_default_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -756,7 +755,7 @@ def test_csl_node_rejects_bad_arguments_with_one_clear_line(tmp_path, args, word
     broken = tmp_path / "broken.yaml"
     broken.write_text("/**:\n  ros__parameters:\n    teacher: [sml\n")
     args = [str(broken) if a == "BROKEN" else a for a in args]
-    proc = subprocess.run([sys.executable, "-m", "csl_ros.ros.node", *args],
+    proc = subprocess.run([sys.executable, "-m", "csl_ros.ros.csl_node", *args],
                           env=_node_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -775,7 +774,7 @@ def test_csl_node_reports_unconfigured_and_exits_cleanly_on_sigint(ros):
     statuses = []
     probe.create_subscription(DiagnosticArray, "/diagnostics",
                               lambda m: statuses.extend(s for s in m.status if s.name.startswith(f"{ns}/csl_detector:")), 10)
-    proc = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.node", "--ros-args", "-r", f"__ns:={ns}",
+    proc = subprocess.Popen([sys.executable, "-m", "csl_ros.ros.csl_node", "--ros-args", "-r", f"__ns:={ns}",
                              "-p", "diagnostics_period_s:=0.2"], env=_node_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from csl_ros.data.registry import DATASETS as DATASET_REGISTRY
+from csl_ros.data.synthroad import render_sequence
 
 VOID = 255
 
@@ -101,8 +103,6 @@ def train_ids_to_ood_label(train_ids: np.ndarray) -> np.ndarray:
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB."""
-    import cv2
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image not found: {p}")
@@ -126,8 +126,6 @@ def read_label_png(path: str | Path) -> np.ndarray:
     Palette PNGs give their palette indices (not colours); RGB PNGs are accepted only when the three
     channels are equal.
     """
-    import cv2
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"label file not found: {p}")
@@ -550,8 +548,6 @@ class Synthroad(_Dataset):
                       obstacles=records, obstacle_ids=ids)
 
     def __iter__(self) -> Iterator[Record]:
-        from csl_ros.data.synthroad import render_sequence
-
         frames = render_sequence(self.seed, len(self), size=self.size, obstacles=self.obstacles,
                                  speed_mps=self.speed_mps, fps=self.fps)
         for fid, frame in zip(self.frame_ids, frames):

@@ -7,6 +7,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from csl_ros.visualize import legend_strip
+
 from .synthroad import Frame
 from .synthroad.labels import OOD_COLOR, PALETTE, TRAIN_ID_NAMES, palette_lut
 
@@ -39,8 +41,6 @@ def _caption(img: np.ndarray, text: str) -> None:
 def label_legend(frames: Sequence[Frame], width: int) -> np.ndarray:
     """A strip ``width`` px wide (RGB) naming the overlay's colours: OOD first, then the classes of
     ``frames`` by pixel count (as many as fit)."""
-    from csl_ros.visualize import legend_strip
-
     counts = np.bincount(np.concatenate([f.train_ids.ravel() for f in frames]), minlength=256)[:19]
     items = [(tuple(int(c) for c in OOD_COLOR), "OOD obstacle / anomaly")]
     if any((f.ood_labels == 255).any() for f in frames):

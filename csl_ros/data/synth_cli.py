@@ -9,7 +9,15 @@ dataset.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
 from csl_ros.cli import add_command, image_size_arg
+from csl_ros.data.preview import save_contact_sheet
+from csl_ros.data.synthroad import render_frame, render_sequence
+from csl_ros.data.writers import CityscapesWriter, LostAndFoundWriter, SmiycWriter
 
 DEFAULT_OBSTACLES = {"cityscapes": "none", "smiyc": "obstacle", "laf": "obstacle"}
 
@@ -35,15 +43,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    import cv2
-    from tqdm import tqdm
-
-    from .preview import save_contact_sheet
-    from .synthroad import render_frame, render_sequence
-    from .writers import CityscapesWriter, LostAndFoundWriter, SmiycWriter
-
     cv2.setNumThreads(1)
     size = args.size
     n = int(args.frames)

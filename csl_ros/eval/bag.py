@@ -21,8 +21,8 @@ file). Every read verifies them first (:func:`check_mcap`): a damaged chunk is a
 its byte offset, the log-time range and the topics in it; a damaged message record is an error naming
 the file, the topic and its log time. With ``salvage=True`` damaged chunks and records are skipped
 instead, and every skipped one is listed in ``BagReader.stats.skipped``.
-The numpy <-> message conversion here is for ``rosbags`` message classes only (rclpy messages are
-converted in ``csl_ros.ros``).
+Writing builds ``rosbags`` message classes here; reading decodes images with the one image codec
+(``csl_ros.image_codec``), as the node does.
 """
 from __future__ import annotations
 
@@ -35,7 +35,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import cv2
 import numpy as np
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer, WriterError
+from rosbags.typesys import Stores, get_typestore
+from tqdm import tqdm
+
+from csl_ros.image_codec import ImageFormatError, compressed_msg_to_rgb, image_msg_to_rgb, single_channel_msg_to_array
 
 IMAGE_TOPIC = "/camera/image_raw"
 COMPRESSED_TOPIC = "/camera/image_raw/compressed"
@@ -313,8 +319,6 @@ def mcap_messages(path: Path, channels_wanted: dict[str, object], skip_offsets: 
 @lru_cache(maxsize=1)
 def typestore():
     """ROS 2 message types (Kilted definitions; the message hashes equal Humble's and Jazzy's)."""
-    from rosbags.typesys import Stores, get_typestore
-
     return get_typestore(Stores.ROS2_KILTED)
 
 
@@ -346,31 +350,8 @@ def array_to_image_msg(array: np.ndarray, stamp_ns: int, encoding: str | None = 
                                       data=a.reshape(-1).view(np.uint8))
 
 
-def image_msg_to_array(msg, where: str = "") -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> RGB (H, W, 3) or mono (H, W) uint8."""
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3}
-    enc = msg.encoding
-    if enc not in channels:
-        raise BagError(f"{where}: unsupported image encoding {enc!r}")
-    c = channels[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if step < w * c or data.size < step * h:
-        raise BagError(f"{where}: image data of {data.size} bytes is too short for {h}x{w} "
-                       f"{enc} with step {step}")
-    rows = data[: step * h].reshape(h, step)[:, : w * c]
-    a = rows.reshape(h, w, c) if c > 1 else rows.reshape(h, w)
-    if enc in ("bgr8", "bgra8"):
-        a = a[..., 2::-1]
-    elif c == 4:
-        a = a[..., :3]
-    return np.ascontiguousarray(a)
-
-
 def rgb_to_compressed_msg(rgb: np.ndarray, stamp_ns: int, fmt: str = "jpeg", quality: int = 95):
     """RGB -> sensor_msgs/CompressedImage as image_transport's ``compressed`` plugin writes it."""
-    import cv2
-
     ext = {"jpeg": ".jpg", "png": ".png"}[fmt]
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]), params)
@@ -379,15 +360,6 @@ def rgb_to_compressed_msg(rgb: np.ndarray, stamp_ns: int, fmt: str = "jpeg", qua
     return typestore().types[COMPRESSED_T](header=_header(stamp_ns),
                                            format=f"rgb8; {fmt} compressed bgr8",
                                            data=buf.reshape(-1))
-
-
-def compressed_msg_to_rgb(msg, where: str = "") -> np.ndarray:
-    import cv2
-
-    img = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise BagError(f"{where}: cannot decode the compressed image ({msg.format!r})")
-    return np.ascontiguousarray(img[:, :, ::-1])
 
 
 def camera_info_msg(camera: dict, height: int, width: int, stamp_ns: int):
@@ -431,8 +403,6 @@ def write_bag(records: Iterable, out: str | Path, storage: str = "mcap", compres
     ``version`` 8 (Jazzy) is read by Jazzy and later; 9 is Kilted's. On any error the partial bag
     folder is removed and the error re-raised.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
-
     if storage not in FORMATS:
         raise ValueError(f"unknown bag format {storage!r}; choose one of {FORMATS}")
     if not rate_hz > 0:
@@ -457,7 +427,6 @@ def write_bag(records: Iterable, out: str | Path, storage: str = "mcap", compres
 
     it = records
     if progress:
-        from tqdm import tqdm
         it = tqdm(records, total=total, desc=f"bag {out.name}", unit="frame")
     try:
         writer.open()
@@ -566,8 +535,6 @@ class BagReader:
 
     def __init__(self, path: str | Path, image_topic: str | None = None,
                  labels_topic: str = LABEL_TOPIC, lag_ns: int = 0, salvage: bool = False):
-        from rosbags.rosbag2 import Reader
-
         self.lag_ns = int(lag_ns)   # for bags whose log times trail the stamps (recorded live)
         self.path = Path(path)
         self.salvage = bool(salvage)
@@ -705,12 +672,11 @@ class BagReader:
             return
         msg, t_img = slot[self.image_topic]
         try:
-            if msg.__msgtype__ == COMPRESSED_T:
-                image = compressed_msg_to_rgb(msg, where)
-            else:
-                image = image_msg_to_array(msg, where)
-                if image.ndim == 2:
-                    image = np.repeat(image[:, :, None], 3, axis=2)
+            try:
+                decode = compressed_msg_to_rgb if msg.__msgtype__ == COMPRESSED_T else image_msg_to_rgb
+                image = np.array(decode(msg))   # a copy: the decoder's views point into the message
+            except ImageFormatError as exc:
+                raise BagError(f"{where}: {exc}") from None
         except BagError as exc:
             if not self.salvage:
                 raise
@@ -722,8 +688,8 @@ class BagReader:
         if self.labels_topic in slot:
             lab_msg, t_lab = slot[self.labels_topic]
             try:
-                labels = image_msg_to_array(lab_msg, where)
-                if labels.ndim != 2 or labels.shape != image.shape[:2]:
+                labels = _mono8(lab_msg, where, "labels")
+                if labels.shape != image.shape[:2]:
                     raise BagError(f"{where}: labels {labels.shape} do not match the image "
                                    f"{image.shape[:2]}")
             except BagError as exc:
@@ -746,7 +712,7 @@ class BagReader:
                 if not isinstance(truth, dict):
                     raise BagError(f"{where}: {GROUND_TRUTH_TOPIC} must be a JSON object")
             if OBSTACLE_IDS_TOPIC in slot:
-                ids = image_msg_to_array(slot[OBSTACLE_IDS_TOPIC][0], where)
+                ids = _mono8(slot[OBSTACLE_IDS_TOPIC][0], where, OBSTACLE_IDS_TOPIC)
                 if ids.shape != image.shape[:2]:
                     raise BagError(f"{where}: {OBSTACLE_IDS_TOPIC} {ids.shape} does not match the image "
                                    f"{image.shape[:2]}")
@@ -757,6 +723,17 @@ class BagReader:
             truth = ids = None
         self.stats.images += 1
         yield BagFrame(stamp, fid, image, labels, info, truth, ids)
+
+
+def _mono8(msg, where: str, what: str) -> np.ndarray:
+    """A mono8 image of the bag (labels, obstacle ids) as (H, W) uint8, decoded by the image codec."""
+    try:
+        array = single_channel_msg_to_array(msg, where)
+    except ImageFormatError as exc:
+        raise BagError(str(exc)) from None
+    if array.dtype != np.uint8:
+        raise BagError(f"{where}: {what} must be mono8, got {msg.encoding!r}")
+    return array
 
 
 def read_bag(path: str | Path, image_topic: str | None = None,

@@ -9,9 +9,11 @@ image under one header stamp, so ``csl-ros evaluate`` and ``ros2 bag play`` can 
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from csl_ros.cli import add_command, image_size_arg
+from csl_ros.data.loaders import open_dataset
 from csl_ros.data.registry import DATASETS
 
 CONVERT_DOC = """csl-ros bag convert: write a benchmark dataset (or a synthroad drive) as a rosbag2.
@@ -80,8 +82,6 @@ def register(subparsers) -> None:
 
 
 def open_for_bag(args):
-    from csl_ros.data.loaders import open_dataset
-
     entry = DATASETS.entry(args.dataset)
     if entry.root and args.root is None:
         raise ValueError(f"--root is required for --dataset {args.dataset}")
@@ -93,8 +93,7 @@ def open_for_bag(args):
 
 
 def run_convert(args) -> int:
-    import itertools
-
+    # deferred: rosbags, the eval extra (csl-ros imports every command module to build its parser)
     from csl_ros.eval.bag import write_bag
 
     if args.limit is not None and args.limit < 1:
@@ -112,6 +111,7 @@ def run_convert(args) -> int:
 
 
 def run_info(args) -> int:
+    # deferred: rosbags, the eval extra (csl-ros imports every command module to build its parser)
     from csl_ros.eval.bag import BagReader
 
     with BagReader(args.bag) as reader:

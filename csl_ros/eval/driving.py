@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from csl_ros.eval.scoring import match_instances
+from csl_ros.eval.figures import legend_below, new_figure, save_figure
+from csl_ros.eval.instance_match import match_instances
 from csl_ros.pipeline.geometry import CameraGeometry
 from csl_ros.pipeline.instances import describe_instances
 from csl_ros.pipeline.tracking import Tracker, TrackingParams
@@ -343,11 +344,9 @@ def driving_summary_line(d: dict) -> str:
 
 def plot_bands(d: dict, path) -> object:
     """Recall and false alarms per frame by distance band, per frame vs tracked."""
-    from csl_ros.eval.report import _figure, _legend_below, _save
-
     labels = [b for b in d["bands"] if b != "unknown"]
     x = np.arange(len(labels))
-    fig = _figure(9.0, 3.4)
+    fig = new_figure(9.0, 3.4)
     a1, a2 = fig.add_subplot(121), fig.add_subplot(122)
     for j, o in enumerate(OUTPUTS):
         rec = [d[o]["bands"][k]["recall"] for k in range(len(labels))]
@@ -360,9 +359,9 @@ def plot_bands(d: dict, path) -> object:
         ax.set_xlabel("distance band (ground truth; false alarms: their own contact point)", fontsize=7)
         ax.set_ylabel(unit, fontsize=8)
         ax.set_title(title, fontsize=9)
-        _legend_below(ax, ncol=2)
+        legend_below(ax, ncol=2)
     a1.set_ylim(0, 100)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def add_report_section(doc, d: dict | None, figure_rel: str | None) -> None:

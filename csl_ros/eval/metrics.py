@@ -45,7 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 PROTOCOLS = ("official", "exact")
 
@@ -155,8 +157,6 @@ def prepare_scores(scores, label_shape: tuple[int, int], protocol: str = "offici
         raise ValueError(f"frame {frame_id}: score map is {s16.shape[0]}x{s16.shape[1]} (HxW) but its "
                          f"label is {h}x{w}; only maps narrower than the label are upsampled (the "
                          f"benchmark's rule), any other size mismatch is an error")
-    import cv2  # local: only needed for maps smaller than the label
-
     up = cv2.resize(s16.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     return up.astype(np.float16) if protocol == "exact" else up
 
@@ -625,8 +625,6 @@ class ComponentFrameStats:
 
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray]:
     """8-connected components of a bool mask: (count incl. background 0, label map int32)."""
-    import cv2
-
     # connectedComponents without stats is several times faster; areas come from bincounts.
     n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     return n, lab
@@ -852,7 +850,6 @@ def evaluate(frames: Callable[[], Iterable[Frame]] | Sequence[Frame], track: str
     def bar(it, desc):
         if not progress:
             return it
-        from tqdm import tqdm
         return tqdm(it, desc=desc, total=total, unit="frame")
 
     pix = PixelAccumulator(protocol)

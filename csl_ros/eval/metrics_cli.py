@@ -24,8 +24,11 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from csl_ros.cli import add_command
-from csl_ros.eval.metrics import TRACKS
+from csl_ros.data.loaders import LABEL_SUFFIXES, LAF_IMAGE_SUFFIX, laf_select, parse_label_name, read_label
+from csl_ros.eval.metrics import TRACKS, evaluate, summary_lines
 
 
 def register(subparsers) -> None:
@@ -64,8 +67,6 @@ def register(subparsers) -> None:
 
 def find_labels(labels_dir: Path) -> dict[str, tuple[Path, str]]:
     """{fid: (label path, kind)} for every benchmark label file under ``labels_dir``."""
-    from csl_ros.data.loaders import LABEL_SUFFIXES, parse_label_name
-
     if not labels_dir.is_dir():
         raise FileNotFoundError(f"labels folder not found: {labels_dir}")
     found: dict[str, tuple[Path, str]] = {}
@@ -97,8 +98,6 @@ def find_scores(scores_dir: Path) -> dict[str, Path]:
 
 def score_name_candidates(fid: str, label_path: Path) -> list[str]:
     """The file stems a score map of frame ``fid`` may have, in the three naming styles."""
-    from csl_ros.data.loaders import LAF_IMAGE_SUFFIX
-
     names = [fid, label_path.name[:-len(label_path.suffix)],      # ours; the official tooling's
              f"{fid}_anomaly", f"{fid}{LAF_IMAGE_SUFFIX}_anomaly"]  # csl-ros detect's
     return list(dict.fromkeys(names))
@@ -129,8 +128,6 @@ def missing_message(missing: list[str], n_labelled: int, scores_dir: Path) -> st
 
 
 def load_scores(path: Path):
-    import numpy as np
-
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -138,9 +135,6 @@ def load_scores(path: Path):
 
 
 def run(args) -> int:
-    from csl_ros.data.loaders import laf_select, read_label
-    from csl_ros.eval.metrics import evaluate, summary_lines
-
     labels = find_labels(args.labels)
     if args.laf_subset != "all":
         if any(kind != "laf" for _, kind in labels.values()):

@@ -14,9 +14,15 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from csl_ros.config import DetectorConfig, regions_description
+from csl_ros.eval.driving import add_report_section, plot_bands
+from csl_ros.eval.figures import legend_below as _legend_below, new_figure as _figure, save_figure as _save
+from csl_ros.pipeline.instances import describe_instances
+from csl_ros.visualize import (SCORE_BAR_TITLE, colorize_scores, colour_bar_strip, draw_overlay, legend_strip,
+                               strip_height)
 
 FIGURES = "figures"
 PANEL_TITLES = ("image", "anomaly score", "ground truth", "detector instances (red), GT outline (green)")
@@ -33,8 +39,6 @@ COMPONENT_THRESHOLD = "component threshold"
 # --------------------------------------------------------------------------------------------------
 
 def _titled(panel: np.ndarray, title: str) -> np.ndarray:
-    import cv2
-
     bar_h = max(18, panel.shape[0] // 14)
     bar = np.full((bar_h, panel.shape[1], 3), 32, np.uint8)
     scale = bar_h / 30.0
@@ -45,8 +49,6 @@ def _titled(panel: np.ndarray, title: str) -> np.ndarray:
 
 def ground_truth_panel(image_rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The image (BGR) with void greyed out, anomaly pixels tinted red and outlined."""
-    import cv2
-
     bgr = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR).astype(np.float32)
     void = labels == 255
     pos = labels == 1
@@ -62,12 +64,6 @@ def frame_panels(image_rgb: np.ndarray, anomaly: np.ndarray, instances: np.ndarr
                  max_width: int = 640) -> np.ndarray:
     """2x2 BGR picture of one frame: image | anomaly colour map / ground truth | instances, each panel
     with its legend in a strip below it (the score panels: the colour bar), never over the picture."""
-    import cv2
-
-    from csl_ros.pipeline.instances import describe_instances
-    from csl_ros.visualize import (SCORE_BAR_TITLE, colorize_scores, colour_bar_strip, draw_overlay,
-                                   legend_strip, strip_height)
-
     image = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
     heat = colorize_scores(anomaly)
     gt = ground_truth_panel(image_rgb, labels)
@@ -105,26 +101,6 @@ def worst_frames(per_frame: Sequence[dict], n: int) -> list[dict]:
     ranked.sort(key=lambda r: (r["f1_at_threshold"], r["ap"] if r.get("ap") is not None else 1.0,
                                r["index"]))
     return ranked[: max(0, n)]
-
-
-def _figure(width=5.0, height=3.6):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    # bbox_inches="tight" grows the canvas to hold the legends placed below the axes
-    fig.savefig(path, bbox_inches="tight")
-    return path
-
-
-def _legend_below(ax, ncol: int = 1) -> None:
-    """The axes' legend under the x-axis label, outside the data."""
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=7, frameon=False)
 
 
 def plot_pr(curve: dict, pixel: dict, path: Path) -> Path | None:
@@ -403,8 +379,6 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
     the cached frames of the worst-frame pictures). Adds ``worst_frames`` to ``metrics`` and returns
     {name: path} of what was written.
     """
-    import cv2
-
     out = Path(out)
     fig_dir = out / FIGURES
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -422,8 +396,6 @@ def write_report(out: Path, metrics: dict, sink, worst_n: int = 6, max_table_row
         if path is not None:
             written[name] = path
     if metrics.get("driving", {}).get("frames"):
-        from csl_ros.eval.driving import plot_bands
-
         written["driving_bands"] = plot_bands(metrics["driving"], fig_dir / "driving_bands.png")
     for sw in metrics.get("sweeps", []):
         written[f"sweep_{sw['parameter']}"] = plot_sweep(sw, fig_dir / f"sweep_{sw['parameter']}.png")
@@ -519,7 +491,6 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
                 inst.get("gt_detected"), pct(inst.get("instance_recall")), pct(inst.get("instance_precision")),
                 num(inst.get("fragmentation"), "{:.2f}")]])
     doc.p(inst.get("description", "") + (". " + inst["note"] if inst.get("note") else ""))
-    from csl_ros.eval.driving import add_report_section
 
     add_report_section(doc, m.get("driving"), rel("driving_bands"))
     for sw in m.get("sweeps", []):

@@ -26,14 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
+import imageio.v2 as imageio
 import numpy as np
 
-from csl_ros.eval.metrics import (ComponentAccumulator, FrameCache, MetricsResult, PixelAccumulator,
-                                  check_labels, prepare_scores, track_spec)
+from csl_ros.config import DetectorConfig, apply_overrides
+from csl_ros.eval.driving import DrivingAccumulator
+# match_instances: also csl_ros.eval.scoring.match_instances, the name the driving metrics' text cites
+from csl_ros.eval.instance_match import INSTANCE_PPV_MIN, instance_counts, match_instances  # noqa: F401
+from csl_ros.eval.metrics import (ComponentAccumulator, FrameCache, MetricsResult, PixelAccumulator, check_labels,
+                                  prepare_scores, track_spec)
+from csl_ros.eval.report import frame_panels
+from csl_ros.pipeline.instances import extract_instances
 
 SWEEPABLE = ("score_threshold", "min_instance_area")
 HIST_BINS = 100                 # score histogram over [0, 1]
-INSTANCE_PPV_MIN = 0.5          # an instance with less of its labelled pixels on anomalies is false
 
 
 # --------------------------------------------------------------------------------------------------
@@ -56,8 +63,6 @@ def parse_sweep(text: str) -> Sweep:
 
     Values are validated by the configuration schema, so an out-of-range value is refused here.
     """
-    from csl_ros.config import DetectorConfig, apply_overrides
-
     if "=" not in text:
         raise ValueError(f"--sweep expects NAME=START:STOP:STEP or NAME=V1,V2,..., got {text!r}")
     name, spec = (s.strip() for s in text.split("=", 1))
@@ -96,78 +101,6 @@ def parse_sweep(text: str) -> Sweep:
     if not values:
         raise ValueError(f"--sweep {text!r}: no values")
     return Sweep(name, tuple(values))
-
-
-# --------------------------------------------------------------------------------------------------
-# instance-level counts of the detector's own output
-# --------------------------------------------------------------------------------------------------
-
-@dataclass
-class InstanceMatch:
-    """The detector's instances against the ground-truth components of one frame (see
-    :func:`match_instances`)."""
-
-    gt: np.ndarray             # int32 (H, W) ground-truth component ids, 0 none
-    gt_counted: np.ndarray     # bool per component id: big enough to count (index 0 False)
-    counted: np.ndarray        # bool per instance id: has labelled (non-void) pixels (index 0 False)
-    true: np.ndarray           # bool per instance id: precision >= INSTANCE_PPV_MIN (index 0 False)
-    pairs: np.ndarray          # (P, 2) distinct (instance id, component id) overlaps on labelled pixels
-
-    def detected(self, instance_ok: np.ndarray | None = None) -> np.ndarray:
-        """Component ids overlapped by a true instance (and, given, one with ``instance_ok[id]``)."""
-        ok = self.true if instance_ok is None else self.true & instance_ok
-        return np.unique(self.pairs[ok[self.pairs[:, 0]], 1])
-
-    def counts(self) -> dict:
-        detected = self.detected()
-        n_true_pairs = int(np.count_nonzero(self.true[self.pairs[:, 0]]))
-        return {"instances": int(self.counted.sum()), "false_instances": int((self.counted & ~self.true).sum()),
-                "gt_components": int(np.count_nonzero(self.gt_counted)), "gt_detected": int(detected.size),
-                "gt_fragments": n_true_pairs}
-
-
-def match_instances(instances: np.ndarray, labels: np.ndarray, instsize: int) -> InstanceMatch:
-    """The detector's instances against the ground-truth components of one frame.
-
-    Ground truth: 8-connected components of label 1; components smaller than ``instsize`` pixels
-    become void (as in the official component metrics). An instance's precision is the share of its
-    labelled (non-void) pixels that lie on ground-truth components; an instance with precision below
-    0.5 is a false instance, one entirely on void is not counted. A ground-truth component is
-    detected when a true (precision >= 0.5) instance overlaps it; the true instances overlapping a
-    detected component are its fragments (1 = one obstacle, one instance).
-    """
-    import cv2
-
-    if instances.shape != labels.shape:
-        raise ValueError(f"instances {instances.shape} and labels {labels.shape} differ in size")
-    n_g, gt = cv2.connectedComponents((labels == 1).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    g_area = np.bincount(gt.ravel(), minlength=n_g)
-    small = g_area < instsize
-    small[0] = False
-    void = labels == 255
-    if small.any():
-        void = void | small[gt]
-    inst = instances.astype(np.int64, copy=False)
-    k = int(inst.max(initial=0))
-    sel = (inst > 0) & ~void
-    i, g = inst[sel], gt[sel]
-    total = np.bincount(i, minlength=k + 1)
-    on_gt = np.bincount(i[g > 0], minlength=k + 1)
-    counted = total > 0
-    counted[0] = False
-    true = counted & (on_gt >= INSTANCE_PPV_MIN * np.maximum(total, 1))
-    on = g > 0
-    pairs = np.unique(np.stack([i[on], g[on].astype(np.int64)], axis=1), axis=0) if on.any() \
-        else np.zeros((0, 2), np.int64)
-    gt_counted = ~small
-    gt_counted[0] = False
-    return InstanceMatch(gt, gt_counted, counted, true, pairs)
-
-
-def instance_counts(instances: np.ndarray, labels: np.ndarray, instsize: int) -> dict:
-    """Counts of :func:`match_instances`: instances, false instances, ground-truth components,
-    detected components and the fragments of the detected ones."""
-    return match_instances(instances, labels, instsize).counts()
 
 
 def _instance_summary(c: dict) -> dict:
@@ -270,8 +203,6 @@ class ScoreSink:
         self._missing_regions = 0
         self._recomputed_instances = 0
         self._video = None
-        from csl_ros.eval.driving import DrivingAccumulator
-
         self.driving = DrivingAccumulator(config, self.spec.instsize)
         self.video_path = Path(video_path) if video_path else None
         self.video_fps = float(video_fps)
@@ -286,10 +217,6 @@ class ScoreSink:
 
     def add(self, frame: ScoredFrame) -> dict:
         """Score one frame; returns its per-frame row."""
-        import cv2
-
-        from csl_ros.pipeline.instances import extract_instances
-
         cfg = self.config
         k = len(self.frames)
         name = self._unique_name(frame)
@@ -358,23 +285,17 @@ class ScoreSink:
         return row
 
     def _write_video_frame(self, image, anomaly, inst, labels) -> None:
-        from csl_ros.eval.report import frame_panels
-
         panel = frame_panels(image, anomaly, inst, labels, max_width=480)[:, :, ::-1]  # RGB
         # pad to multiples of 16 (what every H.264 player accepts) instead of letting the writer resize
         ph, pw = -panel.shape[0] % 16, -panel.shape[1] % 16
         if ph or pw:
             panel = np.pad(panel, ((0, ph), (0, pw), (0, 0)))
         if self._video is None:
-            import imageio.v2 as imageio
-
             self.video_path.parent.mkdir(parents=True, exist_ok=True)
             self._video_shape = panel.shape
             self._video = imageio.get_writer(self.video_path, fps=self.video_fps, codec="libx264",
                                              quality=7, macro_block_size=16)
         if panel.shape != self._video_shape:   # frames of another size: fit to the first one
-            import cv2
-
             panel = cv2.resize(panel, (self._video_shape[1], self._video_shape[0]),
                                interpolation=cv2.INTER_AREA)
         self._video.append_data(np.ascontiguousarray(panel))
@@ -382,8 +303,6 @@ class ScoreSink:
     # ---------------------------------------------------------------------------------------------
     def load_frame(self, k: int) -> dict:
         """Image, float16 scores, labels and instances of cached frame ``k`` (for pictures)."""
-        import cv2
-
         rec = self.frames[k]
         img = cv2.imread(str(self.extra / f"{k:06d}_image.jpg"), cv2.IMREAD_COLOR)[:, :, ::-1]
         inst = cv2.imread(str(self.extra / f"{k:06d}_instances.png"), cv2.IMREAD_UNCHANGED)
@@ -397,8 +316,6 @@ class ScoreSink:
     def finish(self) -> dict:
         """Second pass (official components at the best-F1 threshold and every sweep value, one
         read of the cache) and the metrics dictionary of ``metrics.json`` (without run metadata)."""
-        from csl_ros.pipeline.instances import extract_instances
-
         if self._video is not None:
             self._video.close()
             self._video = None

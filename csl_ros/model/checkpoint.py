@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .config import ModelConfig
-from .integrity import WEIGHTS_SHA256, torch_load_tensors, verify_weights, weights_sha256
-from .integrity import sha256_file as file_sha256
+from .integrity import WEIGHTS_SHA256, sha256_file as file_sha256, torch_load_tensors, verify_weights, weights_sha256
 from .student import CSLStudent
 
 FORMAT = "csl_ros.student"
@@ -118,7 +119,6 @@ def _write(path: str, state: dict[str, Tensor], config: ModelConfig, metadata: d
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     if path.endswith(".safetensors"):
-        from safetensors.torch import save_file
         save_file(state, tmp, metadata={"format": FORMAT, "format_version": FORMAT_VERSION,
                                         "model_config": config.to_json(), **metadata})
     else:
@@ -147,7 +147,6 @@ def _read_verified(path: str) -> tuple[ModelConfig, dict[str, Tensor], dict[str,
         raise FileNotFoundError(f"student checkpoint not found: {path}")
     if path.endswith(".safetensors"):
         try:
-            from safetensors import safe_open
             with safe_open(path, framework="pt", device="cpu") as fh:
                 meta = dict(fh.metadata() or {})
                 state = {k: fh.get_tensor(k) for k in fh.keys()}

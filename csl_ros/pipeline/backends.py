@@ -39,15 +39,6 @@ AUTO_BACKENDS = {"cpu": ("onnxruntime", "eager"), "cuda": ("tensorrt", "eager")}
 ONNX_OPSET = 17
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} requested but CUDA is not available on this machine")
-    return dev
-
-
 def onnxruntime_providers(device: torch.device) -> list[str]:
     """The ONNX Runtime execution providers to use on ``device``, best first ([] without onnxruntime)."""
     try:
@@ -117,8 +108,6 @@ def module_sha256(module: torch.nn.Module) -> str:
 
 
 def _torchscript(module, example, path: Path, force: bool):
-    import warnings
-
     # Shape-to-int conversions in the trace are intended: the engine is built for one input size.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -172,7 +161,7 @@ class OrtRunner:
     _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.uint8: np.uint8}
 
     def __init__(self, path: Path, device: torch.device, fp16: bool, cache_dir: Path):
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional: onnxruntime_providers() says when it is missing
 
         providers = onnxruntime_providers(device)
         if not providers:
@@ -239,7 +228,7 @@ def _torch_compile(module, device: torch.device):
 
 
 def _tensorrt(module, example, path: Path, force: bool):
-    import torch_tensorrt
+    import torch_tensorrt  # optional: the tensorrt extra
 
     if path.is_file() and not force:
         log.info("loading cached TensorRT engine %s", path)
@@ -299,8 +288,8 @@ def compile_network(module: torch.nn.Module, example: torch.Tensor, *, backend: 
             else:
                 if device.type != "cuda":
                     raise RuntimeError("TensorRT needs a CUDA device")
+                import tensorrt  # optional: comes with torch-tensorrt
                 import torch_tensorrt  # noqa: F401  (ImportError -> fallback below)
-                import tensorrt
 
                 # Engines are specific to the GPU architecture as well as to TensorRT's version.
                 major, minor = torch.cuda.get_device_capability(device)

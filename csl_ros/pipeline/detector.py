@@ -19,16 +19,25 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csl_ros.config import DetectorConfig, apply_overrides, regions_description
-from csl_ros.pipeline.backends import CompiledModel, compile_network, resolve_device
+from csl_ros.config import DetectorConfig, apply_model_settings, apply_overrides, regions_description
+from csl_ros.model import (connected_components, hard_assign, load_checkpoint, soft_assign, soft_assign_region_logits,
+                           structure_constrained_fusion)
+from csl_ros.model.device import resolve_device
+from csl_ros.model_settings import model_settings
+from csl_ros.pipeline.backends import CompiledModel, compile_network
 from csl_ros.pipeline.geometry import CameraGeometry
 from csl_ros.pipeline.instances import Obstacle, describe_instances, extract_instances
 from csl_ros.pipeline.timing import StageTimer
 from csl_ros.pipeline.tracking import Tracker, TrackingParams
+from csl_ros.shipped import resolve_shipped
+from csl_ros.teachers.hf import Mask2FormerRegions, resolve_hf_dir
+from csl_ros.teachers.real_models import load_hf_model
+from csl_ros.teachers.teacher import build_teacher
 
 log = logging.getLogger("csl_ros.detector")
 
@@ -139,10 +148,6 @@ class Detector:
         """Load the student and/or teacher named by ``cfg`` (shipped defaults when paths are empty).
         Settings the student checkpoint carries (input size, tuned score threshold: see
         csl_ros.model_settings) replace those ``cfg`` leaves at the schema default."""
-        from csl_ros.config import apply_model_settings
-        from csl_ros.model import load_checkpoint
-        from csl_ros.model_settings import model_settings
-
         cfg.validate()
         device = resolve_device(cfg.device)
         student = teacher = None
@@ -150,8 +155,6 @@ class Detector:
         if cfg.scheme == "1" or (cfg.scheme == "2" and cfg.regions == "student"):
             path = cfg.student_path
             if not path:
-                from csl_ros.shipped import resolve_shipped
-
                 path = resolve_shipped(SHIPPED_STUDENT[cfg.scheme])
             loaded = load_checkpoint(path, device="cpu")
             student, model_hash = loaded.model, loaded.sha256
@@ -162,7 +165,6 @@ class Detector:
         if cfg.scheme in ("2", "teacher_only"):
             if cfg.teacher == "none":
                 raise ValueError(f"scheme {cfg.scheme!r} needs a teacher; teacher is 'none'")
-            from csl_ros.teachers.teacher import build_teacher
 
             teacher = build_teacher(cfg.teacher, segmenter_path=cfg.teacher_path,
                                     stats_path=cfg.teacher_stats_path,
@@ -177,8 +179,6 @@ class Detector:
     @staticmethod
     def _region_proposer(cfg: DetectorConfig, teacher, device):
         """A Mask2Former region proposer; the teacher's own model when it is that Mask2Former."""
-        from csl_ros.teachers.hf import Mask2FormerRegions, load_hf_segmenter, resolve_hf_dir
-
         teacher_model = getattr(teacher, "model", None)
         if getattr(teacher_model, "kind", None) == "mask2former":
             try:
@@ -191,7 +191,7 @@ class Detector:
         if not cfg.regions_path:
             raise ValueError("regions='mask2former' needs regions_path (a Hugging Face Mask2Former) "
                              "unless the teacher is one")
-        return Mask2FormerRegions(load_hf_segmenter(cfg.regions_path, device, cfg.allow_download))
+        return Mask2FormerRegions(load_hf_model(cfg.regions_path, device, cfg.allow_download))
 
     @property
     def regions_description(self) -> str:
@@ -243,8 +243,6 @@ class Detector:
 
     def _letterbox(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Resize each image to fit the network size keeping its aspect ratio; pad bottom/right."""
-        import cv2
-
         H, W = self.config.input_height, self.config.input_width
         batch = np.zeros((len(images), H, W, 3), np.uint8)
         valid = []
@@ -331,8 +329,6 @@ class Detector:
         ``"full"``: Mask2Former's inference, the whole stride-4 logit maps bilinearly upsampled to the
         network input, cropped to the valid part, then the assignment (and the component split) at that
         resolution."""
-        from csl_ros.model import connected_components, hard_assign, soft_assign, soft_assign_region_logits
-
         cfg = self.config
         if cfg.assignment_resolution == "full":
             h, w = valid
@@ -357,8 +353,6 @@ class Detector:
         return F.interpolate(labels[None, None].float(), size=out_size, mode="nearest")[0, 0].long()
 
     def _road_roi(self, seg: torch.Tensor, out_size) -> np.ndarray:
-        import cv2
-
         road = (seg == ROAD_TRAIN_ID).to(torch.uint8).cpu().numpy()
         road = cv2.resize(road, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST)
         # Obstacles sit on the road but are not road themselves: grow the road to reach their pixels.
@@ -373,6 +367,4 @@ def _crop_resize(d: torch.Tensor, size) -> torch.Tensor:
 
 
 def _fusion(d: torch.Tensor, regions: torch.Tensor, mode: str) -> torch.Tensor:
-    from csl_ros.model import structure_constrained_fusion
-
     return structure_constrained_fusion(d.clamp(min=0.0), regions, mode)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,30 @@ class CameraGeometry:
         if k[0, 0] <= 0 or k[1, 1] <= 0:
             raise ValueError(f"camera matrix has non-positive focal length: fx={k[0, 0]}, fy={k[1, 1]}")
         return cls(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), height_m, pitch_deg)
+
+    @classmethod
+    def from_camera_info(cls, info, image_shape, height_m: float = 1.5,
+                         pitch_deg: float = 0.0) -> "CameraGeometry | None":
+        """The camera of a sensor_msgs/CameraInfo (rclpy or rosbags message: ``k``, ``width``,
+        ``height``) or of the bag reader's dict of it (``fx``, ``fy``, ``cx``, ``cy``, ``width``,
+        ``height``), for an image of ``image_shape`` (H, W, ...): camera_info of the unscaled sensor is
+        scaled to it. None without calibration (no camera_info, or fx or fy not positive)."""
+        if info is None:
+            return None
+        if isinstance(info, Mapping):
+            fx, fy, cx, cy = (float(info.get(k, 0.0)) for k in ("fx", "fy", "cx", "cy"))
+            w, h = int(info.get("width") or 0), int(info.get("height") or 0)
+        else:
+            k = np.asarray(info.k, dtype=np.float64).reshape(-1)
+            fx, fy, cx, cy = float(k[0]), float(k[4]), float(k[2]), float(k[5])
+            w, h = int(info.width), int(info.height)
+        if fx <= 0 or fy <= 0:
+            return None
+        cam = cls(fx, fy, cx, cy, height_m, pitch_deg)
+        image_h, image_w = image_shape[:2]
+        if w > 0 and h > 0 and (w, h) != (image_w, image_h):  # camera_info of the unscaled sensor
+            cam = cam.scaled(image_w / w, image_h / h)
+        return cam
 
     def scaled(self, sx: float, sy: float) -> "CameraGeometry":
         """The same camera for an image resized by (sx, sy)."""

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from csl_ros.pipeline.geometry import CameraGeometry
 
@@ -114,7 +115,6 @@ def describe_instances(instances: np.ndarray, scores: np.ndarray,
     idx = np.flatnonzero(flat)  # only instance pixels: the cost follows the obstacles, not the image
     if idx.size == 0:
         return []
-    import torch
 
     lab = flat[idx].astype(np.int64)
     k = int(lab.max())

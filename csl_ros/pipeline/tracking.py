@@ -20,6 +20,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from csl_ros.config import DetectorConfig
 from csl_ros.pipeline.instances import Obstacle
 
 GATE_FRACTION_OF_DISTANCE = 0.2
@@ -44,8 +45,6 @@ class TrackingParams:
     @classmethod
     def default(cls, **changes) -> "TrackingParams":
         """The schema's defaults with ``changes`` (field names of this class)."""
-        from csl_ros.config import DetectorConfig
-
         return dataclasses.replace(cls.from_config(DetectorConfig()), **changes)
 
     @property

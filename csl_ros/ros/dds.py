@@ -11,9 +11,10 @@ is left alone. Measured figures: docs/ros.md ("Large images over DDS"), from ``b
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import MutableMapping
+from typing import Iterator, MutableMapping
 
 PROFILE_FILE = str(Path(__file__).resolve().with_name("fastdds_large_images.xml"))
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
@@ -30,3 +31,18 @@ def use_large_image_profile(environ: MutableMapping[str, str] | None = None) -> 
         return None
     env[PROFILE_VARIABLE] = PROFILE_FILE
     return PROFILE_FILE
+
+
+@contextlib.contextmanager
+def restored_environment(*names: str) -> Iterator[None]:
+    """Run the block, then put each ``os.environ[name]`` back as it was (unset if it was unset): the
+    demo and the tests change ROS_DOMAIN_ID and the DDS settings for their own graph only."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -10,6 +10,7 @@ import re
 from typing import Callable, Mapping
 
 from csl_ros.config import DetectorConfig, NodeConfig, apply_overrides
+from csl_ros.ros.outputs import output_topic
 
 # Launch arguments forwarded to every node as parameters of the same name. An empty value keeps the
 # params file's value (or the schema default); anything else is validated here, at launch time.
@@ -59,6 +60,7 @@ def detector_launch_description(arguments, launch_function):
     module stays importable (and tested) without them. No DDS environment is set here: csl_node and
     csl-ros evaluate select the large-image Fast DDS profile themselves (csl_ros.ros.dds), and the
     other processes keep the default environment, which interoperates with it."""
+    # optional: the launch API and an ament install (the helpers above are tested without them)
     from ament_index_python.packages import get_package_share_directory
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -75,7 +77,7 @@ def require_executable(package: str, executable: str, reason: str) -> str:
     """Path of ``executable`` of ROS package ``package`` (lib/<package>/<executable>, as launch_ros
     finds it); FileNotFoundError naming it and ``reason`` when it is not installed, so a launch file
     can refuse before it starts anything."""
-    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix  # optional (see above)
 
     try:
         path = os.path.join(get_package_prefix(package), "lib", package, executable)
@@ -145,7 +147,7 @@ def evaluator_command(bag: str, out: str, *, camera: str, image_topic: str, came
     """``csl-ros evaluate --live`` wired to the node that replay_eval.launch.py starts: the evaluator
     publishes on the topics the node's inputs are remapped to and scores the node's anomaly_score."""
     remap = dict(camera_remappings(camera, image_topic, camera_info_topic))
-    scores = f"{node_namespace(namespace, camera)}/csl_detector/anomaly_score"
+    scores = output_topic("score", node_namespace(namespace, camera))
     return ["csl-ros", "evaluate", "--live", "--bag", bag, "--out", out,
             "--image-topic", remap["image"], "--camera-info-topic", remap["camera_info"],
             "--scores-topic", scores, "--rate", rate, *extra.split()]

@@ -125,14 +125,14 @@ def obstacle_marker_specs(obstacles) -> list[MarkerSpec]:
 
 def _in_frame(header, frame_id: str):
     """A copy of ``header`` with ``frame_id`` (the input image's own frame when empty)."""
-    from std_msgs.msg import Header
+    from std_msgs.msg import Header  # optional: ROS messages; the geometry above is used without ROS
 
     return Header(stamp=header.stamp, frame_id=frame_id or header.frame_id)
 
 
 def clear_markers_msg(header):
     """A MarkerArray with only DELETEALL (the node deactivating)."""
-    from visualization_msgs.msg import Marker, MarkerArray
+    from visualization_msgs.msg import Marker, MarkerArray  # optional: ROS messages (see _in_frame)
 
     return MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
 
@@ -142,6 +142,7 @@ def marker_array_msg(obstacles, header, *, lifetime_s: float = 0.0, mounting: Mo
     """visualization_msgs/MarkerArray: DELETEALL, then the obstacles' cubes and labels with ``header``'s
     stamp, each living ``lifetime_s`` (0: until replaced). In ``output_frame`` placed by ``mounting``
     when given, else in ``header``'s frame (the input image's optical frame)."""
+    # optional: ROS messages (see _in_frame)
     from builtin_interfaces.msg import Duration
     from visualization_msgs.msg import Marker
 
@@ -193,7 +194,7 @@ def obstacle_points(obstacles, mounting: Mounting | None = None) -> list[tuple]:
 def obstacle_points_msg(obstacles, header, *, mounting: Mounting | None = None, output_frame: str = ""):
     """sensor_msgs/PointCloud2, one point per obstacle at its ground contact (fields x, y, z, id, score,
     width_m, height_m), in ``output_frame`` when ``mounting`` is given, else in ``header``'s frame."""
-    from sensor_msgs.msg import PointCloud2, PointField
+    from sensor_msgs.msg import PointCloud2, PointField  # optional: ROS messages (see _in_frame)
 
     points = obstacle_points(obstacles, mounting)
     msg = PointCloud2(header=_in_frame(header, output_frame if mounting is not None else ""), height=1,

@@ -9,80 +9,42 @@ so a camera faster than inference never builds a queue (replaced frames are coun
 """
 from __future__ import annotations
 
-import dataclasses
-import re
-import sys
 import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
-from csl_ros.config import MODEL_SETTINGS, DetectorConfig, NodeConfig, apply_overrides, regions_description
-from csl_ros.ros.dds import use_large_image_profile
-from csl_ros.ros.image_conversion import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
-from csl_ros.ros.markers import Mounting, clear_markers_msg, marker_array_msg, obstacle_points_msg
-from csl_ros.ros.params import parameter_specs, plan_parameter_changes
-from csl_ros.ros.stats import LatestFrameSlot, NodeStats, Throttle, bad_frame_reason, diagnostic_summary
+from csl_ros.config import DetectorConfig, NodeConfig, regions_description
+from csl_ros.image_codec import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
+from csl_ros.pipeline import CameraGeometry, Detector
+from csl_ros.ros.diagnostics import NodeDiagnosticsMixin
+from csl_ros.ros.interfaces import qos_profile
+from csl_ros.ros.markers import Mounting, clear_markers_msg
+from csl_ros.ros.node_parameters import NodeParametersMixin
+from csl_ros.ros.outputs import IMAGE, MARKER_ARRAY, NODE_NAME, NODE_OUTPUTS, POINT_CLOUD2, OutputFrame
+from csl_ros.ros.stats import LatestFrameSlot, NodeStats, Throttle, bad_frame_reason
 
-NODE_NAME = "csl_detector"
+MESSAGE_TYPES = {IMAGE: Image, MARKER_ARRAY: MarkerArray, POINT_CLOUD2: PointCloud2}
 LOG_PERIOD_S = 5.0  # throttle for repeated warnings (per bad-frame reason, inactive node)
-# After activation, the first frame may take this long (DDS discovery, a camera starting up) before
-# /diagnostics reports "nothing received".
-STARTUP_GRACE_S = 5.0
 
 
 def default_detector_factory(cfg: DetectorConfig):
-    from csl_ros.pipeline import Detector
-
     return Detector.from_config(cfg)
 
 
-def _qos(reliability: str, depth: int) -> QoSProfile:
-    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
-                      reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
-                      else ReliabilityPolicy.RELIABLE)
-
-
-def _descriptor(spec) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=spec.description, additional_constraints=spec.additional_constraints,
-                            read_only=False)
-    if spec.range is not None and spec.type is float:
-        d.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
-                                                     to_value=float(spec.range[1]), step=0.0)]
-    elif spec.range is not None and spec.type is int:
-        d.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=1)]
-    return d
-
-
-class CslDetectorNode(LifecycleNode):
+class CslDetectorNode(NodeParametersMixin, NodeDiagnosticsMixin, LifecycleNode):
     """Managed node; ``detector_factory(DetectorConfig)`` builds the detector (injectable for tests)."""
 
     def __init__(self, *, detector_factory: Callable[[DetectorConfig], Any] | None = None,
                  node_name: str = NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         self.detector_factory = detector_factory or default_detector_factory
-        self._specs = parameter_specs()
-        for spec in self._specs:
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
-        values = {s.name: self.get_parameter(s.name).value for s in self._specs}
-        owners = {s.name: s.owner for s in self._specs}
-        # Choices are not checked by rclpy's descriptors: validate the start-up values with the schema.
-        self._det_cfg = apply_overrides(DetectorConfig(), {k: v for k, v in values.items() if owners[k] == "detector"})
-        self._node_cfg = apply_overrides(NodeConfig(), {k: v for k, v in values.items() if owners[k] == "node"})
-        self._cfg_lock = threading.Lock()
-        self._adopting = False
-        self._pending: dict[str, Any] = {}  # run-time detector changes, applied before the next frame
-        self.add_pre_set_parameters_callback(self._integers_as_floats)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._declare_parameters()
 
         self.stats = NodeStats()
         self._slot: LatestFrameSlot = LatestFrameSlot()
@@ -91,7 +53,7 @@ class CslDetectorNode(LifecycleNode):
         self._built_with: tuple | None = None
         self._pubs: dict[str, Any] = {}
         self._subs: list = []
-        self._camera_info: tuple | None = None  # (K, width, height)
+        self._camera_info: CameraInfo | None = None  # the last calibrated one
         self._camera_info_state, self._camera_info_at = "missing", None  # or "uncalibrated"/"calibrated", time
         self._active_since: float | None = None
         self._last_marker_header = None  # of the latest ~/obstacles message, for clearing them
@@ -132,41 +94,6 @@ class CslDetectorNode(LifecycleNode):
     def configure_and_activate(self) -> bool:
         ok = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
         return ok and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
-
-    # --- parameters -------------------------------------------------------------------------------------
-    def _integers_as_floats(self, params: list) -> list:
-        """``ros2 param set <node> score_threshold 1`` sends an integer: make it the float it means
-        (rclpy would refuse it as the wrong type before any validation)."""
-        floats = {s.name for s in self._specs if s.type is float}
-        return [Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
-                if p.name in floats and p.type_ == Parameter.Type.INTEGER else p for p in params]
-
-    def _on_set_parameters(self, params) -> SetParametersResult:
-        if self._adopting:  # the detector's own values, already in use (see _adopt_model_settings)
-            with self._cfg_lock:
-                self._det_cfg = dataclasses.replace(self._det_cfg, **{p.name: p.value for p in params})
-            return SetParametersResult(successful=True)
-        with self._cfg_lock:
-            try:
-                plan = plan_parameter_changes(self._det_cfg, self._node_cfg, {p.name: p.value for p in params},
-                                              active=self._state == "active")
-            except ValueError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
-            period_changed = plan.node_config.diagnostics_period_s != self._node_cfg.diagnostics_period_s
-            self._det_cfg, self._node_cfg = plan.detector_config, plan.node_config
-            self._pending.update(plan.runtime_detector_changes)
-        if period_changed:
-            self._diag_timer.cancel()
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = self.create_timer(self._node_cfg.diagnostics_period_s, self._publish_diagnostics)
-        if plan.reload_changes:
-            self.get_logger().info(f"{', '.join(plan.reload_changes)} changed: applied when the node is next "
-                                   "configured or activated (models and topics are rebuilt then)")
-        return SetParametersResult(successful=True)
-
-    def _reload_key(self) -> tuple:
-        return tuple(getattr(self._det_cfg if s.owner == "detector" else self._node_cfg, s.name)
-                     for s in self._specs if s.reload)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -239,17 +166,10 @@ class CslDetectorNode(LifecycleNode):
         self._adopt_model_settings(cfg, getattr(self._detector, "config", cfg))
         self._detector.warmup()
         self._built_with = self._reload_key()
-        q_out = _qos(node_cfg.output_reliability, 5)
-        self._pubs = {
-            "score": self.create_lifecycle_publisher(Image, "~/anomaly_score", q_out),
-            "color": self.create_lifecycle_publisher(Image, "~/anomaly_score/color", q_out),
-            "instances": self.create_lifecycle_publisher(Image, "~/ood_instances", q_out),
-            "instances_color": self.create_lifecycle_publisher(Image, "~/ood_instances/color", q_out),
-            "overlay": self.create_lifecycle_publisher(Image, "~/overlay", q_out),
-            "obstacles": self.create_lifecycle_publisher(MarkerArray, "~/obstacles", q_out),
-            "points": self.create_lifecycle_publisher(PointCloud2, "~/obstacle_points", q_out),
-        }
-        q_in = _qos(node_cfg.input_reliability, 1)
+        q_out = qos_profile(node_cfg.output_reliability, 5)
+        self._pubs = {out.key: self.create_lifecycle_publisher(MESSAGE_TYPES[out.message], f"~/{out.topic}", q_out)
+                      for out in NODE_OUTPUTS.values()}
+        q_in = qos_profile(node_cfg.input_reliability, 1)
         if node_cfg.use_compressed:
             self._subs = [self.create_subscription(CompressedImage, "image/compressed", self._on_image, q_in)]
         else:
@@ -257,23 +177,9 @@ class CslDetectorNode(LifecycleNode):
         # camera_info is always best effort: a best-effort subscription matches every publisher, while a
         # reliable one would not match a best-effort camera_info (no markers, and no error anywhere).
         self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info,
-                                                   _qos("best_effort", 5)))
+                                                   qos_profile("best_effort", 5)))
         log.info(f"configured: input {self.input_topic} ({node_cfg.input_reliability}), outputs under "
                  f"{self.get_fully_qualified_name()}/ ({node_cfg.output_reliability})")
-
-    def _adopt_model_settings(self, asked: DetectorConfig, used: DetectorConfig) -> None:
-        """Make the parameters say what the detector uses when it took settings from the student
-        checkpoint (input size, tuned threshold) for parameters left at their defaults."""
-        taken = {k: getattr(used, k) for k in MODEL_SETTINGS if getattr(used, k) != getattr(asked, k)}
-        if not taken:
-            return
-        self.get_logger().info("from the student checkpoint (parameters left at their defaults): "
-                               + ", ".join(f"{k}={v}" for k, v in taken.items()))
-        self._adopting = True
-        try:
-            self.set_parameters([Parameter(k, value=v) for k, v in taken.items()])
-        finally:
-            self._adopting = False
 
     def _release(self) -> None:
         for sub in self._subs:
@@ -314,20 +220,8 @@ class CslDetectorNode(LifecycleNode):
                 self.get_logger().warning("camera_info has no calibration (fx or fy is 0): obstacles get no "
                                        "metric position until a calibrated camera_info arrives")
             return
-        self._camera_info = (k, int(msg.width), int(msg.height))
+        self._camera_info = msg
         self._camera_info_state = "calibrated"
-
-    def _camera_geometry(self, height: int, width: int, cfg: DetectorConfig):
-        info = self._camera_info
-        if info is None:
-            return None
-        from csl_ros.pipeline import CameraGeometry
-
-        k, w, h = info
-        cam = CameraGeometry.from_K(k, height_m=cfg.camera_height_m, pitch_deg=cfg.camera_pitch_deg)
-        if w > 0 and h > 0 and (w, h) != (width, height):  # camera_info of the unscaled sensor
-            cam = cam.scaled(width / w, height / h)
-        return cam
 
     # --- processing -----------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -368,7 +262,9 @@ class CslDetectorNode(LifecycleNode):
             if pending:
                 detector.update(**pending)
             t0 = time.monotonic()
-            det = detector(rgb, self._camera_geometry(rgb.shape[0], rgb.shape[1], cfg))
+            camera = CameraGeometry.from_camera_info(self._camera_info, rgb.shape, cfg.camera_height_m,
+                                                     cfg.camera_pitch_deg)
+            det = detector(rgb, camera)
             detector_ms = (time.monotonic() - t0) * 1e3
         except Exception as exc:  # never let one frame take the node down
             self.stats.count_detector_error()
@@ -382,164 +278,21 @@ class CslDetectorNode(LifecycleNode):
         self.stats.latency_ms.add((time.monotonic() - t_received) * 1e3)
 
     def _publish(self, header, rgb: np.ndarray, det, node_cfg: NodeConfig) -> None:
-        from csl_ros.visualize import colorize_instances, draw_overlay, score_image
-
-        pubs = self._pubs
-
-        def image(key: str, make: Callable[[], np.ndarray], encoding: str) -> None:
+        rate = self.stats.processed.rate_hz()
+        frame = OutputFrame(header, rgb, det, node_cfg,
+                            mounting=Mounting.from_config(node_cfg) if node_cfg.output_frame else None,
+                            marker_lifetime_s=node_cfg.marker_lifetime_frames * (1.0 / rate if rate > 0 else 1.0))
+        for out in NODE_OUTPUTS.values():
+            pub = self._pubs[out.key]
             # Skip the work (colour map, overlay, serialisation) for outputs nobody listens to.
-            if pubs[key].get_subscription_count() == 0:
-                return
-            msg = fill_image_msg(Image(), make(), encoding)
-            msg.header = header
-            pubs[key].publish(msg)
-
-        image("score", lambda: det.anomaly_map.astype(np.float32, copy=False), "32FC1")
-        image("instances", lambda: det.instances.astype(np.uint16, copy=False), "16UC1")
-        image("instances_color", lambda: colorize_instances(det.instances), "bgr8")
-        if node_cfg.publish_color:
-            image("color", lambda: score_image(det.anomaly_map), "bgr8")
-        if node_cfg.publish_overlay:
-            image("overlay", lambda: draw_overlay(rgb, det.anomaly_map, det.instances, det.obstacles), "bgr8")
-        mounting = Mounting.from_config(node_cfg) if node_cfg.output_frame else None
-        if pubs["obstacles"].get_subscription_count():
-            rate = self.stats.processed.rate_hz()
-            lifetime = node_cfg.marker_lifetime_frames * (1.0 / rate if rate > 0 else 1.0)
-            markers = marker_array_msg(det.obstacles, header, lifetime_s=lifetime, mounting=mounting,
-                                       output_frame=node_cfg.output_frame)
-            pubs["obstacles"].publish(markers)
-            self._last_marker_header = markers.markers[0].header
-        if pubs["points"].get_subscription_count():
-            pubs["points"].publish(obstacle_points_msg(det.obstacles, header, mounting=mounting,
-                                                       output_frame=node_cfg.output_frame))
-
-    # --- diagnostics ----------------------------------------------------------------------------------
-    def _diagnostics_status(self) -> DiagnosticStatus:
-        snap = self.stats.snapshot(self._slot.dropped)
-        received = snap["frames_received"]
-        recent_input, self._last_report = received - self._last_report, received
-        topic = self.input_topic
-        publishers = self.count_publishers(topic)
-        now = time.monotonic()
-        last, since = self.stats.received.last, self._active_since
-        starved_after = max(2.0, 2 * self._node_cfg.diagnostics_period_s)
-        # Age of the input, counted from activation when no frame came since: the start-up grace.
-        first_pending = since is not None and (last is None or last < since)
-        if first_pending:
-            age, starved_after = now - since, max(starved_after, STARTUP_GRACE_S)
-        else:
-            age = None if last is None else now - last
-        info_topic = self.resolve_topic_name("camera_info")
-        level, message = diagnostic_summary(
-            self._state, snap, input_topic=topic, recent_input=recent_input, input_publishers=publishers,
-            input_age_s=age, starved_after_s=starved_after, recent=self.stats.recent_errors(),
-            camera_info=self._camera_info_state, camera_info_topic=info_topic, first_frame_pending=first_pending)
-        silent = self._state != "active" or "nothing received" in message
-        if silent and (recent_input or publishers) and self._state_log.ready(message.split(":")[0]):
-            self.get_logger().warning(message)
-        cfg = self._det_cfg
-        backend, device, backends = self._backend_device
-        info_age = "" if self._camera_info_at is None else now - self._camera_info_at
-        values = {"lifecycle_state": self._state, "input_topic": topic, "input_publishers": publishers,
-                  "backend": backend or f"{cfg.backend} (requested)", "device": device or f"{cfg.device} (requested)",
-                  "backends": backends or "-",
-                  "scheme": cfg.scheme, "teacher": cfg.teacher, "regions": regions_description(cfg),
-                  # pixels of a ready teacher map outside its declared range (counted, never hidden)
-                  "teacher_out_of_range_pixels": getattr(getattr(self._detector, "teacher", None),
-                                                         "out_of_range_pixels", 0),
-                  "score_threshold": cfg.score_threshold,
-                  "camera_info_topic": info_topic, "camera_info": self._camera_info_state,
-                  "camera_info_age_s": info_age, **snap}
-        status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: csl detector",
-                                  message=message, hardware_id=device or cfg.device)
-        status.values = [KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v))
-                         for k, v in values.items()]
-        return status
-
-    def _publish_diagnostics(self) -> None:
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [self._diagnostics_status()]
-        self._diag_pub.publish(arr)
-
-
-def build_engine(node: CslDetectorNode) -> int:
-    """Build (or load) the configured inference engine into the cache, report what was built."""
-    cfg, log = node.detector_config, node.get_logger()
-    log.info(f"building the {cfg.backend} engine for input {cfg.input_height}x{cfg.input_width} (HxW), {cfg.precision} on "
-             f"{cfg.device} into {cfg.engine_cache_dir}{' (forced rebuild)' if cfg.force_rebuild_engine else ''}"
-             ": a TensorRT build can take several minutes")
-    t0 = time.monotonic()
-    detector = node.detector_factory(cfg)
-    try:
-        detector.warmup()
-        det = detector(np.zeros((cfg.input_height, cfg.input_width, 3), np.uint8))
-    finally:
-        detector.close()
-    log.info(f"engine ready in {time.monotonic() - t0:.1f} s: backend {det.backend} on {det.device}")
-    if cfg.backend != "auto" and det.backend != cfg.backend:
-        log.error(f"requested backend {cfg.backend} but the detector fell back to {det.backend} (see above)")
-        return 1
-    return 0
-
-
-def _rcl_error_line(exc: Exception) -> str:
-    """rcl's message on one line, without its C source locations (", at /project/src/parse.c:835")."""
-    text = " ".join(str(exc).split())
-    return re.sub(r",? at /\S+:\d+", "", text).strip()
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-    """The ``csl_node`` command line (ROS arguments after ``--ros-args`` are removed before parsing)."""
-    from csl_ros.cli import OneLineErrorParser
-
-    parser = OneLineErrorParser(
-        prog="csl_node", description="csl_node: the CSL road-obstacle detector (ROS 2 lifecycle node "
-        "csl_detector). Parameters: --ros-args --params-file FILE -p name:=value; see `ros2 param describe`.")
-    parser.add_argument("--auto-activate", action="store_true",
-                        help="configure and activate on start (same as the auto_activate parameter)")
-    parser.add_argument("--build-engine", action="store_true",
-                        help="build and cache the inference engine (TensorRT/TorchScript) for the "
-                             "configured model, input size and precision, then exit")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.utilities import remove_ros_args
-
-    argv = list(sys.argv if argv is None else argv)
-    try:
-        args = build_arg_parser().parse_args(remove_ros_args(argv)[1:])
-    except rclpy._rclpy_pybind11.RCLError as exc:  # a broken or missing --params-file, bad --ros-args
-        print(f"csl_node: error: {_rcl_error_line(exc)}", file=sys.stderr)
-        return 2
-    use_large_image_profile()  # before the DDS participant exists (csl_ros.ros.dds)
-    rclpy.init(args=argv)
-    node = None
-    try:
-        node = CslDetectorNode()
-        if args.build_engine:
-            return build_engine(node)
-        if (args.auto_activate or node.node_config.auto_activate) and not node.configure_and_activate():
-            node.get_logger().error("auto-activation failed (see above); the node stays up, unconfigured")
-        # One executor thread: entities destroyed by cleanup are never in another thread's wait set
-        # (rclpy's executors race against destruction there); inference has its own worker thread.
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, FileNotFoundError, rclpy.exceptions.ParameterException) as exc:
-        print(f"csl_node: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.release_all()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            if not out.enabled(node_cfg) or pub.get_subscription_count() == 0:
+                continue
+            rendered = out.render(frame)
+            if out.encoding is not None:
+                msg = fill_image_msg(Image(), rendered, out.encoding)
+                msg.header = header
+            else:
+                msg = rendered
+            pub.publish(msg)
+            if out.key == "obstacles":
+                self._last_marker_header = msg.markers[0].header

@@ -18,6 +18,9 @@ import cv2
 import numpy as np
 
 from csl_ros.config import DetectorConfig, apply_overrides
+from csl_ros.pipeline import Detection
+from csl_ros.pipeline.instances import describe_instances, extract_instances
+from csl_ros.ros.dds import PROFILE_VARIABLE, restored_environment, use_large_image_profile
 
 
 class BrightnessDetector:
@@ -58,9 +61,6 @@ class BrightnessDetector:
             self.config = apply_overrides(self.config, changes)
 
     def __call__(self, image: np.ndarray, camera=None):
-        from csl_ros.pipeline import Detection
-        from csl_ros.pipeline.instances import describe_instances, extract_instances
-
         if self.closed:
             raise RuntimeError("detector used after close()")
         t0 = time.perf_counter()
@@ -100,24 +100,17 @@ def private_ros_context(domain_id: int, large_data: bool = False, discovery_rang
     optionally with the large-image Fast DDS profile (csl_ros.ros.dds; read once per process, before
     its first participant) and ``ROS_AUTOMATIC_DISCOVERY_RANGE=discovery_range``. The environment is
     restored and the context shut down on exit."""
-    import rclpy
+    import rclpy  # optional here: BrightnessDetector serves tests and benchmarks without ROS
 
-    from csl_ros.ros.dds import PROFILE_VARIABLE, use_large_image_profile
-
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", PROFILE_VARIABLE, "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
-    if large_data:
-        use_large_image_profile()
-    if discovery_range is not None:
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = discovery_range
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    try:
-        yield context
-    finally:
-        rclpy.shutdown(context=context)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with restored_environment("ROS_DOMAIN_ID", PROFILE_VARIABLE, "ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+        if large_data:
+            use_large_image_profile()
+        if discovery_range is not None:
+            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = discovery_range
+        context = rclpy.context.Context()
+        rclpy.init(context=context)
+        try:
+            yield context
+        finally:
+            rclpy.shutdown(context=context)

@@ -20,7 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from csl_ros.cli import add_command, image_size_arg
+from csl_ros.config import DetectorConfig
+from csl_ros.data.loaders import open_dataset, read_rgb
 from csl_ros.data.registry import DATASETS
+from csl_ros.data.synthroad import render_frame
 from csl_ros.teachers.registry import unbounded_scores
 
 TEACHER_DOC = """csl-ros teacher: utilities for the teacher models whose per-pixel scores CSL fuses.
@@ -32,8 +35,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def register(subparsers) -> None:
-    from csl_ros.config import DetectorConfig
-
     default = DetectorConfig()
     p = add_command(subparsers, "teacher", "teacher utilities (fit-stats)", TEACHER_DOC)
     sub = p.add_subparsers(dest="teacher_command", metavar="SUBCOMMAND")
@@ -83,8 +84,6 @@ def _frames(args):
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     if args.data == "synthroad":
-        from csl_ros.data.synthroad import render_frame
-
         n = args.frames or 200
         h, w = args.size
         seeds = range(args.first_seed, args.first_seed + n)
@@ -94,13 +93,10 @@ def _frames(args):
     if args.root is None:
         raise ValueError(f"--data {args.data} needs --root")
     if args.data in DATASETS:
-        from csl_ros.data.loaders import open_dataset
-
         split = {"split": args.split} if "split" in DATASETS.entry(args.data).options else {}
         ds = open_dataset(args.data, args.root, **split)
         n = min(len(ds), args.frames or len(ds))
         return ((ds[i].rgb for i in range(n)), n, {"data": args.data, **split, "root": str(args.root)})
-    from csl_ros.data.loaders import read_rgb
 
     if not args.root.is_dir():
         raise FileNotFoundError(f"image folder not found: {args.root}")
@@ -112,6 +108,7 @@ def _frames(args):
 
 
 def run_fit_stats(args) -> int:
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.teachers.fit import fit_teacher_stats
     from csl_ros.teachers.hf import is_hf_source, load_hf_segmenter
     from csl_ros.teachers.stats import default_stats_path
@@ -126,12 +123,14 @@ def run_fit_stats(args) -> int:
     elif not model_path.is_file():
         raise FileNotFoundError(f"teacher model not found: {args.segmenter}")
     elif model_path.suffix == ".onnx":
+        # deferred: torch; csl-ros imports every command module to build its parser
         from csl_ros.teachers.onnx_runner import OnnxModel
 
         model = OnnxModel(model_path, device, input_normalization=args.onnx_normalization,
                           output_name=args.onnx_output)
         kind = f"onnx ({model.output_kind})"
     else:
+        # deferred: torch; csl-ros imports every command module to build its parser
         from csl_ros.teachers.segmenter import load_segmenter
 
         model = load_segmenter(model_path, args.preset, device=device)

@@ -15,6 +15,7 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from csl_ros.teachers.stats import StatsAccumulator, TeacherStats, file_sha256
 
@@ -51,7 +52,6 @@ def fit_teacher_stats(model, frame_iter: Iterable, *, size: tuple[int, int] | No
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from tqdm import tqdm
 
     device = torch.device(device)
     acc: StatsAccumulator | None = None

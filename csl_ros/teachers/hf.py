@@ -26,6 +26,7 @@ to the image, so a B×3×H×W batch gives B×K×H×W.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -145,8 +146,6 @@ def verify_hashes(directory: str | os.PathLike) -> dict:
 
 def model_digest(directory: Path) -> str:
     """One SHA-256 naming the verified weights of a model directory (for statistics files)."""
-    import hashlib
-
     files = read_hash_record(directory)["files"]
     text = "\n".join(f"{k} {v}" for k, v in sorted(files.items()) if k.endswith(".safetensors"))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -313,17 +312,11 @@ class HFSegmenter(nn.Module):
         return self.last_queries
 
 
-def load_hf_segmenter(source: str | os.PathLike, device: str | torch.device = "cpu",
-                      allow_download: bool = False) -> HFSegmenter:
-    """Load a SegFormer / Mask2Former model directory or ``hf:`` repo after checking its hashes.
-    ``allow_download``: an ``hf:`` model not in the cache is fetched as ``csl-ros models fetch`` does
-    (its hashes recorded on arrival)."""
-    if allow_download and str(source).startswith(HF_PREFIX):
-        from csl_ros.teachers.real_models import fetch_model
-
-        directory, _ = fetch_model(str(source)[len(HF_PREFIX):], progress=False)
-    else:
-        directory = resolve_hf_dir(source)
+def load_hf_segmenter(source: str | os.PathLike, device: str | torch.device = "cpu") -> HFSegmenter:
+    """Load a SegFormer / Mask2Former model directory or ``hf:`` repo (from the local cache) after
+    checking its hashes. :func:`csl_ros.teachers.real_models.load_hf_model` fetches a missing ``hf:``
+    model first when downloads are allowed."""
+    directory = resolve_hf_dir(source)
     check_safetensors_only(directory)
     verify_hashes(directory)
     try:
@@ -340,7 +333,7 @@ def load_hf_segmenter(source: str | os.PathLike, device: str | torch.device = "c
     except ImportError:
         raise ImportError("Hugging Face teachers need the transformers package (pip install "
                           "transformers)") from None
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # optional (see above)
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report would repeat our own checks

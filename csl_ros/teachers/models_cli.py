@@ -60,6 +60,7 @@ def register(subparsers) -> None:
 
 
 def run_list(args) -> int:
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.teachers.real_models import CATALOG, installed
 
     have = installed()
@@ -84,6 +85,7 @@ def _print_record(directory, record) -> None:
 
 
 def run_fetch(args) -> int:
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.teachers.real_models import fetch_model
 
     directory, record = fetch_model(args.name, args.revision, progress=not args.quiet)
@@ -93,6 +95,7 @@ def run_fetch(args) -> int:
 
 
 def run_import(args) -> int:
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.teachers.real_models import import_model
 
     name, record = import_model(args.dir, args.name)
@@ -102,6 +105,7 @@ def run_import(args) -> int:
 
 
 def run_verify(args) -> int:
+    # deferred: torch; csl-ros imports every command module to build its parser
     import sys
 
     from csl_ros.teachers.real_models import installed, verify_model

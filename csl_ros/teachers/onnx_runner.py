@@ -29,6 +29,7 @@ Providers: CUDA when the device is a CUDA device and onnxruntime has it, else CP
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from csl_ros.teachers.calibration import Calibration
 from csl_ros.teachers.segmenter import IMAGENET_MEAN, IMAGENET_STD, to_unit_float
 
 INPUT_NORMALIZATIONS = ("imagenet", "unit", "raw")
@@ -52,7 +54,7 @@ _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 def set_onnx_metadata(path: str | os.PathLike, **entries: str) -> None:
     """Write csl_ros metadata into an ONNX file, e.g. ``set_onnx_metadata(p, score_function="sml",
     input_normalization="imagenet", output="logits")`` (keys get the ``csl_ros.`` prefix)."""
-    import onnx
+    import onnx  # optional: only writing metadata needs it (the dev extra)
 
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
@@ -70,7 +72,7 @@ class OnnxModel:
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu",
                  input_normalization: str | None = None, output_name: str | None = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional: only external ONNX teachers need it
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -141,9 +143,6 @@ class OnnxModel:
     def _parse_calibration(self, text: str | None):
         if text is None:
             return None
-        import json
-
-        from csl_ros.teachers.calibration import Calibration
 
         try:
             return Calibration.from_dict(json.loads(text))

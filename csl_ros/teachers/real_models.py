@@ -32,8 +32,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from csl_ros.model.integrity import torch_load_tensors
-from csl_ros.teachers.hf import (HASH_RECORD, PICKLE_WEIGHTS, parse_hf_spec, record_hashes,
-                                 verify_hashes)
+from csl_ros.teachers.hf import (HASH_RECORD, HF_PREFIX, PICKLE_WEIGHTS, HFSegmenter, load_hf_segmenter, parse_hf_spec,
+                                 record_hashes, verify_hashes)
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,14 @@ def fetch_model(name_or_repo: str, revision: str | None = None, progress: bool =
     record = record_hashes(directory, source=f"hf:{repo}@{directory.name}")
     _register(entry.name if entry else repo, directory)
     return directory, record
+
+
+def load_hf_model(source: str, device, allow_download: bool = False) -> HFSegmenter:
+    """:func:`~csl_ros.teachers.hf.load_hf_segmenter`; with ``allow_download`` an ``hf:`` model is
+    fetched first as ``csl-ros models fetch`` does (its hashes recorded on arrival)."""
+    if allow_download and str(source).startswith(HF_PREFIX):
+        source, _ = fetch_model(str(source)[len(HF_PREFIX):], progress=False)
+    return load_hf_segmenter(source, device)
 
 
 def installed() -> dict[str, Path]:

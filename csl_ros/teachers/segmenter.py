@@ -34,7 +34,11 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
+import torchvision.models.segmentation as tvseg
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
+from torchvision.models import resnet18
 
 from csl_ros.model.integrity import torch_load_tensors, verify_weights, weights_sha256
 
@@ -108,7 +112,6 @@ class FPNResNet18(nn.Module):
 
     def __init__(self, num_classes: int, width: int = 128):
         super().__init__()
-        from torchvision.models import resnet18
 
         trunk = resnet18(weights=None)
         del trunk.fc, trunk.avgpool  # classification head unused
@@ -136,7 +139,6 @@ def build_network(config: SegmenterConfig) -> nn.Module:
     """The bare network (torchvision or custom), randomly initialised; never downloads anything."""
     if config.arch == "fpn_resnet18":
         return FPNResNet18(config.num_classes)
-    import torchvision.models.segmentation as tvseg
 
     builder = getattr(tvseg, config.arch)
     kwargs = dict(weights=None, weights_backbone=None, num_classes=config.num_classes)
@@ -206,8 +208,6 @@ def save_segmenter(model: ClosedSetSegmenter, path: str | os.PathLike, dtype: to
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         save_file(state, str(tmp), metadata={"format": meta["format"],
                                              "config": json.dumps(meta["config"]),
                                              "weights_sha256": meta["weights_sha256"]})
@@ -222,8 +222,6 @@ def save_segmenter(model: ClosedSetSegmenter, path: str | os.PathLike, dtype: to
 def _read_checkpoint(path: Path) -> tuple[dict, dict | None, str | None]:
     """(state dict, stored config dict or None, stored weight hash or None)."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt", device="cpu") as fh:
                 meta = fh.metadata() or {}

@@ -30,7 +30,7 @@ import torch
 from csl_ros.model.integrity import sha256_file as file_sha256  # noqa: F401 (re-exported helper)
 from csl_ros.teachers.calibration import CALIBRATION_METHODS, Calibration, fit_calibration
 from csl_ros.teachers.registry import TEACHERS, default_calibrations
-from csl_ros.teachers.scores import SML_BOUNDARY_ITERATIONS, SML_BOUNDARY_WIDTH, sml_postprocess
+from csl_ros.teachers.scores import SML_BOUNDARY_ITERATIONS, SML_BOUNDARY_WIDTH, check_logits, sml_postprocess
 
 STATS_FORMAT = "csl_ros.teacher_stats"
 STATS_VERSION = 1
@@ -233,8 +233,6 @@ class StatsAccumulator:
     @torch.no_grad()
     def update_logits(self, logits: torch.Tensor) -> None:
         """Add a batch of closed-set logits B×K×H×W (all pixels count as in-distribution)."""
-        from csl_ros.teachers.scores import check_logits
-
         check_logits(logits)
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"logits have K={logits.shape[1]} classes, accumulator expects "

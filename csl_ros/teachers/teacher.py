@@ -18,10 +18,15 @@ from pathlib import Path
 
 import torch
 
+from csl_ros.model.device import resolve_device
+from csl_ros.shipped import resolve_shipped
 from csl_ros.teachers.calibration import Calibration
-from csl_ros.teachers.registry import (NO_TEACHER, ONNX_TEACHER, TEACHERS, class_score_teachers,
-                                       unbounded_scores)
+from csl_ros.teachers.hf import is_hf_source
+from csl_ros.teachers.onnx_runner import OnnxModel
+from csl_ros.teachers.real_models import load_hf_model
+from csl_ros.teachers.registry import NO_TEACHER, ONNX_TEACHER, TEACHERS, class_score_teachers, unbounded_scores
 from csl_ros.teachers.scores import SCORE_FUNCTIONS, compute_score, sml_postprocess, standardized_max_logit
+from csl_ros.teachers.segmenter import load_segmenter
 from csl_ros.teachers.stats import TeacherStats, default_stats_path, file_sha256
 
 log = logging.getLogger("csl_ros.teacher")
@@ -143,18 +148,6 @@ class Teacher:
                 f"calibration={self.calibration.to_dict()}, device={self.device})")
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` → cuda if available, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid device {device!r} ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
 
 def _choose_calibration(score_fn: str, stats: TeacherStats | None, override: str | None,
                         where: str) -> Calibration:
@@ -225,8 +218,6 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
     segmenter_path, stats_path, onnx_path = str(segmenter_path or ""), str(stats_path or ""), str(onnx_path or "")
 
     if name == ONNX_TEACHER:
-        from csl_ros.teachers.onnx_runner import OnnxModel
-
         path = onnx_path or (segmenter_path if segmenter_path.endswith(".onnx") else "")
         if not path:
             raise ValueError("teacher 'onnx' needs the path of an .onnx model (teacher_path)")
@@ -262,11 +253,8 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
                                                                           default_stats_path(path)))
         return Teacher(name, model, score_fn, cal, stats, dev, map_range=map_range)  # ONNX: its precision
 
-    from csl_ros.teachers.hf import is_hf_source, load_hf_segmenter
-    from csl_ros.teachers.segmenter import load_segmenter
-
     if is_hf_source(segmenter_path):
-        model = load_hf_segmenter(segmenter_path, dev, allow_download=allow_download)
+        model = load_hf_model(segmenter_path, dev, allow_download=allow_download)
         if name in class_score_teachers() and model.kind != "mask2former":
             raise ValueError(f"teacher {name!r} needs a Mask2Former (per-query class posteriors and "
                              f"masks); {model.path} is a {model.kind}")
@@ -285,8 +273,6 @@ def build_teacher(name: str, segmenter_path: str | os.PathLike = "", stats_path:
         if model_path.suffix == ".onnx":
             raise ValueError(f"{model_path} is an ONNX model: use teacher 'onnx'")
     else:
-        from csl_ros.shipped import resolve_shipped
-
         model_path = resolve_shipped(SHIPPED_SEGMENTER)
         if not stats_path:
             stats_path = str(resolve_shipped(SHIPPED_STATS))

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
-from csl_ros.cli import add_command
-from csl_ros.training.config import DATASETS as TRAIN_DATASETS
-from csl_ros.training.config import STUDENT_SCHEMES
+import yaml
 
+from csl_ros.cli import add_command
+from csl_ros.settings import load_yaml_config, parse_set_args
+from csl_ros.training.config import DATASETS as TRAIN_DATASETS, STUDENT_SCHEMES, load_train_config
 
 STUDENT_DOC = """csl-ros train student: train the class-agnostic (ca) or scheme-1 (distilled) CSL student.
 
@@ -78,8 +80,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def student_config_from_args(args):
-    from csl_ros.training.config import load_train_config, parse_set_args
-
     overrides = parse_set_args(args.set)
     if getattr(args, "scheme", None):
         overrides["student.scheme"] = args.scheme
@@ -94,6 +94,7 @@ def run_student(args) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.training.datasets import build_dataset
     from csl_ros.training.distributed import barrier, cleanup_distributed, init_distributed
     from csl_ros.training.student import export_student, train_student
@@ -132,7 +133,7 @@ def run_student(args) -> int:
 # --- segmenter: a task of the same trainer (csl_ros.training.segmenter) ----------------------------
 
 def segmenter_config_from_args(args):
-    from csl_ros.settings import load_yaml_config, parse_set_args
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.training.segmenter import SegmenterTrainConfig
 
     cfg = load_yaml_config(SegmenterTrainConfig(), args.config, parse_set_args(args.set), "training config")
@@ -151,15 +152,13 @@ def segmenter_config_from_args(args):
 def run_segmenter(args) -> int:
     cfg = segmenter_config_from_args(args)
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     if args.resume:
         raise ValueError("train segmenter resumes from <out>/last.pt automatically; --resume PATH is "
                          "only supported for the student")
-    import shutil
 
+    # deferred: torch; csl-ros imports every command module to build its parser
     from csl_ros.training.datasets import CityscapesFrames, SynthroadFrames
     from csl_ros.training.segmenter import train_segmenter
 

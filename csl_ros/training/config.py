@@ -18,10 +18,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import yaml
+
 from csl_ros.data.registry import DATASETS as DATASET_REGISTRY
-from csl_ros.settings import (apply_overrides, flatten_sections, load_yaml_config,  # noqa: F401 (API)
-                              parse_set_args)
-from csl_ros.settings import device_error, validation_errors
+from csl_ros.settings import (apply_overrides, device_error, flatten_sections, load_yaml_config,  # noqa: F401 (API)
+                              parse_set_args, validation_errors)
 from csl_ros.teachers.registry import TEACHERS
 
 DATASETS = DATASET_REGISTRY.choices(where={"semantic": True})  # datasets with trainIds to train on
@@ -173,8 +174,6 @@ class TrainConfig:
         return apply_overrides(cls(), flatten_sections(data), source=source)
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | os.PathLike) -> None:

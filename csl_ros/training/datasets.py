@@ -16,8 +16,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from csl_ros.data.loaders import open_dataset
 from csl_ros.data.registry import DATASETS
+from csl_ros.data.synthroad import render_frame
 
 DEFAULT_CACHE = Path(os.path.expanduser("~/.cache/csl_ros/synthroad"))
 
@@ -47,8 +50,6 @@ class SynthroadFrames:
         return (self.cache_dir / f"{seed:08d}_image.png", self.cache_dir / f"{seed:08d}_trainIds.png")
 
     def render(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        from csl_ros.data.synthroad import render_frame
-
         frame = render_frame(seed, size=self.size, obstacles="none")
         return frame.image, frame.train_ids
 
@@ -75,8 +76,6 @@ class SynthroadFrames:
         """Render every frame not yet in the cache; returns how many were rendered."""
         todo = self.missing()
         if todo:
-            from tqdm import tqdm
-
             for i in tqdm(todo, desc=f"render synthroad {self.size[0]}x{self.size[1]}", unit="frame",
                           disable=not progress):
                 self[i]
@@ -92,8 +91,6 @@ class RecordFrames:
     :data:`csl_ros.data.registry.DATASETS`; e.g. Cityscapes fine annotations of one split)."""
 
     def __init__(self, name: str, root: str | os.PathLike, split: str = "train"):
-        from csl_ros.data.loaders import open_dataset
-
         entry = DATASETS.entry(name)
         if not entry.semantic:
             raise ValueError(f"dataset {name} has no semantic (trainIds) labels to train on; choose one "

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from csl_ros.model.device import resolve_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -57,12 +59,8 @@ def init_distributed(device: str = "auto") -> DistEnv:
     local = _env_int("LOCAL_RANK", 0)
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"invalid torchrun environment: RANK={rank}, WORLD_SIZE={world}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(dev)

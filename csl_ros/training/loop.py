@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from csl_ros.model.integrity import WEIGHTS_SHA256, torch_load_tensors, verify_weights, weights_sha256
 
@@ -227,7 +228,6 @@ class Trainer:
             writer = csv.writer(log_fh)
             if new:
                 writer.writerow(["step", "loss", "lr", "images_per_s", "elapsed_s", "extra"])
-            from tqdm import tqdm
 
             bar = tqdm(total=cfg.optim.max_steps, initial=start, desc=self.name, unit="step",
                        disable=not cfg.run.progress, dynamic_ncols=True)

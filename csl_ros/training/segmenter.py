@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from csl_ros.data.synthroad import render_frame
+from csl_ros.model.device import resolve_device
 from csl_ros.settings import setting, validation_errors
 from csl_ros.teachers.segmenter import CITYSCAPES_CLASSES, ClosedSetSegmenter, preset, save_segmenter
-from csl_ros.teachers.teacher import resolve_device
 
 from .config import DATASETS as TRAIN_DATASETS
 from .config import DataConfig, OptimConfig, RunConfig, TrainConfig
@@ -133,8 +134,6 @@ class SynthroadSegmentation:
     """synthroad frames without obstacles: ``ds[i]`` → (H×W×3 uint8 RGB, H×W uint8 trainIds)."""
 
     def __init__(self, first_seed: int, frames: int, size: tuple, cache: bool = True):
-        from csl_ros.data.synthroad import render_frame
-
         self._render = render_frame
         self.first_seed, self.frames, self.size, self.cache = first_seed, frames, tuple(size), cache
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from csl_ros.model import (CSLStudent, LossConfig, SetCriterion, build_student, get_preset, masks_from_components,
-                           optimizer_param_groups, read_checkpoint)
+from csl_ros.model import (CSLStudent, LossConfig, SetCriterion, build_student, get_preset, load_checkpoint,
+                           masks_from_components, optimizer_param_groups, read_checkpoint)
 from csl_ros.model_settings import save_student
+from csl_ros.teachers.teacher import build_teacher
+from csl_ros.training.datasets import build_dataset
 
 from .augment import AugmentParams, augment, split_targets
 from .config import TrainConfig
@@ -128,8 +130,6 @@ class StudentTask:
 
 
 def build_teacher_for(cfg: TrainConfig, device):
-    from csl_ros.teachers.teacher import build_teacher
-
     s = cfg.student
     return build_teacher(s.teacher, segmenter_path=s.teacher_path, stats_path=s.teacher_stats_path,
                          device=device)
@@ -139,8 +139,6 @@ def train_student(cfg: TrainConfig, env: DistEnv, dataset=None, resume=True, sto
                   teacher=None) -> tuple[TrainSummary, Trainer]:
     """Train (or resume) a student as configured; rank 0 writes ``<out_dir>/student.safetensors``
     when ``max_steps`` is reached. ``teacher`` overrides the one the config names (scheme 1)."""
-    from .datasets import build_dataset
-
     cfg.validate()
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
@@ -173,8 +171,6 @@ def train_student(cfg: TrainConfig, env: DistEnv, dataset=None, resume=True, sto
 def export_student(src: str | Path, dst: str | Path, storage: str = "float16", metadata: dict | None = None) -> str:
     """A copy of a student checkpoint stored as ``storage`` (float16 or int8 weights, for shipping;
     loading gives float32 back). Returns the new file's SHA-256."""
-    from csl_ros.model import load_checkpoint
-
     loaded = load_checkpoint(src)
     meta = {k: v for k, v in loaded.metadata.items() if k != "stored_dtype"}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})

@@ -1,14 +1,17 @@
-"""sensor_msgs/Image and CompressedImage <-> numpy, equivalent to cv_bridge for the supported
-encodings (ROS 2 cv_bridge is not installable from PyPI).
+"""The one image codec: sensor_msgs/Image and CompressedImage <-> numpy, equivalent to cv_bridge for
+the supported encodings (ROS 2 cv_bridge is not installable from PyPI).
 
 Messages are duck-typed (``height``, ``width``, ``encoding``, ``step``, ``is_bigendian``, ``data``), so
-this module needs no rclpy and works with rclpy messages and rosbags messages alike. Conversion is
+this module needs no rclpy and works with rclpy messages and rosbags messages alike: the node
+(csl_ros.ros), the bag reader and the evaluator (csl_ros.eval) all decode with it, which is why it is a
+ROS-free module at the package's base (beside config.py), which every layer may import. Conversion is
 vectorised numpy; input views are zero-copy (``np.frombuffer`` over the message buffer) and only the
 colour conversion allocates. Every malformed message raises :class:`ImageFormatError` (a
 ``ValueError``) that says what is wrong, so the node can count it and keep going.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 # encoding -> (channels, numpy dtype)
@@ -16,12 +19,14 @@ _ENCODINGS = {
     "rgb8": (3, np.uint8), "bgr8": (3, np.uint8), "rgba8": (4, np.uint8), "bgra8": (4, np.uint8),
     "mono8": (1, np.uint8), "8UC1": (1, np.uint8), "8UC3": (3, np.uint8), "8UC4": (4, np.uint8),
     "mono16": (1, np.uint16), "16UC1": (1, np.uint16),
-    "32FC1": (1, np.float32),
+    "32FC1": (1, np.float32), "64FC1": (1, np.float64),
     # packed 4:2:2, 2 bytes per pixel
     "yuv422": (2, np.uint8), "uyvy": (2, np.uint8),
     "yuv422_yuy2": (2, np.uint8), "yuyv": (2, np.uint8),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+# what single_channel_msg_to_array reads: score maps (32FC1), instance ids (16UC1), labels (mono8)
+SINGLE_CHANNEL_ENCODINGS = ("32FC1", "64FC1", "16UC1", "mono16", "mono8", "8UC1")
 _PACKED_422 = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
 
 # Refuse headers that claim more than this many pixels before touching the data (a 100000x100000
@@ -64,8 +69,6 @@ def _view(msg) -> tuple[np.ndarray, str]:
 
 
 def _yuv422_to_rgb(packed: np.ndarray, order: str) -> np.ndarray:
-    import cv2
-
     code = cv2.COLOR_YUV2RGB_UYVY if order == "uyvy" else cv2.COLOR_YUV2RGB_YUY2
     return cv2.cvtColor(np.ascontiguousarray(packed), code)
 
@@ -73,7 +76,7 @@ def _yuv422_to_rgb(packed: np.ndarray, order: str) -> np.ndarray:
 def image_msg_to_rgb(msg) -> np.ndarray:
     """Convert a sensor_msgs/Image to an (H, W, 3) uint8 RGB array.
 
-    mono16 is scaled by 1/256; 32FC1 is taken as intensity in [0, 1] (NaN/inf rejected).
+    mono16 is scaled by 1/256; 32FC1 and 64FC1 are taken as intensity in [0, 1] (NaN/inf rejected).
     """
     arr, enc = _view(msg)
     if enc in ("rgb8", "8UC3"):
@@ -88,12 +91,26 @@ def image_msg_to_rgb(msg) -> np.ndarray:
         return np.repeat(arr, 3, axis=2)
     if enc in ("mono16", "16UC1"):
         return np.repeat((arr >> 8).astype(np.uint8), 3, axis=2)
-    if enc == "32FC1":
+    if enc in ("32FC1", "64FC1"):
         if not np.isfinite(arr).all():
-            raise ImageFormatError("32FC1 image contains NaN or inf")
+            raise ImageFormatError(f"{enc} image contains NaN or inf")
         return np.repeat((np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), 3, axis=2)
     # 4:2:2 packed: cv2 wants (H, W, 2)
     return _yuv422_to_rgb(arr, "uyvy" if enc in ("yuv422", "uyvy") else "yuyv")
+
+
+def single_channel_msg_to_array(msg, where: str = "") -> np.ndarray:
+    """A single-channel sensor_msgs/Image (32FC1 scores, 16UC1 instance ids, mono8 labels; see
+    ``SINGLE_CHANNEL_ENCODINGS``) -> a writable 2-D array of its own dtype, native byte order.
+    ``where`` (a bag, topic and time) starts the message of the :class:`ImageFormatError`."""
+    enc = str(msg.encoding)
+    if enc not in SINGLE_CHANNEL_ENCODINGS:
+        raise ImageFormatError(f"{where}: expected a single-channel image (32FC1, 16UC1, mono8), got {enc!r}")
+    try:
+        arr, _ = _view(msg)
+    except ImageFormatError as exc:
+        raise ImageFormatError(f"{where}: {exc}") from None
+    return arr[..., 0].astype(arr.dtype.newbyteorder("="))   # a copy: the message buffer is not kept
 
 
 def _u16be(b: bytes, i: int) -> int:
@@ -151,8 +168,6 @@ def compressed_msg_to_rgb(msg) -> np.ndarray:
 
     The decoded size is read from the container's header first and checked against ``MAX_PIXELS``,
     so a small file claiming a huge image is refused before anything is allocated."""
-    import cv2
-
     data = np.frombuffer(memoryview(msg.data).cast("B") if not isinstance(msg.data, (bytes, bytearray))
                          else msg.data, dtype=np.uint8)
     if data.size == 0:
