@@ -688,10 +688,7 @@ class BagReader:
         if self.labels_topic in slot:
             lab_msg, t_lab = slot[self.labels_topic]
             try:
-                labels = _mono8(lab_msg, where, "labels")
-                if labels.shape != image.shape[:2]:
-                    raise BagError(f"{where}: labels {labels.shape} do not match the image "
-                                   f"{image.shape[:2]}")
+                labels = _mono8(lab_msg, where, "labels", image.shape[:2])
             except BagError as exc:
                 if not self.salvage:
                     raise
@@ -712,10 +709,7 @@ class BagReader:
                 if not isinstance(truth, dict):
                     raise BagError(f"{where}: {GROUND_TRUTH_TOPIC} must be a JSON object")
             if OBSTACLE_IDS_TOPIC in slot:
-                ids = _mono8(slot[OBSTACLE_IDS_TOPIC][0], where, OBSTACLE_IDS_TOPIC)
-                if ids.shape != image.shape[:2]:
-                    raise BagError(f"{where}: {OBSTACLE_IDS_TOPIC} {ids.shape} does not match the image "
-                                   f"{image.shape[:2]}")
+                ids = _mono8(slot[OBSTACLE_IDS_TOPIC][0], where, OBSTACLE_IDS_TOPIC, image.shape[:2])
         except BagError as exc:
             if not self.salvage:
                 raise
@@ -725,14 +719,17 @@ class BagReader:
         yield BagFrame(stamp, fid, image, labels, info, truth, ids)
 
 
-def _mono8(msg, where: str, what: str) -> np.ndarray:
-    """A mono8 image of the bag (labels, obstacle ids) as (H, W) uint8, decoded by the image codec."""
+def _mono8(msg, where: str, what: str, image_shape: tuple[int, int]) -> np.ndarray:
+    """A mono8 image of the bag (labels, obstacle ids) as (H, W) uint8, decoded by the image codec; its
+    size must be the camera image's."""
     try:
         array = single_channel_msg_to_array(msg, where)
     except ImageFormatError as exc:
         raise BagError(str(exc)) from None
     if array.dtype != np.uint8:
         raise BagError(f"{where}: {what} must be mono8, got {msg.encoding!r}")
+    if array.shape != tuple(image_shape):
+        raise BagError(f"{where}: {what} size {array.shape} differs from the image's {tuple(image_shape)}")
     return array
 
 

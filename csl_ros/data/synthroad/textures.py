@@ -167,14 +167,22 @@ def foliage(rng: np.random.Generator, width: float, height: float, ppm: float,
     return _u8(tex)
 
 
+def _painted_face(width: float, height: float, ppm: float, paint: np.ndarray,
+                  min_px: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A vehicle face (``width`` x ``height`` m at ``ppm`` pixels per metre, at least ``min_px`` = (rows,
+    columns)) filled with its paint, with each row's height above the ground and each column's position
+    (m): the canvas the body painters draw on."""
+    h = max(min_px[0], int(round(height * ppm)))
+    w = max(min_px[1], int(round(width * ppm)))
+    tex = np.empty((h, w, 3), np.float32)
+    tex[:] = paint
+    return tex, height - (np.arange(h) + 0.5) / ppm, (np.arange(w) + 0.5) / ppm
+
+
 def car_side(length: float, height: float, ppm: float, paint: np.ndarray, clearance: float,
              wheel_r: float, axle: float) -> np.ndarray:
     """Side of a car body from y = 0 (ground) to ``height``: paint, sills, two wheels."""
-    h = max(6, int(round(height * ppm)))
-    w = max(8, int(round(length * ppm)))
-    tex = np.empty((h, w, 3), np.float32)
-    tex[:] = paint
-    up = height - (np.arange(h) + 0.5) / ppm
+    tex, up, _ = _painted_face(length, height, ppm, paint, min_px=(6, 8))
     tex[up < clearance + 0.12] *= 0.55                 # dark sill / underbody
     tex[up < clearance] = (0.05, 0.05, 0.055)
     tex[(up > height - 0.06)] *= 1.15                  # highlight along the shoulder line
@@ -195,12 +203,7 @@ def car_side(length: float, height: float, ppm: float, paint: np.ndarray, cleara
 def car_end(width: float, height: float, ppm: float, paint: np.ndarray, clearance: float,
             rear: bool) -> np.ndarray:
     """Front or back of a car body: paint, lamps, number plate, bumper and underbody."""
-    h = max(6, int(round(height * ppm)))
-    w = max(6, int(round(width * ppm)))
-    tex = np.empty((h, w, 3), np.float32)
-    tex[:] = paint
-    up = height - (np.arange(h) + 0.5) / ppm
-    xs = (np.arange(w) + 0.5) / ppm
+    tex, up, xs = _painted_face(width, height, ppm, paint, min_px=(6, 6))
     tex[(up > clearance) & (up < clearance + 0.18)] *= 0.5       # bumper
     tex[up < clearance] = (0.05, 0.05, 0.055)
     lamp_y = (up > height - 0.3) & (up < height - 0.1)
@@ -234,12 +237,7 @@ def glass_band(length: float, height: float, ppm: float, paint: np.ndarray, glas
 def bus_side(length: float, height: float, ppm: float, paint: np.ndarray, glass: np.ndarray,
              clearance: float, wheel_r: float, axles: tuple[float, ...], stripe: np.ndarray) -> np.ndarray:
     """Side of a bus: window band, doors, a livery stripe and wheels."""
-    h = max(8, int(round(height * ppm)))
-    w = max(8, int(round(length * ppm)))
-    tex = np.empty((h, w, 3), np.float32)
-    tex[:] = paint
-    up = height - (np.arange(h) + 0.5) / ppm
-    xs = (np.arange(w) + 0.5) / ppm
+    tex, up, xs = _painted_face(length, height, ppm, paint, min_px=(8, 8))
     band = (up > 1.2) & (up < height - 0.35)
     tex[band] = (glass[None, :] * (1.1 - 0.3 * ((up[band] - 1.2) / (height - 1.55)))[:, None])[:, None, :]
     posts = np.mod(xs, 1.6) < 0.12
