@@ -86,7 +86,7 @@ def test_official_numbers_under_numpy_1_23_5(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     pip = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "numpy==1.23.5",
-                          "opencv-python-headless==4.8.1.78"], capture_output=True, text=True,
+                          "opencv-python-headless==4.8.1.78", "tqdm"], capture_output=True, text=True,
                          timeout=600)
     if pip.returncode:
         pytest.skip(f"numpy 1.23.5 does not install here: {pip.stderr.strip()[-300:]}")
