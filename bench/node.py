@@ -37,8 +37,13 @@ import time
 
 import numpy as np
 
-CORE = ("anomaly_score", "ood_instances", "obstacles")
-VISUAL = ("anomaly_score/color", "overlay")
+from csl_ros.ros.outputs import MARKER_ARRAY, NODE_NAME, NODE_OUTPUTS
+
+# Topics (relative to the node) from the node outputs registry: the core outputs, and the visualisation
+# the node renders only for subscribers.
+CORE = tuple(NODE_OUTPUTS[key].topic for key in ("score", "instances", "obstacles"))
+VISUAL = tuple(NODE_OUTPUTS[key].topic for key in ("color", "overlay"))
+MARKER_TOPICS = frozenset(o.topic for o in NODE_OUTPUTS.values() if o.message == MARKER_ARRAY)
 
 
 def make_factory(kind: str):
@@ -155,7 +160,7 @@ class Client:
 
     def _on_diag(self, msg):
         for st in msg.status:
-            if st.name.startswith("/bench/csl_detector"):
+            if st.name.startswith(f"/bench/{NODE_NAME}"):
                 with self.lock:
                     self.diag = {kv.key: kv.value for kv in st.values}
 
@@ -168,14 +173,14 @@ class Client:
                 self.node.destroy_subscription(self.subs.pop(topic))
         for topic in topics:
             if topic not in self.subs:
-                typ = MarkerArray if topic == "obstacles" else Image
+                typ = MarkerArray if topic in MARKER_TOPICS else Image
                 self.subs[topic] = self.node.create_subscription(
-                    typ, f"/bench/csl_detector/{topic}", lambda m, t=topic: self._arrived(t, m), 5)
+                    typ, f"/bench/{NODE_NAME}/{topic}", lambda m, t=topic: self._arrived(t, m), 5)
         time.sleep(1.5)  # discovery: the node skips outputs it does not know a subscriber for
 
     def _arrived(self, topic, msg):
         now = time.monotonic()
-        header = msg.markers[0].header if topic == "obstacles" else msg.header
+        header = msg.markers[0].header if topic in MARKER_TOPICS else msg.header
         with self.lock:
             self.arrivals.setdefault(header.stamp.sec, {})[topic] = now
 
