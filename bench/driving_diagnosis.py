@@ -1,0 +1,113 @@
+"""Why the shipped default misses near obstacles on the held-out drives: a breakdown of the misses,
+the false alarms and the pixel AP of each drive (the numbers behind the issue-17 diagnosis).
+
+    python bench/driving_diagnosis.py --drives 10 --frames 30 [--cache DIR]
+
+Same drives, frames, detector and matching as ``bench/driving.py`` (its ``drive_frames``,
+``default_config`` and ``detect_cached``; the matching of :mod:`csl_ros.eval.driving`). Prints, per
+frame (untracked):
+
+* the near (< 30 m) ground-truth obstacles by cause of miss: no pixel at or above the threshold;
+  most pixels above it but only inside false instances (an oversized blob, e.g. the horizon or the
+  whole road, swallowed the obstacle); the rest; and recall by visible size;
+* the distance of the generator (obstacle centre) against the flat-ground contact point the
+  detector's instances use;
+* the near (< 10 m) false alarms: how many reach the bottom image border, and their sizes;
+* per drive: pixel AP on labelled pixels, the obstacles' median score, the share of road pixels at or
+  above the threshold, image brightness.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import driving  # noqa: E402  (bench/driving.py: drives, shipped config, cached detection)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--drives", type=int, default=10)
+    p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--seeds", default="", metavar="S1,S2,...", help="these drives instead of the test drives")
+    p.add_argument("--cache", type=Path, default=None, help="as bench/driving.py --cache")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    import torch
+    from sklearn.metrics import average_precision_score
+
+    from csl_ros.eval.driving import NEAR_M, component_distances, frame_geometry
+    from csl_ros.eval.instance_match import match_instances
+    from csl_ros.pipeline import Detector
+    from csl_ros.pipeline.instances import describe_instances, extract_instances
+
+    torch.set_num_threads(args.threads)
+    cfg = driving.default_config()
+    thr = cfg.score_threshold
+    detector = Detector.from_config(cfg)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
+        [driving.DRIVE_SEED + i for i in range(args.drives)]
+    near, false_near, offsets = [], [], []
+    print(f"score_threshold {thr:g}, input {cfg.input_height}x{cfg.input_width}, frames "
+          f"{driving.FRAME_SIZE[0]}x{driving.FRAME_SIZE[1]}; per frame (untracked)")
+    with torch.inference_mode():
+        for seed in seeds:
+            labels, scores, bright, gt_med = [], [], [], []
+            for stamp, rec, truth in driving.drive_frames(seed, args.frames):
+                a, regions = driving.detect_cached(detector, rec, cfg, args.cache, f"{seed}_{stamp}")
+                inst = extract_instances(a, regions, thr, cfg.min_instance_area,
+                                         min_split_fraction=cfg.min_split_fraction)
+                cam, source = frame_geometry(truth, rec.label.shape, cfg)
+                m = match_instances(inst, rec.label, 10)
+                comps = component_distances(m.gt, m.gt_counted, truth, cam, source)
+                detected = set(m.detected().tolist())
+                own = {r.id: r for r in describe_instances(
+                    np.where(np.isin(m.gt, list(comps)), m.gt, 0).astype(np.uint16), a, cam)}
+                for c, (d, _, _) in comps.items():
+                    px = m.gt == c
+                    if own[c].distance_m is not None:
+                        offsets.append(d - own[c].distance_m)
+                    if d < NEAR_M:
+                        near.append((c in detected, int(px.sum()), float((a[px] >= thr).mean()),
+                                     float((inst[px] > 0).mean())))
+                for r in describe_instances(inst, a, cam):
+                    if m.counted[r.instance] and not m.true[r.instance] and r.distance_m is not None \
+                            and r.distance_m < 10.0:
+                        false_near.append((r.bbox[3] >= a.shape[0], r.area_px))
+                valid = rec.label != 255
+                labels.append(rec.label[valid] == 1)
+                scores.append(a[valid])
+                bright.append(float(rec.rgb.mean()))
+            y, s = np.concatenate(labels), np.concatenate(scores)
+            ap = average_precision_score(y, s) if y.any() else float("nan")
+            print(f"drive {seed}: pixel AP {100 * ap:.1f} %, obstacle pixels {100 * y.mean():.2f} %, obstacle "
+                  f"median score {np.median(s[y]) if y.any() else float('nan'):.3f}, road pixels >= threshold "
+                  f"{100 * (s[~y] >= thr).mean():.1f} %, brightness {np.mean(bright):.0f}")
+    hit = np.array([n[0] for n in near], bool)
+    area = np.array([n[1] for n in near])
+    above = np.array([n[2] for n in near])
+    covered = np.array([n[3] for n in near])
+    miss = ~hit
+    print(f"near (< {NEAR_M:g} m) obstacles {hit.size}: detected {hit.sum()} ({100 * hit.mean():.1f} %); missed "
+          f"{miss.sum()}: no pixel >= threshold {(miss & (above == 0)).sum()}, > half inside false "
+          f"instances only {(miss & (covered > 0.5)).sum()}, other {(miss & (above > 0) & (covered <= 0.5)).sum()}")
+    for lo, hi in ((10, 50), (50, 200), (200, 1000), (1000, None)):
+        sel = (area >= lo) & (area < hi if hi else True)
+        if sel.any():
+            print(f"  visible area {lo}-{hi or ''} px: {sel.sum()} obstacles, recall {100 * hit[sel].mean():.1f} %")
+    off = np.array(offsets)
+    print(f"generator distance - contact-point distance: median {np.median(off):.2f} m, 10-90 % "
+          f"{np.percentile(off, 10):.2f}..{np.percentile(off, 90):.2f} m")
+    bottom = [a for b, a in false_near if b]
+    sizes = Counter("< 2k px" if a < 2000 else "> 20k px" if a > 20000 else "2k-20k px" for a in bottom)
+    print(f"near (< 10 m) false alarms {len(false_near)}: {len(bottom)} reach the bottom border "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(sizes.items()))})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
