@@ -31,11 +31,11 @@ import driving  # noqa: E402  (bench/driving.py: drives, shipped config, cached 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--drives", type=int, default=10)
-    p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--drives", type=int, default=10, help="number of held-out test drives (as bench/driving.py)")
+    p.add_argument("--frames", type=int, default=30, help="frames per drive")
     p.add_argument("--seeds", default="", metavar="S1,S2,...", help="these drives instead of the test drives")
     p.add_argument("--cache", type=Path, default=None, help="as bench/driving.py --cache")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
     import torch
     from sklearn.metrics import average_precision_score
