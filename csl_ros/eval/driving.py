@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from csl_ros.eval.figures import legend_below, new_figure, save_figure
-from csl_ros.eval.instance_match import match_instances
+from csl_ros.eval.instance_match import InstanceMatch, match_instances
 from csl_ros.pipeline.geometry import CameraGeometry
 from csl_ros.pipeline.instances import describe_instances
 from csl_ros.pipeline.tracking import Tracker, TrackingParams
@@ -186,10 +186,11 @@ class DrivingAccumulator:
         self.tracker.reset()
 
     def add(self, stamp_ns: int, labels: np.ndarray, instances: np.ndarray, scores: np.ndarray,
-            truth: GroundTruth | None) -> dict:
-        """Score one frame (in stamp order); returns its per-frame counts."""
+            truth: GroundTruth | None, match: InstanceMatch | None = None) -> dict:
+        """Score one frame (in stamp order); returns its per-frame counts. ``match``: the frame's
+        :func:`match_instances` when the caller already has it (same instances, labels and instsize)."""
         cam, cam_source = frame_geometry(truth, labels.shape, self.config)
-        m = match_instances(instances, labels, self.instsize)
+        m = match if match is not None else match_instances(instances, labels, self.instsize)
         records = describe_instances(instances, scores, cam)
         self.tracker.update(records, TrackingParams.from_config(self.config))
         confirmed = np.zeros(m.true.size, bool)
@@ -202,9 +203,10 @@ class DrivingAccumulator:
         comps = component_distances(m.gt, m.gt_counted, truth, cam, cam_source)
         self.sequences[-1].append(int(stamp_ns))
         row = {}
+        detected_by = {}
         for out, ok in shown.items():
             t = self.tally[out]
-            detected = set(m.detected(ok).tolist())
+            detected = detected_by[out] = set(m.detected(ok).tolist())
             true_pairs = m.pairs[(m.true & ok)[m.pairs[:, 0]]]
             t.fragments += int(true_pairs.shape[0])
             t.detected_total += len(detected)
@@ -220,7 +222,7 @@ class DrivingAccumulator:
             self.sources[source] += 1
             if key is not None:
                 self.sightings.setdefault((len(self.sequences) - 1, key), []).append(
-                    (int(stamp_ns), d, {o: c in set(m.detected(shown[o]).tolist()) for o in OUTPUTS}))
+                    (int(stamp_ns), d, {o: c in detected_by[o] for o in OUTPUTS}))
         row["gt"] = len(comps)
         return row
 

@@ -171,6 +171,17 @@ class ScoreSink:
     instances where the source gave none.
     """
 
+    @property
+    def config(self):
+        return self._config
+
+    @config.setter
+    def config(self, value) -> None:
+        # one config for every metric: the live evaluator replaces it with the node's settings
+        self._config = value
+        if hasattr(self, "driving"):
+            self.driving.config = value
+
     def __init__(self, config, track: str = "obstacle", protocol: str = "official",
                  sweeps: Sequence[Sweep] = (), cache_dir: str | Path | None = None,
                  video_path: str | Path | None = None, video_fps: float = 10.0,
@@ -245,9 +256,10 @@ class ScoreSink:
             inst = extract_instances(prepared, regions, cfg.score_threshold, cfg.min_instance_area,
                                      min_split_fraction=cfg.min_split_fraction)
             self._recomputed_instances += 1
-        counts = instance_counts(inst, labels, self.spec.instsize)
+        match = match_instances(inst, labels, self.spec.instsize)
+        counts = match.counts()
         self.instances_total = _add_counts(self.instances_total, counts)
-        drive = self.driving.add(frame.stamp_ns, labels, inst, prepared, frame.truth)
+        drive = self.driving.add(frame.stamp_ns, labels, inst, prepared, frame.truth, match=match)
         # what the second pass, the sweeps and the worst-frame pictures need
         has_regions = frame.regions is not None and frame.regions.shape == labels.shape
         if self.sweeps:

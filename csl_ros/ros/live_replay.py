@@ -39,7 +39,7 @@ from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
 from csl_ros.config import DetectorConfig, apply_overrides
-from csl_ros.eval.bag import BagReader
+from csl_ros.eval.bag import BagReader, stamp_ns_of
 from csl_ros.eval.driving import ground_truth_of
 from csl_ros.eval.evaluate import bag_lag_ns, image_count, progress_bar, salvage_report
 from csl_ros.eval.scoring import ScoredFrame
@@ -98,10 +98,6 @@ class _Inbox:
 
     def __post_init__(self):
         self.arrived = threading.Condition(self.lock)
-
-
-def _stamp_of(header) -> int:
-    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
 
 
 def _set_stamp(header, stamp_ns: int, frame_id: str = "camera_optical_frame") -> None:
@@ -248,7 +244,7 @@ class LiveReplay:
                 inbox.errors.append(str(exc))
             return
         with inbox.arrived:
-            inbox.scores[_stamp_of(msg.header)] = (arr, time.monotonic())
+            inbox.scores[stamp_ns_of(msg)] = (arr, time.monotonic())
             inbox.arrived.notify_all()
 
     def _on_instances(self, msg) -> None:
@@ -259,7 +255,7 @@ class LiveReplay:
         if arr.dtype != np.uint16:
             return
         with self.inbox.arrived:
-            self.inbox.instances[_stamp_of(msg.header)] = arr
+            self.inbox.instances[stamp_ns_of(msg)] = arr
             self.inbox.arrived.notify_all()
 
     def _on_diagnostics(self, msg) -> None:

@@ -10,6 +10,7 @@ y down, z forward, metres); :class:`Mounting` (the camera's pose in an ``output_
 """
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ class Mounting:
 
     def rotation(self) -> np.ndarray:
         """3x3 rotation output <- optical: Rz(yaw) Ry(pitch) Rx(roll) BODY_FROM_OPTICAL."""
+        return self._rotation
+
+    @functools.cached_property
+    def _rotation(self) -> np.ndarray:
+        # once per mounting, not per obstacle point (a frozen dataclass: the angles never change)
         r, p, y = (math.radians(a) for a in (self.roll_deg, self.pitch_deg, self.yaw_deg))
         rx = np.array([[1, 0, 0], [0, math.cos(r), -math.sin(r)], [0, math.sin(r), math.cos(r)]])
         ry = np.array([[math.cos(p), 0, math.sin(p)], [0, 1, 0], [-math.sin(p), 0, math.cos(p)]])

@@ -76,10 +76,7 @@ def sibling_topic(topic: str, key: str, of: str = "score") -> str:
     """The topic of output ``key`` next to ``topic``, the node's output ``of``:
     ``/ns/csl_detector/anomaly_score`` -> ``/ns/csl_detector/ood_instances`` for ``key="instances"``.
     A topic that is not output ``of`` is taken as the node's own name."""
-    base = topic.rstrip("/")
-    suffix = "/" + NODE_OUTPUTS[of].topic
-    node = base[: -len(suffix)] if base.endswith(suffix) else base
-    return f"{node}/{NODE_OUTPUTS[key].topic}"
+    return f"{node_of_topic(topic, of)}/{NODE_OUTPUTS[key].topic}"
 
 
 def node_of_topic(topic: str, of: str = "score") -> str:
