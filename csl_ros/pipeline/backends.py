@@ -29,6 +29,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from csl_ros.model.integrity import sha256_file
+
 log = logging.getLogger("csl_ros.backend")
 
 BACKENDS = ("auto", "eager", "torchscript", "compile", "onnxruntime", "tensorrt")
@@ -125,19 +127,11 @@ def _torchscript(module, example, path: Path, force: bool):
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _export_onnx(module, example, path: Path, force: bool) -> None:
     """Export ``module`` to ``path`` unless a cached copy matches the SHA-256 written beside it."""
     digest = path.with_name(path.name + ".sha256")
     if path.is_file() and not force:
-        if digest.is_file() and digest.read_text().strip() == _file_sha256(path):
+        if digest.is_file() and digest.read_text().strip() == sha256_file(path):
             log.info("loading cached ONNX model %s", path)
             return
         log.warning("cached ONNX model %s does not match its recorded SHA-256; exporting it again", path)
@@ -150,7 +144,7 @@ def _export_onnx(module, example, path: Path, force: bool) -> None:
                           output_names=[f"out{i}" for i in range(n_out)], opset_version=ONNX_OPSET,
                           dynamo=False)
     tmp.replace(path)
-    digest.write_text(_file_sha256(path) + "\n")
+    digest.write_text(sha256_file(path) + "\n")
 
 
 class OrtRunner:
@@ -254,7 +248,14 @@ def compile_network(module: torch.nn.Module, example: torch.Tensor, *, backend: 
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
     module = module.eval().to(device)
-    model_hash = model_hash or module_sha256(module)
+    weights_key = model_hash
+
+    def cache_key() -> str:
+        # hashed only by the backends that cache a file: eager and compile never pay for it
+        nonlocal weights_key
+        weights_key = weights_key or module_sha256(module)
+        return weights_key
+
     fp16 = precision == "fp16" and device.type == "cuda"
     channels_last = device.type == "cpu"
     if channels_last:
@@ -271,7 +272,7 @@ def compile_network(module: torch.nn.Module, example: torch.Tensor, *, backend: 
             if kind == "eager":
                 fn = module
             elif kind == "torchscript":
-                path = _cache_path(cache_dir, model_hash, example.shape, "fp32", kind,
+                path = _cache_path(cache_dir, cache_key(), example.shape, "fp32", kind,
                                    f"torch{torch.__version__.split('+')[0]}{'_cl' if channels_last else ''}")
                 fn = _torchscript(module, example, path, force_rebuild)
             elif kind == "compile":
@@ -280,7 +281,7 @@ def compile_network(module: torch.nn.Module, example: torch.Tensor, *, backend: 
             elif kind == "onnxruntime":
                 if not onnxruntime_providers(device):
                     raise RuntimeError("onnxruntime is not installed")
-                path = _cache_path(cache_dir, model_hash, example.shape, "fp32", kind,
+                path = _cache_path(cache_dir, cache_key(), example.shape, "fp32", kind,
                                    f"torch{torch.__version__.split('+')[0]}_opset{ONNX_OPSET}")
                 _export_onnx(module, example.contiguous(), path, force_rebuild)
                 fn = OrtRunner(path, device, fp16, path.parent)
@@ -293,7 +294,7 @@ def compile_network(module: torch.nn.Module, example: torch.Tensor, *, backend: 
 
                 # Engines are specific to the GPU architecture as well as to TensorRT's version.
                 major, minor = torch.cuda.get_device_capability(device)
-                path = _cache_path(cache_dir, model_hash, example.shape, "fp16", kind,
+                path = _cache_path(cache_dir, cache_key(), example.shape, "fp16", kind,
                                    f"trt{tensorrt.__version__}_sm{major}{minor}")
                 # A half copy: the float module must stay intact for the eager fallback.
                 fn = _tensorrt(copy.deepcopy(module).half(), example, path, force_rebuild)

@@ -101,7 +101,7 @@ class Detector:
     def __init__(self, cfg: DetectorConfig, student=None, teacher=None, *, model_hash: str = "",
                  regions=None):
         """``regions``: a region proposer replacing the student's regions (``regions: mask2former``;
-        images → (region probabilities B×N×h/4×w/4, validity B×N))."""
+        images → (region logits B×N×h/4×w/4, validity v_n B×N))."""
         cfg.validate()
         self.config = cfg
         self.device = resolve_device(cfg.device)
@@ -273,7 +273,7 @@ class Detector:
         region_logits = validity = distribution = None
         if self.network is not None:
             with timer.stage("network"):
-                region_logits, validity_logits, distribution = self.network(x.float())
+                region_logits, validity_logits, distribution = self.network(xd.float())
                 validity = validity_logits.float().softmax(-1)[..., 0]
         teacher_maps = teacher_seg = None
         if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
