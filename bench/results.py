@@ -301,8 +301,19 @@ def distillation_fidelity(frames, keep, args):
 
     from csl_ros.eval.metrics import PixelAccumulator
 
+    from csl_ros.shipped import resolve_shipped
+    from csl_ros.teachers.teacher import build_teacher
+
     student = student_for("1", args).inner
-    teacher_maps = keep[("teacher_only", "sml", "soft")]
+    # the teacher it was distilled from: the closed-set stage of the shipped segmenter (the shipped
+    # teacher is that model after outlier exposure, models/teacher_segmenter.md)
+    distilled_from = build_teacher("sml", segmenter_path=args.distill_teacher or resolve_shipped(
+        "teacher_segmenter_closed_set"), device="cpu")
+    teacher_maps = []
+    with torch.inference_mode():
+        for start in range(0, len(frames), args.batch):
+            x = torch.from_numpy(np.stack([f.image for f in frames[start:start + args.batch]])).permute(0, 3, 1, 2)
+            teacher_maps += [(m[0].numpy(), None) for m in distilled_from(x).score_map]
     acc = PixelAccumulator("official")
     xs, ys, labs = [], [], []
     with torch.inference_mode():
@@ -478,7 +489,7 @@ def write_markdown(path, args, m):
               f"| *diagnostic:* SML + ground-truth regions (Eq. 3 with perfect proposals) | {fmt(oracle['ap'])} | "
               f"{fmt(oracle['fpr95'])} |",
               "", f"Scheme-1 distillation on the test frames (every 2nd pixel): Pearson correlation of D̂ with the "
-              f"SML teacher's map {fidelity['pearson']:.3f} over all pixels, {fidelity['pearson_road']:.3f} on road, "
+              f"SML map of the teacher it was distilled from (`teacher_segmenter_closed_set`) {fidelity['pearson']:.3f} over all pixels, {fidelity['pearson_road']:.3f} on road, "
               f"{fidelity['pearson_obstacle']:.3f} on obstacles; mean D̂ / mean D {fidelity['mean_dhat']:.3f} / "
               f"{fidelity['mean_teacher']:.3f} over all pixels, {fidelity['mean_dhat_road']:.3f} / "
               f"{fidelity['mean_teacher_road']:.3f} on road, {fidelity['mean_dhat_obstacle']:.3f} / "
@@ -534,6 +545,8 @@ def main(argv=None) -> int:
     p.add_argument("--student-ca", default="", help="class-agnostic student checkpoint (default: the shipped student_ca)")
     p.add_argument("--student-scheme1", default="", help="scheme-1 student checkpoint (default: the shipped student_scheme1)")
     p.add_argument("--segmenter", default="", help="closed-set segmenter checkpoint (default: the shipped teacher_segmenter)")
+    p.add_argument("--distill-teacher", default="", help="segmenter the scheme-1 student was distilled from "
+                   "(SML), for the distillation fidelity (default: the shipped teacher_segmenter_closed_set)")
     p.add_argument("--stats", default="", help="its SML statistics JSON (default: the shipped teacher_segmenter_stats)")
     p.add_argument("--notes", default="docs/results_notes.md",
                    help="hand-written analysis appended under a 'hand-written' heading, its {name} "

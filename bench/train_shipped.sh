@@ -4,10 +4,12 @@
 #   bash bench/train_shipped.sh [RUN_DIR]        # default RUN_DIR=/tmp/csl_runs
 #
 # Steps: render the in-distribution training frames once into ~/.cache/csl_ros/synthroad (seeds 0..999,
-# obstacles="none"), train the closed-set segmenter, fit its SML statistics / calibration on
-# validation seeds 1,000,000+, train the class-agnostic student, then the scheme-1 student
-# (initialised from the class-agnostic one, distilled from the frozen SML teacher), and register
-# every file in models/manifest.json with its SHA-256. No OOD data is used anywhere.
+# obstacles="none"), train the closed-set segmenter, fine-tune it with synthetic negatives (patches of
+# the same in-distribution frames pasted on the road: outlier exposure without OOD data), fit its SML
+# statistics / calibration on validation seeds 1,000,000+, train the class-agnostic student, then the
+# scheme-1 student (initialised from the class-agnostic one, distilled from the frozen SML teacher), and
+# register every file in models/manifest.json with its SHA-256. No OOD data (and no obstacle of the
+# test generator) is used anywhere.
 set -euo pipefail
 R=${1:-/tmp/csl_runs}
 M=$(cd "$(dirname "$0")/.." && pwd)/models
@@ -27,36 +29,53 @@ $CSL train student --prepare-only --set data.synth_frames=1000
 # 2. closed-set segmenter (teacher base), LR-ASPP MobileNetV3, from scratch
 $CSL train segmenter --out "$R/segmenter" --set frames=1000 --set render_size=256x512 \
   --set crop_size=128x256 --set scale_range=0.5,1.25 --set steps=4000 --set batch_size=8 --set lr=1e-3 \
-  --set num_threads=1 --set checkpoint_every=500 --set val_frames=100 --export "$M/teacher_segmenter.safetensors"
+  --set num_threads=1 --set checkpoint_every=500 --set val_frames=100 \
+  --export "$M/teacher_segmenter_closed_set.safetensors"
 
-# 3. SML statistics + global calibrations on in-distribution validation frames
-$CSL teacher fit-stats --segmenter "$M/teacher_segmenter.safetensors" --data synthroad \
-  --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter.stats.json"
+# 3. its SML statistics + global calibrations on in-distribution validation frames (for step 5)
+$CSL teacher fit-stats --segmenter "$M/teacher_segmenter_closed_set.safetensors" --data synthroad \
+  --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter_closed_set.stats.json"
 
 # 4. class-agnostic CSL student (scheme 2 default)
 $CSL train student --scheme ca --out "$R/student_ca" "${STUDENT_COMMON[@]}" --set optim.max_steps=4000 \
   --export "$M/student_ca.safetensors" --export-dtype int8
 
-# 5. scheme-1 student: + distillation head, Huber loss against the frozen SML teacher. lambda_d = 100:
+# 5. scheme-1 student: + distillation head, Huber loss against the frozen SML teacher of step 2 (the
+#    shipped scheme-1 student was distilled before step 6 existed). lambda_d = 100:
 #    the teacher's calibrated maps are near 0 on in-distribution frames, so with the spec's lambda_d = 1
 #    the Huber term is ~1/6000 of the loss and the shared features never serve the distillation.
 #    Huber delta 0.1 (the training default): on [0, 1] maps the spec's delta = 1 is plain 0.5 * MSE.
 $CSL train student --scheme 1 --out "$R/student_scheme1" "${STUDENT_COMMON[@]}" --set optim.max_steps=1500 \
   --set student.distill_weight=100 --set student.huber_delta=0.1 \
   --set student.init_from="$R/student_ca/student.safetensors" --set student.teacher=sml \
-  --set student.teacher_path="$M/teacher_segmenter.safetensors" \
-  --set student.teacher_stats_path="$M/teacher_segmenter.stats.json" \
+  --set student.teacher_path="$M/teacher_segmenter_closed_set.safetensors" \
+  --set student.teacher_stats_path="$M/teacher_segmenter_closed_set.stats.json" \
   --export "$M/student_scheme1.safetensors" --export-dtype int8
 
-# 6. manifest
+# 6. the shipped teacher: outlier exposure with synthetic negatives (csl_ros.training.negatives), a
+#    fine-tuning of step 2 with patches of other in-distribution frames pasted on the road and entropy
+#    maximisation on their pixels (Chan et al. 2021). No OOD data and none of the test obstacles; see
+#    models/teacher_segmenter.md. Then its statistics / calibrations as in step 3.
+$CSL train segmenter --out "$R/segmenter_oe" --set frames=1000 --set render_size=256x512 \
+  --set crop_size=128x256 --set scale_range=0.5,1.25 --set steps=1200 --set batch_size=8 --set lr=3e-4 \
+  --set warmup_steps=50 --set num_threads=2 --set negatives_max=3 --set negative_weight=1.0 \
+  --set init_from="$M/teacher_segmenter_closed_set.safetensors" --set checkpoint_every=200 --set val_frames=100 \
+  --export "$M/teacher_segmenter.safetensors"
+$CSL teacher fit-stats --segmenter "$M/teacher_segmenter.safetensors" --data synthroad \
+  --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter.stats.json"
+
+# 7. manifest
 python - "$M" <<'EOF'
 import sys
 from pathlib import Path
 from csl_ros.shipped import register_shipped
 m = Path(sys.argv[1])
-for name, file, kind in [("teacher_segmenter", "teacher_segmenter.safetensors", "segmenter"),
+for name, file, kind in [("teacher_segmenter_closed_set", "teacher_segmenter_closed_set.safetensors", "segmenter"),
+                         ("teacher_segmenter_closed_set_stats", "teacher_segmenter_closed_set.stats.json", "teacher_stats"),
+                         ("teacher_segmenter", "teacher_segmenter.safetensors", "segmenter"),
                          ("teacher_segmenter_stats", "teacher_segmenter.stats.json", "teacher_stats"),
                          ("student_ca", "student_ca.safetensors", "student"),
                          ("student_scheme1", "student_scheme1.safetensors", "student")]:
-    print(name, register_shipped(name, m / file, kind, m, card=Path(file).name.split(".")[0] + ".md"))
+    card = "teacher_segmenter.md" if name.startswith("teacher_") else Path(file).name.split(".")[0] + ".md"
+    print(name, register_shipped(name, m / file, kind, m, card=card))
 EOF

@@ -42,7 +42,7 @@ class DetectorConfig:
                        "'2' = fuse the teacher's per-pixel scores with the student's regions, "
                        "'teacher_only' = the teacher's scores without fusion (for comparison).",
                        choices=SCHEMES, reload=True)
-    teacher: str = _opt("sml", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, "
+    teacher: str = _opt("msp", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, "
                         + ", ".join(f"{n} ({TEACHER_REGISTRY.entry(n).help})" if TEACHER_REGISTRY.entry(n).help
                                     else n for n in TEACHER_REGISTRY)
                         + ", or onnx (an external method exported to ONNX, see teacher_path).",

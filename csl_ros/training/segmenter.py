@@ -9,7 +9,9 @@ and the loss. At the end the segmenter checkpoint (``segmenter.safetensors``) pl
 on held-out validation seeds.
 
 Only in-distribution frames are used (synthroad ``obstacles="none"``): no OOD data is ever used for
-training, as in the paper. Each step's batch (frame indices and augmentation) is a pure function of
+training, as in the paper. With ``negatives_max > 0`` the run is outlier exposure with synthetic
+negatives cut from the same in-distribution frames (:mod:`csl_ros.training.negatives`), usually as a
+fine-tuning (``init_from``) of a trained segmenter. Each step's batch (frame indices and augmentation) is a pure function of
 (seed, step, rank), as the student's, so a resumed run continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
@@ -28,12 +30,13 @@ import yaml
 from csl_ros.data.synthroad import render_frame
 from csl_ros.model.device import resolve_device
 from csl_ros.settings import setting, validation_errors
-from csl_ros.teachers.segmenter import CITYSCAPES_CLASSES, ClosedSetSegmenter, preset, save_segmenter
+from csl_ros.teachers.segmenter import CITYSCAPES_CLASSES, ClosedSetSegmenter, load_segmenter, preset, save_segmenter
 
 from .config import DATASETS as TRAIN_DATASETS
 from .config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
+from .negatives import paste_negatives, uniform_cross_entropy
 
 IGNORE_INDEX = 255
 
@@ -63,6 +66,15 @@ class SegmenterTrainConfig:
     scale_range: tuple = setting((0.75, 1.5), "random resize factors lo,hi")
     hflip: bool = setting(True, "random horizontal flip (p = 0.5)")
     color_jitter: float = setting(0.3, "brightness/contrast/saturation factors in [1-j, 1+j]", range=(0.0, 0.999))
+    # outlier exposure with synthetic negatives (csl_ros.training.negatives); 0 = the plain closed-set model
+    negatives_max: int = setting(0, "synthetic negatives (patches of other training frames) pasted on the "
+                                 "road of each crop: 0..N at random; 0 disables outlier exposure", range=(0, 64))
+    negative_size: tuple = setting((0.03, 0.35), "negative height as a fraction of the crop height lo,hi "
+                                   "(log-uniform)")
+    negative_weight: float = setting(1.0, "weight of the entropy maximisation on negative pixels (Chan et al. "
+                                     "2021) against the cross-entropy on the rest", range=(0.0, math.inf))
+    init_from: str = setting("", "segmenter checkpoint to start from (fine-tuning, e.g. outlier exposure "
+                             "of a trained model); empty: random initialisation")
     # optimisation
     steps: int = setting(2000, "optimisation steps", range=(1, 2**31 - 1))
     batch_size: int = setting(4, "images per step", range=(1, 2**31 - 1))
@@ -100,6 +112,8 @@ class SegmenterTrainConfig:
             errors.append("dataset cityscapes needs root (the folder holding leftImg8bit/ and gtFine/)")
         if not (0 < self.scale_range[0] <= self.scale_range[1]):
             errors.append(f"scale_range must be 0 < lo <= hi, got {self.scale_range}")
+        if len(self.negative_size) != 2 or not (0 < self.negative_size[0] <= self.negative_size[1] <= 1):
+            errors.append(f"negative_size must be 0 < lo <= hi <= 1, got {self.negative_size}")
         if errors:
             raise ValueError("invalid segmenter training config: " + "; ".join(errors))
 
@@ -252,19 +266,30 @@ class SegmenterTask:
         self.cfg, self.env, self.dataset = cfg, env, dataset
         self.batch_size = per_worker_batch(cfg.batch_size, env)
 
-    def make_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def make_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, trainIds, negative pixels): the pasted negatives' pixels are void in the trainIds."""
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, self.env.rank))
         idx = torch.randint(0, len(self.dataset), (self.batch_size,), generator=gen).tolist()
-        pairs = [augment(*self.dataset[i], self.cfg, gen) for i in idx]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        images, labels, outliers = [], [], []
+        for i in idx:
+            img, lab = augment(*self.dataset[i], self.cfg, gen)
+            count = int(torch.randint(0, self.cfg.negatives_max + 1, (), generator=gen)) if self.cfg.negatives_max else 0
+            out = paste_negatives(img, lab, self.dataset, gen, count, self.cfg.negative_size)
+            images.append(img)
+            labels.append(lab.masked_fill(out, IGNORE_INDEX))
+            outliers.append(out)
+        return torch.stack(images), torch.stack(labels), torch.stack(outliers)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = (t.to(self.env.device) for t in batch)
+        x, y, outlier = (t.to(self.env.device) for t in batch)
         logits, aux = model(x, with_aux=True)
-        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+        ce = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
         if aux is not None and self.cfg.aux_weight > 0:
-            loss = loss + self.cfg.aux_weight * F.cross_entropy(aux.float(), y, ignore_index=IGNORE_INDEX)
-        return loss, {}
+            ce = ce + self.cfg.aux_weight * F.cross_entropy(aux.float(), y, ignore_index=IGNORE_INDEX)
+        if self.cfg.negatives_max == 0:
+            return ce, {}
+        neg = uniform_cross_entropy(logits, outlier)
+        return ce + self.cfg.negative_weight * neg, {"ce": ce.detach(), "negatives": neg.detach()}
 
     def batch_images(self, batch) -> int:
         return int(batch[0].shape[0])
@@ -294,6 +319,11 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
 
     torch.manual_seed(cfg.seed)  # weight initialisation
     model = ClosedSetSegmenter(preset(cfg.preset, num_classes=cfg.num_classes))
+    if cfg.init_from:   # integrity-checked load; the architecture must be the configured one
+        start = load_segmenter(cfg.init_from, expected_num_classes=cfg.num_classes)
+        if start.config.arch != model.config.arch:
+            raise ValueError(f"{cfg.init_from}: a {start.config.arch} segmenter, the run trains {model.config.arch}")
+        model.net.load_state_dict({k: v.float() for k, v in start.net.state_dict().items()})
     trainer = Trainer(cfg.recipe(), env, model, _param_groups(model, cfg), SegmenterTask(cfg, env, dataset),
                       out, name="segmenter", record=cfg)
     summary = trainer.run(resume=cfg.resume, stop_at_step=stop_at_step)

@@ -1,0 +1,110 @@
+"""Synthetic negatives on the road, for outlier exposure without any OOD data.
+
+A closed-set segmenter trained on in-distribution frames only is confident on most unseen objects: a
+blue box on the road is "car" or "building" to it, so every logit teacher (MSP, max logit, SML,
+entropy, energy) scores it as known. Outlier exposure (Hendrycks et al. 2019) fixes this by showing
+the network outliers during training; SMIYC methods usually paste COCO/ADE20K objects (Meta-OoD,
+PEBAL, RbA+OE). We use no outside data and none of the test obstacles: the negatives are
+CutPaste-style (Li et al., CVPR 2021) patches cut from *other in-distribution frames* with a random
+polygon outline and a random colour gain, standing on a road pixel of the crop. The network learns
+"something that does not belong here, on the road" without ever seeing an obstacle of the test
+generator (``csl_ros.data.synthroad.obstacles`` is not used). The loss on their pixels is the
+entropy maximisation of Chan et al. (ICCV 2021, Meta-OoD): cross-entropy against the uniform
+distribution over the K classes.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROAD_TRAIN_ID = 0
+MAX_SOURCE_ROAD_FRACTION = 0.3   # a patch that is mostly road would teach "road is anomalous"
+SOURCE_TRIES = 4
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def _randint(gen: torch.Generator, n: int) -> int:
+    return int(torch.randint(0, max(1, n), (), generator=gen))
+
+
+def polygon_mask(h: int, w: int, gen: torch.Generator) -> np.ndarray:
+    """(h, w) bool: a random star-shaped polygon filling most of the box (6-11 vertices)."""
+    k = 6 + _randint(gen, 6)
+    angles = np.sort(torch.rand(k, generator=gen).numpy().astype(np.float64) * 2 * math.pi)
+    radii = 0.55 + 0.45 * torch.rand(k, generator=gen).numpy().astype(np.float64)
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    pts = np.stack([cx + radii * np.cos(angles) * w / 2.0, cy + radii * np.sin(angles) * h / 2.0], 1)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    return mask.astype(bool)
+
+
+def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Generator, count: int,
+                    size_range: tuple[float, float]) -> torch.Tensor:
+    """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited
+    in place); returns the (h, w) bool mask of the pasted pixels.
+
+    ``sources``: indexable of (H×W×3 uint8 RGB, H×W trainIds), the training frames. A negative's
+    height is a log-uniform fraction ``size_range`` of the crop height (far and near), its width
+    0.5-2 times that; its bottom centre is a random road pixel of the crop (it stands on the road).
+    Source patches that are mostly road are redrawn (``MAX_SOURCE_ROAD_FRACTION``)."""
+    _, h, w = img.shape
+    outlier = torch.zeros(h, w, dtype=torch.bool)
+    road = (lab == ROAD_TRAIN_ID).nonzero()
+    if count <= 0 or road.shape[0] == 0 or len(sources) == 0:
+        return outlier
+    lo, hi = size_range
+    for _ in range(count):
+        ph = max(3, round(h * math.exp(_uniform(gen, math.log(lo), math.log(hi)))))
+        pw = max(3, round(ph * math.exp(_uniform(gen, math.log(0.5), math.log(2.0)))))
+        patch = None
+        for _ in range(SOURCE_TRIES):
+            src_img, src_lab = sources[_randint(gen, len(sources))]
+            sh, sw = src_lab.shape
+            if sh < 4 or sw < 4:
+                continue
+            # the source box at the source's own scale, resized to the negative's size
+            bh, bw = min(sh, max(4, ph)), min(sw, max(4, pw))
+            y0, x0 = _randint(gen, sh - bh + 1), _randint(gen, sw - bw + 1)
+            if float((src_lab[y0:y0 + bh, x0:x0 + bw] == ROAD_TRAIN_ID).mean()) > MAX_SOURCE_ROAD_FRACTION:
+                continue
+            patch = torch.from_numpy(np.ascontiguousarray(src_img[y0:y0 + bh, x0:x0 + bw])).permute(2, 0, 1)
+            patch = patch.float().div_(255.0)
+            break
+        if patch is None:
+            continue
+        patch = F.interpolate(patch[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
+        gain = torch.tensor([_uniform(gen, 0.6, 1.4) for _ in range(3)]).view(3, 1, 1)
+        patch = (patch * gain * _uniform(gen, 0.5, 1.3)).clamp_(0, 1)
+        shape = torch.from_numpy(polygon_mask(ph, pw, gen))
+        by, bx = (int(v) for v in road[_randint(gen, road.shape[0])])
+        top, left = by - ph + 1, bx - pw // 2
+        # clip the negative to the crop
+        t0, l0 = max(0, top), max(0, left)
+        t1, l1 = min(h, top + ph), min(w, left + pw)
+        if t1 <= t0 or l1 <= l0:
+            continue
+        m = shape[t0 - top:t1 - top, l0 - left:l1 - left]
+        region = img[:, t0:t1, l0:l1]
+        region[:, m] = patch[:, t0 - top:t1 - top, l0 - left:l1 - left][:, m]
+        outlier[t0:t1, l0:l1] |= m
+    return outlier
+
+
+def uniform_cross_entropy(logits: torch.Tensor, outlier: torch.Tensor) -> torch.Tensor:
+    """Entropy maximisation on the outlier pixels (Chan et al. 2021): mean over those pixels of
+    ``-(1/K) sum_k log softmax(z)_k``, the cross-entropy against the uniform distribution (minimal,
+    log K, when the prediction is uniform). ``logits`` (B, K, H, W), ``outlier`` (B, H, W) bool;
+    0 when there is no outlier pixel."""
+    if not bool(outlier.any()):
+        return logits.sum() * 0.0
+    logp = F.log_softmax(logits.float(), dim=1)
+    per_pixel = -logp.mean(dim=1)
+    return per_pixel[outlier].mean()

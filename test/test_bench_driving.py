@@ -1,0 +1,36 @@
+"""bench/driving.py: the rule that picks the shipped threshold and tracking."""
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_driving", BENCH / "driving.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _results(points):
+    return {name: (None, {"tracked": {"near": {"recall": r}, "false_alarms_per_frame": fa}})
+            for name, (r, fa) in points.items()}
+
+
+def test_choose_takes_the_best_recall_within_the_false_alarm_budget():
+    choose = _load().choose
+    res = _results({"a": (0.9, 0.5), "b": (0.6, 0.15), "c": (0.7, 0.1), "d": (0.7, 0.05)})
+    name, rule = choose(res, 0.15, reference=(0.2, 2.0))
+    assert name == "d" and "<= 0.15" in rule     # equal recall: fewer false alarms
+
+
+def test_choose_falls_back_to_fewest_false_alarms_without_losing_recall():
+    choose = _load().choose
+    res = _results({"more recall": (0.45, 1.3), "fewest fa": (0.30, 0.7), "too little recall": (0.10, 0.2),
+                    "same fa, less recall": (0.25, 0.7)})
+    name, rule = choose(res, 0.15, reference=(0.28, 1.5))
+    assert name == "fewest fa" and "fewest false alarms" in rule
+    assert choose(res, 0.15, reference=(0.9, 1.5)) == (None, "no setting qualifies")
+    assert choose(res, 0.15)[0] is None

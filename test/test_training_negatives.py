@@ -1,0 +1,154 @@
+"""Outlier exposure with synthetic negatives (csl_ros.training.negatives) in the segmenter trainer."""
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from csl_ros.teachers.segmenter import ClosedSetSegmenter, load_segmenter, preset, save_segmenter
+from csl_ros.training.distributed import DistEnv
+from csl_ros.training.negatives import (MAX_SOURCE_ROAD_FRACTION, ROAD_TRAIN_ID, paste_negatives,
+                                        polygon_mask, uniform_cross_entropy)
+from csl_ros.training.segmenter import SegmenterTask, SegmenterTrainConfig, train_segmenter
+
+from test_teachers_train import ToyScenes, _cfg
+
+torch.set_num_threads(2)
+
+
+def _road_bottom_frame(h=64, w=128):
+    """Label: sky (10) above row 40, road (0) from row 40 down; the image a flat grey."""
+    lab = np.full((h, w), 10, np.uint8)
+    lab[40:] = ROAD_TRAIN_ID
+    img = np.full((h, w, 3), 128, np.uint8)
+    return img, lab
+
+
+def _sources(n=3, h=64, w=128):
+    """Source frames with no road at all: bright random colours."""
+    rng = np.random.default_rng(1)
+    return [(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), np.full((h, w), 2, np.uint8)) for _ in range(n)]
+
+
+def _as_tensors(img, lab):
+    return torch.from_numpy(img).permute(2, 0, 1).float() / 255.0, torch.from_numpy(lab).long()
+
+
+def test_negatives_stand_on_the_road_and_change_only_their_own_pixels():
+    img, lab = _road_bottom_frame()
+    x, y = _as_tensors(img, lab)
+    before = x.clone()
+    out = paste_negatives(x, y, _sources(), torch.Generator().manual_seed(0), count=4, size_range=(0.05, 0.1))
+    assert out.any()
+    changed = (x != before).any(0)
+    assert not (changed & ~out).any(), "pixels outside the negatives changed"
+    rows = out.nonzero()[:, 0]
+    # a negative's bottom centre is a road pixel and it is at most 0.1 * 64 px tall
+    assert int(rows.min()) >= 40 - math.ceil(0.1 * 64)
+    assert int((rows >= 40).sum()) > 0.5 * rows.numel(), "negatives stand on the road band"
+
+
+def test_same_generator_same_negatives():
+    img, lab = _road_bottom_frame()
+    a, ya = _as_tensors(img, lab)
+    b, yb = _as_tensors(img, lab)
+    ma = paste_negatives(a, ya, _sources(), torch.Generator().manual_seed(5), 3, (0.05, 0.3))
+    mb = paste_negatives(b, yb, _sources(), torch.Generator().manual_seed(5), 3, (0.05, 0.3))
+    assert torch.equal(ma, mb) and torch.equal(a, b)
+
+
+def test_no_negative_without_road_or_from_road_sources():
+    img, lab = _road_bottom_frame()
+    x, y = _as_tensors(img, np.full_like(lab, 10))      # no road in the crop
+    before = x.clone()
+    assert not paste_negatives(x, y, _sources(), torch.Generator().manual_seed(0), 3, (0.05, 0.3)).any()
+    assert torch.equal(x, before)
+    road_sources = [(s[0], np.full_like(s[1], ROAD_TRAIN_ID)) for s in _sources()]   # all road
+    x, y = _as_tensors(img, lab)
+    assert MAX_SOURCE_ROAD_FRACTION < 1.0
+    assert not paste_negatives(x, y, road_sources, torch.Generator().manual_seed(0), 3, (0.05, 0.3)).any()
+
+
+def test_polygon_mask_fills_most_of_its_box():
+    m = polygon_mask(40, 60, torch.Generator().manual_seed(3))
+    assert m.shape == (40, 60)
+    assert 0.3 < m.mean() < 1.0
+    assert m[20].any() and m[:, 30].any()
+
+
+def test_uniform_cross_entropy_by_hand():
+    k = 19
+    out = torch.zeros(1, 4, 4, dtype=torch.bool)
+    out[0, 1:3, 1:3] = True
+    uniform = torch.zeros(1, k, 4, 4)
+    assert float(uniform_cross_entropy(uniform, out)) == pytest.approx(math.log(k), abs=1e-6)
+    confident = torch.zeros(1, k, 4, 4)
+    confident[:, 3] = 10.0
+    # -(1/K) sum_k log p_k with one logit 10 above the rest
+    logz = math.log(math.exp(10.0) + k - 1)
+    expect = -((10.0 - logz) + (k - 1) * (0.0 - logz)) / k
+    assert float(uniform_cross_entropy(confident, out)) == pytest.approx(expect, rel=1e-5)
+    assert float(uniform_cross_entropy(confident, torch.zeros_like(out))) == 0.0
+    # only the outlier pixels count
+    mixed = confident.clone()
+    mixed[:, :, 1:3, 1:3] = 0.0
+    assert float(uniform_cross_entropy(mixed, out)) == pytest.approx(math.log(k), abs=1e-6)
+
+
+def test_task_batches_void_the_negatives_and_the_loss_has_its_term(tmp_path):
+    env = DistEnv(device=torch.device("cpu"))
+    ds = ToyScenes(4)
+    cfg = _cfg(tmp_path, negatives_max=3, negative_size=(0.1, 0.3), batch_size=4)
+    task = SegmenterTask(cfg, env, ds)
+    x, y, out = task.make_batch(0)
+    assert out.any()
+    assert bool((y[out] == 255).all())
+    model = ClosedSetSegmenter(preset(cfg.preset, num_classes=cfg.num_classes))
+    with torch.no_grad():
+        loss, logs = task.loss(model, (x, y, out))
+    assert set(logs) == {"ce", "negatives"}
+    assert float(loss) == pytest.approx(float(logs["ce"]) + cfg.negative_weight * float(logs["negatives"]), rel=1e-5)
+    plain = SegmenterTask(_cfg(tmp_path, negatives_max=0, batch_size=4), env, ds)
+    x0, y0, out0 = plain.make_batch(0)
+    assert not out0.any()
+    with torch.no_grad():
+        loss0, logs0 = plain.loss(model, (x0, y0, out0))
+    assert logs0 == {}
+
+
+def test_init_from_starts_at_the_given_weights_and_refuses_another_architecture(tmp_path):
+    torch.manual_seed(7)
+    start = ClosedSetSegmenter(preset("lraspp_mobilenet_v3_large", num_classes=19))
+    path = save_segmenter(start, tmp_path / "start.safetensors")
+    # lr ~ 0: the run's result is its starting point
+    res = train_segmenter(_cfg(tmp_path, steps=1, lr=1e-12, init_from=str(path)), dataset=ToyScenes(2))
+    got = dict(load_segmenter(res.segmenter_path).net.named_parameters())
+    want = dict(start.net.named_parameters())   # parameters: BatchNorm statistics move in training mode
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5
+    other = save_segmenter(ClosedSetSegmenter(preset("fpn_resnet18", num_classes=19)), tmp_path / "fpn.safetensors")
+    with pytest.raises(ValueError, match="fpn.safetensors"):
+        train_segmenter(_cfg(tmp_path, out_dir=str(tmp_path / "run2"), steps=1, init_from=str(other)),
+                        dataset=ToyScenes(2))
+
+
+def test_outlier_exposure_fine_tuning_lowers_the_negatives_term(tmp_path):
+    """A trained toy segmenter fine-tuned with negatives (``init_from``): the entropy-maximisation
+    term falls from confident (well above log K) towards log K, its minimum, while the closed-set
+    cross-entropy stays low."""
+    ds = ToyScenes(4)
+    plain = train_segmenter(_cfg(tmp_path, out_dir=str(tmp_path / "plain"), steps=40, lr=5e-3), dataset=ds)
+    res = train_segmenter(_cfg(tmp_path, out_dir=str(tmp_path / "oe"), steps=30, lr=2e-3, log_every=1,
+                               negatives_max=3, negative_size=(0.15, 0.4), init_from=str(plain.segmenter_path)),
+                          dataset=ds)
+    rows = list(csv.DictReader(open(res.log_path)))
+    extra = [dict(kv.split("=") for kv in r["extra"].split()) for r in rows]
+    neg = np.array([float(e["negatives"]) for e in extra])
+    ce = np.array([float(e["ce"]) for e in extra])
+    has = neg > 0                                  # steps whose batch drew at least one negative
+    assert has.sum() >= 20
+    first, last = neg[has][:5].mean(), neg[has][-10:].mean()
+    assert first > math.log(19) + 1.0, "the trained model starts confident on the negatives"
+    assert last < first - 0.5 * (first - math.log(19))
+    assert neg[has].min() >= math.log(19) - 1e-4     # the uniform distribution is the minimum
+    assert ce[-10:].mean() < 1.0
