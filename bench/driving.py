@@ -79,8 +79,12 @@ def settings_grid(base, tune: bool, split_fractions=()):
 
 def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
     """The fused map and regions of one frame; with ``cache``, kept there across runs (keyed by the
-    settings that change the network output)."""
-    models = hashlib.sha256(f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}".encode()).hexdigest()[:8]
+    settings that change the network output, and by the shipped manifest: new shipped models, new key)."""
+    from csl_ros.shipped import MANIFEST, models_dir
+
+    shipped = (models_dir() / MANIFEST).read_bytes() if (models_dir() / MANIFEST).is_file() else b""
+    models = f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}".encode() + shipped
+    models = hashlib.sha256(models).hexdigest()[:8]
     tag = (f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}_"
            f"{cfg.assignment_resolution}_{models}")
     path = cache / tag / f"{key}.npz" if cache is not None else None

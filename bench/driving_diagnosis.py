@@ -12,7 +12,9 @@ frame (untracked):
   whole road, swallowed the obstacle); the rest; and recall by visible size;
 * the distance of the generator (obstacle centre) against the flat-ground contact point the
   detector's instances use;
-* the near (< 10 m) false alarms: how many reach the bottom image border, and their sizes;
+* recall of the near obstacles by obstacle kind (box, plank, cylinder, tyre, bag, polygon);
+* the false alarms by distance band of their contact point, and the near (< 10 m) ones: how many
+  reach the bottom image border, and their sizes;
 * per drive: pixel AP on labelled pixels, the obstacles' median score, the share of road pixels at or
   above the threshold, image brightness.
 """
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     import torch
     from sklearn.metrics import average_precision_score
 
-    from csl_ros.eval.driving import NEAR_M, component_distances, frame_geometry
+    from csl_ros.eval.driving import BANDS, NEAR_M, band_label, band_of, component_distances, frame_geometry
     from csl_ros.eval.instance_match import match_instances
     from csl_ros.pipeline import Detector
     from csl_ros.pipeline.instances import describe_instances, extract_instances
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
         [driving.DRIVE_SEED + i for i in range(args.drives)]
     near, false_near, offsets = [], [], []
+    false_bands = Counter()
     print(f"score_threshold {thr:g}, input {cfg.input_height}x{cfg.input_width}, frames "
           f"{driving.FRAME_SIZE[0]}x{driving.FRAME_SIZE[1]}; per frame (untracked)")
     with torch.inference_mode():
@@ -67,17 +70,19 @@ def main(argv=None) -> int:
                 detected = set(m.detected().tolist())
                 own = {r.id: r for r in describe_instances(
                     np.where(np.isin(m.gt, list(comps)), m.gt, 0).astype(np.uint16), a, cam)}
-                for c, (d, _, _) in comps.items():
+                kind_of = {o.get("instance_id"): o.get("kind", "?") for o in (truth.obstacles or [])}
+                for c, (d, _, key) in comps.items():
                     px = m.gt == c
                     if own[c].distance_m is not None:
                         offsets.append(d - own[c].distance_m)
                     if d < NEAR_M:
                         near.append((c in detected, int(px.sum()), float((a[px] >= thr).mean()),
-                                     float((inst[px] > 0).mean())))
+                                     float((inst[px] > 0).mean()), kind_of.get(key, "?")))
                 for r in describe_instances(inst, a, cam):
-                    if m.counted[r.instance] and not m.true[r.instance] and r.distance_m is not None \
-                            and r.distance_m < 10.0:
-                        false_near.append((r.bbox[3] >= a.shape[0], r.area_px))
+                    if m.counted[r.instance] and not m.true[r.instance]:
+                        false_bands[band_of(r.distance_m)] += 1
+                        if r.distance_m is not None and r.distance_m < 10.0:
+                            false_near.append((r.bbox[3] >= a.shape[0], r.area_px))
                 valid = rec.label != 255
                 labels.append(rec.label[valid] == 1)
                 scores.append(a[valid])
@@ -95,6 +100,9 @@ def main(argv=None) -> int:
     print(f"near (< {NEAR_M:g} m) obstacles {hit.size}: detected {hit.sum()} ({100 * hit.mean():.1f} %); missed "
           f"{miss.sum()}: no pixel >= threshold {(miss & (above == 0)).sum()}, > half inside false "
           f"instances only {(miss & (covered > 0.5)).sum()}, other {(miss & (above > 0) & (covered <= 0.5)).sum()}")
+    kinds = np.array([n[4] for n in near])
+    print("  recall by obstacle kind (synthroad generator): " + ", ".join(
+        f"{k} {hit[kinds == k].sum()}/{(kinds == k).sum()}" for k in sorted(set(kinds.tolist()))))
     for lo, hi in ((10, 50), (50, 200), (200, 1000), (1000, None)):
         sel = (area >= lo) & (area < hi if hi else True)
         if sel.any():
@@ -102,6 +110,9 @@ def main(argv=None) -> int:
     off = np.array(offsets)
     print(f"generator distance - contact-point distance: median {np.median(off):.2f} m, 10-90 % "
           f"{np.percentile(off, 10):.2f}..{np.percentile(off, 90):.2f} m")
+    print("false alarms (per frame, untracked) by distance band: " + ", ".join(
+        f"{band_label(*BANDS[k]) if k is not None else 'unknown'} {false_bands[k]}"
+        for k in [*range(len(BANDS)), None] if false_bands[k]))
     bottom = [a for b, a in false_near if b]
     sizes = Counter("< 2k px" if a < 2000 else "> 20k px" if a > 20000 else "2k-20k px" for a in bottom)
     print(f"near (< 10 m) false alarms {len(false_near)}: {len(bottom)} reach the bottom border "

@@ -1,17 +1,9 @@
 """bench/driving.py: the rule that picks the shipped threshold and tracking."""
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from bench_modules import load_bench
 
 
 def _load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_driving", BENCH / "driving.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("driving")
 
 
 def _results(points):

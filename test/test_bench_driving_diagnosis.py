@@ -1,20 +1,13 @@
 """bench/driving_diagnosis.py: the breakdown of near misses is a partition of the missed obstacles."""
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from bench_modules import load_bench
 
 
 def _load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_driving_diagnosis", BENCH / "driving_diagnosis.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("driving_diagnosis")
 
 
 @pytest.mark.slow
@@ -29,5 +22,9 @@ def test_miss_causes_add_up_and_every_drive_is_reported(capsys):
     assert total > 0 and hit + missed == total and none + swallowed + other == missed
     sizes = [int(n) for n in re.findall(r"visible area \S+ px: (\d+) obstacles", out)]
     assert sum(sizes) == total
+    kinds = re.search(r"recall by obstacle kind \(synthroad generator\): (.*)", out).group(1)
+    per_kind = [tuple(map(int, f.split()[1].split("/"))) for f in kinds.split(", ")]
+    assert sum(n for _, n in per_kind) == total and sum(k for k, _ in per_kind) == hit
+    assert re.search(r"false alarms \(per frame, untracked\) by distance band: ", out)
     fa = re.search(r"false alarms (\d+): (\d+) reach the bottom border", out)
     assert fa and int(fa.group(2)) <= int(fa.group(1))

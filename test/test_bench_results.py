@@ -1,6 +1,5 @@
 """bench/results.py: the ablation rows mean what their labels say, and the hand-written analysis can
 only cite numbers the run produced."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,10 @@ from csl_ros.config import DetectorConfig
 from csl_ros.model import build_student, connected_components, get_preset, hard_assign
 from csl_ros.pipeline import Detector
 
-
-def _results_module():
-    path = Path(__file__).resolve().parents[1] / "bench" / "results.py"
-    spec = importlib.util.spec_from_file_location("bench_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_modules import load_bench
 
 
-results = _results_module()
+results = load_bench("results")
 
 
 @pytest.fixture(scope="module")

@@ -239,10 +239,10 @@ def test_plan_rejects_invalid_values_without_clamping(changes, words):
 
 def test_plan_reload_fields_only_when_not_active():
     with pytest.raises(ValueError, match="teacher needs a model reload: deactivate/cleanup the node first"):
-        plan_parameter_changes(DetectorConfig(), NodeConfig(), {"teacher": "msp"}, active=True)
+        plan_parameter_changes(DetectorConfig(), NodeConfig(), {"teacher": "energy"}, active=True)
     # Setting a reload field to its current value is harmless while active.
     plan_parameter_changes(DetectorConfig(), NodeConfig(), {"teacher": DetectorConfig().teacher}, active=True)
-    plan = plan_parameter_changes(DetectorConfig(), NodeConfig(), {"teacher": "msp", "use_compressed": True},
+    plan = plan_parameter_changes(DetectorConfig(), NodeConfig(), {"teacher": "energy", "use_compressed": True},
                                   active=False)
     assert sorted(plan.reload_changes) == ["teacher", "use_compressed"]
     assert plan.runtime_detector_changes == {}

@@ -380,7 +380,7 @@ def test_float_parameter_accepts_an_integer(rig_factory):
     ({"teacher": "bogus"}, "teacher='bogus' is not one of"),
     ({"fusion_mode": "sum"}, "is not one of"),
     ({"score_threshold": "high"}, "Wrong parameter type"),
-    ({"teacher": "msp"}, "teacher needs a model reload: deactivate/cleanup the node first"),
+    ({"teacher": "energy"}, "teacher needs a model reload: deactivate/cleanup the node first"),
     ({"use_compressed": True}, "use_compressed needs a model reload"),
 ])
 def test_invalid_or_reload_parameters_rejected_with_reason(rig_factory, values, words):
@@ -400,13 +400,13 @@ def test_reload_parameter_accepted_while_inactive_and_applied_on_activate(rig_fa
     rig = rig_factory()
     assert _change_state(rig, Transition.TRANSITION_DEACTIVATE)
     assert rig.node.lifecycle_state == "inactive"
-    (res,) = _set_remote(rig, teacher="msp")
+    (res,) = _set_remote(rig, teacher="energy")
     assert res.successful, res.reason
     assert rig.node.detector is rig.detectors[0]  # not rebuilt until activation
     assert _change_state(rig, Transition.TRANSITION_ACTIVATE)  # rebuilds with the new teacher
     rig.wait_connected()  # the rebuilt topics are new endpoints
     assert len(rig.detectors) == 2 and rig.detectors[0].closed
-    assert rig.node.detector.config.teacher == "msp"
+    assert rig.node.detector.config.teacher == "energy"
     rig.send(blob_image(200), 5)
     rig.wait_answer(5)
 

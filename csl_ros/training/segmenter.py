@@ -11,8 +11,9 @@ on held-out validation seeds.
 Only in-distribution frames are used (synthroad ``obstacles="none"``): no OOD data is ever used for
 training, as in the paper. With ``negatives_max > 0`` the run is outlier exposure with synthetic
 negatives cut from the same in-distribution frames (:mod:`csl_ros.training.negatives`), usually as a
-fine-tuning (``init_from``) of a trained segmenter. Each step's batch (frame indices and augmentation) is a pure function of
-(seed, step, rank), as the student's, so a resumed run continues exactly as an uninterrupted one.
+fine-tuning (``init_from``) of a trained segmenter. Each step's batch (frame indices, augmentation,
+negatives) is a pure function of (seed, step, rank), as the student's, so a resumed run continues
+exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ import yaml
 from csl_ros.data.synthroad import render_frame
 from csl_ros.model.device import resolve_device
 from csl_ros.settings import setting, validation_errors
-from csl_ros.teachers.segmenter import CITYSCAPES_CLASSES, ClosedSetSegmenter, load_segmenter, preset, save_segmenter
+from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, load_segmenter, preset,
+                                        save_segmenter)
 
 from .config import DATASETS as TRAIN_DATASETS
 from .config import DataConfig, OptimConfig, RunConfig, TrainConfig
@@ -273,7 +275,8 @@ class SegmenterTask:
         images, labels, outliers = [], [], []
         for i in idx:
             img, lab = augment(*self.dataset[i], self.cfg, gen)
-            count = int(torch.randint(0, self.cfg.negatives_max + 1, (), generator=gen)) if self.cfg.negatives_max else 0
+            count = int(torch.randint(0, self.cfg.negatives_max + 1, (), generator=gen)) \
+                if self.cfg.negatives_max else 0
             out = paste_negatives(img, lab, self.dataset, gen, count, self.cfg.negative_size)
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
