@@ -134,8 +134,8 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
 
 
 def choose(results, max_fa: float, reference: tuple[float, float] | None = None):
-    """The tuned setting: highest tracked near recall with tracked false alarms/frame <= max_fa. When
-    no setting gets there: the fewest false alarms among the settings that keep at least the
+    """The tuned setting: highest tracked near recall with tracked false alarms/frame <= max_fa (and a
+    recall above 0 and at least the reference's). When no setting gets there: the fewest false alarms among the settings that keep at least the
     reference's near recall (``reference`` = (recall, false alarms/frame) of the run's base settings on
     the same drives), so the choice never gives up recall; a phantom obstacle every few frames is
     what makes a detector unusable in a car, so false alarms are what the fallback removes. Returns
@@ -143,7 +143,9 @@ def choose(results, max_fa: float, reference: tuple[float, float] | None = None)
     def tracked(r):
         return r["tracked"]["near"]["recall"] or 0.0, r["tracked"]["false_alarms_per_frame"] or 0.0
 
-    ok = [(*tracked(r), name) for name, (_, r) in results.items() if tracked(r)[1] <= max_fa]
+    floor = reference[0] if reference is not None else 0.0   # never below the base settings' recall
+    ok = [(*tracked(r), name) for name, (_, r) in results.items()
+          if tracked(r)[1] <= max_fa and tracked(r)[0] >= floor and tracked(r)[0] > 0]
     if ok:
         return max(ok, key=lambda t: (t[0], -t[1]))[2], f"tracked false alarms/frame <= {max_fa:g}"
     if reference is not None:

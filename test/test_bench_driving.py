@@ -25,4 +25,7 @@ def test_choose_falls_back_to_fewest_false_alarms_without_losing_recall():
     name, rule = choose(res, 0.15, reference=(0.28, 1.5))
     assert name == "fewest fa" and "fewest false alarms" in rule
     assert choose(res, 0.15, reference=(0.9, 1.5)) == (None, "no setting qualifies")
+    # a setting that finds nothing has no false alarms either: never chosen for its budget
+    silent = _results({"finds nothing": (0.0, 0.0), "some": (0.3, 0.9)})
+    assert choose(silent, 0.15, reference=(0.2, 1.5))[0] == "some"
     assert choose(res, 0.15)[0] is None
