@@ -56,14 +56,21 @@ def test_train_gpu_dry_run_writes_shipped_files_cards_manifest_and_results(tmp_p
     from csl_ros.shipped import resolve_shipped
     from csl_ros.teachers.teacher import build_teacher
 
-    for name in ("teacher_segmenter", "teacher_segmenter_stats", "student_ca", "student_scheme1"):
+    for name in ("teacher_segmenter", "teacher_segmenter_stats", "teacher_segmenter_closed_set",
+                 "teacher_segmenter_closed_set_stats", "student_ca", "student_scheme1"):
         path = resolve_shipped(name, tmp_path)  # in the manifest, SHA-256 checked
         assert (tmp_path / json.loads((tmp_path / "manifest.json").read_text())["models"][name]["card"]).is_file()
     assert load_checkpoint(tmp_path / "student_scheme1.safetensors").model.has_distribution
     build_teacher("sml", segmenter_path=tmp_path / "teacher_segmenter.safetensors",
                   stats_path=tmp_path / "teacher_segmenter.stats.json", device="cpu")
     summary = json.loads((tmp_path / "train_gpu.json").read_text())
-    assert set(summary["stages"]) == {"render", "segmenter", "statistics", "student_ca", "student_scheme1", "results"}
+    assert set(summary["stages"]) == {"render", "segmenter", "statistics", "student_ca", "student_scheme1",
+                                      "outlier_exposure", "statistics_oe", "results"}
+    # the shipped teacher is the closed-set one after outlier exposure; scheme 1 learned from the closed set
+    oe = summary["stages"]["outlier_exposure"]["command"]
+    assert f"init_from={tmp_path / 'teacher_segmenter_closed_set.safetensors'}" in oe and "negatives_max=3" in oe
+    s1 = summary["stages"]["student_scheme1"]["command"]
+    assert f"student.teacher_path={tmp_path / 'teacher_segmenter_closed_set.safetensors'}" in s1
     results = json.loads((tmp_path / "results.json").read_text())
     assert "2/sml/soft" in results["rows"] and "AUPR" in (tmp_path / "results.md").read_text()
     assert "Trained in" in (tmp_path / "student_ca.md").read_text()
