@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -77,14 +78,20 @@ def settings_grid(base, tune: bool, split_fractions=()):
     return grid
 
 
+@functools.lru_cache(maxsize=1)
+def _shipped_manifest() -> bytes:
+    """The shipped manifest's bytes (read once per process, not once per frame)."""
+    from csl_ros.shipped import MANIFEST, models_dir
+
+    path = models_dir() / MANIFEST
+    return path.read_bytes() if path.is_file() else b""
+
+
 def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
     """The fused map and regions of one frame; with ``cache``, kept there across runs (keyed by the
     settings that change the network output, and by the shipped manifest: new shipped models, new key)."""
-    from csl_ros.shipped import MANIFEST, models_dir
-
-    shipped = (models_dir() / MANIFEST).read_bytes() if (models_dir() / MANIFEST).is_file() else b""
-    models = f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}".encode() + shipped
-    models = hashlib.sha256(models).hexdigest()[:8]
+    models = f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}".encode()
+    models = hashlib.sha256(models + _shipped_manifest()).hexdigest()[:8]
     tag = (f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}_"
            f"{cfg.assignment_resolution}_{models}")
     path = cache / tag / f"{key}.npz" if cache is not None else None
@@ -135,8 +142,8 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
 
 def choose(results, max_fa: float, reference: tuple[float, float] | None = None):
     """The tuned setting: highest tracked near recall with tracked false alarms/frame <= max_fa (and a
-    recall above 0 and at least the reference's). When no setting gets there: the fewest false alarms among the settings that keep at least the
-    reference's near recall (``reference`` = (recall, false alarms/frame) of the run's base settings on
+    recall above 0 and at least the reference's). When no setting gets there: the fewest false alarms
+    among the settings that keep at least the reference's near recall (``reference`` = (recall, false alarms/frame) of the run's base settings on
     the same drives), so the choice never gives up recall; a phantom obstacle every few frames is
     what makes a detector unusable in a car, so false alarms are what the fallback removes. Returns
     (name, rule)."""

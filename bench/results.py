@@ -290,7 +290,7 @@ def oracle_fusion(frames, keep):
     return {"ap": r.ap, "fpr95": r.fpr95}
 
 
-def distillation_fidelity(frames, keep, args):
+def distillation_fidelity(frames, args):
     """Scheme 1 without the fusion: how well the distilled head D-hat reproduces its SML teacher on the
     test frames (Pearson correlation and means over all pixels, and separately over road and obstacle
     pixels; mean absolute difference; the fraction of pixels whose residual |D-hat - D| exceeds the
@@ -300,7 +300,6 @@ def distillation_fidelity(frames, keep, args):
     import torch.nn.functional as F
 
     from csl_ros.eval.metrics import PixelAccumulator
-
     from csl_ros.shipped import resolve_shipped
     from csl_ros.teachers.teacher import build_teacher
 
@@ -309,23 +308,19 @@ def distillation_fidelity(frames, keep, args):
     # teacher is that model after outlier exposure, models/teacher_segmenter.md)
     distilled_from = build_teacher("sml", segmenter_path=args.distill_teacher or resolve_shipped(
         "teacher_segmenter_closed_set"), device="cpu")
-    teacher_maps = []
-    with torch.inference_mode():
-        for start in range(0, len(frames), args.batch):
-            x = torch.from_numpy(np.stack([f.image for f in frames[start:start + args.batch]])).permute(0, 3, 1, 2)
-            teacher_maps += [(m[0].numpy(), None) for m in distilled_from(x).score_map]
     acc = PixelAccumulator("official")
     xs, ys, labs = [], [], []
     with torch.inference_mode():
         for start in range(0, len(frames), args.batch):
             chunk = frames[start:start + args.batch]
-            x = torch.from_numpy(np.stack([f.image for f in chunk])).permute(0, 3, 1, 2).float()
-            dhat = F.interpolate(student(x).distribution[:, :1], scale_factor=4, mode="bilinear",
+            x = torch.from_numpy(np.stack([f.image for f in chunk])).permute(0, 3, 1, 2)
+            teacher = distilled_from(x).score_map[:, 0].float().numpy()
+            dhat = F.interpolate(student(x.float()).distribution[:, :1], scale_factor=4, mode="bilinear",
                                  align_corners=False)[:, 0].numpy()
-            for f, d, (t, _) in zip(chunk, dhat, teacher_maps[start:start + args.batch]):
+            for f, d, t in zip(chunk, dhat, teacher):
                 acc.update(d, f.ood_labels, f"{f.seed}")
                 xs.append(d[::2, ::2].ravel())
-                ys.append(t.astype(np.float32)[::2, ::2].ravel())
+                ys.append(t[::2, ::2].ravel())
                 labs.append(f.ood_labels[::2, ::2].ravel())
     r = acc.result(with_curve=False)
     x, y, lab = np.concatenate(xs), np.concatenate(ys), np.concatenate(labs)
@@ -489,7 +484,8 @@ def write_markdown(path, args, m):
               f"| *diagnostic:* SML + ground-truth regions (Eq. 3 with perfect proposals) | {fmt(oracle['ap'])} | "
               f"{fmt(oracle['fpr95'])} |",
               "", f"Scheme-1 distillation on the test frames (every 2nd pixel): Pearson correlation of D̂ with the "
-              f"SML map of the teacher it was distilled from (`teacher_segmenter_closed_set`) {fidelity['pearson']:.3f} over all pixels, {fidelity['pearson_road']:.3f} on road, "
+              f"SML map of the teacher it was distilled from (`teacher_segmenter_closed_set`) "
+              f"{fidelity['pearson']:.3f} over all pixels, {fidelity['pearson_road']:.3f} on road, "
               f"{fidelity['pearson_obstacle']:.3f} on obstacles; mean D̂ / mean D {fidelity['mean_dhat']:.3f} / "
               f"{fidelity['mean_teacher']:.3f} over all pixels, {fidelity['mean_dhat_road']:.3f} / "
               f"{fidelity['mean_teacher_road']:.3f} on road, {fidelity['mean_dhat_obstacle']:.3f} / "
@@ -582,7 +578,7 @@ def main(argv=None) -> int:
     if args.scheme1_only:
         log(f"rendered {len(test)} test frames")
         results, keep = run_rows(test, args, log)
-        fidelity = distillation_fidelity(test, keep, args)
+        fidelity = distillation_fidelity(test, args)
         log(f"scheme-1 distillation: {fidelity}")
         if args.json:
             Path(args.json).write_text(json.dumps({"rows": {"/".join(k): v for k, v in results.items()},
@@ -598,7 +594,7 @@ def main(argv=None) -> int:
     diag = diagnostics(test, keep)
     oracle = oracle_fusion(test, keep)
     log(f"oracle-region fusion: {oracle}")
-    fidelity = distillation_fidelity(test, keep, args)
+    fidelity = distillation_fidelity(test, args)
     log(f"scheme-1 distillation: {fidelity}")
     tuned = tune_threshold(args)
     log(f"default score_threshold: {tuned}")
