@@ -93,7 +93,7 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
     models = f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}".encode()
     models = hashlib.sha256(models + _shipped_manifest()).hexdigest()[:8]
     tag = (f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}_"
-           f"{cfg.assignment_resolution}_{models}")
+           f"{cfg.assignment_resolution}_{models}" + (f"_x{cfg.test_scale:g}" if cfg.test_scale != 1.0 else ""))
     path = cache / tag / f"{key}.npz" if cache is not None else None
     if path is not None and path.is_file():
         z = np.load(path)

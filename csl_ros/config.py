@@ -116,6 +116,11 @@ class DetectorConfig:
                              "carries its own replaces the default.", range=(64, 4096), reload=True)
     input_width: int = _opt(512, "Network input width in pixels (default: as input_height).",
                             range=(64, 8192), reload=True)
+    test_scale: float = _opt(1.0, "Test-time second scale: also run the networks at test_scale x the "
+                             "input size and take the geometric mean of the two fused maps (small and "
+                             "distant obstacles get more pixels; what only one scale sees fades). The "
+                             "regions of the instances stay those of the input size. 1 = single scale.",
+                             range=(1.0, 4.0))
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True,
                        device=True)
     backend: str = _opt("auto", "Inference backend of the student and the teacher: auto (the fastest "

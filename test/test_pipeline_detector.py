@@ -30,7 +30,7 @@ def teacher():
 
 def make(scheme, student, teacher, tmp_path, **kw):
     cfg = DetectorConfig(scheme=scheme, device="cpu", backend=kw.pop("backend", "eager"),
-                         engine_cache_dir=str(tmp_path), **SIZE, **kw)
+                         engine_cache_dir=str(tmp_path), **{**SIZE, **kw})
     return Detector(cfg, student=student if scheme != "teacher_only" else None,
                     teacher=teacher if scheme != "1" else None)
 
@@ -282,3 +282,25 @@ def test_from_config_takes_the_checkpoints_settings_left_at_the_default(student,
     assert (cfg.input_height, cfg.input_width, cfg.score_threshold) == (96, 160, 0.4)
     cfg = Detector.from_config(apply_overrides(base, {"score_threshold": 0.7, "input_height": 64})).config
     assert (cfg.input_height, cfg.input_width, cfg.score_threshold) == (64, 160, 0.7)
+
+
+@pytest.mark.parametrize("scheme", ["1", "2", "teacher_only"])
+def test_test_scale_is_the_geometric_mean_of_the_two_scales(scheme, student, teacher, tmp_path):
+    """test_scale 2: the fused map is sqrt(map at the input size x map at twice it); the regions, and so
+    the instances' cut, stay those of the input size."""
+    img = np.random.default_rng(3).integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    one = make(scheme, student, teacher, tmp_path, backend="torchscript").detect_batch([img])[0]
+    big = make(scheme, student, teacher, tmp_path, input_height=128, input_width=256)
+    big_out = big.detect_batch([img])[0]
+    both = make(scheme, student, teacher, tmp_path, backend="torchscript", test_scale=2.0,
+                score_threshold=0.2, min_instance_area=1).detect_batch([img])[0]
+    np.testing.assert_allclose(both.anomaly_map, np.sqrt(one.anomaly_map * big_out.anomaly_map), atol=1e-5)
+    assert DetectorConfig().test_scale == 1.0   # the schema default is single scale
+    if scheme == "teacher_only":
+        assert both.regions is None
+    else:
+        np.testing.assert_array_equal(both.regions, one.regions)
+    assert any(k.endswith("x2") for k in both.timings_ms)
+    from csl_ros.pipeline.instances import extract_instances
+    np.testing.assert_array_equal(both.instances, extract_instances(both.anomaly_map, both.regions, 0.2, 1,
+                                                                    min_split_fraction=0.25))

@@ -123,7 +123,8 @@ class Detector:
         self.teacher_network: CompiledModel | None = None
         if student is not None and cfg.scheme != "teacher_only" and regions is None:
             example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
-            self.network = self._compile(_StudentForward(student), example, model_hash, "student")
+            self._student_eager = _StudentForward(student).to(self.device).eval()  # test_scale runs
+            self.network = self._compile(self._student_eager, example, model_hash, "student")
         if teacher is not None:
             teacher.model.to(self.device)
             # The teacher's segmenter goes through the same backends (an ONNX teacher already is a
@@ -241,9 +242,11 @@ class Detector:
         det.tentative = [o for o in tracked if not o.confirmed]
         return det
 
-    def _letterbox(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Resize each image to fit the network size keeping its aspect ratio; pad bottom/right."""
-        H, W = self.config.input_height, self.config.input_width
+    def _letterbox(self, images: list[np.ndarray], size: tuple[int, int] | None = None
+                   ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Resize each image to fit the network size (``size``, default the configured input size)
+        keeping its aspect ratio; pad bottom/right."""
+        H, W = size or (self.config.input_height, self.config.input_width)
         batch = np.zeros((len(images), H, W, 3), np.uint8)
         valid = []
         for i, img in enumerate(images):
@@ -256,9 +259,55 @@ class Detector:
             valid.append((h, w))
         return torch.from_numpy(batch).permute(0, 3, 1, 2), valid  # uint8 B x 3 x H x W
 
+    def _fused_maps(self, images: list[np.ndarray], timer: StageTimer, scale: float = 1.0) -> list[tuple]:
+        """Per image: (fused anomaly map H0 x W0 float tensor on the device, region labels or None,
+        the teacher's segmentation at the valid network size or None) with the networks at ``scale``
+        x the input size. Scale 1 runs the compiled networks; another scale runs them eagerly (the
+        compiled ones are built for the input size)."""
+        cfg = self.config
+        size = None if scale == 1.0 else (round(cfg.input_height * scale), round(cfg.input_width * scale))
+        suffix = "" if scale == 1.0 else f" x{scale:g}"
+        with timer.stage("preprocess" + suffix):
+            x, valid = self._letterbox(images, size)
+            xd = x.to(self.device)  # one tensor for the teacher and shared regions (matched by identity)
+        region_logits = validity = distribution = None
+        if self.network is not None:
+            with timer.stage("network" + suffix):
+                net = self.network if size is None else self._student_eager
+                region_logits, validity_logits, distribution = net(xd.float())
+                validity = validity_logits.float().softmax(-1)[..., 0]
+        teacher_maps = teacher_seg = None
+        if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
+            with timer.stage("teacher" + suffix):  # before shared Mask2Former regions: they reuse its pass
+                t_out = self.teacher(xd, network=self.teacher_network if size is None else None)
+                teacher_maps = t_out.score_map
+                teacher_seg = t_out.segmentation
+        if self.regions is not None:
+            with timer.stage("regions" + suffix):
+                region_logits, validity = self.regions(xd)
+        out = []
+        for b, img in enumerate(images):
+            H0, W0 = img.shape[:2]
+            h, w = valid[b]
+            with timer.stage("assignment" + suffix):
+                regions = None
+                if region_logits is not None:
+                    regions = self._assign(region_logits[b], validity[b], (h, w), (H0, W0))
+            with timer.stage("fusion" + suffix):
+                if cfg.scheme == "1":
+                    d = distribution[b, :1]
+                    d = F.interpolate(d[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
+                else:
+                    d = teacher_maps[b]
+                d = _crop_resize(d[:, :h, :w], (H0, W0))
+                fused = _fusion(d, regions, cfg.fusion_mode)[0] if regions is not None else d[0]
+                fused = fused.clamp_(0.0, 1.0).float()
+            out.append((fused, regions, teacher_seg[b, :h, :w] if teacher_seg is not None else None))
+        return out
+
     @torch.inference_mode()
     def detect_batch(self, images, cameras=None) -> list[Detection]:
-        """Run several images (e.g. cameras) in one forward pass."""
+        """Run several images (e.g. cameras) in one forward pass (two with ``test_scale`` > 1)."""
         if len(images) == 0:
             return []
         images = [as_rgb_uint8(im) for im in images]
@@ -267,48 +316,20 @@ class Detector:
             raise ValueError(f"{len(images)} images but {len(cameras)} cameras")
         cfg = self.config
         timer = StageTimer(self.device)
-        with timer.stage("preprocess"):
-            x, valid = self._letterbox(images)
-            xd = x.to(self.device)  # one tensor for the teacher and shared regions (matched by identity)
-        region_logits = validity = distribution = None
-        if self.network is not None:
-            with timer.stage("network"):
-                region_logits, validity_logits, distribution = self.network(xd.float())
-                validity = validity_logits.float().softmax(-1)[..., 0]
-        teacher_maps = teacher_seg = None
-        if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
-            with timer.stage("teacher"):  # before shared Mask2Former regions: they reuse its pass
-                t_out = self.teacher(xd, network=self.teacher_network)
-                teacher_maps = t_out.score_map
-                teacher_seg = t_out.segmentation
-        if self.regions is not None:
-            with timer.stage("regions"):
-                region_logits, validity = self.regions(xd)
+        maps = self._fused_maps(images, timer)
+        if cfg.test_scale != 1.0:
+            second = self._fused_maps(images, timer, cfg.test_scale)
+            with timer.stage("fusion"):   # geometric mean of the two scales' fused maps
+                maps = [(torch.sqrt(a * a2), regions, seg) for (a, regions, seg), (a2, _, _) in zip(maps, second)]
         results = []
-        for b, (img, cam) in enumerate(zip(images, cameras)):
+        for (fused, regions, seg), img, cam in zip(maps, images, cameras):
             H0, W0 = img.shape[:2]
-            h, w = valid[b]
-            with timer.stage("assignment"):
-                regions = None
-                if region_logits is not None:
-                    regions = self._assign(region_logits[b], validity[b], (h, w), (H0, W0))
-            with timer.stage("fusion"):
-                if cfg.scheme == "1":
-                    d = distribution[b, :1]
-                    d = F.interpolate(d[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
-                else:
-                    d = teacher_maps[b]
-                d = _crop_resize(d[:, :h, :w], (H0, W0))
-                if regions is not None:
-                    fused = _fusion(d, regions, cfg.fusion_mode)[0]
-                else:
-                    fused = d[0]
-                anomaly = fused.clamp_(0.0, 1.0).float().cpu().numpy()
+            anomaly = fused.cpu().numpy()
             with timer.stage("instances"):
                 regions_np = regions.cpu().numpy() if regions is not None else None
                 roi = None
-                if cfg.road_roi and teacher_seg is not None:
-                    roi = self._road_roi(teacher_seg[b, :h, :w], (H0, W0))
+                if cfg.road_roi and seg is not None:
+                    roi = self._road_roi(seg, (H0, W0))
                 inst = extract_instances(anomaly, regions_np, cfg.score_threshold, cfg.min_instance_area, roi,
                                          min_split_fraction=cfg.min_split_fraction)
                 obstacles = describe_instances(inst, anomaly, cam)
