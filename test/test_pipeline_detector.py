@@ -8,6 +8,7 @@ import torch
 from csl_ros.config import DetectorConfig
 from csl_ros.model import build_student, get_preset
 from csl_ros.pipeline import Detector
+from csl_ros.pipeline.instances import extract_instances
 from csl_ros.teachers.calibration import Calibration
 from csl_ros.teachers.segmenter import ClosedSetSegmenter, preset
 from csl_ros.teachers.teacher import Teacher
@@ -301,6 +302,5 @@ def test_test_scale_is_the_geometric_mean_of_the_two_scales(scheme, student, tea
     else:
         np.testing.assert_array_equal(both.regions, one.regions)
     assert any(k.endswith("x2") for k in both.timings_ms)
-    from csl_ros.pipeline.instances import extract_instances
     np.testing.assert_array_equal(both.instances, extract_instances(both.anomaly_map, both.regions, 0.2, 1,
                                                                     min_split_fraction=0.25))

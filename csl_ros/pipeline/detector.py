@@ -120,10 +120,11 @@ class Detector:
                              "this checkpoint is class-agnostic only: use scheme 2 with a teacher")
         self.teacher = teacher
         self.network: CompiledModel | None = None
+        self._student_eager = None   # the uncompiled student, for test_scale's second pass
         self.teacher_network: CompiledModel | None = None
         if student is not None and cfg.scheme != "teacher_only" and regions is None:
             example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
-            self._student_eager = _StudentForward(student).to(self.device).eval()  # test_scale runs
+            self._student_eager = _StudentForward(student).to(self.device).eval()
             self.network = self._compile(self._student_eager, example, model_hash, "student")
         if teacher is not None:
             teacher.model.to(self.device)
@@ -227,6 +228,7 @@ class Detector:
 
     def close(self) -> None:
         self.network = None
+        self._student_eager = None
         self.teacher_network = None
         self.teacher = None
         self.regions = None
