@@ -167,8 +167,19 @@ def choose(results, max_fa: float, reference: tuple[float, float] | None = None)
 
 def summary(name, cfg, r) -> dict:
     return {"setting": name, "score_threshold": cfg.score_threshold,
-            "input_size": [cfg.input_height, cfg.input_width], "frame_size": list(FRAME_SIZE),
+            "input_size": [cfg.input_height, cfg.input_width], "test_scale": cfg.test_scale,
+            "frame_size": list(FRAME_SIZE),
             "tracking": r["tracking"], "result": r}
+
+
+def _second_pass(test: dict) -> str:
+    """' with a second pass at test_scale s (HxW)' when the run had one ('' for single scale and for a
+    JSON written before test_scale was recorded)."""
+    scale = test.get("test_scale", 1.0)
+    if scale == 1.0:
+        return ""
+    h, w = (round(v * scale) for v in test["input_size"])
+    return f" with a second pass at test_scale {scale:g} ({h}x{w})"
 
 
 def driving_markdown(data: dict) -> str:
@@ -192,7 +203,8 @@ def driving_markdown(data: dict) -> str:
            f"held-out drives "
            f"(seeds {data['seeds'][0]}..{data['seeds'][-1]}, {r['frames']} frames, {r['minutes']:.2f} min of "
            f"driving at 10 m/s), frames {FRAME_SIZE[0]}x{FRAME_SIZE[1]}, network input "
-           f"{test['input_size'][0]}x{test['input_size'][1]}, score_threshold {test['score_threshold']:g}, "
+           f"{test['input_size'][0]}x{test['input_size'][1]}{_second_pass(test)}, "
+           f"score_threshold {test['score_threshold']:g}, "
            f"tracking {r['tracking']['confirm_hits']} of {r['tracking']['confirm_window']} "
            f"(deleted after {r['tracking']['max_missed']} missed). Distances: the generator's "
            f"(obstacle centre, forward). Goal: recall >= {GOAL_RECALL:.0%} within 30 m with <= {GOAL_FA:g} "
@@ -204,7 +216,7 @@ def driving_markdown(data: dict) -> str:
     header, rows2 = summary_rows(r)
     table(header, rows2)
     out += rows_md
-    out += [f"score_threshold and tracking of `config/driving.yaml` were chosen with `python bench/driving.py "
+    out += [f"test_scale, score_threshold and tracking of the shipped default were chosen with `python bench/driving.py "
             f"--tune` on other drives (seeds from {TUNE_DRIVE_SEED}), never on these.", ""]
     if data.get("tuning"):
         t = data["tuning"]
@@ -224,9 +236,10 @@ def measure(drives: int = 10, frames: int = 30, overrides=None, command: str = "
             "seeds": seeds, "test": summary("shipped default", *res["shipped default"])}
 
 
-def driving_section(drives: int = 10, frames: int = 30, log=print) -> str:
-    """Measure and render the docs/results.md driving section (what bench/results.py appends)."""
-    return driving_markdown(measure(drives, frames, log=log))
+def driving_section(drives: int = 10, frames: int = 30, log=print, cache: Path | None = None) -> str:
+    """Measure and render the docs/results.md driving section (what bench/results.py appends);
+    ``cache`` as ``--cache``."""
+    return driving_markdown(measure(drives, frames, log=log, cache=cache))
 
 
 def main(argv=None) -> int:

@@ -98,7 +98,8 @@ def resolve_kind(kind: str, cfg) -> str:
 def detector_config(size, device):
     from csl_ros.config import DetectorConfig
 
-    return DetectorConfig(input_height=size[0], input_width=size[1], device=device, teacher="msp")
+    # one scale, as the node's throughput figures in docs/performance.md were measured
+    return DetectorConfig(input_height=size[0], input_width=size[1], device=device, teacher="msp", test_scale=1.0)
 
 
 def test_image(size):

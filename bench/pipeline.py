@@ -14,7 +14,7 @@ For each input size (network size = image size, as for full-resolution evaluatio
   * the CSL detector (scheme 2, the shipped SML teacher; the shipped student or a preset with random
     weights, whose speed does not depend on the weights) on a synthroad obstacle frame, on every
     backend (student and teacher through the same backend; tensorrt added on CUDA when installed),
-    and the shipped default as configured (backend auto), per stage;
+    and the shipped default as configured (backend auto), per stage; every row one pass (test_scale 1);
   * post-processing share = (assignment + fusion + instances) / total; the budget is < 5 % at 1024x2048.
 Rows of one size run round robin (every row once per repeat), so that load on a shared machine hits
 all of them alike; figures are medians after one warm-up. "build s" is the backend's preparation
@@ -98,8 +98,9 @@ class DetectorRow:
         from csl_ros.teachers.teacher import build_teacher
 
         self.preset, self.pre_issue = preset, pre_issue
+        # one scale: the backends are compared on the pass they run (test_scale's second pass is eager)
         cfg = DetectorConfig(scheme="2", input_height=size[0], input_width=size[1], device=device,
-                             backend=backend, engine_cache_dir=cache)
+                             backend=backend, engine_cache_dir=cache, test_scale=1.0)
         model_hash = ""
         if preset == "shipped":
             loaded = load_checkpoint(resolve_shipped("student_ca"))

@@ -129,7 +129,7 @@ def detector(scheme, teacher, args, variant="soft"):
     cfg = DetectorConfig(scheme=scheme, teacher=teacher if scheme != "1" else "none",
                          **VARIANTS[variant], teacher_path=str(args.segmenter or ""),
                          teacher_stats_path=str(args.stats or ""), input_height=args.height,
-                         input_width=args.width, device="cpu", backend="eager")
+                         input_width=args.width, test_scale=args.test_scale, device="cpu", backend="eager")
     student = student_for(scheme, args) if scheme in ("1", "2") else None
     t = None
     if scheme in ("2", "teacher_only"):
@@ -444,6 +444,14 @@ def render_notes(text, values):
     return text.format_map(Strict(values))
 
 
+def scale_text(test_scale: float) -> str:
+    """How the pixel-level rows were run, for the header of docs/results.md."""
+    if test_scale == 1.0:
+        return ("single scale (test_scale 1, the paper's protocol; the driving section runs the shipped default "
+                "detector settings)")
+    return f"test_scale {test_scale:g}"
+
+
 def write_markdown(path, args, m):
     """docs/results.md from the measurements ``m`` (what ``--json`` writes; ``m["run"]`` says how they
     were taken) and the notes file of ``args``."""
@@ -464,7 +472,7 @@ def write_markdown(path, args, m):
              "* Metrics: pixel AUPR and FPR95 (%), SMIYC official binned protocol (`csl_ros.eval.metrics`).",
              "* Every row is `csl_ros.pipeline.Detector` with the shipped models "
              f"({', '.join(f'{k} {v[:12]}…' for k, v in manifest.items())}), input "
-             f"{height}×{width}, eager CPU.", "",
+             f"{height}×{width}, {scale_text(run.get('test_scale', 1.0))}, eager CPU.", "",
              "## Obstacle track (pixel level)", "",
              "| teacher | teacher alone AUPR ↑ | FPR95 ↓ | + CSL scheme 2 (soft) AUPR ↑ | FPR95 ↓ | Δ AUPR |",
              "|---|---|---|---|---|---|"]
@@ -536,6 +544,9 @@ def main(argv=None) -> int:
     p.add_argument("--tune-frames", type=int, default=100, help="number of obstacle frames to tune the default threshold on")
     p.add_argument("--height", type=int, default=256, help="frame height in pixels (default 256)")
     p.add_argument("--width", type=int, default=512, help="frame width in pixels (default 512)")
+    p.add_argument("--test-scale", type=float, default=1.0,
+                   help="test_scale of the pixel-level rows (default 1: single scale, the paper's protocol; the "
+                        "driving section always runs the shipped default)")
     p.add_argument("--batch", type=int, default=8, help="number of frames per forward pass (default 8)")
     p.add_argument("--threads", type=int, default=2, help="number of torch CPU threads (default 2)")
     p.add_argument("--student-ca", default="", help="class-agnostic student checkpoint (default: the shipped student_ca)")
@@ -557,6 +568,9 @@ def main(argv=None) -> int:
     p.add_argument("--driving-drives", type=int, default=10,
                    help="held-out synthroad drives of the driving table (bench/driving.py); 0 skips it")
     p.add_argument("--driving-frames", type=int, default=30, help="frames per driving drive")
+    p.add_argument("--driving-cache", default="", metavar="DIR",
+                   help="keep the driving drives' fused maps here (bench/driving.py --cache; keyed by the "
+                        "models and the settings that change them)")
     args = p.parse_args(argv)
     if args.notes and not Path(args.notes).is_file():
         p.error(f"--notes {args.notes}: no such file")
@@ -612,7 +626,7 @@ def main(argv=None) -> int:
          "obstacle_sizes": obstacle_sizes(test), "diagnostics": {"/".join(k): v for k, v in diag.items()},
          "driving_section": driving_markdown(args, log),
          "run": {"frames": args.frames, "val_frames": args.val_frames, "height": args.height, "width": args.width,
-                 "wall_s": time.time() - t0, "manifest": manifest,
+                 "wall_s": time.time() - t0, "manifest": manifest, "test_scale": args.test_scale,
                  "default_threshold": DetectorConfig().score_threshold, "torch": torch.__version__,
                  "machine": platform.processor() or platform.machine()}}
     if args.json:  # first, so that a notes error can be fixed and re-rendered with --from-json
@@ -630,7 +644,8 @@ def driving_markdown(args, log) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from driving import driving_section
 
-    return driving_section(args.driving_drives, args.driving_frames, log)
+    return driving_section(args.driving_drives, args.driving_frames, log,
+                           cache=Path(args.driving_cache) if args.driving_cache else None)
 
 
 def write_results(args, m) -> int:

@@ -82,7 +82,7 @@ class DetectorConfig:
                             choices=("product", "region_mean", "arithmetic"))
 
     # --- instances and obstacles ----------------------------------------------------------------
-    score_threshold: float = _opt(0.15, "Fused anomaly score at or above which a pixel is anomalous. "
+    score_threshold: float = _opt(0.1, "Fused anomaly score at or above which a pixel is anomalous. "
                                   "Default: the shipped models' tuned threshold; a student checkpoint "
                                   "that carries its own replaces the default.", range=(0.0, 1.0))
     min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
@@ -116,10 +116,12 @@ class DetectorConfig:
                              "carries its own replaces the default.", range=(64, 4096), reload=True)
     input_width: int = _opt(512, "Network input width in pixels (default: as input_height).",
                             range=(64, 8192), reload=True)
-    test_scale: float = _opt(1.0, "Test-time second scale: also run the networks at test_scale x the "
+    test_scale: float = _opt(2.0, "Test-time second scale: also run the networks at test_scale x the "
                              "input size and take the geometric mean of the two fused maps (small and "
                              "distant obstacles get more pixels; what only one scale sees fades). The "
-                             "regions of the instances stay those of the input size. 1 = single scale.",
+                             "regions of the instances stay those of the input size. 1 = single scale. "
+                             "Default: the shipped models' tuned value; a student checkpoint that "
+                             "carries its own replaces the default.",
                              range=(1.0, 4.0))
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True,
                        device=True)
@@ -186,8 +188,9 @@ class NodeConfig:
 
 
 # DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model_settings):
-# the input size it was trained for and the score threshold tuned for it.
-MODEL_SETTINGS = ("input_height", "input_width", "score_threshold")
+# the input size it was trained for, and the score threshold tuned for it with the test-time scale it
+# was tuned at (the geometric mean of two scales moves the scores, so the two go together).
+MODEL_SETTINGS = ("input_height", "input_width", "score_threshold", "test_scale")
 
 
 def apply_model_settings(cfg: DetectorConfig, settings: Mapping[str, Any]) -> tuple[DetectorConfig, dict]:

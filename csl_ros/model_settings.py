@@ -1,8 +1,9 @@
 """Detector settings carried by a student checkpoint, checked by the configuration schema.
 
 A checkpoint's metadata (:mod:`csl_ros.model.checkpoint`) may hold ``MODEL_SETTINGS``:
-``input_height`` and ``input_width`` (the network input it was trained for) and ``score_threshold``
-(the fused-score threshold tuned for it). ``Detector.from_config`` uses them for every one of these
+``input_height`` and ``input_width`` (the network input it was trained for), ``score_threshold``
+(the fused-score threshold tuned for it) and ``test_scale`` (the test-time second scale the threshold
+was tuned with). ``Detector.from_config`` uses them for every one of these
 settings the user left at the schema default (``csl_ros.config.apply_model_settings``). The schema's
 defaults are those of the shipped models (a test checks they agree).
 

@@ -29,3 +29,11 @@ def test_choose_falls_back_to_fewest_false_alarms_without_losing_recall():
     silent = _results({"finds nothing": (0.0, 0.0), "some": (0.3, 0.9)})
     assert choose(silent, 0.15, reference=(0.2, 1.5))[0] == "some"
     assert choose(res, 0.15)[0] is None
+
+
+def test_the_driving_header_names_the_second_pass():
+    driving = _load()
+    assert driving._second_pass({"input_size": [256, 512], "test_scale": 2.0}) == \
+        " with a second pass at test_scale 2 (512x1024)"
+    assert driving._second_pass({"input_size": [256, 512], "test_scale": 1.0}) == ""
+    assert driving._second_pass({"input_size": [256, 512]}) == ""      # a JSON from before test_scale

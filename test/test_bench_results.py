@@ -107,6 +107,11 @@ def test_shipped_notes_cite_only_known_values(tmp_path):
     page = out.read_text()
     assert results.NOTES_HEADING in page and "Written by hand" in page and "{" not in page
     assert "| SML + CSL, hard assignment (Mask2Former: v > 0.8, r ≥ 0.5, no component split) | 10.00 | 50.00 |" in page
+    assert "input 64×128, single scale (test_scale 1" in page      # a run saved before test_scale was recorded
+    m["run"]["test_scale"] = 2.0
+    (tmp_path / "m2.json").write_text(json.dumps(m))
+    assert results.main(["--from-json", str(tmp_path / "m2.json"), "--out", str(out)]) == 0
+    assert "input 64×128, test_scale 2, eager CPU" in out.read_text()
     (tmp_path / "bad.md").write_text("as measured on 60 frames: {made_up_number}")
     assert results.main(["--from-json", str(tmp_path / "m.json"), "--out", str(out),
                          "--notes", str(tmp_path / "bad.md")]) == 1

@@ -230,7 +230,7 @@ def test_onnx_out_of_range_map_is_counted_and_reported(tmp_path, caplog):
 def _e2e_settings(d):
     return {"scheme": "2", "teacher": "rba", "teacher_path": str(d), "regions": "mask2former",
             "input_height": 64, "input_width": 128, "device": "cpu", "min_instance_area": 0,
-            "score_threshold": 0.0}
+            "score_threshold": 0.0, "test_scale": 1.0}
 
 
 def test_detector_rba_teacher_with_mask2former_regions_one_pass(tiny_hf_models):
