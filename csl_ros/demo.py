@@ -87,10 +87,11 @@ def step_models(ctx: DemoContext) -> None:
     ctx.detector_config, ctx.node_config = load_configs(ctx.config_path, ctx.overrides)
     t0 = time.perf_counter()
     ctx.detector = Detector.from_config(ctx.detector_config)
-    cfg = ctx.detector_config
+    cfg = ctx.detector.config   # with what the student checkpoint carries (input size, test_scale)
+    second = (f" + a second pass at test_scale {cfg.test_scale:g}" if cfg.test_scale != 1.0 else "")
     ctx.notes.append(f"detector: scheme {cfg.scheme}, teacher {cfg.teacher}, network {cfg.input_height}x"
-                     f"{cfg.input_width}, backend {ctx.detector.backend} on {ctx.detector.device}, loaded in "
-                     f"{time.perf_counter() - t0:.1f} s")
+                     f"{cfg.input_width}{second}, backend {ctx.detector.backend} on {ctx.detector.device}, "
+                     f"loaded in {time.perf_counter() - t0:.1f} s")
 
 
 def step_drive(ctx: DemoContext) -> None:

@@ -47,6 +47,8 @@ def test_demo_runs_the_node_live_and_writes_the_report(tiny_sets, tmp_path, caps
     assert d["frames"] == 3 and d["distance_sources"] and set(d) >= {"per_frame", "tracked"}
     assert d["tracking"]["confirm_hits"] == det_cfg.track_confirm_hits
     assert "driving: per frame: recall within 30 m" in printed
+    # the detector line names the shipped default's second pass (the tiny students carry no test_scale)
+    assert f"network 64x128 + a second pass at test_scale {DetectorConfig().test_scale:g}," in printed
     assert "Driving metrics" in (out / "eval" / "report.md").read_text()
 
 
