@@ -5,7 +5,7 @@
     python bench/driving.py --tune --json t.json    # choose score_threshold and tracking on TUNE drives
 
 The shipped default is ``config/driving.yaml`` over the schema defaults (the shipped student's input
-size and tuned threshold), as the demo runs it, on frames rendered at the demo's size (512x1024). Drives: synthroad
+size, test_scale and tuned threshold), as the demo runs it, on frames rendered at the demo's size (512x1024). Drives: synthroad
 ``render_sequence`` with ``obstacles="obstacle"``, 10 m/s, 10 frames/s; test seeds from
 ``DRIVE_SEED`` and tuning seeds from ``TUNE_DRIVE_SEED`` (the shipped models were trained on frame seeds
 0..999 and validated on 1,000,000+; no drive seed was used anywhere else). Each frame runs the
@@ -42,7 +42,7 @@ TRACKING = ((1, 1, 0), (2, 3, 2), (3, 5, 2), (2, 2, 1), (3, 4, 1), (4, 6, 2))
 
 
 def default_config(overrides=None):
-    """config/driving.yaml over the schema defaults (the shipped models' input size and threshold):
+    """config/driving.yaml over the schema defaults (the shipped models' input size, test_scale and threshold):
     what `make demo` runs."""
     from csl_ros.config import load_configs
     from csl_ros.demo import default_params_file

@@ -97,7 +97,7 @@ def build_detector(preset: str, size, backend: str, precision: str, device: str,
     from csl_ros.config import DetectorConfig
     from csl_ros.pipeline import Detector
 
-    # one scale: the backends are compared on the pass they run (test_scale's second pass is eager)
+    # one scale: the backends are compared on one pass (bench/pipeline.py measures test_scale's second)
     cfg = DetectorConfig(scheme="2", input_height=size[0], input_width=size[1], device=device, backend=backend,
                          precision=precision, engine_cache_dir=cache, test_scale=1.0)
     if preset == "shipped":

@@ -119,7 +119,8 @@ class DetectorConfig:
     test_scale: float = _opt(2.0, "Test-time second scale: also run the networks at test_scale x the "
                              "input size and take the geometric mean of the two fused maps (small and "
                              "distant obstacles get more pixels; what only one scale sees fades). The "
-                             "regions of the instances stay those of the input size. 1 = single scale. "
+                             "regions of the instances stay those of the input size; the networks are "
+                             "compiled for the second size at its first frame. 1 = single scale. "
                              "Default: the shipped models' tuned value; a student checkpoint that "
                              "carries its own replaces the default.",
                              range=(1.0, 4.0))

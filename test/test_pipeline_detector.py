@@ -294,9 +294,14 @@ def test_test_scale_is_the_geometric_mean_of_the_two_scales(scheme, student, tea
     one = make(scheme, student, teacher, tmp_path, backend="torchscript").detect_batch([img])[0]
     big = make(scheme, student, teacher, tmp_path, input_height=128, input_width=256)
     big_out = big.detect_batch([img])[0]
-    both = make(scheme, student, teacher, tmp_path, backend="torchscript", test_scale=2.0,
-                score_threshold=0.2, min_instance_area=1).detect_batch([img])[0]
+    det = make(scheme, student, teacher, tmp_path, backend="torchscript", test_scale=2.0,
+               score_threshold=0.2, min_instance_area=1)
+    both = det.detect_batch([img])[0]
     np.testing.assert_allclose(both.anomaly_map, np.sqrt(one.anomaly_map * big_out.anomaly_map), atol=1e-5)
+    # the second pass runs on the configured backend, compiled for its own size
+    assert sorted(det._networks) == [(64, 128), (128, 256)]
+    second = [net for net in det._networks[(128, 256)] if net is not None]
+    assert second and all(net.backend == "torchscript" for net in second)
     if scheme == "teacher_only":
         assert both.regions is None
     else:

@@ -119,22 +119,15 @@ class Detector:
             raise ValueError("scheme 1 needs a student with a distillation head (distill_channels > 0); "
                              "this checkpoint is class-agnostic only: use scheme 2 with a teacher")
         self.teacher = teacher
-        self.network: CompiledModel | None = None
-        self._student_eager = None   # the uncompiled student, for test_scale's second pass
-        self.teacher_network: CompiledModel | None = None
+        self._model_hash = model_hash
+        self._student_eager = None   # the uncompiled student, compiled once per network size
         if student is not None and cfg.scheme != "teacher_only" and regions is None:
-            example = torch.zeros(1, 3, cfg.input_height, cfg.input_width)
             self._student_eager = _StudentForward(student).to(self.device).eval()
-            self.network = self._compile(self._student_eager, example, model_hash, "student")
         if teacher is not None:
             teacher.model.to(self.device)
-            # The teacher's segmenter goes through the same backends (an ONNX teacher already is a
-            # session). Its input is the letterboxed uint8 batch.
-            # A Mask2Former shared with the regions stays eager: the regions read its query outputs.
-            if isinstance(teacher.model, torch.nn.Module) and cfg.scheme in ("2", "teacher_only") and not (
-                    regions is not None and regions.shared):
-                example = torch.zeros(1, 3, cfg.input_height, cfg.input_width, dtype=torch.uint8)
-                self.teacher_network = self._compile(teacher.model, example, "", "teacher")
+        # the compiled networks of each network size (test_scale's second pass has its own)
+        self._networks: dict[tuple[int, int], tuple[CompiledModel | None, CompiledModel | None]] = {}
+        self.network, self.teacher_network = self._networks_at((cfg.input_height, cfg.input_width))
         self.backends = ", ".join(f"{role} {net.describe()}" for role, net in
                                   (("student", self.network), ("teacher", self.teacher_network)) if net)
         if regions is not None and regions.shared:
@@ -200,6 +193,25 @@ class Detector:
         """What the fusion's regions come from, for every report."""
         return regions_description(self.config)
 
+    def _networks_at(self, size: tuple[int, int]) -> tuple[CompiledModel | None, CompiledModel | None]:
+        """(student, teacher) compiled for network input ``size``, built on first use: the input size
+        at construction, test_scale's size at its first frame (``warmup`` runs it)."""
+        if size not in self._networks:
+            student = teacher = None
+            if self._student_eager is not None:
+                example = torch.zeros(1, 3, *size)
+                student = self._compile(self._student_eager, example, self._model_hash, "student")
+            # The teacher's segmenter goes through the same backends (an ONNX teacher already is a
+            # session). Its input is the letterboxed uint8 batch.
+            # A Mask2Former shared with the regions stays eager: the regions read its query outputs.
+            if (self.teacher is not None and isinstance(self.teacher.model, torch.nn.Module)
+                    and self.config.scheme in ("2", "teacher_only")
+                    and not (self.regions is not None and self.regions.shared)):
+                example = torch.zeros(1, 3, *size, dtype=torch.uint8)
+                teacher = self._compile(self.teacher.model, example, "", "teacher")
+            self._networks[size] = (student, teacher)
+        return self._networks[size]
+
     def _compile(self, module, example, model_hash: str, role: str) -> CompiledModel:
         cfg = self.config
         net = compile_network(module, example, backend=cfg.backend, device=self.device, precision=cfg.precision,
@@ -228,6 +240,7 @@ class Detector:
 
     def close(self) -> None:
         self.network = None
+        self._networks.clear()
         self._student_eager = None
         self.teacher_network = None
         self.teacher = None
@@ -264,24 +277,23 @@ class Detector:
     def _fused_maps(self, images: list[np.ndarray], timer: StageTimer, scale: float = 1.0) -> list[tuple]:
         """Per image: (fused anomaly map H0 x W0 float tensor on the device, region labels or None,
         the teacher's segmentation at the valid network size or None) with the networks at ``scale``
-        x the input size. Scale 1 runs the compiled networks; another scale runs them eagerly (the
-        compiled ones are built for the input size)."""
+        x the input size, each size on its own compiled networks (``_networks_at``)."""
         cfg = self.config
-        size = None if scale == 1.0 else (round(cfg.input_height * scale), round(cfg.input_width * scale))
+        size = (round(cfg.input_height * scale), round(cfg.input_width * scale))
         suffix = "" if scale == 1.0 else f" x{scale:g}"
         with timer.stage("preprocess" + suffix):
             x, valid = self._letterbox(images, size)
             xd = x.to(self.device)  # one tensor for the teacher and shared regions (matched by identity)
+        network, teacher_network = self._networks_at(size)
         region_logits = validity = distribution = None
-        if self.network is not None:
+        if network is not None:
             with timer.stage("network" + suffix):
-                net = self.network if size is None else self._student_eager
-                region_logits, validity_logits, distribution = net(xd.float())
+                region_logits, validity_logits, distribution = network(xd.float())
                 validity = validity_logits.float().softmax(-1)[..., 0]
         teacher_maps = teacher_seg = None
         if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
             with timer.stage("teacher" + suffix):  # before shared Mask2Former regions: they reuse its pass
-                t_out = self.teacher(xd, network=self.teacher_network if size is None else None)
+                t_out = self.teacher(xd, network=teacher_network)
                 teacher_maps = t_out.score_map
                 teacher_seg = t_out.segmentation
         if self.regions is not None:
