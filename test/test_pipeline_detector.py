@@ -302,6 +302,8 @@ def test_test_scale_is_the_geometric_mean_of_the_two_scales(scheme, student, tea
     assert sorted(det._networks) == [(64, 128), (128, 256)]
     second = [net for net in det._networks[(128, 256)] if net is not None]
     assert second and all(net.backend == "torchscript" for net in second)
+    det.close()   # releases the networks of both sizes
+    assert det.network is None and det.teacher_network is None and not det._networks
     if scheme == "teacher_only":
         assert both.regions is None
     else:

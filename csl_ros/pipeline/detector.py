@@ -127,7 +127,7 @@ class Detector:
             teacher.model.to(self.device)
         # the compiled networks of each network size (test_scale's second pass has its own)
         self._networks: dict[tuple[int, int], tuple[CompiledModel | None, CompiledModel | None]] = {}
-        self.network, self.teacher_network = self._networks_at((cfg.input_height, cfg.input_width))
+        self._networks_at((cfg.input_height, cfg.input_width))
         self.backends = ", ".join(f"{role} {net.describe()}" for role, net in
                                   (("student", self.network), ("teacher", self.teacher_network)) if net)
         if regions is not None and regions.shared:
@@ -193,6 +193,17 @@ class Detector:
         """What the fusion's regions come from, for every report."""
         return regions_description(self.config)
 
+    @property
+    def network(self) -> CompiledModel | None:
+        """The compiled student at the input size (None without a student, or after ``close``)."""
+        return self._networks.get((self.config.input_height, self.config.input_width), (None, None))[0]
+
+    @property
+    def teacher_network(self) -> CompiledModel | None:
+        """The compiled teacher at the input size (None when the teacher is not compiled, or after
+        ``close``)."""
+        return self._networks.get((self.config.input_height, self.config.input_width), (None, None))[1]
+
     def _networks_at(self, size: tuple[int, int]) -> tuple[CompiledModel | None, CompiledModel | None]:
         """(student, teacher) compiled for network input ``size``, built on first use: the input size
         at construction, test_scale's size at its first frame (``warmup`` runs it)."""
@@ -239,10 +250,8 @@ class Detector:
         self.detect_batch([np.zeros((self.config.input_height, self.config.input_width, 3), np.uint8)])
 
     def close(self) -> None:
-        self.network = None
         self._networks.clear()
         self._student_eager = None
-        self.teacher_network = None
         self.teacher = None
         self.regions = None
         if self.device.type == "cuda":
