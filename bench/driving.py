@@ -39,6 +39,7 @@ INSTSIZE = 10                  # obstacle track: ground-truth components under 1
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)
 # (confirm_hits, confirm_window, max_missed)
 TRACKING = ((1, 1, 0), (2, 3, 2), (3, 5, 2), (2, 2, 1), (3, 4, 1), (4, 6, 2))
+MAX_HEIGHTS = (0.0, 2.0, 3.0, 4.0)   # max_obstacle_height_m (0: off)
 
 
 def default_config(overrides=None):
@@ -71,10 +72,10 @@ def settings_grid(base, tune: bool, split_fractions=()):
     if not tune:   # one setting: its accumulator scores the per-frame and the tracked output
         return {"shipped default": base}
     grid = {}
-    for thr, (k, n, m) in itertools.product(THRESHOLDS, TRACKING):
-        grid[f"thr {thr:g}, {k} of {n}, missed {m}"] = apply_overrides(
+    for thr, (k, n, m), h in itertools.product(THRESHOLDS, TRACKING, MAX_HEIGHTS):
+        grid[f"thr {thr:g}, {k} of {n}, missed {m}, max height {h:g} m"] = apply_overrides(
             base, {"score_threshold": thr, "track_confirm_hits": k, "track_confirm_window": n,
-                   "track_max_missed": m})
+                   "track_max_missed": m, "max_obstacle_height_m": h})
     return grid
 
 
@@ -110,10 +111,9 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     """{setting name: (config, driving result)} over the drives ``seeds``."""
     import torch
 
-    from csl_ros.eval.driving import DrivingAccumulator
+    from csl_ros.eval.driving import DrivingAccumulator, frame_geometry
     from csl_ros.eval.instance_match import match_instances
-    from csl_ros.pipeline import Detector
-    from csl_ros.pipeline.instances import extract_instances
+    from csl_ros.pipeline import Detector, obstacles_of
 
     grid = settings_grid(base, tune, split_fractions)
     accs = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()}
@@ -127,12 +127,13 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
             for stamp, rec, truth in drive_frames(seed, frames):
                 anomaly, regions = detect_cached(detector, rec, base, cache, f"{seed}_{stamp}")
                 n += 1
+                camera = frame_geometry(truth, rec.label.shape, base)[0]
                 shared = {}   # settings that differ only in tracking share the instances and their match
                 for name, cfg in grid.items():
-                    key = (cfg.score_threshold, cfg.min_instance_area, cfg.min_split_fraction)
+                    key = (cfg.score_threshold, cfg.min_instance_area, cfg.min_split_fraction,
+                           cfg.max_obstacle_height_m)
                     if key not in shared:
-                        inst = extract_instances(anomaly, regions, cfg.score_threshold,
-                                                 cfg.min_instance_area, min_split_fraction=cfg.min_split_fraction)
+                        inst = obstacles_of(anomaly, regions, cfg, camera)[0]
                         shared[key] = (inst, match_instances(inst, rec.label, INSTSIZE))
                     inst, match = shared[key]
                     accs[name].add(stamp, rec.label, inst, anomaly, truth, match=match)
@@ -167,6 +168,7 @@ def choose(results, max_fa: float, reference: tuple[float, float] | None = None)
 
 def summary(name, cfg, r) -> dict:
     return {"setting": name, "score_threshold": cfg.score_threshold,
+            "max_obstacle_height_m": cfg.max_obstacle_height_m,
             "input_size": [cfg.input_height, cfg.input_width], "test_scale": cfg.test_scale,
             "frame_size": list(FRAME_SIZE),
             "tracking": r["tracking"], "result": r}
@@ -180,6 +182,13 @@ def _second_pass(test: dict) -> str:
         return ""
     h, w = (round(v * scale) for v in test["input_size"])
     return f" with a second pass at test_scale {scale:g} ({h}x{w})"
+
+
+def _max_height(test: dict) -> str:
+    """'instances taller than H m dropped, ' when the run had max_obstacle_height_m ('' when off and for a
+    JSON written before it existed)."""
+    h = test.get("max_obstacle_height_m", 0.0)
+    return f"instances taller than {h:g} m at their contact point's distance dropped, " if h else ""
 
 
 def driving_markdown(data: dict) -> str:
@@ -204,7 +213,7 @@ def driving_markdown(data: dict) -> str:
            f"(seeds {data['seeds'][0]}..{data['seeds'][-1]}, {r['frames']} frames, {r['minutes']:.2f} min of "
            f"driving at 10 m/s), frames {FRAME_SIZE[0]}x{FRAME_SIZE[1]}, network input "
            f"{test['input_size'][0]}x{test['input_size'][1]}{_second_pass(test)}, "
-           f"score_threshold {test['score_threshold']:g}, "
+           f"score_threshold {test['score_threshold']:g}, {_max_height(test)}"
            f"tracking {r['tracking']['confirm_hits']} of {r['tracking']['confirm_window']} "
            f"(deleted after {r['tracking']['max_missed']} missed). Distances: the generator's "
            f"(obstacle centre, forward). Goal: recall >= {GOAL_RECALL:.0%} within 30 m with <= {GOAL_FA:g} "
@@ -297,6 +306,7 @@ def main(argv=None) -> int:
             cfg, r = res[chosen]
             data["tuning"] = {"drives": len(seeds), "chosen": chosen, "rule": rule,
                               "score_threshold": cfg.score_threshold,
+                              "max_obstacle_height_m": cfg.max_obstacle_height_m,
                               "confirm": [cfg.track_confirm_hits, cfg.track_confirm_window, cfg.track_max_missed],
                               "near_recall": r["tracked"]["near"]["recall"],
                               "false_alarms_per_frame": r["tracked"]["false_alarms_per_frame"]}

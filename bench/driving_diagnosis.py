@@ -1,7 +1,7 @@
 """Why the shipped default misses near obstacles on the held-out drives: a breakdown of the misses,
 the false alarms and the pixel AP of each drive (the numbers behind the issue-17 diagnosis).
 
-    python bench/driving_diagnosis.py --drives 10 --frames 30 [--cache DIR]
+    python bench/driving_diagnosis.py --drives 10 --frames 30 [--cache DIR] [--set KEY=VALUE ...]
 
 Same drives, frames, detector and matching as ``bench/driving.py`` (its ``drive_frames``,
 ``default_config`` and ``detect_cached``; the matching of :mod:`csl_ros.eval.driving`). Prints, per
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="", metavar="S1,S2,...", help="these drives instead of the test drives")
     p.add_argument("--cache", type=Path, default=None, help="as bench/driving.py --cache")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the shipped default (as bench/driving.py --set)")
     args = p.parse_args(argv)
     import torch
     from sklearn.metrics import average_precision_score
@@ -45,10 +47,12 @@ def main(argv=None) -> int:
     from csl_ros.eval.driving import BANDS, NEAR_M, band_label, band_of, component_distances, frame_geometry
     from csl_ros.eval.instance_match import match_instances
     from csl_ros.pipeline import Detector
-    from csl_ros.pipeline.instances import describe_instances, extract_instances
+    from csl_ros.pipeline.instances import describe_instances, obstacles_of
 
     torch.set_num_threads(args.threads)
-    cfg = driving.default_config()
+    from csl_ros.config import parse_set_args
+
+    cfg = driving.default_config(parse_set_args(args.set))
     thr = cfg.score_threshold
     detector = Detector.from_config(cfg)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
@@ -62,9 +66,8 @@ def main(argv=None) -> int:
             labels, scores, bright, gt_med = [], [], [], []
             for stamp, rec, truth in driving.drive_frames(seed, args.frames):
                 a, regions = driving.detect_cached(detector, rec, cfg, args.cache, f"{seed}_{stamp}")
-                inst = extract_instances(a, regions, thr, cfg.min_instance_area,
-                                         min_split_fraction=cfg.min_split_fraction)
                 cam, source = frame_geometry(truth, rec.label.shape, cfg)
+                inst = obstacles_of(a, regions, cfg, cam)[0]
                 m = match_instances(inst, rec.label, 10)
                 comps = component_distances(m.gt, m.gt_counted, truth, cam, source)
                 detected = set(m.detected().tolist())

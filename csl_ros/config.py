@@ -92,6 +92,13 @@ class DetectorConfig:
                                      "touching obstacles); smaller pieces join the largest, so one "
                                      "obstacle stays one instance. 0 = every region piece is an instance.",
                                      range=(0.0, 1.0))
+    max_obstacle_height_m: float = _opt(0.0, "Largest height of an obstacle standing on the road, in "
+                                        "metres at the distance of its ground contact point (flat-ground "
+                                        "geometry from camera_info and the mounting): a taller instance is "
+                                        "not one obstacle on the road (the far end of the road with the "
+                                        "scenery behind it, a curb followed into the distance) and is "
+                                        "dropped. 0 = off; no effect on frames without camera geometry.",
+                                        range=(0.0, 100.0))
     road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
                           "teacher's segmenter (when the teacher has one).")
 

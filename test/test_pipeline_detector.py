@@ -311,3 +311,22 @@ def test_test_scale_is_the_geometric_mean_of_the_two_scales(scheme, student, tea
     assert any(k.endswith("x2") for k in both.timings_ms)
     np.testing.assert_array_equal(both.instances, extract_instances(both.anomaly_map, both.regions, 0.2, 1,
                                                                     min_split_fraction=0.25))
+
+
+def test_max_obstacle_height_applies_with_the_frame_camera(student, teacher, tmp_path):
+    """The detector drops instances taller than max_obstacle_height_m at their contact point's distance,
+    using the camera passed with the frame; without a camera nothing is dropped."""
+    from csl_ros.pipeline.geometry import CameraGeometry
+
+    cam = CameraGeometry(fx=100.0, fy=100.0, cx=64.0, cy=10.0, height_m=1.5, pitch_deg=0.0)
+    img = np.random.default_rng(3).integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    det = make("teacher_only", student, teacher, tmp_path, score_threshold=0.05, min_instance_area=1)
+    base = det.detect_batch([img], [cam])[0]
+    heights = [o.height_m for o in base.obstacles]
+    assert heights and None not in heights, "the camera gives every instance a metric height"
+    det.update(max_obstacle_height_m=max(heights) + 0.01)
+    assert len(det.detect_batch([img], [cam])[0].obstacles) == len(base.obstacles)
+    det.update(max_obstacle_height_m=min(heights) - 0.01)
+    cut = det.detect_batch([img], [cam])[0]
+    assert cut.obstacles == [] and cut.instances.max() == 0
+    assert len(det.detect_batch([img])[0].obstacles) == len(base.obstacles)   # no camera: no metric height

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from csl_ros.pipeline.geometry import CameraGeometry
-from csl_ros.pipeline.instances import describe_instances, extract_instances
+from csl_ros.config import DetectorConfig
+from csl_ros.pipeline.instances import describe_instances, extract_instances, obstacles_of
 
 
 def test_components_are_split_by_regions_and_filtered_by_area():
@@ -58,6 +59,34 @@ def test_records_and_ground_projection_by_hand():
     x, y, z = ob.contact_point_m
     assert z == pytest.approx(30.0) and y == pytest.approx(1.5) and abs(x) < 0.05
     assert ob.width_m == pytest.approx(20 * 30 / 1000) and ob.height_m == pytest.approx(20 * 30 / 1000)
+
+
+def test_max_obstacle_height_drops_instances_taller_than_it_at_their_distance():
+    """Three instances on a camera 1.5 m over flat ground (f = 1000 px, horizon at row 200); heights by
+    hand: bottom row 250 -> 30 m, so 20 px tall = 0.6 m and 150 px tall = 4.5 m; bottom row 400
+    (200 px below the horizon) -> 7.5 m, so 300 px tall = 2.25 m."""
+    cam = CameraGeometry(fx=1000.0, fy=1000.0, cx=500.0, cy=200.0, height_m=1.5, pitch_deg=0.0)
+    scores = np.zeros((400, 1000), np.float32)
+    scores[230:250, 100:120] = 0.9      # 0.6 m at 30 m: a box on the road
+    scores[100:250, 400:600] = 0.9      # 4.5 m at 30 m: the far end of the road and the scenery behind it
+    scores[100:400, 800:820] = 0.9      # 2.25 m at 7.5 m
+    off = DetectorConfig(score_threshold=0.5, min_instance_area=10, max_obstacle_height_m=0.0)
+    inst, obs = obstacles_of(scores, None, off, cam)
+    assert sorted(round(o.height_m, 3) for o in obs) == [0.6, 2.25, 4.5]
+    three_m = DetectorConfig(score_threshold=0.5, min_instance_area=10, max_obstacle_height_m=3.0)
+    inst, obs = obstacles_of(scores, None, three_m, cam)
+    # the 4.5 m one is gone from the records and the label image; the rest are renumbered 1..2
+    assert [o.id for o in obs] == [o.instance for o in obs] == [1, 2]
+    assert sorted(round(o.height_m, 3) for o in obs) == [0.6, 2.25]
+    assert inst.max() == 2 and not inst[150, 500] and inst[240, 110] and inst[300, 810]
+    for o in obs:   # each record still describes its own pixels
+        ys, xs = np.nonzero(inst == o.instance)
+        assert o.bbox == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) and o.area_px == ys.size
+    two_m = DetectorConfig(score_threshold=0.5, min_instance_area=10, max_obstacle_height_m=2.0)
+    assert [round(o.height_m, 3) for o in obstacles_of(scores, None, two_m, cam)[1]] == [0.6]
+    # without camera geometry there is no metric height: nothing is dropped
+    inst, obs = obstacles_of(scores, None, two_m, None)
+    assert len(obs) == 3 and inst.max() == 3
 
 
 def test_pitch_moves_the_horizon():

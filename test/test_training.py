@@ -174,6 +174,42 @@ def test_scale_augmentation_keeps_labels_nearest():
     assert img_a.dtype == np.uint8
 
 
+def test_pasted_negatives_are_regions_of_their_own(tmp_path):
+    """data.negatives_max: each pasted negative is a mask-split target of its own (not merged into the
+    road it stands on); the rest of the crop keeps its targets; off (0) the sample is unchanged."""
+    from csl_ros.training.config import NEGATIVE_TRAIN_ID
+
+    base = StudentTask(tiny_config(tmp_path), DistEnv(), ToyFrames(), num_queries=50)
+    cfg = tiny_config(tmp_path, **{"data.negatives_max": 3, "data.negative_colour_fraction": 1.0,
+                                   "data.negative_min_size": 0.15, "data.negative_max_size": 0.3,
+                                   "data.min_component_area": 4})
+    task = StudentTask(cfg, DistEnv(), ToyFrames(), num_queries=50)
+    found = False
+    for step in range(6):
+        rng = np.random.default_rng([cfg.run.seed, step, 0])
+        image, labels = augment(*ToyFrames()[0], rng, task.params)
+        img_n, lab_n = task.paste_negative_regions(image, labels, rng)
+        pasted = lab_n == NEGATIVE_TRAIN_ID
+        if not pasted.any():
+            continue
+        found = True
+        assert (image[~pasted] == img_n[~pasted]).all() and (labels[~pasted] == lab_n[~pasted]).all()
+        comps, k = split_targets(lab_n, 50, min_area=4)
+        n, cc = cv2.connectedComponents(pasted.astype(np.uint8), connectivity=8)
+        for c in range(1, n):
+            blob = cc == c
+            if blob.sum() < 4:
+                continue
+            ids = np.unique(comps[blob])
+            assert len(ids) == 1 and ids[0] >= 0, "one negative, one target"
+            assert (comps == ids[0]).sum() == blob.sum(), "the target is the negative alone"
+        # the same sample without negatives: the toy frames' own targets, unchanged
+        rng0 = np.random.default_rng([cfg.run.seed, step, 0])
+        ref = base.sample(step, 0, 0)
+        assert np.array_equal(ref[0], augment(*ToyFrames()[0], rng0, base.params)[0])
+    assert found, "no negative was pasted in six samples"
+
+
 # --- losses and training ------------------------------------------------------------------------
 
 def test_loss_matches_criterion_in_one_process(tmp_path):

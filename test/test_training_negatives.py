@@ -8,7 +8,7 @@ import torch
 
 from csl_ros.teachers.segmenter import ClosedSetSegmenter, load_segmenter, preset, save_segmenter
 from csl_ros.training.distributed import DistEnv
-from csl_ros.training.negatives import (MAX_SOURCE_ROAD_FRACTION, ROAD_TRAIN_ID, paste_negatives,
+from csl_ros.training.negatives import (MAX_SOURCE_ROAD_FRACTION, ROAD_TRAIN_ID, colour_field, paste_negatives,
                                         polygon_mask, uniform_cross_entropy)
 from csl_ros.training.segmenter import SegmenterTask, SegmenterTrainConfig, train_segmenter
 
@@ -68,6 +68,29 @@ def test_no_negative_without_road_or_from_road_sources():
     x, y = _as_tensors(img, lab)
     assert MAX_SOURCE_ROAD_FRACTION < 1.0
     assert not paste_negatives(x, y, road_sources, torch.Generator().manual_seed(0), 3, (0.05, 0.3)).any()
+
+
+def test_colour_negatives_need_no_source_frame_and_are_not_source_pixels():
+    img, lab = _road_bottom_frame()
+    x, y = _as_tensors(img, lab)
+    road_sources = [(s[0], np.full_like(s[1], ROAD_TRAIN_ID)) for s in _sources()]   # unusable sources
+    out = paste_negatives(x, y, road_sources, torch.Generator().manual_seed(2), 4, (0.1, 0.3), colour_fraction=1.0)
+    assert out.any(), "colour fields are pasted even when no source patch qualifies"
+    assert (x[:, ~out] == 128 / 255.0).all(), "pixels outside the negatives changed"
+    # colour_fraction 0 with the same unusable sources pastes nothing: the fraction is what decides
+    x0, y0 = _as_tensors(img, lab)
+    assert not paste_negatives(x0, y0, road_sources, torch.Generator().manual_seed(2), 4, (0.1, 0.3)).any()
+
+
+def test_colour_field_is_one_shaded_colour():
+    f = colour_field(40, 30, torch.Generator().manual_seed(7))
+    assert f.shape == (3, 40, 30) and float(f.min()) >= 0 and float(f.max()) <= 1
+    # one hue: the channels' ratios barely vary over the field (shading and noise scale all three)
+    chroma = f / f.sum(0, keepdim=True).clamp(min=1e-6)
+    assert float(chroma.std(dim=(1, 2)).max()) < 0.05
+    assert float(f.std()) > 0, "shaded, not flat"
+    other = colour_field(40, 30, torch.Generator().manual_seed(8))
+    assert not torch.allclose(f, other)
 
 
 def test_polygon_mask_fills_most_of_its_box():

@@ -31,13 +31,13 @@ import imageio.v2 as imageio
 import numpy as np
 
 from csl_ros.config import DetectorConfig, apply_overrides
-from csl_ros.eval.driving import DrivingAccumulator
+from csl_ros.eval.driving import DrivingAccumulator, frame_geometry
 # match_instances: also csl_ros.eval.scoring.match_instances, the name the driving metrics' text cites
 from csl_ros.eval.instance_match import INSTANCE_PPV_MIN, instance_counts, match_instances  # noqa: F401
 from csl_ros.eval.metrics import (ComponentAccumulator, FrameCache, MetricsResult, PixelAccumulator, check_labels,
                                   prepare_scores, track_spec)
 from csl_ros.eval.report import frame_panels
-from csl_ros.pipeline.instances import extract_instances
+from csl_ros.pipeline.instances import obstacles_of
 
 SWEEPABLE = ("score_threshold", "min_instance_area")
 HIST_BINS = 100                 # score histogram over [0, 1]
@@ -161,6 +161,7 @@ class _FrameRecord:
     shape: tuple
     has_regions: bool
     has_instances: bool
+    camera: object = None   # the frame's CameraGeometry (flat ground), None when unknown
 
 
 class ScoreSink:
@@ -250,11 +251,11 @@ class ScoreSink:
         fp = int(np.count_nonzero(pred & neg))
         fn = int(np.count_nonzero(~pred & pos))
         # the detector's instances (recomputed from the map where the source did not give them)
+        camera = frame_geometry(frame.truth, labels.shape, cfg)[0]
         inst = frame.instances
         if inst is None or inst.shape != labels.shape:
             regions = frame.regions if frame.regions is not None and frame.regions.shape == labels.shape else None
-            inst = extract_instances(prepared, regions, cfg.score_threshold, cfg.min_instance_area,
-                                     min_split_fraction=cfg.min_split_fraction)
+            inst = obstacles_of(prepared, regions, cfg, camera)[0]
             self._recomputed_instances += 1
         match = match_instances(inst, labels, self.spec.instsize)
         counts = match.counts()
@@ -277,7 +278,7 @@ class ScoreSink:
                     [cv2.IMWRITE_JPEG_QUALITY, 92])
         cv2.imwrite(str(self.extra / f"{k:06d}_instances.png"), inst.astype(np.uint16))
         self.frames.append(_FrameRecord(k, name, int(frame.stamp_ns), labels.shape, has_regions,
-                                        frame.instances is not None))
+                                        frame.instances is not None, camera))
         for stage, ms in (frame.timings_ms or {}).items():
             self.stage_ms.setdefault(stage, []).append(float(ms))
         if frame.latency_ms is not None:
@@ -344,6 +345,7 @@ class ScoreSink:
         sweep_state = []
         for sw in self.sweeps:
             st = {"sweep": sw, "counts": [dict() for _ in sw.values], "pixel": [[0, 0, 0] for _ in sw.values],
+                  "configs": [apply_overrides(cfg, {sw.parameter: v}) for v in sw.values],
                   "comp": ([ComponentAccumulator(v, self.spec, self.protocol) for v in sw.values]
                            if sw.parameter == "score_threshold" else None)}
             sweep_state.append(st)
@@ -364,15 +366,12 @@ class ScoreSink:
                 pos, neg = labels == 1, labels == 0
                 for st in sweep_state:
                     sw = st["sweep"]
-                    for j, v in enumerate(sw.values):
-                        thr = v if sw.parameter == "score_threshold" else cfg.score_threshold
-                        area = v if sw.parameter == "min_instance_area" else cfg.min_instance_area
-                        inst = extract_instances(anomaly, regions, thr, area,
-                                                 min_split_fraction=cfg.min_split_fraction)
+                    for j, swept in enumerate(st["configs"]):
+                        inst = obstacles_of(anomaly, regions, swept, rec.camera)[0]
                         st["counts"][j] = _add_counts(st["counts"][j],
                                                       instance_counts(inst, labels, self.spec.instsize))
                         if st["comp"] is not None:
-                            pred = anomaly >= thr
+                            pred = anomaly >= swept.score_threshold
                             px = st["pixel"][j]
                             px[0] += int(np.count_nonzero(pred & pos))
                             px[1] += int(np.count_nonzero(pred & neg))

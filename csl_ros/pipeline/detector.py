@@ -31,7 +31,7 @@ from csl_ros.model.device import resolve_device
 from csl_ros.model_settings import model_settings
 from csl_ros.pipeline.backends import CompiledModel, compile_network
 from csl_ros.pipeline.geometry import CameraGeometry
-from csl_ros.pipeline.instances import Obstacle, describe_instances, extract_instances
+from csl_ros.pipeline.instances import Obstacle, obstacles_of
 from csl_ros.pipeline.timing import StageTimer
 from csl_ros.pipeline.tracking import Tracker, TrackingParams
 from csl_ros.shipped import resolve_shipped
@@ -353,9 +353,7 @@ class Detector:
                 roi = None
                 if cfg.road_roi and seg is not None:
                     roi = self._road_roi(seg, (H0, W0))
-                inst = extract_instances(anomaly, regions_np, cfg.score_threshold, cfg.min_instance_area, roi,
-                                         min_split_fraction=cfg.min_split_fraction)
-                obstacles = describe_instances(inst, anomaly, cam)
+                inst, obstacles = obstacles_of(anomaly, regions_np, cfg, cam, roi)
             results.append(Detection(anomaly, inst, obstacles, backend=self.backend, device=str(self.device),
                                      backends=self.backends,
                                      regions=regions_np.astype(np.int32) if regions_np is not None else None))

@@ -87,6 +87,36 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
     return out.reshape(scores.shape)
 
 
+def drop_taller_than(instances: np.ndarray, obstacles: list[Obstacle],
+                     max_height_m: float) -> tuple[np.ndarray, list[Obstacle]]:
+    """Drop the instances taller than ``max_height_m`` at the distance of their contact point (records
+    without a metric height, i.e. without camera geometry, are kept); the rest are renumbered 1..K in
+    their order, in the label image and in their records (``id`` and ``instance``)."""
+    tall = [o.instance for o in obstacles if o.height_m is not None and o.height_m > max_height_m]
+    if not tall:
+        return instances, obstacles
+    kept = [o for o in obstacles if o.instance not in set(tall)]
+    remap = np.zeros(int(instances.max()) + 1, np.uint16)
+    for k, o in enumerate(kept, 1):
+        remap[o.instance] = k
+        o.id = o.instance = k
+    return remap[instances], kept
+
+
+def obstacles_of(scores: np.ndarray, regions: np.ndarray | None, config, camera: CameraGeometry | None = None,
+                 roi: np.ndarray | None = None) -> tuple[np.ndarray, list[Obstacle]]:
+    """The detector's instance image and obstacle records for one fused map, with the settings of
+    ``config`` (a :class:`csl_ros.config.DetectorConfig`): :func:`extract_instances`, their records
+    (:func:`describe_instances`) and, with ``max_obstacle_height_m``, :func:`drop_taller_than`. The one
+    path of the node, ``csl-ros evaluate`` and the driving benchmark."""
+    inst = extract_instances(scores, regions, config.score_threshold, config.min_instance_area, roi,
+                             min_split_fraction=config.min_split_fraction)
+    obstacles = describe_instances(inst, scores, camera)
+    if config.max_obstacle_height_m > 0:
+        inst, obstacles = drop_taller_than(inst, obstacles, config.max_obstacle_height_m)
+    return inst, obstacles
+
+
 def _merge_small_pieces(ids: np.ndarray, comp: np.ndarray, n_cc: int, min_area: int,
                         min_fraction: float) -> np.ndarray:
     """Relabel the (component, region) pieces ``ids`` of every pixel: a piece below ``min_area`` or

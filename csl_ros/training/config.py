@@ -36,6 +36,13 @@ AT_LEAST_0 = (0, 2**31 - 1)
 NON_NEGATIVE = (0.0, math.inf)
 
 
+# Height range of the synthetic negatives (csl_ros.training.negatives), as fractions of the crop height:
+# the segmenter's outlier exposure and the student's negative regions share it.
+NEGATIVE_SIZE = (0.03, 0.35)
+# trainId of a pasted negative's pixels in the student's mask split (no Cityscapes class, not void)
+NEGATIVE_TRAIN_ID = 254
+
+
 @dataclass
 class DataConfig:
     """Where training images come from and how they are augmented."""
@@ -64,6 +71,18 @@ class DataConfig:
                                                         "than this fraction (1.0 = off, as in M2F)"})
     min_component_area: int = field(default=100, metadata={"range": AT_LEAST_0, "help": "mask split: drop components "
                                                            "smaller than this (authors' code: 100 px)"})
+    # synthetic negatives (csl_ros.training.negatives) as regions of their own; 0 = the paper's data
+    negatives_max: int = field(default=0, metadata={"range": (0, 64), "help": "synthetic negatives pasted on "
+                                                    "the road of each crop, 0..N at random, each a mask-split "
+                                                    "region of its own (something that does not belong on the "
+                                                    "road is a region); 0 disables"})
+    negative_colour_fraction: float = field(default=0.0, metadata={"range": (0.0, 1.0), "help": "share of "
+                                            "the negatives that are synthetic colour fields instead of "
+                                            "patches of other training frames"})
+    negative_min_size: float = field(default=NEGATIVE_SIZE[0], metadata={"range": (1e-3, 1.0), "help": "smallest "
+                                     "negative height as a fraction of the crop height (log-uniform)"})
+    negative_max_size: float = field(default=NEGATIVE_SIZE[1], metadata={"range": (1e-3, 1.0), "help": "largest "
+                                     "negative height as a fraction of the crop height"})
     workers: int = field(default=0, metadata={"range": AT_LEAST_0,
                                               "help": "DataLoader worker processes (0 = main process)"})
 
@@ -154,6 +173,9 @@ class TrainConfig:
         if not 0 < d.min_scale <= d.max_scale:
             raise ValueError(f"data.min_scale={d.min_scale}, data.max_scale={d.max_scale}: need "
                              "0 < min_scale <= max_scale")
+        if d.negative_min_size > d.negative_max_size:
+            raise ValueError(f"data.negative_min_size={d.negative_min_size}, data.negative_max_size="
+                             f"{d.negative_max_size}: need min <= max")
         if not 0 < d.cat_max_ratio <= 1:
             raise ValueError(f"data.cat_max_ratio={d.cat_max_ratio}: must be in (0, 1]")
         if device_error("run.device", self.run.device):

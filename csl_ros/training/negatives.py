@@ -11,9 +11,17 @@ polygon outline and a random colour gain, standing on a road pixel of the crop. 
 generator (``csl_ros.data.synthroad.obstacles`` is not used). The loss on their pixels is the
 entropy maximisation of Chan et al. (ICCV 2021, Meta-OoD): cross-entropy against the uniform
 distribution over the K classes.
+
+A second kind (``colour_fraction`` of the negatives) is a *synthetic colour field* instead of a source
+patch: a random colour with a vertical shading ramp and low-frequency multiplicative noise (the
+procedural textures of DRAEM, Zavrtanik et al., ICCV 2021, without its texture dataset). The source
+patches are all in-distribution content, so alone they teach "known scenery out of place"; an
+object of a plain colour that no class has (turquoise, orange) is neither, and a closed-set model
+keeps calling it known. Colour fields cover that, still without OOD data or the test generator.
 """
 from __future__ import annotations
 
+import colorsys
 import math
 
 import cv2
@@ -46,15 +54,28 @@ def polygon_mask(h: int, w: int, gen: torch.Generator) -> np.ndarray:
     return mask.astype(bool)
 
 
+def colour_field(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    """(3, h, w) float in [0, 1]: a random colour (uniform hue, saturation 0.2-1, value 0.15-0.95)
+    shaded by a vertical ramp (lit top, darker base) and low-frequency noise (a 2-6 cell grid
+    upsampled bicubic), the look of a painted or weathered solid object."""
+    rgb = torch.tensor(colorsys.hsv_to_rgb(_uniform(gen, 0, 1), _uniform(gen, 0.2, 1.0), _uniform(gen, 0.15, 0.95)))
+    ramp = torch.linspace(_uniform(gen, 1.0, 1.3), _uniform(gen, 0.6, 1.0), h).view(1, h, 1)
+    cells = 2 + _randint(gen, 5)
+    noise = 1.0 + _uniform(gen, 0.05, 0.35) * (2 * torch.rand(1, 1, cells, cells, generator=gen) - 1)
+    noise = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0]
+    return (rgb.view(3, 1, 1).float() * ramp * noise).clamp_(0, 1)
+
+
 def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Generator, count: int,
-                    size_range: tuple[float, float]) -> torch.Tensor:
+                    size_range: tuple[float, float], colour_fraction: float = 0.0) -> torch.Tensor:
     """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited
     in place); returns the (h, w) bool mask of the pasted pixels.
 
     ``sources``: indexable of (H×W×3 uint8 RGB, H×W trainIds), the training frames. A negative's
     height is a log-uniform fraction ``size_range`` of the crop height (far and near), its width
     0.5-2 times that; its bottom centre is a random road pixel of the crop (it stands on the road).
-    Source patches that are mostly road are redrawn (``MAX_SOURCE_ROAD_FRACTION``)."""
+    Source patches that are mostly road are redrawn (``MAX_SOURCE_ROAD_FRACTION``). A share
+    ``colour_fraction`` of the negatives are :func:`colour_field` s instead of source patches."""
     _, h, w = img.shape
     outlier = torch.zeros(h, w, dtype=torch.bool)
     road = (lab == ROAD_TRAIN_ID).nonzero()
@@ -65,7 +86,10 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
         ph = max(3, round(h * math.exp(_uniform(gen, math.log(lo), math.log(hi)))))
         pw = max(3, round(ph * math.exp(_uniform(gen, math.log(0.5), math.log(2.0)))))
         patch = None
-        for _ in range(SOURCE_TRIES):
+        colour = colour_fraction > 0 and float(torch.rand((), generator=gen)) < colour_fraction
+        if colour:
+            patch = colour_field(ph, pw, gen)
+        for _ in range(0 if colour else SOURCE_TRIES):
             src_img, src_lab = sources[_randint(gen, len(sources))]
             sh, sw = src_lab.shape
             if sh < 4 or sw < 4:
@@ -80,9 +104,10 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
             break
         if patch is None:
             continue
-        patch = F.interpolate(patch[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
-        gain = torch.tensor([_uniform(gen, 0.6, 1.4) for _ in range(3)]).view(3, 1, 1)
-        patch = (patch * gain * _uniform(gen, 0.5, 1.3)).clamp_(0, 1)
+        if not colour:   # a source patch: to the negative's size, then a random colour gain
+            patch = F.interpolate(patch[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
+            gain = torch.tensor([_uniform(gen, 0.6, 1.4) for _ in range(3)]).view(3, 1, 1)
+            patch = (patch * gain * _uniform(gen, 0.5, 1.3)).clamp_(0, 1)
         shape = torch.from_numpy(polygon_mask(ph, pw, gen))
         by, bx = (int(v) for v in road[_randint(gen, road.shape[0])])
         top, left = by - ph + 1, bx - pw // 2

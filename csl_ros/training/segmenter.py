@@ -35,7 +35,7 @@ from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, 
                                         save_segmenter)
 
 from .config import DATASETS as TRAIN_DATASETS
-from .config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from .config import NEGATIVE_SIZE, DataConfig, OptimConfig, RunConfig, TrainConfig
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
 from .negatives import paste_negatives, uniform_cross_entropy
@@ -71,8 +71,11 @@ class SegmenterTrainConfig:
     # outlier exposure with synthetic negatives (csl_ros.training.negatives); 0 = the plain closed-set model
     negatives_max: int = setting(0, "synthetic negatives (patches of other training frames) pasted on the "
                                  "road of each crop: 0..N at random; 0 disables outlier exposure", range=(0, 64))
-    negative_size: tuple = setting((0.03, 0.35), "negative height as a fraction of the crop height lo,hi "
+    negative_size: tuple = setting(NEGATIVE_SIZE, "negative height as a fraction of the crop height lo,hi "
                                    "(log-uniform)")
+    negative_colour_fraction: float = setting(0.0, "share of the negatives that are synthetic colour fields "
+                                              "(a random colour, shading and low-frequency noise) instead of "
+                                              "patches of training frames", range=(0.0, 1.0))
     negative_weight: float = setting(1.0, "weight of the entropy maximisation on negative pixels (Chan et al. "
                                      "2021) against the cross-entropy on the rest", range=(0.0, math.inf))
     init_from: str = setting("", "segmenter checkpoint to start from (fine-tuning, e.g. outlier exposure "
@@ -277,7 +280,8 @@ class SegmenterTask:
             img, lab = augment(*self.dataset[i], self.cfg, gen)
             count = int(torch.randint(0, self.cfg.negatives_max + 1, (), generator=gen)) \
                 if self.cfg.negatives_max else 0
-            out = paste_negatives(img, lab, self.dataset, gen, count, self.cfg.negative_size)
+            out = paste_negatives(img, lab, self.dataset, gen, count, self.cfg.negative_size,
+                                  self.cfg.negative_colour_fraction)
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
             outliers.append(out)

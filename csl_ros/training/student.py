@@ -28,9 +28,10 @@ from csl_ros.teachers.teacher import build_teacher
 from csl_ros.training.datasets import build_dataset
 
 from .augment import AugmentParams, augment, split_targets
-from .config import TrainConfig
+from .config import NEGATIVE_TRAIN_ID, TrainConfig
 from .distributed import DistEnv, all_reduce_mean, per_worker_batch, step_indices
 from .loop import Trainer, TrainSummary
+from .negatives import paste_negatives
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,30 @@ class StudentTask:
         rng = np.random.default_rng([self.cfg.run.seed, step, position])
         image, labels = self.dataset[index]
         image, labels = augment(image, labels, rng, self.params)
+        if self.cfg.data.negatives_max:
+            image, labels = self.paste_negative_regions(image, labels, rng)
         components, count = split_targets(labels, self.num_queries, self.cfg.data.min_component_area)
         return image, components, count
+
+    def paste_negative_regions(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """0..``negatives_max`` synthetic negatives (:func:`~csl_ros.training.negatives.paste_negatives`)
+        pasted on the road of an augmented crop, their pixels labelled ``NEGATIVE_TRAIN_ID`` so that the
+        mask split makes each a region of its own: the class-agnostic student learns that something
+        on the road that is not road is a region, which the fusion (Eq. 3) needs to keep an obstacle's
+        teacher score instead of averaging it into the road."""
+        d = self.cfg.data
+        count = int(rng.integers(0, d.negatives_max + 1))
+        if count == 0:
+            return image, labels
+        gen = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+        img = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+        pasted = paste_negatives(img, torch.from_numpy(labels.astype(np.int64)), self.dataset, gen, count,
+                                 (d.negative_min_size, d.negative_max_size), d.negative_colour_fraction).numpy()
+        image = img.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        labels = labels.copy()
+        labels[pasted] = NEGATIVE_TRAIN_ID
+        return np.ascontiguousarray(image), labels
 
     def make_batch(self, step: int) -> StudentBatch:
         env, g = self.env, self.cfg.optim.batch_size
