@@ -36,8 +36,18 @@ $CSL train segmenter --out "$R/segmenter" --set frames=1000 --set render_size=25
 $CSL teacher fit-stats --segmenter "$M/teacher_segmenter_closed_set.safetensors" --data synthroad \
   --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter_closed_set.stats.json"
 
-# 4. class-agnostic CSL student (scheme 2 default)
-$CSL train student --scheme ca --out "$R/student_ca" "${STUDENT_COMMON[@]}" --set optim.max_steps=4000 \
+# 4. class-agnostic CSL student (the paper's training: in-distribution frames, mask split)
+$CSL train student --scheme ca --out "$R/student_ca" "${STUDENT_COMMON[@]}" --set optim.max_steps=4000
+
+# 4b. the shipped class-agnostic student (scheme 2 default): step 4 fine-tuned with synthetic negatives
+#     pasted on the road as regions of their own (data.negatives_max; half of them patches of other
+#     training frames, half plain colour fields; csl_ros.training.negatives), in two runs (the second
+#     from the first's weights, with another sample draw). No OOD data, nothing from the obstacle generator.
+NEG=(--set data.negatives_max=4 --set data.negative_colour_fraction=0.5 --set optim.max_steps=1500)
+$CSL train student --scheme ca --out "$R/student_ca_neg" "${STUDENT_COMMON[@]}" "${NEG[@]}" --set optim.lr=2e-4 \
+  --set student.init_from="$R/student_ca/student.safetensors"
+$CSL train student --scheme ca --out "$R/student_ca_neg2" "${STUDENT_COMMON[@]}" "${NEG[@]}" --set optim.lr=1.5e-4 \
+  --set run.seed=1 --set student.init_from="$R/student_ca_neg/student.safetensors" \
   --export "$M/student_ca.safetensors" --export-dtype int8
 
 # 5. scheme-1 student: + distillation head, Huber loss against the frozen SML teacher of step 2 (the
