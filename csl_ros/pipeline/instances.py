@@ -92,10 +92,10 @@ def drop_taller_than(instances: np.ndarray, obstacles: list[Obstacle],
     """Drop the instances taller than ``max_height_m`` at the distance of their contact point (records
     without a metric height, i.e. without camera geometry, are kept); the rest are renumbered 1..K in
     their order, in the label image and in their records (``id`` and ``instance``)."""
-    tall = [o.instance for o in obstacles if o.height_m is not None and o.height_m > max_height_m]
+    tall = {o.instance for o in obstacles if o.height_m is not None and o.height_m > max_height_m}
     if not tall:
         return instances, obstacles
-    kept = [o for o in obstacles if o.instance not in set(tall)]
+    kept = [o for o in obstacles if o.instance not in tall]
     remap = np.zeros(int(instances.max()) + 1, np.uint16)
     for k, o in enumerate(kept, 1):
         remap[o.instance] = k
