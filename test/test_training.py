@@ -307,6 +307,19 @@ def test_resume_refuses_another_run(tmp_path):
         train_student(cfg, DistEnv(), dataset=ToyFrames(), resume=tmp_path / "last.pt")
 
 
+def test_resume_refuses_another_schedule_length(tmp_path):
+    """Without warm-up the poly schedule stores its horizon: a resume with more steps would train at
+    lr 0 past the old end; it is refused, saying why."""
+    train_student(tiny_config(tmp_path, **{"optim.max_steps": 2}), DistEnv(), dataset=ToyFrames(), resume=False)
+    longer = tiny_config(tmp_path, **{"optim.max_steps": 4})
+    with pytest.raises(ValueError, match=r"last\.pt: its learning-rate schedule ends at step 2, this run's at 4"):
+        train_student(longer, DistEnv(), dataset=ToyFrames(), resume=True)
+    # the same horizon resumes (nothing left to do)
+    again, _ = train_student(tiny_config(tmp_path, **{"optim.max_steps": 2}), DistEnv(), dataset=ToyFrames(),
+                             resume=True)
+    assert again.steps_run == 0 and again.final_step == 2
+
+
 def write_cityscapes(root: Path, n: int = 4, size=(64, 128)) -> None:
     for i in range(n):
         image, labels = toy_frame(i, size)

@@ -161,6 +161,13 @@ class Trainer:
         if missing or unexpected:
             raise ValueError(f"{path}: model weights do not fit (missing {missing[:4]}, unexpected "
                              f"{unexpected[:4]}); was it trained with another model config?")
+        # PolynomialLR stores its horizon: resumed under another max_steps it would keep the old
+        # schedule (lr 0 past its end) without a word, so that is refused
+        old_end, new_end = (state["scheduler"] or {}).get("total_iters"), getattr(self.scheduler, "total_iters", None)
+        if old_end is not None and new_end is not None and old_end != new_end:
+            raise ValueError(f"{path}: its learning-rate schedule ends at step {old_end}, this run's at {new_end}; "
+                             f"resuming would keep the old schedule. Keep the max steps, or start a new out_dir "
+                             f"from its weights (init_from)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
