@@ -60,8 +60,9 @@ def register(subparsers) -> None:
     p.add_argument("--protocol", default="official", choices=("official", "exact"),
                    help="official: the SMIYC leaderboard's binned curve; exact: every distinct float16 score")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=A:B:STEP",
-                   help="sweep score_threshold or min_instance_area on one pass of network outputs, "
-                        "e.g. score_threshold=0.3:0.9:0.1 or min_instance_area=50,100,200 (repeatable)")
+                   help="sweep score_threshold, min_instance_area or max_obstacle_height_m on one pass of "
+                        "network outputs, e.g. score_threshold=0.3:0.9:0.1 or min_instance_area=50,100,200 "
+                        "(repeatable)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the bag (count)")
     p.add_argument("--no-labels", action="store_true",
                    help="the bag has no ground truth (/eval/ood_labels): run and time the detector on "

@@ -90,7 +90,8 @@ def test_parse_sweep_ranges_lists_and_errors():
     assert parse_sweep("score_threshold=0.5:0.5:0.1").values == (0.5,)
     assert parse_sweep("min_instance_area=50,100,200").values == (50, 100, 200)
     assert parse_sweep("min_instance_area=0:100:50").values == (0, 50, 100)
-    with pytest.raises(ValueError, match="only score_threshold, min_instance_area"):
+    assert parse_sweep("max_obstacle_height_m=0,1.5,3").values == (0.0, 1.5, 3.0)
+    with pytest.raises(ValueError, match="only score_threshold, min_instance_area, max_obstacle_height_m"):
         parse_sweep("teacher=msp,sml")
     with pytest.raises(ValueError, match=r"outside \[0.0, 1.0\]"):
         parse_sweep("score_threshold=0.5:1.5:0.5")
@@ -382,7 +383,8 @@ def tiny_run(synth_bag, tiny_models, tmp_path_factory):
     counting = Counting(Detector.from_config)
     sets = [a for s in tiny_models + ["score_threshold=0.5", "min_instance_area=20"] for a in ("--set", s)]
     evaluate_command(parse("--bag", str(synth_bag), "--out", str(out), "--quiet", "--video", *sets,
-                           "--sweep", "score_threshold=0.3:0.9:0.1", "--sweep", "min_instance_area=0,20,200"),
+                           "--sweep", "score_threshold=0.3:0.9:0.1", "--sweep", "min_instance_area=0,20,200",
+                           "--sweep", "max_obstacle_height_m=0,0.01,100"),
                      detector_factory=counting)
     return out, load(out), counting
 
@@ -423,6 +425,11 @@ def test_sweep_reuses_one_network_pass(tiny_run):
     assert all(a >= b for a, b in zip(recalls, recalls[1:]))
     sizes = [r["instances"] for r in by_param["min_instance_area"]["rows"]]
     assert sizes[0] >= sizes[1] >= sizes[2]
+    # max_obstacle_height_m: 0 (off, the configured value) and 100 m keep the detector's instances; 1 cm
+    # (the bag has camera_info, so every instance has a height) drops them all
+    heights = {r["value"]: r["instances"] for r in by_param["max_obstacle_height_m"]["rows"]}
+    assert heights[0.0] == heights[100.0] == m["instances"]["instances"] > 0
+    assert heights[0.01] == 0
     # component metrics at each swept threshold are the official ones with that fixed threshold
     for r in thr["rows"]:
         assert set(r["components"]) >= {"siou_gt", "ppv", "f1_mean"}

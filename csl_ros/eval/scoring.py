@@ -9,7 +9,7 @@ in a bag) hands each scored frame to one :class:`ScoreSink`. The sink
   benchmark, which casts to float16) for the second pass: the official component metrics at the
   dataset's best-F1 threshold,
 * keeps what sweeps need (the fused anomaly maps in float32 and the student's regions) so that
-  ``score_threshold`` / ``min_instance_area`` sweeps recompute instances and component metrics
+  ``score_threshold`` / ``min_instance_area`` / ``max_obstacle_height_m`` sweeps recompute instances and component metrics
   without running the network again,
 * keeps a JPEG of each image and its instance map, so the worst frames can be drawn at the end,
 * counts the detector's own instances against the ground-truth components (:func:`instance_counts`).
@@ -39,7 +39,7 @@ from csl_ros.eval.metrics import (ComponentAccumulator, FrameCache, MetricsResul
 from csl_ros.eval.report import frame_panels
 from csl_ros.pipeline.instances import obstacles_of
 
-SWEEPABLE = ("score_threshold", "min_instance_area")
+SWEEPABLE = ("score_threshold", "min_instance_area", "max_obstacle_height_m")
 HIST_BINS = 100                 # score histogram over [0, 1]
 
 
@@ -69,7 +69,7 @@ def parse_sweep(text: str) -> Sweep:
     if name not in SWEEPABLE:
         raise ValueError(f"--sweep {name!r}: only {', '.join(SWEEPABLE)} can be swept on one pass of "
                          f"network outputs (other settings change the network's output)")
-    cast = float if name == "score_threshold" else int
+    cast = int if name == "min_instance_area" else float
     try:
         if ":" in spec:
             parts = [float(p) for p in spec.split(":")]
@@ -443,11 +443,17 @@ class ScoreSink:
                     f"(score >= value), pixel precision/recall/F1 at score >= value, and the official "
                     f"component metrics (sIoU, PPV, F1) with the value as a fixed threshold "
                     f"(score > value) instead of the benchmark's best-F1 threshold")
-        else:
+        elif sw.parameter == "min_instance_area":
             what = (f"min_instance_area varies; score_threshold stays {cfg.score_threshold:g}. Per value: "
                     f"the detector's instances re-extracted from {source}. "
                     f"Pixel and component metrics do not depend on it (the official component metrics "
                     f"use the track's own size filters)")
+        else:
+            what = (f"max_obstacle_height_m varies (0 = off); score_threshold stays {cfg.score_threshold:g}, "
+                    f"min_instance_area {cfg.min_instance_area}. Per value: the detector's instances "
+                    f"re-extracted from {source}, those taller than the value at their contact point's "
+                    f"distance dropped (frames without camera geometry keep them all). Pixel and component "
+                    f"metrics do not depend on it")
         return {"parameter": sw.parameter, "values": list(sw.values), "description": what,
                 "fixed": {k: getattr(cfg, k) for k in SWEEPABLE if k != sw.parameter}, "rows": rows}
 
