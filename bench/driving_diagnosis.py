@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             for stamp, rec, truth in driving.drive_frames(seed, args.frames):
                 a, regions = driving.detect_cached(detector, rec, cfg, args.cache, f"{seed}_{stamp}")
                 cam, source = frame_geometry(truth, rec.label.shape, cfg)
-                inst = obstacles_of(a, regions, cfg, cam)[0]
+                inst, records = obstacles_of(a, regions, cfg, cam)
                 m = match_instances(inst, rec.label, 10)
                 comps = component_distances(m.gt, m.gt_counted, truth, cam, source)
                 detected = set(m.detected().tolist())
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
                     if d < NEAR_M:
                         near.append((c in detected, int(px.sum()), float((a[px] >= thr).mean()),
                                      float((inst[px] > 0).mean()), kind_of.get(key, "?")))
-                for r in describe_instances(inst, a, cam):
+                for r in records:
                     if m.counted[r.instance] and not m.true[r.instance]:
                         false_bands[band_of(r.distance_m)] += 1
                         if r.distance_m is not None and r.distance_m < 10.0:
