@@ -33,6 +33,7 @@ import numpy as np
 
 DRIVE_SEED = 30_000_000        # held-out test drives
 TUNE_DRIVE_SEED = 40_000_000   # drives for choosing the default (never the test drives)
+TUNE_DRIVES = 20               # 6 drives let one drive's road markings decide the choice
 FRAME_SIZE = (512, 1024)       # what the demo renders
 GOAL_RECALL, GOAL_FA = 0.80, 0.2
 INSTSIZE = 10                  # obstacle track: ground-truth components under 10 px are void
@@ -257,8 +258,8 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=30, help="frames per drive at 10 frames/s and 10 m/s "
                    "(default 30: 3 s, 30 m)")
     p.add_argument("--tune", action="store_true", help="grid of score_threshold x tracking on tuning drives")
-    p.add_argument("--tune-drives", type=int, default=6, help="drives (of --frames each) for --tune and "
-                   "--split-fractions (default 6)")
+    p.add_argument("--tune-drives", type=int, default=TUNE_DRIVES, help="drives (of --frames each) for --tune and "
+                   f"--split-fractions (default {TUNE_DRIVES})")
     p.add_argument("--split-fractions", default="", metavar="V1,V2,...",
                    help="measure fragmentation for these min_split_fraction values on the tuning drives")
     p.add_argument("--max-fa", type=float, default=0.15, help="--tune: tracked false alarms/frame allowed "

@@ -10,7 +10,7 @@ from csl_ros.teachers.segmenter import ClosedSetSegmenter, load_segmenter, prese
 from csl_ros.training.distributed import DistEnv
 from csl_ros.training.negatives import (MAX_SOURCE_ROAD_FRACTION, ROAD_TRAIN_ID, colour_field, paste_negatives,
                                         polygon_mask, uniform_cross_entropy)
-from csl_ros.training.segmenter import SegmenterTask, SegmenterTrainConfig, train_segmenter
+from csl_ros.training.segmenter import SegmenterTask, SegmenterTrainConfig, ohem_cross_entropy, train_segmenter
 
 from test_teachers_train import ToyScenes, _cfg
 
@@ -117,6 +117,47 @@ def test_uniform_cross_entropy_by_hand():
     mixed = confident.clone()
     mixed[:, :, 1:3, 1:3] = 0.0
     assert float(uniform_cross_entropy(mixed, out)) == pytest.approx(math.log(k), abs=1e-6)
+
+
+def test_ohem_cross_entropy_by_hand():
+    # 6 pixels, 2 classes, target 0; logit of class 0 = l: p_true = sigmoid(l), ce = log(1 + exp(-l))
+    l = torch.tensor([4.0, 3.0, 0.5, -1.0, 2.0, 0.0])
+    logits = torch.stack([l, torch.zeros(6)])[None, :, None, :]     # (1, 2, 1, 6)
+    target = torch.zeros(1, 1, 6, dtype=torch.long)
+    target[0, 0, 4] = 255                                             # void: never counted
+    ce = torch.log1p(torch.exp(-l))
+    # threshold 0.7: p_true < 0.7 <=> l < log(0.7 / 0.3) = 0.847: pixels 2, 3, 5
+    hard = float(ce[[2, 3, 5]].mean())
+    assert float(ohem_cross_entropy(logits, target, 0.7, 0.0)) == pytest.approx(hard, rel=1e-6)
+    # at least 4 of the 5 labelled pixels (ceil(0.7 * 5)): the 4 hardest are 3, 5, 2, 1
+    assert float(ohem_cross_entropy(logits, target, 0.7, 0.7)) == pytest.approx(float(ce[[1, 2, 3, 5]].mean()),
+                                                                                  rel=1e-6)
+    # threshold 1: every labelled pixel, the plain mean
+    plain = float(torch.nn.functional.cross_entropy(logits, target, ignore_index=255))
+    assert float(ohem_cross_entropy(logits, target, 1.0, 0.0)) == pytest.approx(plain, rel=1e-6)
+    assert float(ohem_cross_entropy(logits, torch.full_like(target, 255), 0.7, 0.1)) == 0.0
+    # the gradient reaches the kept pixels only
+    g = logits.clone().requires_grad_(True)
+    ohem_cross_entropy(g, target, 0.7, 0.0).backward()
+    assert bool((g.grad[0, :, 0, [0, 1, 4]] == 0).all()) and bool((g.grad[0, 0, 0, [2, 3, 5]] < 0).all())
+
+
+def test_task_loss_uses_ohem_when_set(tmp_path):
+    env = DistEnv(device=torch.device("cpu"))
+    ds = ToyScenes(4)
+    model = ClosedSetSegmenter(preset("lraspp_mobilenet_v3_large", num_classes=19))
+    plain = SegmenterTask(_cfg(tmp_path, batch_size=2), env, ds)
+    ohem = SegmenterTask(_cfg(tmp_path, batch_size=2, ohem_threshold=1e-6, ohem_min_kept=0.1), env, ds)
+    batch = plain.make_batch(0)
+    with torch.no_grad():
+        (l0, _), (l1, _) = plain.loss(model, batch), ohem.loss(model, batch)
+        logits, aux = model(batch[0], with_aux=True)
+    # an untrained model is unsure everywhere: the 10 % hardest pixels (min_kept) are the ones averaged
+    expect = ohem_cross_entropy(logits, batch[1], 1e-6, 0.1)
+    if aux is not None:
+        expect = expect + 0.5 * ohem_cross_entropy(aux, batch[1], 1e-6, 0.1)
+    assert float(l1) == pytest.approx(float(expect), rel=1e-5)
+    assert float(l1) > float(l0) * 1.01
 
 
 def test_task_batches_void_the_negatives_and_the_loss_has_its_term(tmp_path):

@@ -78,6 +78,12 @@ class SegmenterTrainConfig:
                                               "patches of training frames", range=(0.0, 1.0))
     negative_weight: float = setting(1.0, "weight of the entropy maximisation on negative pixels (Chan et al. "
                                      "2021) against the cross-entropy on the rest", range=(0.0, math.inf))
+    ohem_threshold: float = setting(0.0, "online hard example mining (the OhemCrossEntropy of the HRNet/OCR "
+                                    "Cityscapes recipes): the cross-entropy averages only the pixels whose "
+                                    "true-class probability is below this (at least ohem_min_kept of them, "
+                                    "the hardest); 0 = plain mean over all labelled pixels", range=(0.0, 1.0))
+    ohem_min_kept: float = setting(1 / 16, "with ohem_threshold: the share of a batch's labelled pixels kept "
+                                   "at least (the hardest)", range=(0.0, 1.0))
     init_from: str = setting("", "segmenter checkpoint to start from (fine-tuning, e.g. outlier exposure "
                              "of a trained model); empty: random initialisation")
     # optimisation
@@ -290,16 +296,41 @@ class SegmenterTask:
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y, outlier = (t.to(self.env.device) for t in batch)
         logits, aux = model(x, with_aux=True)
-        ce = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+        ce = self._cross_entropy(logits, y)
         if aux is not None and self.cfg.aux_weight > 0:
-            ce = ce + self.cfg.aux_weight * F.cross_entropy(aux.float(), y, ignore_index=IGNORE_INDEX)
+            ce = ce + self.cfg.aux_weight * self._cross_entropy(aux, y)
         if self.cfg.negatives_max == 0:
             return ce, {}
         neg = uniform_cross_entropy(logits, outlier)
         return ce + self.cfg.negative_weight * neg, {"ce": ce.detach(), "negatives": neg.detach()}
 
+    def _cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.cfg.ohem_threshold > 0:
+            return ohem_cross_entropy(logits, y, self.cfg.ohem_threshold, self.cfg.ohem_min_kept)
+        return F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+
     def batch_images(self, batch) -> int:
         return int(batch[0].shape[0])
+
+
+def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, threshold: float,
+                       min_kept: float) -> torch.Tensor:
+    """Cross-entropy averaged over the hard pixels only (online hard example mining, as HRNet/OCR's
+    ``OhemCrossEntropy`` for Cityscapes): the labelled pixels whose true-class probability is below
+    ``threshold``, and at least the ``min_kept`` share of the labelled pixels with the lowest
+    probability. Why: thin in-distribution structures (lane markings, poles) are a tiny share of the
+    pixels, so the plain mean barely sees them, and outlier exposure makes exactly them uncertain.
+    ``logits`` (B, K, H, W), ``target`` (B, H, W) with ``IGNORE_INDEX`` void; 0 without labelled pixels."""
+    pixel_ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none").flatten()
+    labelled = target.flatten() != IGNORE_INDEX
+    ce = pixel_ce[labelled]
+    if ce.numel() == 0:
+        return logits.sum() * 0.0
+    # p_true = exp(-ce): the hardest pixels have the largest cross-entropy
+    kept = max(1, min(ce.numel(), math.ceil(min_kept * ce.numel())))
+    floor = torch.topk(ce.detach(), kept, sorted=True).values[-1]   # ce of the kept-th hardest pixel
+    cut = torch.minimum(floor, torch.tensor(-math.log(threshold), device=ce.device))
+    return ce[ce.detach() >= cut].mean()
 
 
 def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
