@@ -329,7 +329,7 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, threshold: fl
     # p_true = exp(-ce): the hardest pixels have the largest cross-entropy
     kept = max(1, min(ce.numel(), math.ceil(min_kept * ce.numel())))
     floor = torch.topk(ce.detach(), kept, sorted=True).values[-1]   # ce of the kept-th hardest pixel
-    cut = torch.minimum(floor, torch.tensor(-math.log(threshold), device=ce.device))
+    cut = floor.clamp(max=-math.log(threshold))   # every pixel with p_true < threshold, or the kept hardest
     return ce[ce.detach() >= cut].mean()
 
 
