@@ -82,6 +82,40 @@ def test_colour_negatives_need_no_source_frame_and_are_not_source_pixels():
     assert not paste_negatives(x0, y0, road_sources, torch.Generator().manual_seed(2), 4, (0.1, 0.3)).any()
 
 
+def _checkered_road_sources(n=3, h=64, w=128):
+    """Source frames where a quarter of the 16 px cells are road, painted pure red; the rest is not
+    road, painted pure blue: a pasted pixel's colour says which it came from (a colour gain keeps a
+    zero channel zero)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    road = ((yy // 16 + xx // 16) % 4) == 0
+    img = np.zeros((h, w, 3), np.uint8)
+    img[road, 0] = 255
+    img[~road, 2] = 255
+    lab = np.where(road, ROAD_TRAIN_ID, 2).astype(np.uint8)
+    return [(img, lab)] * n
+
+
+def test_exclude_source_road_pastes_no_pixel_that_was_road_in_its_frame():
+    img, lab = _road_bottom_frame()
+    red_without = 0
+    for seed in range(6):
+        runs = {}
+        for exclude in (False, True):
+            x, y = _as_tensors(img, lab)
+            out = paste_negatives(x, y, _checkered_road_sources(), torch.Generator().manual_seed(seed), 8,
+                                  (0.2, 0.4), exclude_source_road=exclude)
+            assert bool(((x[0] > 0) ^ (x[2] > 0))[out].all()), "each pasted pixel is one source pixel"
+            runs[exclude] = (x, out, out & (x[0] > 0))       # red channel: a source road pixel
+        (x0, out0, red0), (x1, out1, red1) = runs[False], runs[True]
+        assert not red1.any(), "a source road pixel was pasted"
+        red_without += int(red0.sum())
+        # the same draws (the option takes no random number): the same negatives minus their road
+        assert not (out1 & ~out0).any()
+        kept = out0 & ~red0
+        assert bool(kept.any()) and not (kept & ~out1).any() and torch.equal(x0[:, kept], x1[:, kept])
+    assert red_without > 0, "without the option the sources' road is pasted too"
+
+
 def test_colour_field_is_one_shaded_colour():
     f = colour_field(40, 30, torch.Generator().manual_seed(7))
     assert f.shape == (3, 40, 30) and float(f.min()) >= 0 and float(f.max()) <= 1

@@ -67,7 +67,8 @@ def colour_field(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Generator, count: int,
-                    size_range: tuple[float, float], colour_fraction: float = 0.0) -> torch.Tensor:
+                    size_range: tuple[float, float], colour_fraction: float = 0.0,
+                    exclude_source_road: bool = False) -> torch.Tensor:
     """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited
     in place); returns the (h, w) bool mask of the pasted pixels.
 
@@ -75,7 +76,10 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     height is a log-uniform fraction ``size_range`` of the crop height (far and near), its width
     0.5-2 times that; its bottom centre is a random road pixel of the crop (it stands on the road).
     Source patches that are mostly road are redrawn (``MAX_SOURCE_ROAD_FRACTION``). A share
-    ``colour_fraction`` of the negatives are :func:`colour_field` s instead of source patches."""
+    ``colour_fraction`` of the negatives are :func:`colour_field` s instead of source patches. With
+    ``exclude_source_road`` the pixels that were road in the source frame are not pasted: otherwise a
+    patch's share of road (up to ``MAX_SOURCE_ROAD_FRACTION``, lane markings and zebra stripes included)
+    lands on the road as "anomalous" and teaches the network that road texture can be an obstacle."""
     _, h, w = img.shape
     outlier = torch.zeros(h, w, dtype=torch.bool)
     road = (lab == ROAD_TRAIN_ID).nonzero()
@@ -85,7 +89,7 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     for _ in range(count):
         ph = max(3, round(h * math.exp(_uniform(gen, math.log(lo), math.log(hi)))))
         pw = max(3, round(ph * math.exp(_uniform(gen, math.log(0.5), math.log(2.0)))))
-        patch = None
+        patch, keep = None, None
         colour = colour_fraction > 0 and float(torch.rand((), generator=gen)) < colour_fraction
         if colour:
             patch = colour_field(ph, pw, gen)
@@ -101,6 +105,8 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
                 continue
             patch = torch.from_numpy(np.ascontiguousarray(src_img[y0:y0 + bh, x0:x0 + bw])).permute(2, 0, 1)
             patch = patch.float().div_(255.0)
+            if exclude_source_road:
+                keep = torch.from_numpy(np.ascontiguousarray(src_lab[y0:y0 + bh, x0:x0 + bw] != ROAD_TRAIN_ID))
             break
         if patch is None:
             continue
@@ -109,6 +115,9 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
             gain = torch.tensor([_uniform(gen, 0.6, 1.4) for _ in range(3)]).view(3, 1, 1)
             patch = (patch * gain * _uniform(gen, 0.5, 1.3)).clamp_(0, 1)
         shape = torch.from_numpy(polygon_mask(ph, pw, gen))
+        if keep is not None:   # nearest, so a source pixel is either pasted whole or not at all
+            keep = F.interpolate(keep[None, None].float(), size=(ph, pw), mode="nearest")[0, 0].bool()
+            shape &= keep
         by, bx = (int(v) for v in road[_randint(gen, road.shape[0])])
         top, left = by - ph + 1, bx - pw // 2
         # clip the negative to the crop

@@ -76,6 +76,9 @@ class SegmenterTrainConfig:
     negative_colour_fraction: float = setting(0.0, "share of the negatives that are synthetic colour fields "
                                               "(a random colour, shading and low-frequency noise) instead of "
                                               "patches of training frames", range=(0.0, 1.0))
+    negative_exclude_source_road: bool = setting(False, "paste only the pixels of a source patch that were not "
+                                                 "road in their frame (else its road, markings included, "
+                                                 "is pasted as anomalous too)")
     negative_weight: float = setting(1.0, "weight of the entropy maximisation on negative pixels (Chan et al. "
                                      "2021) against the cross-entropy on the rest", range=(0.0, math.inf))
     ohem_threshold: float = setting(0.0, "online hard example mining (the OhemCrossEntropy of the HRNet/OCR "
@@ -287,7 +290,7 @@ class SegmenterTask:
             count = int(torch.randint(0, self.cfg.negatives_max + 1, (), generator=gen)) \
                 if self.cfg.negatives_max else 0
             out = paste_negatives(img, lab, self.dataset, gen, count, self.cfg.negative_size,
-                                  self.cfg.negative_colour_fraction)
+                                  self.cfg.negative_colour_fraction, self.cfg.negative_exclude_source_road)
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
             outliers.append(out)
