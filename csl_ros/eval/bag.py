@@ -612,14 +612,18 @@ class BagReader:
         self.stats.skipped.append({"file": _describe(self.path), "topic": topic, "log_time_ns": t_ns,
                                    "reason": reason})
 
+    def skip_or_raise(self, exc: BagError, topic: str, t_ns: int) -> None:
+        """Under ``salvage`` list the damaged record ``exc`` reports (it is left out); else raise ``exc``."""
+        if not self.salvage:
+            raise exc
+        self.skip(topic, t_ns, str(exc).rsplit(": ", 1)[-1])
+
     def decode(self, conn, raw, t_ns):
         """The message, or None when it is damaged and ``salvage`` skips it (listed in stats)."""
         try:
             return self._decode(conn, raw, t_ns)
         except BagError as exc:
-            if not self.salvage:
-                raise
-            self.skip(conn.topic, t_ns, str(exc).rsplit(": ", 1)[-1])
+            self.skip_or_raise(exc, conn.topic, t_ns)
             return None
 
     def messages(self, topics) -> Iterator[tuple]:
@@ -678,9 +682,7 @@ class BagReader:
             except ImageFormatError as exc:
                 raise BagError(f"{where}: {exc}") from None
         except BagError as exc:
-            if not self.salvage:
-                raise
-            self.skip(self.image_topic, t_img, str(exc).rsplit(": ", 1)[-1])
+            self.skip_or_raise(exc, self.image_topic, t_img)
             if self.labels_topic in slot:
                 self.stats.unmatched_labels += 1     # its labelled frame is dropped, and counted
             return
@@ -690,9 +692,7 @@ class BagReader:
             try:
                 labels = _mono8(lab_msg, where, "labels", image.shape[:2])
             except BagError as exc:
-                if not self.salvage:
-                    raise
-                self.skip(self.labels_topic, t_lab, str(exc).rsplit(": ", 1)[-1])
+                self.skip_or_raise(exc, self.labels_topic, t_lab)
                 self.stats.unmatched_labels += 1     # the frame is dropped, and counted
                 return
         if labels is not None:
@@ -711,9 +711,7 @@ class BagReader:
             if OBSTACLE_IDS_TOPIC in slot:
                 ids = _mono8(slot[OBSTACLE_IDS_TOPIC][0], where, OBSTACLE_IDS_TOPIC, image.shape[:2])
         except BagError as exc:
-            if not self.salvage:
-                raise
-            self.skip(GROUND_TRUTH_TOPIC, stamp, str(exc).rsplit(": ", 1)[-1])
+            self.skip_or_raise(exc, GROUND_TRUTH_TOPIC, stamp)
             truth = ids = None
         self.stats.images += 1
         yield BagFrame(stamp, fid, image, labels, info, truth, ids)

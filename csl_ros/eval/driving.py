@@ -186,10 +186,12 @@ class DrivingAccumulator:
         self.tracker.reset()
 
     def add(self, stamp_ns: int, labels: np.ndarray, instances: np.ndarray, scores: np.ndarray,
-            truth: GroundTruth | None, match: InstanceMatch | None = None) -> dict:
-        """Score one frame (in stamp order); returns its per-frame counts. ``match``: the frame's
-        :func:`match_instances` when the caller already has it (same instances, labels and instsize)."""
-        cam, cam_source = frame_geometry(truth, labels.shape, self.config)
+            truth: GroundTruth | None, match: InstanceMatch | None = None,
+            geometry: tuple[CameraGeometry | None, str] | None = None) -> dict:
+        """Score one frame (in stamp order); returns its per-frame counts. ``match`` and ``geometry``:
+        the frame's :func:`match_instances` and :func:`frame_geometry` when the caller already has them
+        (same instances, labels, instsize and configuration)."""
+        cam, cam_source = geometry if geometry is not None else frame_geometry(truth, labels.shape, self.config)
         m = match if match is not None else match_instances(instances, labels, self.instsize)
         records = describe_instances(instances, scores, cam)
         self.tracker.update(records, TrackingParams.from_config(self.config))

@@ -251,7 +251,8 @@ class ScoreSink:
         fp = int(np.count_nonzero(pred & neg))
         fn = int(np.count_nonzero(~pred & pos))
         # the detector's instances (recomputed from the map where the source did not give them)
-        camera = frame_geometry(frame.truth, labels.shape, cfg)[0]
+        geometry = frame_geometry(frame.truth, labels.shape, cfg)
+        camera = geometry[0]
         inst = frame.instances
         if inst is None or inst.shape != labels.shape:
             regions = frame.regions if frame.regions is not None and frame.regions.shape == labels.shape else None
@@ -260,7 +261,8 @@ class ScoreSink:
         match = match_instances(inst, labels, self.spec.instsize)
         counts = match.counts()
         self.instances_total = _add_counts(self.instances_total, counts)
-        drive = self.driving.add(frame.stamp_ns, labels, inst, prepared, frame.truth, match=match)
+        drive = self.driving.add(frame.stamp_ns, labels, inst, prepared, frame.truth, match=match,
+                                 geometry=geometry)
         # what the second pass, the sweeps and the worst-frame pictures need
         has_regions = frame.regions is not None and frame.regions.shape == labels.shape
         if self.sweeps:
