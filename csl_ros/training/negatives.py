@@ -101,12 +101,13 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
             # the source box at the source's own scale, resized to the negative's size
             bh, bw = min(sh, max(4, ph)), min(sw, max(4, pw))
             y0, x0 = _randint(gen, sh - bh + 1), _randint(gen, sw - bw + 1)
-            if float((src_lab[y0:y0 + bh, x0:x0 + bw] == ROAD_TRAIN_ID).mean()) > MAX_SOURCE_ROAD_FRACTION:
+            src_road = src_lab[y0:y0 + bh, x0:x0 + bw] == ROAD_TRAIN_ID
+            if float(src_road.mean()) > MAX_SOURCE_ROAD_FRACTION:
                 continue
             patch = torch.from_numpy(np.ascontiguousarray(src_img[y0:y0 + bh, x0:x0 + bw])).permute(2, 0, 1)
             patch = patch.float().div_(255.0)
             if exclude_source_road:
-                keep = torch.from_numpy(np.ascontiguousarray(src_lab[y0:y0 + bh, x0:x0 + bw] != ROAD_TRAIN_ID))
+                keep = torch.from_numpy(~src_road)
             break
         if patch is None:
             continue
