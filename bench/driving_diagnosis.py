@@ -15,7 +15,9 @@ frame (untracked):
 * recall of the near obstacles by obstacle kind (box, plank, cylinder, tyre, bag, polygon);
 * the false alarms by distance band of their contact point, and the near (< 10 m) ones: how many
   reach the bottom image border, and their sizes;
-* per drive: pixel AP on labelled pixels, the obstacles' median score, the share of road pixels at or
+* the false alarms by the ground-truth class (Cityscapes trainId) of most of their pixels: "road" ones
+  are something on the road surface that is not an obstacle (paint, texture, shadow);
+* per drive: its false alarms (they concentrate in few drives), pixel AP on labelled pixels, the obstacles' median score, the share of road pixels at or
   above the threshold, image brightness.
 """
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from csl_ros.config import parse_set_args
+    from csl_ros.data.synthroad import TRAIN_ID_NAMES
 
     cfg = driving.default_config(parse_set_args(args.set))
     thr = cfg.score_threshold
@@ -58,12 +61,13 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
         [driving.DRIVE_SEED + i for i in range(args.drives)]
     near, false_near, offsets = [], [], []
-    false_bands = Counter()
+    false_bands, false_classes = Counter(), Counter()
     print(f"score_threshold {thr:g}, input {cfg.input_height}x{cfg.input_width}, frames "
           f"{driving.FRAME_SIZE[0]}x{driving.FRAME_SIZE[1]}; per frame (untracked)")
     with torch.inference_mode():
         for seed in seeds:
             labels, scores, bright, gt_med = [], [], [], []
+            drive_false = 0
             for stamp, rec, truth in driving.drive_frames(seed, args.frames):
                 a, regions = driving.detect_cached(detector, rec, cfg, args.cache, f"{seed}_{stamp}")
                 cam, source = frame_geometry(truth, rec.label.shape, cfg)
@@ -83,7 +87,10 @@ def main(argv=None) -> int:
                                      float((inst[px] > 0).mean()), kind_of.get(key, "?")))
                 for r in records:
                     if m.counted[r.instance] and not m.true[r.instance]:
+                        drive_false += 1
                         false_bands[band_of(r.distance_m)] += 1
+                        if rec.semantic is not None:
+                            false_classes[int(np.bincount(rec.semantic[inst == r.instance]).argmax())] += 1
                         if r.distance_m is not None and r.distance_m < 10.0:
                             false_near.append((r.bbox[3] >= a.shape[0], r.area_px))
                 valid = rec.label != 255
@@ -92,7 +99,7 @@ def main(argv=None) -> int:
                 bright.append(float(rec.rgb.mean()))
             y, s = np.concatenate(labels), np.concatenate(scores)
             ap = average_precision_score(y, s) if y.any() else float("nan")
-            print(f"drive {seed}: pixel AP {100 * ap:.1f} %, obstacle pixels {100 * y.mean():.2f} %, obstacle "
+            print(f"drive {seed}: false alarms {drive_false}, pixel AP {100 * ap:.1f} %, obstacle pixels {100 * y.mean():.2f} %, obstacle "
                   f"median score {np.median(s[y]) if y.any() else float('nan'):.3f}, road pixels >= threshold "
                   f"{100 * (s[~y] >= thr).mean():.1f} %, brightness {np.mean(bright):.0f}")
     hit = np.array([n[0] for n in near], bool)
@@ -116,6 +123,9 @@ def main(argv=None) -> int:
     print("false alarms (per frame, untracked) by distance band: " + ", ".join(
         f"{band_label(*BANDS[k]) if k is not None else 'unknown'} {false_bands[k]}"
         for k in [*range(len(BANDS)), None] if false_bands[k]))
+    if false_classes:
+        print("false alarms by ground-truth class of most of their pixels: " + ", ".join(
+            f"{TRAIN_ID_NAMES[k] if k < len(TRAIN_ID_NAMES) else k} {v}" for k, v in false_classes.most_common()))
     bottom = [a for b, a in false_near if b]
     sizes = Counter("< 2k px" if a < 2000 else "> 20k px" if a > 20000 else "2k-20k px" for a in bottom)
     print(f"near (< 10 m) false alarms {len(false_near)}: {len(bottom)} reach the bottom border "

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from csl_ros.data.synthroad import (CameraModel, Frame, OBSTACLE_KINDS, TRAIN_ID_NAMES, render_frame,
-                                    render_sequence)
+from csl_ros.data.synthroad import (CameraModel, Frame, OBSTACLE_KINDS, TRAIN_ID_NAMES, rare_road_paint_seeds,
+                                    render_frame, render_sequence)
 from csl_ros.data.synthroad.camera import camera_to_world_rotation
 from csl_ros.data.synthroad.labels import THING_TRAIN_IDS, TRAIN_TO_LABEL_ID
 
@@ -323,3 +323,36 @@ def test_contact_sheet_and_overlay(obstacle_frames):
     assert (legend == (0, 255, 255)).all(-1).sum() > 20        # the OOD swatch in the legend below the grid
     with pytest.raises(ValueError):
         contact_sheet([])
+
+
+def _yellow_share_of_road(frame: Frame) -> float:
+    """Share of the road pixels painted yellow: red well above blue (grey asphalt and white paint have
+    them about equal)."""
+    img = frame.image.astype(np.float32)
+    road = frame.train_ids == TRAIN_ID_NAMES.index("road")
+    yellow = road & (img[..., 2] < 0.55 * img[..., 0]) & (img[..., 0] > 60)
+    return float(yellow.sum() / max(1, road.sum()))
+
+
+def test_rare_road_paint_seeds_are_the_frames_with_zebra_crossings_or_yellow_markings():
+    from csl_ros.data.synthroad.render import OBJECT_RANGE, has_rare_road_paint
+    from csl_ros.data.synthroad.world import YELLOW_PAINT, World
+
+    seeds = rare_road_paint_seeds(500_000, 12)
+    assert len(seeds) == 12 and seeds == sorted(set(seeds)) and seeds[0] >= 500_000
+    skipped = sorted(set(range(500_000, seeds[-1])) - set(seeds))
+    assert skipped and not any(has_rare_road_paint(s) for s in skipped)
+    # what the flag means: a zebra crossing within 40 m ahead or yellow markings in the frame's world
+    yellow, zebra = [], []
+    for s in seeds:
+        w = World(s, s_range=(-40.0, OBJECT_RANGE), ego_speed=0.0)
+        (yellow if w.markings and np.allclose(w.mark_color, YELLOW_PAINT) else zebra).append(s)
+        if s in zebra:
+            assert w.zebra_tab[w.idx(0.0):w.idx(40.0) + 1].any()
+    assert yellow and zebra
+    # and the rendered road shows it: yellow paint in the yellow worlds, none in the skipped frames
+    assert all(_yellow_share_of_road(render_frame(s, SIZE)) > 0.01 for s in yellow)
+    assert all(_yellow_share_of_road(render_frame(s, SIZE)) < 0.001 for s in skipped[:4])
+    # rare: about 15 % of the frames (zebra 10 %, yellow 5 %), so 400 of them cost ~2,700 world builds
+    share = np.mean([has_rare_road_paint(s) for s in range(600_000, 600_200)])
+    assert 0.05 < share < 0.3

@@ -198,3 +198,34 @@ def test_fit_stats_cli_on_synthroad(tmp_path):
     stats = TeacherStats.load(tmp_path / "seg.stats.json")
     assert stats.fit_info["seeds"] == [5, 6] and stats.fit_info["obstacles"] == "none"
     assert stats.fit_info["pixels"] == 2 * 64 * 128
+
+
+def test_rare_paint_frames_follow_the_contiguous_seeds_in_both_synthroad_datasets(tmp_path):
+    from csl_ros.data.synthroad import rare_road_paint_seeds, render_frame
+    from csl_ros.training.datasets import SynthroadFrames
+    from csl_ros.training.segmenter import SynthroadSegmentation
+
+    cfg = SegmenterTrainConfig(first_seed=7, frames=2, rare_paint_frames=2, rare_paint_first_seed=500_000)
+    extra = cfg.extra_seeds()
+    assert extra == rare_road_paint_seeds(500_000, 2)
+    assert SegmenterTrainConfig(frames=2).extra_seeds() == []
+    size = (32, 64)
+    on_disk = SynthroadFrames(cfg.first_seed, cfg.frames, size, tmp_path, extra_seeds=extra)
+    in_memory = SynthroadSegmentation(cfg.first_seed, cfg.frames, size, extra_seeds=extra)
+    assert len(on_disk) == len(in_memory) == 4
+    assert on_disk.seeds == in_memory.seeds == [7, 8, *extra]
+    assert "seeds 7..8 + 2 other seeds" in on_disk.describe()
+    assert on_disk.prepare(progress=False) == 4 and on_disk.missing() == []
+    want = render_frame(extra[1], size=size, obstacles="none")
+    for ds in (on_disk, in_memory):
+        image, labels = ds[3]
+        assert np.array_equal(image, want.image) and np.array_equal(labels, want.train_ids)
+    with pytest.raises(IndexError):
+        on_disk[4]
+    # the student's data config draws the same seeds
+    from csl_ros.training.config import DataConfig
+    from csl_ros.training.datasets import build_dataset
+
+    student = build_dataset(DataConfig(synth_seed=7, synth_frames=2, synth_height=32, synth_width=64,
+                                       root=str(tmp_path), rare_paint_frames=2))
+    assert student.seeds == [7, 8, *extra] and student.missing() == []

@@ -167,7 +167,8 @@ def run_segmenter(args) -> int:
         dataset = CityscapesFrames(cfg.root, cfg.split)
         val = CityscapesFrames(cfg.root, cfg.val_split) if cfg.val_split else None
     elif cfg.cache_frames:  # share the on-disk frame cache with the student trainer and fit-stats
-        dataset = SynthroadFrames(cfg.first_seed, cfg.frames, cfg.render_size, args.cache_dir or None)
+        dataset = SynthroadFrames(cfg.first_seed, cfg.frames, cfg.render_size, args.cache_dir or None,
+                                  extra_seeds=cfg.extra_seeds())
         dataset.prepare(progress=cfg.progress)
         if cfg.val_frames > 0:
             val = SynthroadFrames(cfg.val_first_seed, cfg.val_frames, cfg.render_size, args.cache_dir or None)

@@ -39,6 +39,15 @@ NON_NEGATIVE = (0.0, math.inf)
 # Height range of the synthetic negatives (csl_ros.training.negatives), as fractions of the crop height:
 # the segmenter's outlier exposure and the student's negative regions share it.
 NEGATIVE_SIZE = (0.03, 0.35)
+# synthroad frames with rare road paint (zebra crossings ahead, yellow markings) added to the training
+# frames: both the segmenter's outlier exposure and the student's negative regions otherwise learn that
+# paint on the road is something pasted there. Searched from this seed on (between the training seeds
+# 0.. and the validation seeds 1,000,000..).
+RARE_PAINT_FIRST_SEED = 500_000
+RARE_PAINT_HELP = ("synthroad: extra training frames whose road carries rare paint (a zebra crossing ahead or "
+                   "yellow markings), the first such seeds from rare_paint_first_seed on; with negatives, "
+                   "paint on the road otherwise looks pasted there (anomalous)")
+RARE_PAINT_SEED_HELP = "synthroad: where the search for rare_paint_frames starts"
 # trainId of a pasted negative's pixels in the student's mask split (no Cityscapes class, not void)
 NEGATIVE_TRAIN_ID = 254
 
@@ -56,6 +65,9 @@ class DataConfig:
                                                       "help": "synthroad: number of training frames "
                                                       "(seeds synth_seed .. synth_seed + synth_frames - 1)"})
     synth_seed: int = field(default=0, metadata={"range": AT_LEAST_0, "help": "synthroad: first frame seed"})
+    rare_paint_frames: int = field(default=0, metadata={"range": AT_LEAST_0, "help": RARE_PAINT_HELP})
+    rare_paint_first_seed: int = field(default=RARE_PAINT_FIRST_SEED, metadata={"range": AT_LEAST_0,
+                                                                                "help": RARE_PAINT_SEED_HELP})
     synth_height: int = field(default=256, metadata={"range": AT_LEAST_1, "help": "synthroad: rendered frame height"})
     synth_width: int = field(default=512, metadata={"range": AT_LEAST_1, "help": "synthroad: rendered frame width"})
     crop_height: int = field(default=512, metadata={"range": AT_LEAST_1,

@@ -2,9 +2,9 @@
 255 void). Only in-distribution data: no OOD object is ever used for training (as in the paper).
 
 * :class:`SynthroadFrames`: synthroad frames rendered with ``obstacles="none"`` for seeds
-  ``first_seed .. first_seed + frames - 1``, rendered once and kept as PNG pairs in a cache folder
-  (``~/.cache/csl_ros/synthroad/<H>x<W>/`` by default; never part of the repository), so the
-  segmenter, the students and the statistics fit all read the same frames without re-rendering.
+  ``first_seed .. first_seed + frames - 1`` (and any ``extra_seeds`` after them), rendered once and
+  kept as PNG pairs in a cache folder (``~/.cache/csl_ros/synthroad/<H>x<W>/`` by default; never part
+  of the repository), so the segmenter, the students and the statistics fit all read the same frames without re-rendering.
 * :class:`RecordFrames`: any registered dataset with semantic labels (``csl_ros.data.registry``), e.g.
   :class:`CityscapesFrames`, the real Cityscapes layout through :class:`csl_ros.data.loaders.Cityscapes`
   (``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine/..._gtFine_labelTrainIds.png``).
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from csl_ros.data.loaders import open_dataset
 from csl_ros.data.registry import DATASETS
-from csl_ros.data.synthroad import render_frame
+from csl_ros.data.synthroad import rare_road_paint_seeds, render_frame
 
 DEFAULT_CACHE = Path(os.path.expanduser("~/.cache/csl_ros/synthroad"))
 
@@ -36,10 +36,13 @@ class SynthroadFrames:
     """In-distribution synthroad frames with a PNG cache (module docstring)."""
 
     def __init__(self, first_seed: int = 0, frames: int = 1000, size: tuple[int, int] = (256, 512),
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, extra_seeds=()):
         if frames < 1:
             raise ValueError(f"synthroad: frames must be >= 1, got {frames}")
-        self.first_seed, self.frames, self.size = int(first_seed), int(frames), (int(size[0]), int(size[1]))
+        self.first_seed, self.size = int(first_seed), (int(size[0]), int(size[1]))
+        self.extra_seeds = [int(s) for s in extra_seeds]
+        self.seeds = list(range(self.first_seed, self.first_seed + int(frames))) + self.extra_seeds
+        self.frames = len(self.seeds)
         base = Path(cache_dir) if cache_dir else DEFAULT_CACHE
         self.cache_dir = base / f"{self.size[0]}x{self.size[1]}"
 
@@ -56,7 +59,7 @@ class SynthroadFrames:
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= i < self.frames:
             raise IndexError(f"synthroad frame {i} out of range 0..{self.frames - 1}")
-        seed = self.first_seed + i
+        seed = self.seeds[i]
         image_path, label_path = self._paths(seed)
         if image_path.is_file() and label_path.is_file():
             image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
@@ -70,7 +73,7 @@ class SynthroadFrames:
         return image, labels
 
     def missing(self) -> list[int]:
-        return [i for i in range(self.frames) if not all(p.is_file() for p in self._paths(self.first_seed + i))]
+        return [i for i in range(self.frames) if not all(p.is_file() for p in self._paths(self.seeds[i]))]
 
     def prepare(self, progress: bool = True) -> int:
         """Render every frame not yet in the cache; returns how many were rendered."""
@@ -82,8 +85,9 @@ class SynthroadFrames:
         return len(todo)
 
     def describe(self) -> str:
-        return (f"synthroad obstacles=none seeds {self.first_seed}..{self.first_seed + self.frames - 1} "
-                f"at {self.size[0]}x{self.size[1]}")
+        extra = f" + {len(self.extra_seeds)} other seeds" if self.extra_seeds else ""
+        last = self.first_seed + self.frames - len(self.extra_seeds) - 1
+        return (f"synthroad obstacles=none seeds {self.first_seed}..{last}{extra} at {self.size[0]}x{self.size[1]}")
 
 
 class RecordFrames:
@@ -126,6 +130,8 @@ def build_dataset(data_cfg) -> SynthroadFrames | RecordFrames:
     """The training source of a :class:`~csl_ros.training.config.DataConfig`: synthroad frames
     rendered without obstacles and cached, or any registered dataset with semantic labels."""
     if data_cfg.dataset == "synthroad":  # ID-only renders with a PNG cache, not the loader's drive
+        extra = rare_road_paint_seeds(data_cfg.rare_paint_first_seed, data_cfg.rare_paint_frames) \
+            if data_cfg.rare_paint_frames else []
         return SynthroadFrames(data_cfg.synth_seed, data_cfg.synth_frames,
-                               (data_cfg.synth_height, data_cfg.synth_width), data_cfg.root or None)
+                               (data_cfg.synth_height, data_cfg.synth_width), data_cfg.root or None, extra_seeds=extra)
     return RecordFrames(data_cfg.dataset, data_cfg.root, data_cfg.split)

@@ -28,14 +28,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from csl_ros.data.synthroad import render_frame
+from csl_ros.data.synthroad import rare_road_paint_seeds, render_frame
 from csl_ros.model.device import resolve_device
 from csl_ros.settings import setting, validation_errors
 from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, load_segmenter, preset,
                                         save_segmenter)
 
 from .config import DATASETS as TRAIN_DATASETS
-from .config import NEGATIVE_SIZE, DataConfig, OptimConfig, RunConfig, TrainConfig
+from .config import (NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig,
+                     RunConfig, TrainConfig)
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
 from .negatives import paste_negatives, uniform_cross_entropy
@@ -61,6 +62,8 @@ class SegmenterTrainConfig:
     val_split: str = setting("", "cityscapes: mIoU on this split at the end (e.g. val); empty: none")
     first_seed: int = setting(0, "first synthroad seed", range=(0, 2**31 - 1))
     frames: int = setting(400, "synthroad training frames", range=(1, 2**31 - 1))
+    rare_paint_frames: int = setting(0, RARE_PAINT_HELP, range=(0, 2**31 - 1))
+    rare_paint_first_seed: int = setting(RARE_PAINT_FIRST_SEED, RARE_PAINT_SEED_HELP, range=(0, 2**31 - 1))
     render_size: tuple = setting((256, 512), "synthroad render size HxW")
     cache_frames: bool = setting(True, "keep rendered frames (on disk through csl-ros train segmenter)")
     # augmentation
@@ -134,6 +137,11 @@ class SegmenterTrainConfig:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    def extra_seeds(self) -> list[int]:
+        """Synthroad seeds trained on after [first_seed, first_seed + frames): the rare-paint frames."""
+        return rare_road_paint_seeds(self.rare_paint_first_seed, self.rare_paint_frames) \
+            if self.rare_paint_frames else []
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
@@ -161,9 +169,10 @@ class TrainResult:
 class SynthroadSegmentation:
     """synthroad frames without obstacles: ``ds[i]`` → (H×W×3 uint8 RGB, H×W uint8 trainIds)."""
 
-    def __init__(self, first_seed: int, frames: int, size: tuple, cache: bool = True):
+    def __init__(self, first_seed: int, frames: int, size: tuple, cache: bool = True, extra_seeds=()):
         self._render = render_frame
-        self.first_seed, self.frames, self.size, self.cache = first_seed, frames, tuple(size), cache
+        self.seeds = list(range(first_seed, first_seed + frames)) + [int(s) for s in extra_seeds]
+        self.first_seed, self.frames, self.size, self.cache = first_seed, len(self.seeds), tuple(size), cache
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -174,7 +183,7 @@ class SynthroadSegmentation:
             raise IndexError(i)
         if i in self._cache:
             return self._cache[i]
-        f = self._render(self.first_seed + i, size=self.size, obstacles="none")
+        f = self._render(self.seeds[i], size=self.size, obstacles="none")
         item = (f.image, f.train_ids)
         if self.cache:
             self._cache[i] = item
@@ -354,7 +363,8 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if dataset is None:
-        dataset = SynthroadSegmentation(cfg.first_seed, cfg.frames, cfg.render_size, cfg.cache_frames)
+        dataset = SynthroadSegmentation(cfg.first_seed, cfg.frames, cfg.render_size, cfg.cache_frames,
+                                        extra_seeds=cfg.extra_seeds())
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
 

@@ -16,7 +16,7 @@ from .noise import sample, sample_bilinear, sensor_noise
 from .objects import Pose, draw_object
 from .obstacles import draw_obstacle, footprint, make_obstacle
 from .raster import Raster
-from .world import DS, LEFT, RIGHT, Obj, World
+from .world import DS, LEFT, RIGHT, YELLOW_PAINT, Obj, World
 
 OBSTACLE_MODES = ("none", "obstacle", "anomaly")
 GROUND_TMAX = 1500.0          # rays meeting the ground further than this count as horizon haze
@@ -712,6 +712,26 @@ def render_frame(seed: int, size: tuple[int, int] = (512, 1024), obstacles: str 
     if timings is not None:
         timings["world"] = timings.get("world", 0.0) + time.process_time() - t0
     return _render(drive, view, 0.0, 0, timings)
+
+
+def has_rare_road_paint(seed: int, ahead_m: float = 40.0) -> bool:
+    """Whether the road of ``render_frame(seed)`` carries the rarer paint: a zebra crossing starting
+    within ``ahead_m`` metres of the camera (10 % of the frames at 40 m) or yellow markings (5 %).
+    Builds only the frame's world (about 15 ms), not the image."""
+    world = World(int(seed), s_range=(-40.0, OBJECT_RANGE), ego_speed=0.0)   # as render_frame's _Drive
+    yellow = world.markings and np.allclose(world.mark_color, YELLOW_PAINT)
+    return bool(yellow or world.zebra_tab[world.idx(0.0):world.idx(ahead_m) + 1].any())
+
+
+def rare_road_paint_seeds(first_seed: int, count: int) -> list[int]:
+    """The first ``count`` seeds from ``first_seed`` on whose frame has rare road paint
+    (:func:`has_rare_road_paint`)."""
+    seeds, seed = [], int(first_seed)
+    while len(seeds) < count:
+        if has_rare_road_paint(seed):
+            seeds.append(seed)
+        seed += 1
+    return seeds
 
 
 def render_sequence(seed: int, n_frames: int, size: tuple[int, int] = (512, 1024), obstacles: str = "obstacle",

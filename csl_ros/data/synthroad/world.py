@@ -98,6 +98,8 @@ SHIRTS = np.array([
 ])
 PANTS = np.array([(0.08, 0.08, 0.1), (0.12, 0.15, 0.3), (0.3, 0.3, 0.32), (0.45, 0.4, 0.3),
                   (0.2, 0.22, 0.25)])
+WHITE_PAINT = (0.82, 0.82, 0.8)     # lane markings and zebra crossings
+YELLOW_PAINT = (0.85, 0.68, 0.15)   # rarer (7 % of the worlds): construction zones, some countries
 SKINS = np.array([(0.85, 0.65, 0.52), (0.7, 0.5, 0.38), (0.45, 0.3, 0.22), (0.9, 0.75, 0.62)])
 
 
@@ -142,7 +144,7 @@ class World:
         self.edge_lines = self.markings and rng.random() < (0.8 if self.style == "rural" else 0.45)
         self.dash_len, self.dash_period = ((3.0, 9.0) if rng.random() < 0.6 else (6.0, 18.0))
         self.line_w = rng.uniform(0.1, 0.16)
-        self.mark_color = np.array((0.82, 0.82, 0.8)) if rng.random() < 0.93 else np.array((0.85, 0.68, 0.15))
+        self.mark_color = np.array(WHITE_PAINT) if rng.random() < 0.93 else np.array(YELLOW_PAINT)
         self.mark_wear = rng.uniform(0.0, 0.5)
         self.zebra_tab = np.zeros(self.n, bool)
 
