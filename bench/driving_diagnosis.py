@@ -17,8 +17,8 @@ frame (untracked):
   reach the bottom image border, and their sizes;
 * the false alarms by the ground-truth class (Cityscapes trainId) of most of their pixels: "road" ones
   are something on the road surface that is not an obstacle (paint, texture, shadow);
-* per drive: its false alarms (they concentrate in few drives), pixel AP on labelled pixels, the obstacles' median score, the share of road pixels at or
-  above the threshold, image brightness.
+* per drive: its false alarms (they concentrate in few drives), pixel AP on labelled pixels, the
+  obstacles' median score, the share of road pixels at or above the threshold, image brightness.
 """
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ def main(argv=None) -> int:
                 bright.append(float(rec.rgb.mean()))
             y, s = np.concatenate(labels), np.concatenate(scores)
             ap = average_precision_score(y, s) if y.any() else float("nan")
-            print(f"drive {seed}: false alarms {drive_false}, pixel AP {100 * ap:.1f} %, obstacle pixels {100 * y.mean():.2f} %, obstacle "
+            print(f"drive {seed}: false alarms {drive_false}, pixel AP {100 * ap:.1f} %, obstacle pixels "
+                  f"{100 * y.mean():.2f} %, obstacle "
                   f"median score {np.median(s[y]) if y.any() else float('nan'):.3f}, road pixels >= threshold "
                   f"{100 * (s[~y] >= thr).mean():.1f} %, brightness {np.mean(bright):.0f}")
     hit = np.array([n[0] for n in near], bool)

@@ -4,7 +4,8 @@
 * :class:`SynthroadFrames`: synthroad frames rendered with ``obstacles="none"`` for seeds
   ``first_seed .. first_seed + frames - 1`` (and any ``extra_seeds`` after them), rendered once and
   kept as PNG pairs in a cache folder (``~/.cache/csl_ros/synthroad/<H>x<W>/`` by default; never part
-  of the repository), so the segmenter, the students and the statistics fit all read the same frames without re-rendering.
+  of the repository), so the segmenter, the students and the statistics fit all read the same frames
+  without re-rendering.
 * :class:`RecordFrames`: any registered dataset with semantic labels (``csl_ros.data.registry``), e.g.
   :class:`CityscapesFrames`, the real Cityscapes layout through :class:`csl_ros.data.loaders.Cityscapes`
   (``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine/..._gtFine_labelTrainIds.png``).
@@ -130,8 +131,8 @@ def build_dataset(data_cfg) -> SynthroadFrames | RecordFrames:
     """The training source of a :class:`~csl_ros.training.config.DataConfig`: synthroad frames
     rendered without obstacles and cached, or any registered dataset with semantic labels."""
     if data_cfg.dataset == "synthroad":  # ID-only renders with a PNG cache, not the loader's drive
-        extra = rare_road_paint_seeds(data_cfg.rare_paint_first_seed, data_cfg.rare_paint_frames) \
-            if data_cfg.rare_paint_frames else []
+        extra = rare_road_paint_seeds(data_cfg.rare_paint_first_seed, data_cfg.rare_paint_frames)
         return SynthroadFrames(data_cfg.synth_seed, data_cfg.synth_frames,
-                               (data_cfg.synth_height, data_cfg.synth_width), data_cfg.root or None, extra_seeds=extra)
+                               (data_cfg.synth_height, data_cfg.synth_width), data_cfg.root or None,
+                               extra_seeds=extra)
     return RecordFrames(data_cfg.dataset, data_cfg.root, data_cfg.split)

@@ -35,8 +35,8 @@ from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, 
                                         save_segmenter)
 
 from .config import DATASETS as TRAIN_DATASETS
-from .config import (NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig,
-                     RunConfig, TrainConfig)
+from .config import (NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig,
+                     OptimConfig, RunConfig, TrainConfig)
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
 from .negatives import paste_negatives, uniform_cross_entropy
@@ -139,8 +139,7 @@ class SegmenterTrainConfig:
 
     def extra_seeds(self) -> list[int]:
         """Synthroad seeds trained on after [first_seed, first_seed + frames): the rare-paint frames."""
-        return rare_road_paint_seeds(self.rare_paint_first_seed, self.rare_paint_frames) \
-            if self.rare_paint_frames else []
+        return rare_road_paint_seeds(self.rare_paint_first_seed, self.rare_paint_frames)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")

@@ -28,5 +28,5 @@ from .labels import OOD_COLOR, PALETTE, TRAIN_ID_NAMES, TRAIN_TO_LABEL_ID, VOID 
 from .obstacles import OBSTACLE_KINDS  # noqa: E402
 from .render import OBSTACLE_MODES, Frame, rare_road_paint_seeds, render_frame, render_sequence  # noqa: E402
 
-__all__ = ["render_frame", "render_sequence", "rare_road_paint_seeds", "Frame", "CameraModel", "TRAIN_ID_NAMES", "TRAIN_TO_LABEL_ID",
-           "PALETTE", "OOD_COLOR", "VOID", "OBSTACLE_KINDS", "OBSTACLE_MODES", "GENERATOR_VERSION"]
+__all__ = ["render_frame", "render_sequence", "rare_road_paint_seeds", "Frame", "CameraModel", "TRAIN_ID_NAMES",
+           "TRAIN_TO_LABEL_ID", "PALETTE", "OOD_COLOR", "VOID", "OBSTACLE_KINDS", "OBSTACLE_MODES", "GENERATOR_VERSION"]

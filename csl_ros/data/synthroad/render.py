@@ -54,6 +54,12 @@ def _check_args(size, obstacles):
 # =============================================================================================
 # Scene state shared by all frames of one drive
 # =============================================================================================
+def _drive_world(seed: int, s_end: float, ego_speed: float) -> World:
+    """The world of a drive from arc length 0 to ``s_end`` (0 for one frame), objects included up to
+    ``OBJECT_RANGE`` beyond it."""
+    return World(seed, s_range=(-40.0, s_end + OBJECT_RANGE), ego_speed=ego_speed)
+
+
 class _Drive:
     """A world, its camera mounting and photometric style, and the ego path through it."""
 
@@ -61,7 +67,7 @@ class _Drive:
         self.seed = seed
         self.h, self.w = size
         self.mode = mode
-        self.world = World(seed, s_range=(-40.0, s_end + OBJECT_RANGE), ego_speed=ego_speed)
+        self.world = _drive_world(seed, s_end, ego_speed)
         world = self.world
         rng = np.random.default_rng([seed, 1])
         lanes = world.lane_centers(RIGHT, 0.0)
@@ -718,7 +724,7 @@ def has_rare_road_paint(seed: int, ahead_m: float = 40.0) -> bool:
     """Whether the road of ``render_frame(seed)`` carries the rarer paint: a zebra crossing starting
     within ``ahead_m`` metres of the camera (10 % of the frames at 40 m) or yellow markings (5 %).
     Builds only the frame's world (about 15 ms), not the image."""
-    world = World(int(seed), s_range=(-40.0, OBJECT_RANGE), ego_speed=0.0)   # as render_frame's _Drive
+    world = _drive_world(int(seed), 0.0, 0.0)   # render_frame's world
     yellow = world.markings and np.allclose(world.mark_color, YELLOW_PAINT)
     return bool(yellow or world.zebra_tab[world.idx(0.0):world.idx(ahead_m) + 1].any())
 
