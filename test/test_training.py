@@ -174,6 +174,29 @@ def test_scale_augmentation_keeps_labels_nearest():
     assert img_a.dtype == np.uint8
 
 
+def test_student_negatives_forward_the_source_road_and_paint_options(tmp_path, monkeypatch):
+    """data.negative_exclude_source_road / data.negative_avoid_road_paint reach paste_negatives."""
+    import csl_ros.training.student as student_mod
+
+    seen = []
+
+    def fake_paste(img, lab, sources, gen, count, size_range, colour_fraction, exclude_source_road,
+                   avoid_road_paint):
+        seen.append((exclude_source_road, avoid_road_paint))
+        return torch.zeros(lab.shape, dtype=torch.bool)
+
+    monkeypatch.setattr(student_mod, "paste_negatives", fake_paste)
+    for exclude, avoid in ((True, False), (False, True)):
+        cfg = tiny_config(tmp_path, **{"data.negatives_max": 3, "data.negative_exclude_source_road": exclude,
+                                       "data.negative_avoid_road_paint": avoid})
+        task = StudentTask(cfg, DistEnv(), ToyFrames(), num_queries=50)
+        for step in range(8):
+            rng = np.random.default_rng([cfg.run.seed, step, 0])
+            task.paste_negative_regions(*augment(*ToyFrames()[0], rng, task.params), rng)
+        assert seen and set(seen) == {(exclude, avoid)}
+        seen.clear()
+
+
 def test_pasted_negatives_are_regions_of_their_own(tmp_path):
     """data.negatives_max: each pasted negative is a mask-split target of its own (not merged into the
     road it stands on); the rest of the crop keeps its targets; off (0) the sample is unchanged."""

@@ -8,8 +8,10 @@ import torch
 
 from csl_ros.teachers.segmenter import ClosedSetSegmenter, load_segmenter, preset, save_segmenter
 from csl_ros.training.distributed import DistEnv
-from csl_ros.training.negatives import (MAX_SOURCE_ROAD_FRACTION, ROAD_TRAIN_ID, colour_field, paste_negatives,
-                                        polygon_mask, uniform_cross_entropy)
+from csl_ros.data.synthroad import render_frame
+from csl_ros.data.synthroad.world import WHITE_PAINT, YELLOW_PAINT
+from csl_ros.training.negatives import (MAX_SOURCE_ROAD_FRACTION, ROAD_TRAIN_ID, colour_field, looks_like_road_paint,
+                                        paste_negatives, polygon_mask, uniform_cross_entropy)
 from csl_ros.training.segmenter import SegmenterTask, SegmenterTrainConfig, ohem_cross_entropy, train_segmenter
 
 from test_teachers_train import ToyScenes, _cfg
@@ -114,6 +116,44 @@ def test_exclude_source_road_pastes_no_pixel_that_was_road_in_its_frame():
         kept = out0 & ~red0
         assert bool(kept.any()) and not (kept & ~out1).any() and torch.equal(x0[:, kept], x1[:, kept])
     assert red_without > 0, "without the option the sources' road is pasted too"
+
+
+def test_road_paint_colours_under_any_illumination_and_nothing_else():
+    for paint in (WHITE_PAINT, YELLOW_PAINT):
+        for k in (0.65, 1.0, 1.2):
+            assert looks_like_road_paint(torch.tensor(paint) * k)
+    assert not looks_like_road_paint(torch.tensor(WHITE_PAINT) * 0.4), "dark grey (asphalt) is not paint"
+    for colour in ((0.2, 0.4, 0.8), (0.8, 0.2, 0.2), (0.3, 0.6, 0.3), (0.9, 0.5, 0.1), (0.0, 0.0, 0.0)):
+        assert not looks_like_road_paint(torch.tensor(colour)), colour
+    # the rendered markings of synthroad frames (road pixels far brighter than their road) are paint
+    hits = total = 0
+    for seed in range(4):
+        frame = render_frame(seed, size=(128, 256))
+        x = frame.image.astype(np.float32) / 255.0
+        road = frame.train_ids == ROAD_TRAIN_ID
+        lum = x.mean(2)
+        marking = road & (lum > np.median(lum[road]) + 0.2)
+        total += int(marking.sum())
+        hits += sum(looks_like_road_paint(torch.from_numpy(px)) for px in x[marking])
+    assert total > 100 and hits > 0.8 * total, (hits, total)
+
+
+def test_avoid_road_paint_redraws_paint_coloured_negatives():
+    img, lab = _road_bottom_frame()
+    white = np.empty((64, 128, 3), np.uint8)
+    white[:] = np.round(np.array(WHITE_PAINT) * 255).astype(np.uint8)
+    paint_sources = [(white, np.full((64, 128), 2, np.uint8))] * 3   # not road in their frame, paint-coloured
+    paint_like = {False: 0, True: 0}
+    for avoid in (False, True):
+        for seed in range(30):   # one negative per crop: its pixels' mean is its colour
+            for colour_fraction in (0.0, 1.0):
+                x, y = _as_tensors(img, lab)
+                out = paste_negatives(x, y, paint_sources, torch.Generator().manual_seed(seed), 1, (0.2, 0.3),
+                                      colour_fraction=colour_fraction, avoid_road_paint=avoid)
+                if out.any():
+                    paint_like[avoid] += looks_like_road_paint(x[:, out].mean(1))
+    assert paint_like[False] >= 5, "the test's sources give paint-coloured negatives without the option"
+    assert paint_like[True] == 0
 
 
 def test_colour_field_is_one_shaded_colour():

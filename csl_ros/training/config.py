@@ -48,6 +48,11 @@ RARE_PAINT_HELP = ("synthroad: extra training frames whose road carries rare pai
                    "yellow markings), the first such seeds from rare_paint_first_seed on; with negatives, "
                    "paint on the road otherwise looks pasted there (anomalous)")
 RARE_PAINT_SEED_HELP = "synthroad: where the search for rare_paint_frames starts"
+# help of the negatives' options shared by the segmenter's and the student's configurations
+EXCLUDE_SOURCE_ROAD_HELP = ("paste only the pixels of a source patch that were not road in their frame (else its "
+                            "road, markings included, is pasted as anomalous too)")
+AVOID_ROAD_PAINT_HELP = ("redraw negatives whose mean colour is a road paint colour (white, yellow) under some "
+                         "illumination: those teach that lane markings and zebra stripes do not belong on the road")
 # trainId of a pasted negative's pixels in the student's mask split (no Cityscapes class, not void)
 NEGATIVE_TRAIN_ID = 254
 
@@ -91,6 +96,8 @@ class DataConfig:
     negative_colour_fraction: float = field(default=0.0, metadata={"range": (0.0, 1.0), "help": "share of "
                                             "the negatives that are synthetic colour fields instead of "
                                             "patches of other training frames"})
+    negative_exclude_source_road: bool = field(default=False, metadata={"help": EXCLUDE_SOURCE_ROAD_HELP})
+    negative_avoid_road_paint: bool = field(default=False, metadata={"help": AVOID_ROAD_PAINT_HELP})
     negative_min_size: float = field(default=NEGATIVE_SIZE[0], metadata={"range": (1e-3, 1.0), "help": "smallest "
                                      "negative height as a fraction of the crop height (log-uniform)"})
     negative_max_size: float = field(default=NEGATIVE_SIZE[1], metadata={"range": (1e-3, 1.0), "help": "largest "

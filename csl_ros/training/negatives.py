@@ -29,9 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.synthroad.world import WHITE_PAINT, YELLOW_PAINT
+
 ROAD_TRAIN_ID = 0
 MAX_SOURCE_ROAD_FRACTION = 0.3   # a patch that is mostly road would teach "road is anomalous"
 SOURCE_TRIES = 4
+# Road paint: the white and yellow of synthroad's lane markings and zebra crossings, the usual marking
+# colours on real roads too; illumination from shade to sun scales them by PAINT_GAIN_RANGE.
+ROAD_PAINT_COLOURS = (WHITE_PAINT, YELLOW_PAINT)
+PAINT_GAIN_RANGE = (0.6, 1.4)
+PAINT_COLOUR_TOLERANCE = 0.12
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -66,9 +73,44 @@ def colour_field(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
     return (rgb.view(3, 1, 1).float() * ramp * noise).clamp_(0, 1)
 
 
+def _source_patch(sources, gen: torch.Generator, ph: int, pw: int, exclude_source_road: bool
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A (3, ph, pw) patch of a random source frame at the source's own scale, resized, with a random
+    colour gain, and the (bh, bw) mask of its non-road source pixels with ``exclude_source_road`` (else
+    None); (None, None) when the drawn box is mostly road (``MAX_SOURCE_ROAD_FRACTION``) or too small."""
+    src_img, src_lab = sources[_randint(gen, len(sources))]
+    sh, sw = src_lab.shape
+    if sh < 4 or sw < 4:
+        return None, None
+    bh, bw = min(sh, max(4, ph)), min(sw, max(4, pw))
+    y0, x0 = _randint(gen, sh - bh + 1), _randint(gen, sw - bw + 1)
+    src_road = src_lab[y0:y0 + bh, x0:x0 + bw] == ROAD_TRAIN_ID
+    if float(src_road.mean()) > MAX_SOURCE_ROAD_FRACTION:
+        return None, None
+    patch = torch.from_numpy(np.ascontiguousarray(src_img[y0:y0 + bh, x0:x0 + bw])).permute(2, 0, 1)
+    patch = F.interpolate(patch.float().div_(255.0)[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
+    gain = torch.tensor([_uniform(gen, 0.6, 1.4) for _ in range(3)]).view(3, 1, 1)
+    patch = (patch * gain * _uniform(gen, 0.5, 1.3)).clamp_(0, 1)
+    return patch, (torch.from_numpy(~src_road) if exclude_source_road else None)
+
+
+def looks_like_road_paint(colour: torch.Tensor) -> bool:
+    """Whether the RGB ``colour`` (3,) in [0, 1] is a road paint colour (``ROAD_PAINT_COLOURS``) under
+    some illumination: ``colour ≈ k * paint`` with k in ``PAINT_GAIN_RANGE`` and a residual below
+    ``PAINT_COLOUR_TOLERANCE`` of the colour's norm. Why: a negative of paint's colour on the road
+    is a lane marking or a zebra stripe to the eye, and teaching it as anomalous makes every marking
+    an obstacle."""
+    colour = colour.float()
+    paints = torch.tensor(ROAD_PAINT_COLOURS, dtype=torch.float32)
+    k = (paints @ colour) / (paints * paints).sum(1)           # least-squares illumination gain per paint
+    residual = (colour[None] - k[:, None] * paints).norm(dim=1) / colour.norm().clamp(min=1e-6)
+    lo, hi = PAINT_GAIN_RANGE
+    return bool(((k >= lo) & (k <= hi) & (residual < PAINT_COLOUR_TOLERANCE)).any())
+
+
 def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Generator, count: int,
                     size_range: tuple[float, float], colour_fraction: float = 0.0,
-                    exclude_source_road: bool = False) -> torch.Tensor:
+                    exclude_source_road: bool = False, avoid_road_paint: bool = False) -> torch.Tensor:
     """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited
     in place); returns the (h, w) bool mask of the pasted pixels.
 
@@ -79,7 +121,9 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     ``colour_fraction`` of the negatives are :func:`colour_field` s instead of source patches. With
     ``exclude_source_road`` the pixels that were road in the source frame are not pasted: otherwise a
     patch's share of road (up to ``MAX_SOURCE_ROAD_FRACTION``, lane markings and zebra stripes included)
-    lands on the road as "anomalous" and teaches the network that road texture can be an obstacle."""
+    lands on the road as "anomalous" and teaches the network that road texture can be an obstacle. With
+    ``avoid_road_paint`` a negative whose mean colour :func:`looks_like_road_paint` is redrawn (up to
+    ``SOURCE_TRIES`` draws in all, else skipped)."""
     _, h, w = img.shape
     outlier = torch.zeros(h, w, dtype=torch.bool)
     road = (lab == ROAD_TRAIN_ID).nonzero()
@@ -89,36 +133,23 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     for _ in range(count):
         ph = max(3, round(h * math.exp(_uniform(gen, math.log(lo), math.log(hi)))))
         pw = max(3, round(ph * math.exp(_uniform(gen, math.log(0.5), math.log(2.0)))))
-        patch, keep = None, None
         colour = colour_fraction > 0 and float(torch.rand((), generator=gen)) < colour_fraction
-        if colour:
-            patch = colour_field(ph, pw, gen)
-        for _ in range(0 if colour else SOURCE_TRIES):
-            src_img, src_lab = sources[_randint(gen, len(sources))]
-            sh, sw = src_lab.shape
-            if sh < 4 or sw < 4:
+        patch = shape = None
+        for _ in range(SOURCE_TRIES):
+            patch, keep = (colour_field(ph, pw, gen), None) if colour else \
+                _source_patch(sources, gen, ph, pw, exclude_source_road)
+            if patch is None:
                 continue
-            # the source box at the source's own scale, resized to the negative's size
-            bh, bw = min(sh, max(4, ph)), min(sw, max(4, pw))
-            y0, x0 = _randint(gen, sh - bh + 1), _randint(gen, sw - bw + 1)
-            src_road = src_lab[y0:y0 + bh, x0:x0 + bw] == ROAD_TRAIN_ID
-            if float(src_road.mean()) > MAX_SOURCE_ROAD_FRACTION:
+            shape = torch.from_numpy(polygon_mask(ph, pw, gen))
+            if keep is not None:   # nearest, so a source pixel is either pasted whole or not at all
+                keep = F.interpolate(keep[None, None].float(), size=(ph, pw), mode="nearest")[0, 0].bool()
+                shape &= keep
+            if avoid_road_paint and shape.any() and looks_like_road_paint(patch[:, shape].mean(1)):
+                patch = None
                 continue
-            patch = torch.from_numpy(np.ascontiguousarray(src_img[y0:y0 + bh, x0:x0 + bw])).permute(2, 0, 1)
-            patch = patch.float().div_(255.0)
-            if exclude_source_road:
-                keep = torch.from_numpy(~src_road)
             break
         if patch is None:
             continue
-        if not colour:   # a source patch: to the negative's size, then a random colour gain
-            patch = F.interpolate(patch[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
-            gain = torch.tensor([_uniform(gen, 0.6, 1.4) for _ in range(3)]).view(3, 1, 1)
-            patch = (patch * gain * _uniform(gen, 0.5, 1.3)).clamp_(0, 1)
-        shape = torch.from_numpy(polygon_mask(ph, pw, gen))
-        if keep is not None:   # nearest, so a source pixel is either pasted whole or not at all
-            keep = F.interpolate(keep[None, None].float(), size=(ph, pw), mode="nearest")[0, 0].bool()
-            shape &= keep
         by, bx = (int(v) for v in road[_randint(gen, road.shape[0])])
         top, left = by - ph + 1, bx - pw // 2
         # clip the negative to the crop

@@ -35,8 +35,8 @@ from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, 
                                         save_segmenter)
 
 from .config import DATASETS as TRAIN_DATASETS
-from .config import (NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig,
-                     OptimConfig, RunConfig, TrainConfig)
+from .config import (AVOID_ROAD_PAINT_HELP, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED,
+                     RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig, RunConfig, TrainConfig)
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
 from .negatives import paste_negatives, uniform_cross_entropy
@@ -79,9 +79,8 @@ class SegmenterTrainConfig:
     negative_colour_fraction: float = setting(0.0, "share of the negatives that are synthetic colour fields "
                                               "(a random colour, shading and low-frequency noise) instead of "
                                               "patches of training frames", range=(0.0, 1.0))
-    negative_exclude_source_road: bool = setting(False, "paste only the pixels of a source patch that were not "
-                                                 "road in their frame (else its road, markings included, "
-                                                 "is pasted as anomalous too)")
+    negative_exclude_source_road: bool = setting(False, EXCLUDE_SOURCE_ROAD_HELP)
+    negative_avoid_road_paint: bool = setting(False, AVOID_ROAD_PAINT_HELP)
     negative_weight: float = setting(1.0, "weight of the entropy maximisation on negative pixels (Chan et al. "
                                      "2021) against the cross-entropy on the rest", range=(0.0, math.inf))
     ohem_threshold: float = setting(0.0, "online hard example mining (the OhemCrossEntropy of the HRNet/OCR "
@@ -298,7 +297,8 @@ class SegmenterTask:
             count = int(torch.randint(0, self.cfg.negatives_max + 1, (), generator=gen)) \
                 if self.cfg.negatives_max else 0
             out = paste_negatives(img, lab, self.dataset, gen, count, self.cfg.negative_size,
-                                  self.cfg.negative_colour_fraction, self.cfg.negative_exclude_source_road)
+                                  self.cfg.negative_colour_fraction, self.cfg.negative_exclude_source_road,
+                                  self.cfg.negative_avoid_road_paint)
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
             outliers.append(out)
