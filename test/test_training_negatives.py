@@ -11,8 +11,9 @@ from csl_ros.training.distributed import DistEnv
 from csl_ros.data.synthroad import render_frame
 from csl_ros.data.synthroad.world import WHITE_PAINT, YELLOW_PAINT
 from csl_ros.training.negatives import (MAX_SOURCE_ROAD_FRACTION, ROAD_TRAIN_ID, colour_field, looks_like_road_paint,
-                                        paste_negatives, polygon_mask, uniform_cross_entropy)
-from csl_ros.training.segmenter import SegmenterTask, SegmenterTrainConfig, ohem_cross_entropy, train_segmenter
+                                        paste_negatives, polygon_mask, road_paint_mask, uniform_cross_entropy)
+from csl_ros.training.segmenter import (SegmenterTask, SegmenterTrainConfig, ohem_cross_entropy, train_segmenter,
+                                        weighted_cross_entropy)
 
 from test_teachers_train import ToyScenes, _cfg
 
@@ -216,6 +217,79 @@ def test_ohem_cross_entropy_by_hand():
     assert bool((g.grad[0, :, 0, [0, 1, 4]] == 0).all()) and bool((g.grad[0, 0, 0, [2, 3, 5]] < 0).all())
 
 
+def _painted_road_frame(h=64, w=128):
+    """Sky (10) above row 24 painted white; road (0) below, asphalt grey, with a white stripe (rows 40-47,
+    cols 20-59) and a yellow one (rows 50-55, cols 70-109) in the paint colours at 0.9 illumination."""
+    lab = np.full((h, w), 10, np.uint8)
+    lab[24:] = ROAD_TRAIN_ID
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = 0.3
+    img[:24] = WHITE_PAINT
+    paint = np.zeros((h, w), bool)
+    img[40:48, 20:60] = np.array(WHITE_PAINT) * 0.9
+    img[50:56, 70:110] = np.array(YELLOW_PAINT) * 0.9
+    paint[40:48, 20:60] = paint[50:56, 70:110] = True
+    return np.round(img * 255).astype(np.uint8), lab, paint
+
+
+def test_road_paint_mask_is_the_painted_road_only():
+    img, lab, paint = _painted_road_frame()
+    assert np.array_equal(road_paint_mask(img, lab), paint)   # the white sky is not road
+    light = img.copy()
+    light[24:] = np.round(np.array(WHITE_PAINT) * 0.7 * 255).astype(np.uint8)   # a light grey road, no paint
+    assert not road_paint_mask(light, lab).any()
+    assert not road_paint_mask(img, np.full_like(lab, 10)).any()
+
+
+def test_weighted_cross_entropy_by_hand():
+    logits = torch.randn(1, 3, 2, 4, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([[[0, 1, 2, 255], [2, 2, 1, 0]]])
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")[0]
+    ones = torch.ones(1, 2, 4)
+    plain = float(torch.nn.functional.cross_entropy(logits, target, ignore_index=255))
+    assert float(weighted_cross_entropy(logits, target, ones)) == pytest.approx(plain, rel=1e-6)
+    w = ones.clone()
+    w[0, 1, :2] = 5.0
+    w[0, 0, 3] = 100.0                      # void: its weight never counts
+    labelled = target[0] != 255
+    expect = float((ce * w[0] * labelled).sum() / (w[0] * labelled).sum())
+    assert float(weighted_cross_entropy(logits, target, w)) == pytest.approx(expect, rel=1e-6)
+    assert float(weighted_cross_entropy(logits, torch.full_like(target, 255), w)) == 0.0
+
+
+class _PaintedRoads:
+    def __init__(self):
+        self.frame = _painted_road_frame()[:2]
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return self.frame
+
+
+def test_task_weights_road_paint_and_keeps_it_road(tmp_path):
+    env = DistEnv(device=torch.device("cpu"))
+    _, lab, paint = _painted_road_frame()
+    cfg = dict(batch_size=2, scale_range=(1.0, 1.0), hflip=False, color_jitter=0.0)
+    x, y, _, w = SegmenterTask(_cfg(tmp_path, road_paint_weight=4.0, **cfg), env, _PaintedRoads()).make_batch(0)
+    assert torch.equal(y, torch.from_numpy(lab).long().expand(2, -1, -1)), "paint stays road in the labels"
+    assert torch.equal(w, torch.where(torch.from_numpy(paint), 4.0, 1.0).expand(2, -1, -1))
+    x1, y1, _, w1 = SegmenterTask(_cfg(tmp_path, **cfg), env, _PaintedRoads()).make_batch(0)
+    assert torch.equal(x1, x) and torch.equal(y1, y) and bool((w1 == 1).all())
+    model = ClosedSetSegmenter(preset("lraspp_mobilenet_v3_large", num_classes=19))
+    task = SegmenterTask(_cfg(tmp_path, road_paint_weight=4.0, **cfg), env, _PaintedRoads())
+    with torch.no_grad():
+        loss, _ = task.loss(model, (x, y, torch.zeros_like(y, dtype=torch.bool), w))
+        logits, aux = model(x, with_aux=True)
+    expect = weighted_cross_entropy(logits, y, w)
+    if aux is not None:
+        expect = expect + 0.5 * weighted_cross_entropy(aux, y, w)
+    assert float(loss) == pytest.approx(float(expect), rel=1e-5)
+    with pytest.raises(ValueError, match="road_paint_weight"):
+        _cfg(tmp_path, road_paint_weight=4.0, ohem_threshold=0.7).validate()
+
+
 def test_task_loss_uses_ohem_when_set(tmp_path):
     env = DistEnv(device=torch.device("cpu"))
     ds = ToyScenes(4)
@@ -239,19 +313,19 @@ def test_task_batches_void_the_negatives_and_the_loss_has_its_term(tmp_path):
     ds = ToyScenes(4)
     cfg = _cfg(tmp_path, negatives_max=3, negative_size=(0.1, 0.3), batch_size=4)
     task = SegmenterTask(cfg, env, ds)
-    x, y, out = task.make_batch(0)
-    assert out.any()
+    x, y, out, w = task.make_batch(0)
+    assert out.any() and bool((w == 1).all())
     assert bool((y[out] == 255).all())
     model = ClosedSetSegmenter(preset(cfg.preset, num_classes=cfg.num_classes))
     with torch.no_grad():
-        loss, logs = task.loss(model, (x, y, out))
+        loss, logs = task.loss(model, (x, y, out, w))
     assert set(logs) == {"ce", "negatives"}
     assert float(loss) == pytest.approx(float(logs["ce"]) + cfg.negative_weight * float(logs["negatives"]), rel=1e-5)
     plain = SegmenterTask(_cfg(tmp_path, negatives_max=0, batch_size=4), env, ds)
-    x0, y0, out0 = plain.make_batch(0)
+    x0, y0, out0, w0 = plain.make_batch(0)
     assert not out0.any()
     with torch.no_grad():
-        loss0, logs0 = plain.loss(model, (x0, y0, out0))
+        loss0, logs0 = plain.loss(model, (x0, y0, out0, w0))
     assert logs0 == {}
 
 

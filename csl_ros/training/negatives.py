@@ -39,6 +39,7 @@ SOURCE_TRIES = 4
 ROAD_PAINT_COLOURS = (WHITE_PAINT, YELLOW_PAINT)
 PAINT_GAIN_RANGE = (0.6, 1.4)
 PAINT_COLOUR_TOLERANCE = 0.12
+PAINT_OVER_ROAD = 1.3
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -94,18 +95,38 @@ def _source_patch(sources, gen: torch.Generator, ph: int, pw: int, exclude_sourc
     return patch, (torch.from_numpy(~src_road) if exclude_source_road else None)
 
 
-def looks_like_road_paint(colour: torch.Tensor) -> bool:
-    """Whether the RGB ``colour`` (3,) in [0, 1] is a road paint colour (``ROAD_PAINT_COLOURS``) under
-    some illumination: ``colour ≈ k * paint`` with k in ``PAINT_GAIN_RANGE`` and a residual below
-    ``PAINT_COLOUR_TOLERANCE`` of the colour's norm. Why: a negative of paint's colour on the road
-    is a lane marking or a zebra stripe to the eye, and teaching it as anomalous makes every marking
-    an obstacle."""
-    colour = colour.float()
-    paints = torch.tensor(ROAD_PAINT_COLOURS, dtype=torch.float32)
-    k = (paints @ colour) / (paints * paints).sum(1)           # least-squares illumination gain per paint
-    residual = (colour[None] - k[:, None] * paints).norm(dim=1) / colour.norm().clamp(min=1e-6)
+def road_paint_colour(colours: torch.Tensor) -> torch.Tensor:
+    """(...,) bool: which RGB ``colours`` (..., 3) in [0, 1] are a road paint colour
+    (``ROAD_PAINT_COLOURS``) under some illumination: ``colour ≈ k * paint`` with k in
+    ``PAINT_GAIN_RANGE`` and a residual below ``PAINT_COLOUR_TOLERANCE`` of the colour's norm."""
+    colours = colours.float()
+    paints = torch.tensor(ROAD_PAINT_COLOURS, dtype=torch.float32)            # (P, 3)
+    k = (colours @ paints.T) / (paints * paints).sum(1)                       # (..., P) least-squares gains
+    residual = (colours[..., None, :] - k[..., None] * paints).norm(dim=-1)    # (..., P)
+    residual = residual / colours.norm(dim=-1, keepdim=True).clamp(min=1e-6)
     lo, hi = PAINT_GAIN_RANGE
-    return bool(((k >= lo) & (k <= hi) & (residual < PAINT_COLOUR_TOLERANCE)).any())
+    return ((k >= lo) & (k <= hi) & (residual < PAINT_COLOUR_TOLERANCE)).any(-1)
+
+
+def looks_like_road_paint(colour: torch.Tensor) -> bool:
+    """Whether the RGB ``colour`` (3,) is a road paint colour (:func:`road_paint_colour`). Why it
+    matters: a negative of paint's colour on the road is a lane marking or a zebra stripe to the eye,
+    and teaching it as anomalous makes every marking an obstacle."""
+    return bool(road_paint_colour(colour))
+
+
+def road_paint_mask(image: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the road pixels (trainId ``ROAD_TRAIN_ID``) of an H×W×3 uint8 RGB frame whose colour
+    is road paint (:func:`road_paint_colour`) and that are brighter than ``PAINT_OVER_ROAD`` times the
+    frame's median road brightness: its lane markings and zebra stripes, which the labels call road like
+    the asphalt around them (a light grey road alone is white paint's colour in the shade)."""
+    road = label == ROAD_TRAIN_ID
+    mask = np.zeros(label.shape, bool)
+    if road.any():
+        colours = torch.from_numpy(image[road].astype(np.float32) / 255.0)
+        brightness = colours.mean(1)
+        mask[road] = (road_paint_colour(colours) & (brightness > PAINT_OVER_ROAD * brightness.median())).numpy()
+    return mask
 
 
 def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Generator, count: int,

@@ -39,9 +39,12 @@ from .config import (AVOID_ROAD_PAINT_HELP, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_S
                      RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig, RunConfig, TrainConfig)
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
-from .negatives import paste_negatives, uniform_cross_entropy
+from .negatives import ROAD_TRAIN_ID, paste_negatives, road_paint_mask, uniform_cross_entropy
 
 IGNORE_INDEX = 255
+# road paint's pixels between the paint mask and the augmented crop: an id no trainId uses, back to road
+# after the crop (nearest resizing and flips keep it where the paint is)
+PAINT_LABEL = 254
 
 
 @dataclass
@@ -89,6 +92,11 @@ class SegmenterTrainConfig:
                                     "the hardest); 0 = plain mean over all labelled pixels", range=(0.0, 1.0))
     ohem_min_kept: float = setting(1 / 16, "with ohem_threshold: the share of a batch's labelled pixels kept "
                                    "at least (the hardest)", range=(0.0, 1.0))
+    road_paint_weight: float = setting(1.0, "cross-entropy weight of the road pixels whose colour is road paint "
+                                       "(lane markings, zebra stripes; csl_ros.training.negatives.road_paint_mask) "
+                                       "against 1 for the other labelled pixels: they are a few percent of "
+                                       "the road, and outlier exposure makes them look anomalous",
+                                       range=(0.0, math.inf))
     init_from: str = setting("", "segmenter checkpoint to start from (fine-tuning, e.g. outlier exposure "
                              "of a trained model); empty: random initialisation")
     # optimisation
@@ -130,6 +138,8 @@ class SegmenterTrainConfig:
             errors.append(f"scale_range must be 0 < lo <= hi, got {self.scale_range}")
         if len(self.negative_size) != 2 or not (0 < self.negative_size[0] <= self.negative_size[1] <= 1):
             errors.append(f"negative_size must be 0 < lo <= hi <= 1, got {self.negative_size}")
+        if self.road_paint_weight != 1.0 and self.ohem_threshold > 0:
+            errors.append("road_paint_weight and ohem_threshold do not combine (OHEM picks its own pixels)")
         if errors:
             raise ValueError("invalid segmenter training config: " + "; ".join(errors))
 
@@ -287,13 +297,20 @@ class SegmenterTask:
         self.cfg, self.env, self.dataset = cfg, env, dataset
         self.batch_size = per_worker_batch(cfg.batch_size, env)
 
-    def make_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(images, trainIds, negative pixels): the pasted negatives' pixels are void in the trainIds."""
+    def make_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, trainIds, negative pixels, pixel weights): the pasted negatives' pixels are void in the
+        trainIds; the weights are ``road_paint_weight`` on road paint, 1 elsewhere."""
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, self.env.rank))
         idx = torch.randint(0, len(self.dataset), (self.batch_size,), generator=gen).tolist()
-        images, labels, outliers = [], [], []
+        images, labels, outliers, weights = [], [], [], []
         for i in idx:
-            img, lab = augment(*self.dataset[i], self.cfg, gen)
+            image, label = self.dataset[i]
+            weighted = self.cfg.road_paint_weight != 1.0
+            if weighted:   # paint found on the frame's own colours, carried through the crop as a label
+                label = np.where(road_paint_mask(image, label), PAINT_LABEL, label).astype(label.dtype)
+            img, lab = augment(image, label, self.cfg, gen)
+            paint = lab == PAINT_LABEL
+            lab = lab.masked_fill(paint, ROAD_TRAIN_ID)
             count = int(torch.randint(0, self.cfg.negatives_max + 1, (), generator=gen)) \
                 if self.cfg.negatives_max else 0
             out = paste_negatives(img, lab, self.dataset, gen, count, self.cfg.negative_size,
@@ -302,26 +319,39 @@ class SegmenterTask:
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
             outliers.append(out)
-        return torch.stack(images), torch.stack(labels), torch.stack(outliers)
+            weights.append(torch.where(paint & ~out, self.cfg.road_paint_weight, 1.0))
+        return torch.stack(images), torch.stack(labels), torch.stack(outliers), torch.stack(weights)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y, outlier = (t.to(self.env.device) for t in batch)
+        x, y, outlier, weight = (t.to(self.env.device) for t in batch)
         logits, aux = model(x, with_aux=True)
-        ce = self._cross_entropy(logits, y)
+        ce = self._cross_entropy(logits, y, weight)
         if aux is not None and self.cfg.aux_weight > 0:
-            ce = ce + self.cfg.aux_weight * self._cross_entropy(aux, y)
+            ce = ce + self.cfg.aux_weight * self._cross_entropy(aux, y, weight)
         if self.cfg.negatives_max == 0:
             return ce, {}
         neg = uniform_cross_entropy(logits, outlier)
         return ce + self.cfg.negative_weight * neg, {"ce": ce.detach(), "negatives": neg.detach()}
 
-    def _cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _cross_entropy(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.cfg.ohem_threshold > 0:
             return ohem_cross_entropy(logits, y, self.cfg.ohem_threshold, self.cfg.ohem_min_kept)
-        return F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+        if self.cfg.road_paint_weight == 1.0:
+            return F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
+        return weighted_cross_entropy(logits, y, weight)
 
     def batch_images(self, batch) -> int:
         return int(batch[0].shape[0])
+
+
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with a weight per pixel: ``sum(w * ce) / sum(w)`` over the labelled pixels (the plain
+    mean when every weight is 1); 0 without labelled pixels. ``weight`` (B, H, W) like ``target``."""
+    pixel_ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+    w = weight.float() * (target != IGNORE_INDEX)
+    if not bool(w.sum() > 0):
+        return logits.sum() * 0.0
+    return (pixel_ce * w).sum() / w.sum()
 
 
 def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, threshold: float,
