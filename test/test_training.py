@@ -174,26 +174,26 @@ def test_scale_augmentation_keeps_labels_nearest():
     assert img_a.dtype == np.uint8
 
 
-def test_student_negatives_forward_the_source_road_and_paint_options(tmp_path, monkeypatch):
-    """data.negative_exclude_source_road / data.negative_avoid_road_paint reach paste_negatives."""
+def test_student_negatives_forward_the_source_road_paint_and_shadow_options(tmp_path, monkeypatch):
+    """data.negative_exclude_source_road / negative_avoid_road_paint / negative_shadow reach paste_negatives."""
     import csl_ros.training.student as student_mod
 
     seen = []
 
     def fake_paste(img, lab, sources, gen, count, size_range, colour_fraction, exclude_source_road,
-                   avoid_road_paint):
-        seen.append((exclude_source_road, avoid_road_paint))
+                   avoid_road_paint, shadow):
+        seen.append((exclude_source_road, avoid_road_paint, shadow))
         return torch.zeros(lab.shape, dtype=torch.bool)
 
     monkeypatch.setattr(student_mod, "paste_negatives", fake_paste)
-    for exclude, avoid in ((True, False), (False, True)):
+    for exclude, avoid, shadow in ((True, False, False), (False, True, False), (False, False, True)):
         cfg = tiny_config(tmp_path, **{"data.negatives_max": 3, "data.negative_exclude_source_road": exclude,
-                                       "data.negative_avoid_road_paint": avoid})
+                                       "data.negative_avoid_road_paint": avoid, "data.negative_shadow": shadow})
         task = StudentTask(cfg, DistEnv(), ToyFrames(), num_queries=50)
         for step in range(8):
             rng = np.random.default_rng([cfg.run.seed, step, 0])
             task.paste_negative_regions(*augment(*ToyFrames()[0], rng, task.params), rng)
-        assert seen and set(seen) == {(exclude, avoid)}
+        assert seen and set(seen) == {(exclude, avoid, shadow)}
         seen.clear()
 
 

@@ -10,8 +10,9 @@ from csl_ros.teachers.segmenter import ClosedSetSegmenter, load_segmenter, prese
 from csl_ros.training.distributed import DistEnv
 from csl_ros.data.synthroad import render_frame
 from csl_ros.data.synthroad.world import WHITE_PAINT, YELLOW_PAINT
-from csl_ros.training.negatives import (MAX_SOURCE_ROAD_FRACTION, ROAD_TRAIN_ID, colour_field, looks_like_road_paint,
-                                        paste_negatives, polygon_mask, road_paint_mask, uniform_cross_entropy)
+from csl_ros.training.negatives import (MAX_SOURCE_ROAD_FRACTION, ROAD_TRAIN_ID, colour_field, contact_shadow,
+                                        looks_like_road_paint, paste_negatives, polygon_mask, road_paint_mask,
+                                        uniform_cross_entropy)
 from csl_ros.training.segmenter import (SegmenterTask, SegmenterTrainConfig, ohem_cross_entropy, train_segmenter,
                                         weighted_cross_entropy)
 
@@ -155,6 +156,36 @@ def test_avoid_road_paint_redraws_paint_coloured_negatives():
                     paint_like[avoid] += looks_like_road_paint(x[:, out].mean(1))
     assert paint_like[False] >= 5, "the test's sources give paint-coloured negatives without the option"
     assert paint_like[True] == 0
+
+
+def test_contact_shadow_darkens_only_the_road_at_the_base():
+    img, lab = _road_bottom_frame()
+    x, y = _as_tensors(img, lab)
+    road = y == ROAD_TRAIN_ID
+    contact_shadow(x, road, 41, 64, 20, 30, torch.Generator().manual_seed(0))
+    darker = (x < 128 / 255.0 - 1e-6).all(0)
+    assert darker.any() and not (darker & ~road).any(), "only road pixels darken"
+    assert not (x > 128 / 255.0 + 1e-6).any()
+    rows, cols = darker.nonzero(as_tuple=True)
+    # half-height <= 0.2 * 20 px, half-width <= 0.8 * 30 px around (41, 64)
+    assert int(rows.min()) >= 41 - 4 and int(rows.max()) <= 41 + 4
+    assert int(cols.min()) >= 64 - 24 and int(cols.max()) <= 64 + 24
+    assert float(x[0, 41, 64]) == float(x[0].min()), "darkest at the base centre"
+
+
+def test_negatives_with_shadow_change_road_pixels_around_them_only():
+    img, lab = _road_bottom_frame()
+    for seed in range(4):
+        runs = {}
+        for shadow in (False, True):
+            x, y = _as_tensors(img, lab)
+            runs[shadow] = (paste_negatives(x, y, _sources(), torch.Generator().manual_seed(seed), 1, (0.2, 0.3),
+                                            shadow=shadow), x)
+        (out0, x0), (out1, x1) = runs[False], runs[True]
+        assert torch.equal(out0, out1) and torch.equal(x0[:, out0], x1[:, out1]), "the shadow draws come after"
+        shaded = (x1 != x0).any(0) & ~out1
+        assert shaded.any(), "a shadow beside the negatives"
+        assert bool((y[shaded] == ROAD_TRAIN_ID).all()) and bool((x1[:, shaded] < x0[:, shaded]).all())
 
 
 def test_colour_field_is_one_shaded_colour():

@@ -53,6 +53,8 @@ EXCLUDE_SOURCE_ROAD_HELP = ("paste only the pixels of a source patch that were n
                             "road, markings included, is pasted as anomalous too)")
 AVOID_ROAD_PAINT_HELP = ("redraw negatives whose mean colour is a road paint colour (white, yellow) under some "
                          "illumination: those teach that lane markings and zebra stripes do not belong on the road")
+NEGATIVE_SHADOW_HELP = ("each negative darkens the road at its foot (a soft contact shadow, labels unchanged): "
+                        "without it a pasted patch is a decal flat on the road, as road paint is")
 # trainId of a pasted negative's pixels in the student's mask split (no Cityscapes class, not void)
 NEGATIVE_TRAIN_ID = 254
 
@@ -98,6 +100,7 @@ class DataConfig:
                                             "patches of other training frames"})
     negative_exclude_source_road: bool = field(default=False, metadata={"help": EXCLUDE_SOURCE_ROAD_HELP})
     negative_avoid_road_paint: bool = field(default=False, metadata={"help": AVOID_ROAD_PAINT_HELP})
+    negative_shadow: bool = field(default=False, metadata={"help": NEGATIVE_SHADOW_HELP})
     negative_min_size: float = field(default=NEGATIVE_SIZE[0], metadata={"range": (1e-3, 1.0), "help": "smallest "
                                      "negative height as a fraction of the crop height (log-uniform)"})
     negative_max_size: float = field(default=NEGATIVE_SIZE[1], metadata={"range": (1e-3, 1.0), "help": "largest "

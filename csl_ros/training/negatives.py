@@ -118,20 +118,21 @@ def looks_like_road_paint(colour: torch.Tensor) -> bool:
 def road_paint_mask(image: np.ndarray, label: np.ndarray) -> np.ndarray:
     """(H, W) bool: the road pixels (trainId ``ROAD_TRAIN_ID``) of an H×W×3 uint8 RGB frame whose colour
     is road paint (:func:`road_paint_colour`) and that are brighter than ``PAINT_OVER_ROAD`` times the
-    frame's median road brightness: its lane markings and zebra stripes, which the labels call road like
+    frame's median road brightness (HSV value): its lane markings and zebra stripes, which the labels call road like
     the asphalt around them (a light grey road alone is white paint's colour in the shade)."""
     road = label == ROAD_TRAIN_ID
     mask = np.zeros(label.shape, bool)
     if road.any():
         colours = torch.from_numpy(image[road].astype(np.float32) / 255.0)
-        brightness = colours.mean(1)
+        brightness = colours.amax(1)   # HSV value: saturated yellow is as bright as white
         mask[road] = (road_paint_colour(colours) & (brightness > PAINT_OVER_ROAD * brightness.median())).numpy()
     return mask
 
 
 def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Generator, count: int,
                     size_range: tuple[float, float], colour_fraction: float = 0.0,
-                    exclude_source_road: bool = False, avoid_road_paint: bool = False) -> torch.Tensor:
+                    exclude_source_road: bool = False, avoid_road_paint: bool = False,
+                    shadow: bool = False) -> torch.Tensor:
     """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited
     in place); returns the (h, w) bool mask of the pasted pixels.
 
@@ -144,7 +145,10 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     patch's share of road (up to ``MAX_SOURCE_ROAD_FRACTION``, lane markings and zebra stripes included)
     lands on the road as "anomalous" and teaches the network that road texture can be an obstacle. With
     ``avoid_road_paint`` a negative whose mean colour :func:`looks_like_road_paint` is redrawn (up to
-    ``SOURCE_TRIES`` draws in all, else skipped)."""
+    ``SOURCE_TRIES`` draws in all, else skipped). With ``shadow`` each negative casts a
+    :func:`contact_shadow` on the crop's road around its base (those pixels stay labelled road): a pasted
+    patch alone is a decal flat on the road, which is what road paint is, while a thing standing on
+    the road darkens the road at its foot."""
     _, h, w = img.shape
     outlier = torch.zeros(h, w, dtype=torch.bool)
     road = (lab == ROAD_TRAIN_ID).nonzero()
@@ -179,10 +183,31 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
         if t1 <= t0 or l1 <= l0:
             continue
         m = shape[t0 - top:t1 - top, l0 - left:l1 - left]
+        if shadow:
+            contact_shadow(img, lab == ROAD_TRAIN_ID, by, bx, ph, pw, gen)
         region = img[:, t0:t1, l0:l1]
         region[:, m] = patch[:, t0 - top:t1 - top, l0 - left:l1 - left][:, m]
         outlier[t0:t1, l0:l1] |= m
     return outlier
+
+
+def contact_shadow(img: torch.Tensor, road: torch.Tensor, by: int, bx: int, ph: int, pw: int,
+                   gen: torch.Generator) -> None:
+    """Darken the road pixels of ``img`` (3×h×w, in place) under an object of ph×pw px whose base centre
+    is (by, bx): a soft ellipse centred on the base, half-width 0.5-0.8 pw and half-height 0.08-0.2 ph
+    (the ground is seen at a grazing angle), darkening by 30-75 % at its centre, fading to its rim."""
+    h, w = road.shape
+    ax = max(1.0, pw * _uniform(gen, 0.5, 0.8))
+    ay = max(1.0, ph * _uniform(gen, 0.08, 0.2))
+    depth = _uniform(gen, 0.3, 0.75)
+    y0, y1 = max(0, int(by - ay)), min(h, int(math.ceil(by + ay)) + 1)
+    x0, x1 = max(0, int(bx - ax)), min(w, int(math.ceil(bx + ax)) + 1)
+    if y1 <= y0 or x1 <= x0:
+        return
+    yy = (torch.arange(y0, y1, dtype=torch.float32)[:, None] - by) / ay
+    xx = (torch.arange(x0, x1, dtype=torch.float32)[None, :] - bx) / ax
+    falloff = (1 - (yy * yy + xx * xx)).clamp(min=0).sqrt() * road[y0:y1, x0:x1]
+    img[:, y0:y1, x0:x1] *= 1 - depth * falloff
 
 
 def uniform_cross_entropy(logits: torch.Tensor, outlier: torch.Tensor) -> torch.Tensor:

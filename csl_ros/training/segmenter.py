@@ -35,8 +35,9 @@ from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, 
                                         save_segmenter)
 
 from .config import DATASETS as TRAIN_DATASETS
-from .config import (AVOID_ROAD_PAINT_HELP, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED,
-                     RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig, RunConfig, TrainConfig)
+from .config import (AVOID_ROAD_PAINT_HELP, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_SHADOW_HELP, NEGATIVE_SIZE,
+                     RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig, RunConfig,
+                     TrainConfig)
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
 from .negatives import ROAD_TRAIN_ID, paste_negatives, road_paint_mask, uniform_cross_entropy
@@ -84,6 +85,7 @@ class SegmenterTrainConfig:
                                               "patches of training frames", range=(0.0, 1.0))
     negative_exclude_source_road: bool = setting(False, EXCLUDE_SOURCE_ROAD_HELP)
     negative_avoid_road_paint: bool = setting(False, AVOID_ROAD_PAINT_HELP)
+    negative_shadow: bool = setting(False, NEGATIVE_SHADOW_HELP)
     negative_weight: float = setting(1.0, "weight of the entropy maximisation on negative pixels (Chan et al. "
                                      "2021) against the cross-entropy on the rest", range=(0.0, math.inf))
     ohem_threshold: float = setting(0.0, "online hard example mining (the OhemCrossEntropy of the HRNet/OCR "
@@ -315,7 +317,7 @@ class SegmenterTask:
                 if self.cfg.negatives_max else 0
             out = paste_negatives(img, lab, self.dataset, gen, count, self.cfg.negative_size,
                                   self.cfg.negative_colour_fraction, self.cfg.negative_exclude_source_road,
-                                  self.cfg.negative_avoid_road_paint)
+                                  self.cfg.negative_avoid_road_paint, self.cfg.negative_shadow)
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
             outliers.append(out)
