@@ -65,10 +65,14 @@ $CSL train student --scheme 1 --out "$R/student_scheme1" "${STUDENT_COMMON[@]}" 
 # 6. the shipped teacher: outlier exposure with synthetic negatives (csl_ros.training.negatives), a
 #    fine-tuning of step 2 with patches of other in-distribution frames pasted on the road and entropy
 #    maximisation on their pixels (Chan et al. 2021). No OOD data and none of the test obstacles; see
-#    models/teacher_segmenter.md. Then its statistics / calibrations as in step 3.
+#    models/teacher_segmenter.md. Against road paint: negatives cast a contact shadow, paint-coloured ones
+#    are redrawn, paint pixels weigh 5x in the cross-entropy, 300 extra frames carry rare paint.
+#    Then its statistics / calibrations as in step 3.
 $CSL train segmenter --out "$R/segmenter_oe" --set frames=1000 --set render_size=256x512 \
   --set crop_size=128x256 --set scale_range=0.5,1.25 --set steps=1200 --set batch_size=8 --set lr=3e-4 \
   --set warmup_steps=50 --set num_threads=2 --set negatives_max=3 --set negative_weight=1.0 \
+  --set negative_shadow=true --set negative_avoid_road_paint=true --set negative_exclude_source_road=true \
+  --set rare_paint_frames=300 --set road_paint_weight=5 \
   --set init_from="$M/teacher_segmenter_closed_set.safetensors" --set checkpoint_every=200 --set val_frames=100 \
   --export "$M/teacher_segmenter.safetensors"
 $CSL teacher fit-stats --segmenter "$M/teacher_segmenter.safetensors" --data synthroad \

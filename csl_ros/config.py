@@ -82,7 +82,7 @@ class DetectorConfig:
                             choices=("product", "region_mean", "arithmetic"))
 
     # --- instances and obstacles ----------------------------------------------------------------
-    score_threshold: float = _opt(0.2, "Fused anomaly score at or above which a pixel is anomalous. "
+    score_threshold: float = _opt(0.25, "Fused anomaly score at or above which a pixel is anomalous. "
                                   "Default: the shipped models' tuned threshold; a student checkpoint "
                                   "that carries its own replaces the default.", range=(0.0, 1.0))
     min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
