@@ -305,9 +305,9 @@ class SegmenterTask:
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, self.env.rank))
         idx = torch.randint(0, len(self.dataset), (self.batch_size,), generator=gen).tolist()
         images, labels, outliers, weights = [], [], [], []
+        weighted = self.cfg.road_paint_weight != 1.0
         for i in idx:
             image, label = self.dataset[i]
-            weighted = self.cfg.road_paint_weight != 1.0
             if weighted:   # paint found on the frame's own colours, carried through the crop as a label
                 label = np.where(road_paint_mask(image, label), PAINT_LABEL, label).astype(label.dtype)
             img, lab = augment(image, label, self.cfg, gen)
