@@ -180,7 +180,7 @@ def test_student_negatives_forward_the_source_road_paint_and_shadow_options(tmp_
 
     seen = []
 
-    def fake_paste(img, lab, sources, gen, count, size_range, colour_fraction, exclude_source_road,
+    def fake_paste(img, lab, sources, gen, count, size_range, *, colour_fraction, exclude_source_road,
                    avoid_road_paint, shadow):
         seen.append((exclude_source_road, avoid_road_paint, shadow))
         return torch.zeros(lab.shape, dtype=torch.bool)

@@ -130,7 +130,7 @@ def road_paint_mask(image: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 
 def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Generator, count: int,
-                    size_range: tuple[float, float], colour_fraction: float = 0.0,
+                    size_range: tuple[float, float], *, colour_fraction: float = 0.0,
                     exclude_source_road: bool = False, avoid_road_paint: bool = False,
                     shadow: bool = False) -> torch.Tensor:
     """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited

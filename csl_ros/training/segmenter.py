@@ -316,8 +316,10 @@ class SegmenterTask:
             count = int(torch.randint(0, self.cfg.negatives_max + 1, (), generator=gen)) \
                 if self.cfg.negatives_max else 0
             out = paste_negatives(img, lab, self.dataset, gen, count, self.cfg.negative_size,
-                                  self.cfg.negative_colour_fraction, self.cfg.negative_exclude_source_road,
-                                  self.cfg.negative_avoid_road_paint, self.cfg.negative_shadow)
+                                  colour_fraction=self.cfg.negative_colour_fraction,
+                                  exclude_source_road=self.cfg.negative_exclude_source_road,
+                                  avoid_road_paint=self.cfg.negative_avoid_road_paint,
+                                  shadow=self.cfg.negative_shadow)
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
             outliers.append(out)

@@ -103,9 +103,10 @@ class StudentTask:
         gen = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
         img = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
         pasted = paste_negatives(img, torch.from_numpy(labels.astype(np.int64)), self.dataset, gen, count,
-                                 (d.negative_min_size, d.negative_max_size), d.negative_colour_fraction,
-                                 d.negative_exclude_source_road, d.negative_avoid_road_paint,
-                                 d.negative_shadow).numpy()
+                                 (d.negative_min_size, d.negative_max_size),
+                                 colour_fraction=d.negative_colour_fraction,
+                                 exclude_source_road=d.negative_exclude_source_road,
+                                 avoid_road_paint=d.negative_avoid_road_paint, shadow=d.negative_shadow).numpy()
         image = img.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         labels = labels.copy()
         labels[pasted] = NEGATIVE_TRAIN_ID
