@@ -78,6 +78,15 @@ $CSL train segmenter --out "$R/segmenter_oe" --set frames=1000 --set render_size
 $CSL teacher fit-stats --segmenter "$M/teacher_segmenter.safetensors" --data synthroad \
   --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter.stats.json"
 
+# 6b. detector settings tuned on the synthroad tuning drives (seeds from 40,000,000; never the held-out
+#     drives of docs/results.md), written into the class-agnostic student's metadata: the rule of
+#     `bench/driving.py --tune` with each teacher (their fused scores sit on different scales), then
+#     config/driving.yaml takes the chosen height limit and tracking of the default (MSP) teacher.
+python bench/driving.py --tune --cache "$R/driving_cache" --json "$R/tune_msp.json"
+python bench/driving.py --tune --set teacher=maxlogit --cache "$R/driving_cache" --json "$R/tune_maxlogit.json"
+python -m csl_ros.model_settings "$M/student_ca.safetensors" score_threshold=0.25 \
+  'score_threshold_by_teacher={"msp": 0.25, "maxlogit": 0.05}'
+
 # 7. manifest
 python - "$M" <<'EOF'
 import sys

@@ -83,8 +83,9 @@ class DetectorConfig:
 
     # --- instances and obstacles ----------------------------------------------------------------
     score_threshold: float = _opt(0.25, "Fused anomaly score at or above which a pixel is anomalous. "
-                                  "Default: the shipped models' tuned threshold; a student checkpoint "
-                                  "that carries its own replaces the default.", range=(0.0, 1.0))
+                                  "Default: the shipped models' threshold tuned with the default teacher; "
+                                  "a student checkpoint that carries its own (per teacher) replaces the "
+                                  "default.", range=(0.0, 1.0))
     min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
                                   range=(0, 10_000_000))
     min_split_fraction: float = _opt(0.25, "A connected anomalous area is cut along the student's "
@@ -199,12 +200,21 @@ class NodeConfig:
 # the input size it was trained for, and the score threshold tuned for it with the test-time scale it
 # was tuned at (the geometric mean of two scales moves the scores, so the two go together).
 MODEL_SETTINGS = ("input_height", "input_width", "score_threshold", "test_scale")
+# The fused scores' scale depends on the teacher (MSP is a probability, max logit is logistic-calibrated),
+# so a checkpoint may carry one tuned threshold per teacher: {teacher: score_threshold}, JSON in the
+# metadata. The entry of the configured teacher wins over the plain ``score_threshold``.
+THRESHOLDS_BY_TEACHER = "score_threshold_by_teacher"
 
 
 def apply_model_settings(cfg: DetectorConfig, settings: Mapping[str, Any]) -> tuple[DetectorConfig, dict]:
     """``cfg`` with the model's ``settings`` for every MODEL_SETTINGS field still at its schema default
-    (a value the user set wins), and the dict of what was taken from the model."""
+    (a value the user set wins), and the dict of what was taken from the model. A threshold tuned for
+    the configured teacher (``THRESHOLDS_BY_TEACHER``) replaces the plain ``score_threshold``."""
     defaults = DetectorConfig()
+    settings = dict(settings)
+    by_teacher = settings.pop(THRESHOLDS_BY_TEACHER, None) or {}
+    if cfg.teacher in by_teacher:
+        settings["score_threshold"] = by_teacher[cfg.teacher]
     taken = {k: v for k, v in settings.items()
              if k in MODEL_SETTINGS and getattr(cfg, k) == getattr(defaults, k) and getattr(cfg, k) != v}
     return dataclasses.replace(cfg, **taken), taken

@@ -3,7 +3,8 @@
 A checkpoint's metadata (:mod:`csl_ros.model.checkpoint`) may hold ``MODEL_SETTINGS``:
 ``input_height`` and ``input_width`` (the network input it was trained for), ``score_threshold``
 (the fused-score threshold tuned for it) and ``test_scale`` (the test-time second scale the threshold
-was tuned with). ``Detector.from_config`` uses them for every one of these
+was tuned with); ``score_threshold_by_teacher`` (JSON ``{teacher: threshold}``) holds thresholds tuned
+with other teachers, whose fused scores sit on another scale: the configured teacher's entry wins. ``Detector.from_config`` uses them for every one of these
 settings the user left at the schema default (``csl_ros.config.apply_model_settings``). The schema's
 defaults are those of the shipped models (a test checks they agree).
 
@@ -18,22 +19,38 @@ pipeline and the training commands that write and read these settings.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-from csl_ros.config import MODEL_SETTINGS, DetectorConfig, apply_overrides, parse_set_args
+from csl_ros.config import MODEL_SETTINGS, THRESHOLDS_BY_TEACHER, DetectorConfig, apply_overrides, parse_set_args
 from csl_ros.model import checkpoint
 
 
 def model_settings(metadata: dict[str, str], source: str = "checkpoint") -> dict:
     """The detector settings a checkpoint carries (see the module docstring), typed and range-checked
-    by the schema; ValueError naming ``source`` for an invalid one."""
+    by the schema; ValueError naming ``source`` for an invalid one. ``THRESHOLDS_BY_TEACHER`` (JSON
+    ``{teacher: threshold}``) comes back as a dict of checked thresholds of known teachers."""
     given = {k: metadata[k] for k in MODEL_SETTINGS if k in metadata}
     try:
         cfg = apply_overrides(DetectorConfig(), given)
+        out = {k: getattr(cfg, k) for k in given}
+        if THRESHOLDS_BY_TEACHER in metadata:
+            out[THRESHOLDS_BY_TEACHER] = _thresholds_by_teacher(metadata[THRESHOLDS_BY_TEACHER])
     except ValueError as exc:
         raise ValueError(f"{source}: invalid model setting: {exc}") from None
-    return {k: getattr(cfg, k) for k in given}
+    return out
+
+
+def _thresholds_by_teacher(text) -> dict[str, float]:
+    try:
+        table = json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{THRESHOLDS_BY_TEACHER} is not JSON ({exc.msg})") from None
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"{THRESHOLDS_BY_TEACHER} must be a non-empty JSON object {{teacher: threshold}}")
+    return {teacher: apply_overrides(DetectorConfig(), {"teacher": teacher, "score_threshold": thr}).score_threshold
+            for teacher, thr in table.items()}
 
 
 def save_student(path: str | os.PathLike, model, metadata: dict | None = None, storage: str = "float32") -> str:

@@ -65,7 +65,7 @@ def test_one_default_the_shipped_models_settings():
     """The schema's defaults are what the shipped students carry in their metadata (input size, tuned
     threshold), and driving.yaml does not override them: detect, evaluate (schema defaults), the
     node and the demo (driving.yaml) run the same settings without --config."""
-    from csl_ros.config import MODEL_SETTINGS
+    from csl_ros.config import MODEL_SETTINGS, THRESHOLDS_BY_TEACHER
     from csl_ros.model import read_checkpoint
     from csl_ros.model_settings import model_settings
     from csl_ros.shipped import resolve_shipped
@@ -73,7 +73,10 @@ def test_one_default_the_shipped_models_settings():
     default = DetectorConfig()
     for name in ("student_ca", "student_scheme1"):
         carried = model_settings(read_checkpoint(resolve_shipped(name))[2])
+        by_teacher = carried.pop(THRESHOLDS_BY_TEACHER, {})
         assert carried and all(carried[k] == getattr(default, k) for k in carried), (name, carried)
+        # the default teacher's own tuned threshold, when the checkpoint has one per teacher, is the default
+        assert by_teacher.get(default.teacher, default.score_threshold) == default.score_threshold, by_teacher
     det, _ = load_configs(ROOT / "config" / "driving.yaml")
     for k in (*MODEL_SETTINGS, "scheme", "teacher", "device", "backend"):
         assert getattr(det, k) == getattr(default, k), k
@@ -88,6 +91,30 @@ def test_model_settings_fill_only_what_the_user_left_at_the_default():
     mine = apply_overrides(DetectorConfig(), {"score_threshold": 0.6})
     cfg, taken = apply_model_settings(mine, carried)
     assert cfg.score_threshold == 0.6 and "score_threshold" not in taken and cfg.input_height == 512
+
+
+def test_a_threshold_tuned_for_the_configured_teacher_wins():
+    """A checkpoint's per-teacher thresholds (fused scores of MSP and max logit sit on other scales):
+    the configured teacher's entry replaces the plain threshold, a user's threshold still wins, and a
+    teacher without an entry gets the plain one."""
+    from csl_ros.config import THRESHOLDS_BY_TEACHER, apply_model_settings
+    from csl_ros.model_settings import model_settings
+
+    carried = model_settings({"score_threshold": "0.4", THRESHOLDS_BY_TEACHER: '{"msp": 0.35, "energy": 0.03}'})
+    assert carried[THRESHOLDS_BY_TEACHER] == {"msp": 0.35, "energy": 0.03}
+    msp = apply_overrides(DetectorConfig(), {"teacher": "msp"})
+    assert apply_model_settings(msp, carried)[0].score_threshold == 0.35
+    energy = apply_overrides(DetectorConfig(), {"teacher": "energy"})
+    cfg, taken = apply_model_settings(energy, carried)
+    assert cfg.score_threshold == 0.03 and taken["score_threshold"] == 0.03
+    entropy = apply_overrides(DetectorConfig(), {"teacher": "entropy"})
+    assert apply_model_settings(entropy, carried)[0].score_threshold == 0.4
+    mine = apply_overrides(msp, {"score_threshold": 0.6})
+    assert apply_model_settings(mine, carried)[0].score_threshold == 0.6
+    for bad, why in (('{"banana": 0.2}', "banana"), ('{"msp": 3}', "score_threshold"), ("[0.2]", "JSON object"),
+                     ("{msp: 0.2}", "not JSON")):
+        with pytest.raises(ValueError, match=why):
+            model_settings({THRESHOLDS_BY_TEACHER: bad}, source="x.safetensors")
 
 
 def test_device_strings_are_validated():

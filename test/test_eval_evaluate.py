@@ -188,6 +188,20 @@ def test_unlabelled_frame_is_counted_not_dropped(tmp_path):
     assert any("1 image(s) have no ground truth" in n for n in m["notes"])
 
 
+def test_the_report_names_the_settings_the_detector_ran(synth_bag, tmp_path):
+    """A detector that took settings from its checkpoint (e.g. the threshold tuned for the configured
+    teacher) is scored and reported with them, not with the schema defaults it was asked for."""
+    import dataclasses
+
+    def tuned(cfg):   # as Detector.from_config with a checkpoint carrying score_threshold 0.9
+        return BrightnessDetector(dataclasses.replace(cfg, score_threshold=0.9))
+
+    out = tmp_path / "eval"
+    evaluate_command(parse("--bag", str(synth_bag), "--out", str(out), "--quiet", "--limit", "2"),
+                     detector_factory=tuned)
+    assert load(out)["config"]["score_threshold"] == 0.9
+
+
 def test_limit_and_bad_inputs(synth_bag, tmp_path, capsys):
     counting = Counting(brightness)
     evaluate_command(parse("--bag", str(synth_bag), "--out", str(tmp_path / "a"), "--quiet", "--limit", "2"),

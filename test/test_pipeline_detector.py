@@ -284,6 +284,12 @@ def test_from_config_takes_the_checkpoints_settings_left_at_the_default(student,
     assert (cfg.input_height, cfg.input_width, cfg.score_threshold) == (96, 160, 0.4)
     cfg = Detector.from_config(apply_overrides(base, {"score_threshold": 0.7, "input_height": 64})).config
     assert (cfg.input_height, cfg.input_width, cfg.score_threshold) == (64, 160, 0.7)
+    # a threshold per teacher (their fused scores sit on other scales): the configured teacher's entry
+    save_checkpoint(path, student, metadata={"score_threshold": 0.4,
+                                             "score_threshold_by_teacher": '{"msp": 0.3, "maxlogit": 0.06}'})
+    assert Detector.from_config(apply_overrides(base, {"teacher": "maxlogit"})).config.score_threshold == 0.06
+    assert Detector.from_config(apply_overrides(base, {"teacher": "msp"})).config.score_threshold == 0.3
+    assert Detector.from_config(apply_overrides(base, {"teacher": "entropy"})).config.score_threshold == 0.4
 
 
 @pytest.mark.parametrize("scheme", ["1", "2", "teacher_only"])

@@ -91,6 +91,12 @@ def evaluate_in_process(bag, sink, cfg, *, limit=None, detector_factory=None, ba
     with BagReader(bag, lag_ns=bag_lag_ns(bag_lag_s), salvage=salvage) as reader:
         t0 = time.perf_counter()
         detector = detector_factory(cfg)   # after opening the bag: a bad bag fails before model loading
+        used = getattr(detector, "config", None)
+        if used is not None and used != cfg:
+            # the student's metadata filled settings left at the schema default (input size, the
+            # threshold tuned for the configured teacher): score and report what the detector runs
+            cfg = used
+            sink.config = used
         try:
             detector.warmup()
             info["load_s"] = time.perf_counter() - t0

@@ -164,7 +164,7 @@ def _choose_calibration(score_fn: str, stats: TeacherStats | None, override: str
             return Calibration("identity")  # already probabilities (a map is assumed in [0, 1])
         raise ValueError(f"the {score_fn} score needs a calibration fitted on in-distribution data, "
                          f"but no teacher statistics file was found ({where}); run `csl-ros teacher "
-                         "fit-stats`")
+                         "fit-stats`, or choose a probability teacher that needs none (teacher=msp)")
     return stats.calibration_for(score_fn, override)
 
 
