@@ -498,6 +498,36 @@ def test_parameters_follow_the_settings_the_detector_took_from_its_checkpoint(ri
     assert rig.detectors[0].seen_thresholds == [0.4]
 
 
+def test_a_rebuild_takes_the_new_teachers_threshold_not_the_one_shown(rig_factory):
+    """The threshold a checkpoint gave for one teacher is not the user's: after a switch to another
+    teacher the rebuilt detector takes that teacher's, and the parameter shows it; a threshold the
+    user set is kept through rebuilds."""
+    import dataclasses
+
+    default = DetectorConfig().score_threshold
+    tuned = {"maxlogit": 0.05, "msp": 0.3, "energy": 0.02}
+
+    def from_checkpoint(cfg):   # as Detector.from_config with per-teacher thresholds in the metadata
+        thr = tuned[cfg.teacher] if cfg.score_threshold == default else cfg.score_threshold
+        return BrightnessDetector(dataclasses.replace(cfg, score_threshold=thr))
+
+    rig = rig_factory(factory=from_checkpoint, overrides={"teacher": "maxlogit"})
+    assert rig.node.get_parameter("score_threshold").value == 0.05
+    for teacher, want in (("msp", 0.3), ("energy", 0.02)):
+        assert _change_state(rig, Transition.TRANSITION_DEACTIVATE)
+        (res,) = _set_remote(rig, teacher=teacher)
+        assert res.successful, res.reason
+        assert _change_state(rig, Transition.TRANSITION_ACTIVATE)
+        assert rig.node.detector.config.score_threshold == want
+        assert rig.node.get_parameter("score_threshold").value == want
+    (res,) = _set_remote(rig, score_threshold=0.5)
+    assert res.successful, res.reason
+    assert _change_state(rig, Transition.TRANSITION_DEACTIVATE)
+    (res,) = _set_remote(rig, teacher="msp")
+    assert _change_state(rig, Transition.TRANSITION_ACTIVATE)
+    assert rig.node.detector.config.score_threshold == 0.5
+
+
 def test_build_engine_reports_backend(rig_factory):
     rig = rig_factory(activate=False)
     assert build_engine(rig.node) == 0

@@ -155,7 +155,7 @@ class CslDetectorNode(NodeParametersMixin, NodeDiagnosticsMixin, LifecycleNode):
 
     def _build(self) -> None:
         with self._cfg_lock:
-            cfg, node_cfg = self._det_cfg, self._node_cfg
+            cfg, node_cfg = self._asked_config(self._det_cfg), self._node_cfg
             self._pending.clear()  # already part of cfg
         log = self.get_logger()
         log.info(f"loading the detector: scheme {cfg.scheme}, teacher {cfg.teacher}, "

@@ -31,6 +31,7 @@ class NodeParametersMixin:
         self._node_cfg = apply_overrides(NodeConfig(), {k: v for k, v in values.items() if owners[k] == "node"})
         self._cfg_lock = threading.Lock()
         self._adopting = False
+        self._adopted: set[str] = set()   # parameters that show a checkpoint's value, not the user's
         self._pending: dict[str, Any] = {}  # run-time detector changes, applied before the next frame
         self.add_pre_set_parameters_callback(self._integers_as_floats)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -48,6 +49,7 @@ class NodeParametersMixin:
                 self._det_cfg = dataclasses.replace(self._det_cfg, **{p.name: p.value for p in params})
             return SetParametersResult(successful=True)
         with self._cfg_lock:
+            self._adopted -= {p.name for p in params}   # the user's value from now on
             try:
                 plan = plan_parameter_changes(self._det_cfg, self._node_cfg, {p.name: p.value for p in params},
                                               active=self._state == "active")
@@ -69,10 +71,19 @@ class NodeParametersMixin:
         return tuple(getattr(self._det_cfg if s.owner == "detector" else self._node_cfg, s.name)
                      for s in self._specs if s.reload)
 
+    def _asked_config(self, cfg: DetectorConfig) -> DetectorConfig:
+        """``cfg`` with the parameters that show a checkpoint's value back at the schema default, so a
+        rebuild (another student, another teacher and so its tuned threshold) takes the new model's."""
+        defaults = DetectorConfig()
+        return dataclasses.replace(cfg, **{k: getattr(defaults, k) for k in self._adopted})
+
     def _adopt_model_settings(self, asked: DetectorConfig, used: DetectorConfig) -> None:
         """Make the parameters say what the detector uses when it took settings from the student
         checkpoint (input size, tuned threshold) for parameters left at their defaults."""
-        taken = {k: getattr(used, k) for k in MODEL_SETTINGS if getattr(used, k) != getattr(asked, k)}
+        self._adopted |= {k for k in MODEL_SETTINGS if getattr(used, k) != getattr(asked, k)}
+        with self._cfg_lock:
+            shown = self._det_cfg
+        taken = {k: getattr(used, k) for k in MODEL_SETTINGS if getattr(used, k) != getattr(shown, k)}
         if not taken:
             return
         self.get_logger().info("from the student checkpoint (parameters left at their defaults): "
