@@ -2,10 +2,12 @@
 
     python bench/driving.py                         # 10 held-out drives, the shipped default; prints
                                                     # the table and writes the JSON (--json)
-    python bench/driving.py --tune --json t.json    # choose score_threshold and tracking on TUNE drives
+    python bench/driving.py --tune --json t.json    # choose score_threshold, min_instance_area, the
+                                                    # height limit and tracking on TUNE drives
+    python bench/driving.py --tune --set teacher=maxlogit   # the same for another teacher
 
 The shipped default is ``config/driving.yaml`` over the schema defaults (the shipped student's input
-size, test_scale and tuned threshold), as the demo runs it, on frames rendered at the demo's size (512x1024). Drives: synthroad
+size, test_scale and the threshold tuned for the configured teacher), as the demo runs it, on frames rendered at the demo's size (512x1024). Drives: synthroad
 ``render_sequence`` with ``obstacles="obstacle"``, 10 m/s, 10 frames/s; test seeds from
 ``DRIVE_SEED`` and tuning seeds from ``TUNE_DRIVE_SEED`` (the shipped models were trained on frame seeds
 0..999 and validated on 1,000,000+; no drive seed was used anywhere else). Each frame runs the
@@ -14,7 +16,8 @@ driving metrics (:mod:`csl_ros.eval.driving`, the code of ``csl-ros evaluate``) 
 every setting of the grid from the same fused maps and regions.
 
 ``--tune`` picks, on the tuning drives, the setting with the highest tracked recall within 30 m among
-those with at most ``--max-fa`` tracked false alarms per frame; the test drives then measure it.
+those with at most ``--max-fa`` tracked false alarms per frame (else the fewest false alarms among those
+that keep the shipped default's recall there: ``choose``); the test drives then measure it.
 ``driving_markdown`` renders the result for docs/results.md (called by bench/results.py).
 """
 from __future__ import annotations
