@@ -180,6 +180,7 @@ def choose(results, max_fa: float, reference: tuple[float, float] | None = None)
 def summary(name, cfg, r) -> dict:
     return {"setting": name, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold,
             "min_instance_area": cfg.min_instance_area, "max_obstacle_height_m": cfg.max_obstacle_height_m,
+            "max_obstacle_distance_m": cfg.max_obstacle_distance_m,
             "input_size": [cfg.input_height, cfg.input_width], "test_scale": cfg.test_scale,
             "frame_size": list(FRAME_SIZE),
             "tracking": r["tracking"], "result": r}
@@ -206,10 +207,13 @@ def _min_area(test: dict) -> str:
 
 
 def _max_height(test: dict) -> str:
-    """'instances taller than H m dropped, ' when the run had max_obstacle_height_m ('' when off and for a
-    JSON written before it existed)."""
+    """'instances taller than H m dropped, ' when the run had max_obstacle_height_m, then 'instances
+    beyond D m not reported, ' when it had max_obstacle_distance_m ('' when off and for a JSON written
+    before they existed)."""
     h = test.get("max_obstacle_height_m", 0.0)
-    return f"instances taller than {h:g} m at their contact point's distance dropped, " if h else ""
+    out = f"instances taller than {h:g} m at their contact point's distance dropped, " if h else ""
+    d = test.get("max_obstacle_distance_m", 0.0)
+    return out + (f"instances beyond {d:g} m not reported, " if d else "")
 
 
 def driving_markdown(data: dict) -> str:

@@ -100,6 +100,12 @@ class DetectorConfig:
                                         "scenery behind it, a curb followed into the distance) and is "
                                         "dropped. 0 = off; no effect on frames without camera geometry.",
                                         range=(0.0, 100.0))
+    max_obstacle_distance_m: float = _opt(0.0, "Range of the obstacle output, in metres ahead (flat-ground "
+                                          "distance of the ground contact point): farther instances are "
+                                          "not reported (the flat-ground distance and the pixels of a far "
+                                          "obstacle are the least reliable; a planner has its own range of "
+                                          "interest). 0 = off; no effect on frames without camera geometry.",
+                                          range=(0.0, 10000.0))
     road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
                           "teacher's segmenter (when the teacher has one).")
 

@@ -37,3 +37,12 @@ def test_the_driving_header_names_the_second_pass():
         " with a second pass at test_scale 2 (512x1024)"
     assert driving._second_pass({"input_size": [256, 512], "test_scale": 1.0}) == ""
     assert driving._second_pass({"input_size": [256, 512]}) == ""      # a JSON from before test_scale
+
+
+def test_the_driving_header_names_the_height_and_range_limits():
+    driving = _load()
+    assert driving._max_height({"max_obstacle_height_m": 2.0}) == \
+        "instances taller than 2 m at their contact point's distance dropped, "
+    assert driving._max_height({"max_obstacle_height_m": 2.0, "max_obstacle_distance_m": 50.0}).endswith(
+        "dropped, instances beyond 50 m not reported, ")
+    assert driving._max_height({"max_obstacle_distance_m": 0.0}) == driving._max_height({}) == ""

@@ -1,4 +1,5 @@
 """Instance extraction and flat-ground geometry (hand-made cases)."""
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -87,6 +88,24 @@ def test_max_obstacle_height_drops_instances_taller_than_it_at_their_distance():
     # without camera geometry there is no metric height: nothing is dropped
     inst, obs = obstacles_of(scores, None, two_m, None)
     assert len(obs) == 3 and inst.max() == 3
+
+
+def test_max_obstacle_distance_drops_instances_beyond_the_range():
+    """The same camera (f = 1000 px, 1.5 m, horizon at row 200): bottom row 250 -> 30 m, row 400 ->
+    7.5 m, row 215 -> 100 m (1.5 * 1000 / 15)."""
+    cam = CameraGeometry(fx=1000.0, fy=1000.0, cx=500.0, cy=200.0, height_m=1.5, pitch_deg=0.0)
+    scores = np.zeros((400, 1000), np.float32)
+    scores[230:250, 100:120] = 0.9      # 30 m
+    scores[380:400, 800:820] = 0.9      # 7.5 m
+    scores[205:215, 400:420] = 0.9      # 100 m
+    base = DetectorConfig(score_threshold=0.5, min_instance_area=10)
+    assert sorted(round(o.distance_m, 1) for o in obstacles_of(scores, None, base, cam)[1]) == [7.5, 30.0, 100.0]
+    inst, obs = obstacles_of(scores, None, dataclasses.replace(base, max_obstacle_distance_m=50.0), cam)
+    assert sorted(round(o.distance_m, 1) for o in obs) == [7.5, 30.0]
+    assert [o.id for o in obs] == [o.instance for o in obs] == [1, 2] and inst.max() == 2 and not inst[210, 410]
+    close = dataclasses.replace(base, max_obstacle_distance_m=20.0)
+    assert [round(o.distance_m, 1) for o in obstacles_of(scores, None, close, cam)[1]] == [7.5]
+    assert len(obstacles_of(scores, None, close, None)[1]) == 3   # no geometry, no distance: all kept
 
 
 def test_pitch_moves_the_horizon():

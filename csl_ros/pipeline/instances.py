@@ -92,10 +92,22 @@ def drop_taller_than(instances: np.ndarray, obstacles: list[Obstacle],
     """Drop the instances taller than ``max_height_m`` at the distance of their contact point (records
     without a metric height, i.e. without camera geometry, are kept); the rest are renumbered 1..K in
     their order, in the label image and in their records (``id`` and ``instance``)."""
-    tall = {o.instance for o in obstacles if o.height_m is not None and o.height_m > max_height_m}
-    if not tall:
+    return _drop(instances, obstacles, {o.instance for o in obstacles
+                                        if o.height_m is not None and o.height_m > max_height_m})
+
+
+def drop_farther_than(instances: np.ndarray, obstacles: list[Obstacle],
+                      max_distance_m: float) -> tuple[np.ndarray, list[Obstacle]]:
+    """Drop the instances whose contact point lies farther ahead than ``max_distance_m`` (records
+    without a distance are kept), renumbered as :func:`drop_taller_than` does."""
+    return _drop(instances, obstacles, {o.instance for o in obstacles
+                                        if o.distance_m is not None and o.distance_m > max_distance_m})
+
+
+def _drop(instances: np.ndarray, obstacles: list[Obstacle], gone: set) -> tuple[np.ndarray, list[Obstacle]]:
+    if not gone:
         return instances, obstacles
-    kept = [o for o in obstacles if o.instance not in tall]
+    kept = [o for o in obstacles if o.instance not in gone]
     remap = np.zeros(int(instances.max()) + 1, np.uint16)
     for k, o in enumerate(kept, 1):
         remap[o.instance] = k
@@ -107,13 +119,16 @@ def obstacles_of(scores: np.ndarray, regions: np.ndarray | None, config, camera:
                  roi: np.ndarray | None = None) -> tuple[np.ndarray, list[Obstacle]]:
     """The detector's instance image and obstacle records for one fused map, with the settings of
     ``config`` (a :class:`csl_ros.config.DetectorConfig`): :func:`extract_instances`, their records
-    (:func:`describe_instances`) and, with ``max_obstacle_height_m``, :func:`drop_taller_than`. The one
+    (:func:`describe_instances`) and, with ``max_obstacle_height_m`` / ``max_obstacle_distance_m``,
+    :func:`drop_taller_than` / :func:`drop_farther_than`. The one
     path of the node, ``csl-ros evaluate`` and the driving benchmark."""
     inst = extract_instances(scores, regions, config.score_threshold, config.min_instance_area, roi,
                              min_split_fraction=config.min_split_fraction)
     obstacles = describe_instances(inst, scores, camera)
     if config.max_obstacle_height_m > 0:
         inst, obstacles = drop_taller_than(inst, obstacles, config.max_obstacle_height_m)
+    if config.max_obstacle_distance_m > 0:
+        inst, obstacles = drop_farther_than(inst, obstacles, config.max_obstacle_distance_m)
     return inst, obstacles
 
 
