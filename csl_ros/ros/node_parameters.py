@@ -49,12 +49,12 @@ class NodeParametersMixin:
                 self._det_cfg = dataclasses.replace(self._det_cfg, **{p.name: p.value for p in params})
             return SetParametersResult(successful=True)
         with self._cfg_lock:
-            self._adopted -= {p.name for p in params}   # the user's value from now on
             try:
                 plan = plan_parameter_changes(self._det_cfg, self._node_cfg, {p.name: p.value for p in params},
                                               active=self._state == "active")
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
+            self._adopted -= {p.name for p in params}   # the user's value from now on (a refused one is not)
             period_changed = plan.node_config.diagnostics_period_s != self._node_cfg.diagnostics_period_s
             self._det_cfg, self._node_cfg = plan.detector_config, plan.node_config
             self._pending.update(plan.runtime_detector_changes)
