@@ -55,9 +55,9 @@ def main(argv=None) -> int:
     from csl_ros.config import parse_set_args
     from csl_ros.data.synthroad import TRAIN_ID_NAMES
 
-    cfg = driving.default_config(parse_set_args(args.set))
+    detector = Detector.from_config(driving.default_config(parse_set_args(args.set)))
+    cfg = detector.config   # as bench/driving.py: the student's metadata fills what was left at the default
     thr = cfg.score_threshold
-    detector = Detector.from_config(cfg)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
         [driving.DRIVE_SEED + i for i in range(args.drives)]
     near, false_near, offsets = [], [], []

@@ -151,7 +151,8 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     the road darkens the road at its foot."""
     _, h, w = img.shape
     outlier = torch.zeros(h, w, dtype=torch.bool)
-    road = (lab == ROAD_TRAIN_ID).nonzero()
+    road_mask = lab == ROAD_TRAIN_ID
+    road = road_mask.nonzero()
     if count <= 0 or road.shape[0] == 0 or len(sources) == 0:
         return outlier
     lo, hi = size_range
@@ -184,7 +185,7 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
             continue
         m = shape[t0 - top:t1 - top, l0 - left:l1 - left]
         if shadow:
-            contact_shadow(img, lab == ROAD_TRAIN_ID, by, bx, ph, pw, gen)
+            contact_shadow(img, road_mask, by, bx, ph, pw, gen)
         region = img[:, t0:t1, l0:l1]
         region[:, m] = patch[:, t0 - top:t1 - top, l0 - left:l1 - left][:, m]
         outlier[t0:t1, l0:l1] |= m
