@@ -71,7 +71,7 @@ def drive_frames(seed: int, frames: int, size=FRAME_SIZE):
         yield k * 100_000_000, rec, GroundTruth(info, rec.camera, rec.obstacles, rec.obstacle_ids)
 
 
-def settings_grid(base, tune: bool, split_fractions=()):
+def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS):
     from csl_ros.config import apply_overrides
 
     if split_fractions:   # fragmentation: the same maps cut with each min_split_fraction
@@ -80,7 +80,7 @@ def settings_grid(base, tune: bool, split_fractions=()):
     if not tune:   # one setting: its accumulator scores the per-frame and the tracked output
         return {"shipped default": base}
     grid = {}
-    for thr, area, (k, n, m), h in itertools.product(THRESHOLDS, MIN_AREAS, TRACKING, MAX_HEIGHTS):
+    for thr, area, (k, n, m), h in itertools.product(thresholds, MIN_AREAS, TRACKING, MAX_HEIGHTS):
         grid[f"thr {thr:g}, area {area}, {k} of {n}, missed {m}, max height {h:g} m"] = apply_overrides(
             base, {"score_threshold": thr, "min_instance_area": area, "track_confirm_hits": k,
                    "track_confirm_window": n, "track_max_missed": m, "max_obstacle_height_m": h})
@@ -115,7 +115,8 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
     return det.anomaly_map, det.regions
 
 
-def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=()):
+def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
+        thresholds=THRESHOLDS):
     """{setting name: (config, driving result)} over the drives ``seeds``."""
     import torch
 
@@ -127,7 +128,7 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     # the settings the detector runs: the student's metadata (input size, the threshold tuned for the
     # configured teacher) fills what ``base`` left at the schema default
     base = detector.config
-    grid = settings_grid(base, tune, split_fractions)
+    grid = settings_grid(base, tune, split_fractions, thresholds)
     accs = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()}
     t0 = time.perf_counter()
     n = 0
@@ -276,6 +277,16 @@ def driving_section(drives: int = 10, frames: int = 30, log=print, cache: Path |
     return driving_markdown(measure(drives, frames, log=log, cache=cache))
 
 
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise SystemExit(f"{what}: every value must lie in [0, 1], got {text!r}")
+    return values
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--drives", type=int, default=10, help="test drives (default 10)")
@@ -286,6 +297,9 @@ def main(argv=None) -> int:
                    f"--split-fractions (default {TUNE_DRIVES})")
     p.add_argument("--split-fractions", default="", metavar="V1,V2,...",
                    help="measure fragmentation for these min_split_fraction values on the tuning drives")
+    p.add_argument("--thresholds", default=",".join(f"{v:g}" for v in THRESHOLDS), metavar="T1,T2,...",
+                   help="--tune: the score_threshold values of the grid (the fused scores of another scheme, "
+                   "fusion or teacher sit on another scale)")
     p.add_argument("--max-fa", type=float, default=0.15, help="--tune: tracked false alarms/frame allowed "
                    "(below the goal's 0.2, a margin for the test drives)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
@@ -302,7 +316,7 @@ def main(argv=None) -> int:
     base = default_config(parse_set_args(args.set))
     data = {"command": "python bench/driving.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     if args.split_fractions:
-        fractions = [float(v) for v in args.split_fractions.split(",")]
+        fractions = list(_floats(args.split_fractions, "--split-fractions"))
         seeds = [TUNE_DRIVE_SEED + i for i in range(args.tune_drives)]
         res = run(seeds, args.frames, base, tune=False, cache=args.cache, split_fractions=fractions)
         data["fragmentation"] = {}
@@ -315,7 +329,8 @@ def main(argv=None) -> int:
                   f"{pf['false_alarms_per_frame']:.3f} (per frame, {len(seeds)} drives from {seeds[0]})")
     elif args.tune:
         seeds = [TUNE_DRIVE_SEED + i for i in range(args.tune_drives)]
-        res = run(seeds, args.frames, base, tune=True, cache=args.cache)
+        res = run(seeds, args.frames, base, tune=True, cache=args.cache, thresholds=_floats(args.thresholds,
+                                                                                          "--thresholds"))
         # the floor is the shipped default's recall, also when --set changes the grid's base (e.g. another
         # teacher, whose scores the shipped threshold does not fit)
         current = run(seeds, args.frames, default_config(), tune=False, cache=args.cache, log=lambda m: None)

@@ -46,3 +46,17 @@ def test_the_driving_header_names_the_height_and_range_limits():
     assert driving._max_height({"max_obstacle_height_m": 2.0, "max_obstacle_distance_m": 50.0}).endswith(
         "dropped, instances beyond 50 m not reported, ")
     assert driving._max_height({"max_obstacle_distance_m": 0.0}) == driving._max_height({}) == ""
+
+
+def test_the_tuning_grid_takes_the_given_thresholds():
+    import pytest
+
+    from csl_ros.config import DetectorConfig
+    driving = _load()
+    grid = driving.settings_grid(DetectorConfig(), tune=True, thresholds=(0.5, 0.9))
+    assert {cfg.score_threshold for cfg in grid.values()} == {0.5, 0.9}
+    assert len(grid) == 2 * len(driving.MIN_AREAS) * len(driving.TRACKING) * len(driving.MAX_HEIGHTS)
+    assert driving._floats("0.5,0.9", "--thresholds") == (0.5, 0.9)
+    for bad in ("0.5,x", "1.5", ""):
+        with pytest.raises(SystemExit, match="--thresholds"):
+            driving._floats(bad, "--thresholds")

@@ -395,3 +395,36 @@ def test_outlier_exposure_fine_tuning_lowers_the_negatives_term(tmp_path):
     assert last < first - 0.5 * (first - math.log(19))
     assert neg[has].min() >= math.log(19) - 1e-4     # the uniform distribution is the minimum
     assert ce[-10:].mean() < 1.0
+
+
+def _saturation(f: torch.Tensor) -> float:
+    mean = f.mean(dim=(1, 2))
+    return float((mean.max() - mean.min()) / mean.max().clamp(min=1e-6))
+
+
+def test_colour_field_saturation_range():
+    """Greys (saturation 0) only when asked for; the default keeps colours no class has."""
+    greys = [colour_field(20, 20, torch.Generator().manual_seed(s), (0.0, 0.0)) for s in range(20)]
+    assert max(_saturation(f) for f in greys) < 0.02, "saturation 0: the three channels are equal"
+    default = [colour_field(20, 20, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert min(_saturation(f) for f in default) > 0.15
+    vivid = [colour_field(20, 20, torch.Generator().manual_seed(s), (0.9, 1.0)) for s in range(20)]
+    assert min(_saturation(f) for f in vivid) > 0.8
+
+
+def test_paste_negatives_forwards_colour_saturation():
+    img = torch.full((3, 48, 64), 0.4)
+    lab = torch.zeros(48, 64, dtype=torch.long)
+    sources = [(np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 5))]
+    out = paste_negatives(img, lab, sources, torch.Generator().manual_seed(2), 3, (0.3, 0.5),
+                          colour_fraction=1.0, colour_saturation=(0.0, 0.0))
+    assert out.any()
+    px = img[:, out]
+    assert float((px.max(0).values - px.min(0).values).max()) < 1e-5, "grey fields only"
+
+
+def test_segmenter_config_refuses_bad_colour_saturation(tmp_path):
+    _cfg(tmp_path, negative_colour_saturation=(0.0, 1.0)).validate()
+    for bad in [(0.5, 0.2), (-0.1, 0.5), (0.2, 1.5), (0.3,)]:
+        with pytest.raises(ValueError, match="negative_colour_saturation"):
+            _cfg(tmp_path, negative_colour_saturation=bad).validate()

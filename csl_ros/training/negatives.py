@@ -40,6 +40,10 @@ ROAD_PAINT_COLOURS = (WHITE_PAINT, YELLOW_PAINT)
 PAINT_GAIN_RANGE = (0.6, 1.4)
 PAINT_COLOUR_TOLERANCE = 0.12
 PAINT_OVER_ROAD = 1.3
+# Colour fields: saturation range of their colour. From 0.2 up they are colours no class has; down to 0
+# they include the greys of concrete, rock and dark plastic debris, which a road-trained model reads
+# as road in shade.
+COLOUR_SATURATION = (0.2, 1.0)
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -62,11 +66,12 @@ def polygon_mask(h: int, w: int, gen: torch.Generator) -> np.ndarray:
     return mask.astype(bool)
 
 
-def colour_field(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
-    """(3, h, w) float in [0, 1]: a random colour (uniform hue, saturation 0.2-1, value 0.15-0.95)
-    shaded by a vertical ramp (lit top, darker base) and low-frequency noise (a 2-6 cell grid
+def colour_field(h: int, w: int, gen: torch.Generator,
+                 saturation: tuple[float, float] = COLOUR_SATURATION) -> torch.Tensor:
+    """(3, h, w) float in [0, 1]: a random colour (uniform hue, ``saturation`` (default 0.2-1), value
+    0.15-0.95) shaded by a vertical ramp (lit top, darker base) and low-frequency noise (a 2-6 cell grid
     upsampled bicubic), the look of a painted or weathered solid object."""
-    rgb = torch.tensor(colorsys.hsv_to_rgb(_uniform(gen, 0, 1), _uniform(gen, 0.2, 1.0), _uniform(gen, 0.15, 0.95)))
+    rgb = torch.tensor(colorsys.hsv_to_rgb(_uniform(gen, 0, 1), _uniform(gen, *saturation), _uniform(gen, 0.15, 0.95)))
     ramp = torch.linspace(_uniform(gen, 1.0, 1.3), _uniform(gen, 0.6, 1.0), h).view(1, h, 1)
     cells = 2 + _randint(gen, 5)
     noise = 1.0 + _uniform(gen, 0.05, 0.35) * (2 * torch.rand(1, 1, cells, cells, generator=gen) - 1)
@@ -132,7 +137,8 @@ def road_paint_mask(image: np.ndarray, label: np.ndarray) -> np.ndarray:
 def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Generator, count: int,
                     size_range: tuple[float, float], *, colour_fraction: float = 0.0,
                     exclude_source_road: bool = False, avoid_road_paint: bool = False,
-                    shadow: bool = False) -> torch.Tensor:
+                    shadow: bool = False, colour_saturation: tuple[float, float] = COLOUR_SATURATION
+                    ) -> torch.Tensor:
     """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited
     in place); returns the (h, w) bool mask of the pasted pixels.
 
@@ -140,7 +146,8 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     height is a log-uniform fraction ``size_range`` of the crop height (far and near), its width
     0.5-2 times that; its bottom centre is a random road pixel of the crop (it stands on the road).
     Source patches that are mostly road are redrawn (``MAX_SOURCE_ROAD_FRACTION``). A share
-    ``colour_fraction`` of the negatives are :func:`colour_field` s instead of source patches. With
+    ``colour_fraction`` of the negatives are :func:`colour_field` s (of ``colour_saturation``) instead of
+    source patches. With
     ``exclude_source_road`` the pixels that were road in the source frame are not pasted: otherwise a
     patch's share of road (up to ``MAX_SOURCE_ROAD_FRACTION``, lane markings and zebra stripes included)
     lands on the road as "anomalous" and teaches the network that road texture can be an obstacle. With
@@ -162,7 +169,7 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
         colour = colour_fraction > 0 and float(torch.rand((), generator=gen)) < colour_fraction
         patch = shape = None
         for _ in range(SOURCE_TRIES):
-            patch, keep = (colour_field(ph, pw, gen), None) if colour else \
+            patch, keep = (colour_field(ph, pw, gen, colour_saturation), None) if colour else \
                 _source_patch(sources, gen, ph, pw, exclude_source_road)
             if patch is None:
                 continue

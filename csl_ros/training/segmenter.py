@@ -40,7 +40,7 @@ from .config import (AVOID_ROAD_PAINT_HELP, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_S
                      TrainConfig)
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
-from .negatives import ROAD_TRAIN_ID, paste_negatives, road_paint_mask, uniform_cross_entropy
+from .negatives import COLOUR_SATURATION, ROAD_TRAIN_ID, paste_negatives, road_paint_mask, uniform_cross_entropy
 
 IGNORE_INDEX = 255
 # road paint's pixels between the paint mask and the augmented crop: an id no trainId uses, back to road
@@ -83,6 +83,8 @@ class SegmenterTrainConfig:
     negative_colour_fraction: float = setting(0.0, "share of the negatives that are synthetic colour fields "
                                               "(a random colour, shading and low-frequency noise) instead of "
                                               "patches of training frames", range=(0.0, 1.0))
+    negative_colour_saturation: tuple = setting(COLOUR_SATURATION, "saturation range lo,hi of the colour "
+                                                "fields' colours (0 = grey)")
     negative_exclude_source_road: bool = setting(False, EXCLUDE_SOURCE_ROAD_HELP)
     negative_avoid_road_paint: bool = setting(False, AVOID_ROAD_PAINT_HELP)
     negative_shadow: bool = setting(False, NEGATIVE_SHADOW_HELP)
@@ -140,6 +142,9 @@ class SegmenterTrainConfig:
             errors.append(f"scale_range must be 0 < lo <= hi, got {self.scale_range}")
         if len(self.negative_size) != 2 or not (0 < self.negative_size[0] <= self.negative_size[1] <= 1):
             errors.append(f"negative_size must be 0 < lo <= hi <= 1, got {self.negative_size}")
+        sat = self.negative_colour_saturation
+        if len(sat) != 2 or not (0 <= sat[0] <= sat[1] <= 1):
+            errors.append(f"negative_colour_saturation must be 0 <= lo <= hi <= 1, got {sat}")
         if self.road_paint_weight != 1.0 and self.ohem_threshold > 0:
             errors.append("road_paint_weight and ohem_threshold do not combine (OHEM picks its own pixels)")
         if errors:
@@ -319,7 +324,8 @@ class SegmenterTask:
                                   colour_fraction=self.cfg.negative_colour_fraction,
                                   exclude_source_road=self.cfg.negative_exclude_source_road,
                                   avoid_road_paint=self.cfg.negative_avoid_road_paint,
-                                  shadow=self.cfg.negative_shadow)
+                                  shadow=self.cfg.negative_shadow,
+                                  colour_saturation=tuple(self.cfg.negative_colour_saturation))
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
             outliers.append(out)
