@@ -48,6 +48,7 @@ MIN_AREAS = (60, 100)                # min_instance_area (pixels of the 512x1024
 # (confirm_hits, confirm_window, max_missed)
 TRACKING = ((1, 1, 0), (2, 3, 2), (3, 5, 2), (2, 2, 1), (3, 4, 1), (4, 6, 2))
 MAX_HEIGHTS = (0.0, 2.0, 3.0)   # max_obstacle_height_m (0: off)
+MAX_DISTANCES = (0.0,)          # max_obstacle_distance_m of the grid (0: off); --max-distances adds ranges
 
 
 def default_config(overrides=None):
@@ -71,7 +72,7 @@ def drive_frames(seed: int, frames: int, size=FRAME_SIZE):
         yield k * 100_000_000, rec, GroundTruth(info, rec.camera, rec.obstacles, rec.obstacle_ids)
 
 
-def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS):
+def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, max_distances=MAX_DISTANCES):
     from csl_ros.config import apply_overrides
 
     if split_fractions:   # fragmentation: the same maps cut with each min_split_fraction
@@ -80,10 +81,13 @@ def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS):
     if not tune:   # one setting: its accumulator scores the per-frame and the tracked output
         return {"shipped default": base}
     grid = {}
-    for thr, area, (k, n, m), h in itertools.product(thresholds, MIN_AREAS, TRACKING, MAX_HEIGHTS):
-        grid[f"thr {thr:g}, area {area}, {k} of {n}, missed {m}, max height {h:g} m"] = apply_overrides(
+    for thr, area, (k, n, m), h, d in itertools.product(thresholds, MIN_AREAS, TRACKING, MAX_HEIGHTS,
+                                                         max_distances):
+        name = f"thr {thr:g}, area {area}, {k} of {n}, missed {m}, max height {h:g} m"
+        grid[name + (f", range {d:g} m" if d else "")] = apply_overrides(
             base, {"score_threshold": thr, "min_instance_area": area, "track_confirm_hits": k,
-                   "track_confirm_window": n, "track_max_missed": m, "max_obstacle_height_m": h})
+                   "track_confirm_window": n, "track_max_missed": m, "max_obstacle_height_m": h,
+                   "max_obstacle_distance_m": d})
     return grid
 
 
@@ -116,7 +120,7 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
 
 
 def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
-        thresholds=THRESHOLDS):
+        thresholds=THRESHOLDS, max_distances=MAX_DISTANCES):
     """{setting name: (config, driving result)} over the drives ``seeds``."""
     import torch
 
@@ -128,7 +132,7 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     # the settings the detector runs: the student's metadata (input size, the threshold tuned for the
     # configured teacher) fills what ``base`` left at the schema default
     base = detector.config
-    grid = settings_grid(base, tune, split_fractions, thresholds)
+    grid = settings_grid(base, tune, split_fractions, thresholds, max_distances)
     accs = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()}
     t0 = time.perf_counter()
     n = 0
@@ -143,7 +147,7 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
                 shared = {}   # settings that differ only in tracking share the instances and their match
                 for name, cfg in grid.items():
                     key = (cfg.score_threshold, cfg.min_instance_area, cfg.min_split_fraction,
-                           cfg.max_obstacle_height_m)
+                           cfg.max_obstacle_height_m, cfg.max_obstacle_distance_m)
                     if key not in shared:
                         inst = obstacles_of(anomaly, regions, cfg, camera)[0]
                         shared[key] = (inst, match_instances(inst, rec.label, INSTSIZE))
@@ -277,13 +281,15 @@ def driving_section(drives: int = 10, frames: int = 30, log=print, cache: Path |
     return driving_markdown(measure(drives, frames, log=log, cache=cache))
 
 
-def _floats(text: str, what: str) -> tuple[float, ...]:
+def _floats(text: str, what: str, upper: float | None = 1.0) -> tuple[float, ...]:
+    """Comma-separated values in [0, upper] (no upper bound with ``upper=None``), else a one-line exit."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise SystemExit(f"{what}: expected comma-separated numbers, got {text!r}") from None
-    if not values or not all(0.0 <= v <= 1.0 for v in values):
-        raise SystemExit(f"{what}: every value must lie in [0, 1], got {text!r}")
+    if not values or not all(0.0 <= v <= (upper if upper is not None else float("inf")) for v in values):
+        bound = f"[0, {upper:g}]" if upper is not None else "[0, inf)"
+        raise SystemExit(f"{what}: every value must lie in {bound}, got {text!r}")
     return values
 
 
@@ -300,6 +306,8 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", default=",".join(f"{v:g}" for v in THRESHOLDS), metavar="T1,T2,...",
                    help="--tune: the score_threshold values of the grid (the fused scores of another scheme, "
                    "fusion or teacher sit on another scale)")
+    p.add_argument("--max-distances", default=",".join(f"{v:g}" for v in MAX_DISTANCES), metavar="D1,D2,...",
+                   help="--tune: the max_obstacle_distance_m values of the grid (0 = no range limit)")
     p.add_argument("--max-fa", type=float, default=0.15, help="--tune: tracked false alarms/frame allowed "
                    "(below the goal's 0.2, a margin for the test drives)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
@@ -329,8 +337,9 @@ def main(argv=None) -> int:
                   f"{pf['false_alarms_per_frame']:.3f} (per frame, {len(seeds)} drives from {seeds[0]})")
     elif args.tune:
         seeds = [TUNE_DRIVE_SEED + i for i in range(args.tune_drives)]
-        res = run(seeds, args.frames, base, tune=True, cache=args.cache, thresholds=_floats(args.thresholds,
-                                                                                          "--thresholds"))
+        res = run(seeds, args.frames, base, tune=True, cache=args.cache,
+                  thresholds=_floats(args.thresholds, "--thresholds"),
+                  max_distances=_floats(args.max_distances, "--max-distances", upper=None))
         # the floor is the shipped default's recall, also when --set changes the grid's base (e.g. another
         # teacher, whose scores the shipped threshold does not fit)
         current = run(seeds, args.frames, default_config(), tune=False, cache=args.cache, log=lambda m: None)
@@ -350,6 +359,7 @@ def main(argv=None) -> int:
                               "score_threshold": cfg.score_threshold,
                               "min_instance_area": cfg.min_instance_area,
                               "max_obstacle_height_m": cfg.max_obstacle_height_m,
+                              "max_obstacle_distance_m": cfg.max_obstacle_distance_m,
                               "confirm": [cfg.track_confirm_hits, cfg.track_confirm_window, cfg.track_max_missed],
                               "near_recall": r["tracked"]["near"]["recall"],
                               "false_alarms_per_frame": r["tracked"]["false_alarms_per_frame"]}

@@ -60,3 +60,16 @@ def test_the_tuning_grid_takes_the_given_thresholds():
     for bad in ("0.5,x", "1.5", ""):
         with pytest.raises(SystemExit, match="--thresholds"):
             driving._floats(bad, "--thresholds")
+
+
+def test_the_tuning_grid_takes_the_given_output_ranges():
+    import pytest
+
+    from csl_ros.config import DetectorConfig
+    driving = _load()
+    grid = driving.settings_grid(DetectorConfig(), tune=True, thresholds=(0.5,), max_distances=(0.0, 40.0))
+    assert {cfg.max_obstacle_distance_m for cfg in grid.values()} == {0.0, 40.0}
+    assert sum(name.endswith(", range 40 m") for name in grid) == len(grid) // 2
+    assert driving._floats("0,40", "--max-distances", upper=None) == (0.0, 40.0)
+    with pytest.raises(SystemExit, match=r"--max-distances: every value must lie in \[0, inf\)"):
+        driving._floats("-5", "--max-distances", upper=None)
