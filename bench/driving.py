@@ -101,22 +101,26 @@ def _shipped_manifest() -> bytes:
 
 
 def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
-    """The fused map and regions of one frame; with ``cache``, kept there across runs (keyed by the
-    settings that change the network output, and by the shipped manifest: new shipped models, new key)."""
+    """The fused map, regions and road ROI (None unless ``cfg.road_roi``) of one frame; with ``cache``,
+    kept there across runs (keyed by the settings that change the network output, and by the shipped
+    manifest: new shipped models, new key)."""
     models = f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}".encode()
     models = hashlib.sha256(models + _shipped_manifest()).hexdigest()[:8]
     tag = (f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}_"
-           f"{cfg.assignment_resolution}_{models}" + (f"_x{cfg.test_scale:g}" if cfg.test_scale != 1.0 else ""))
+           f"{cfg.assignment_resolution}_{models}" + (f"_x{cfg.test_scale:g}" if cfg.test_scale != 1.0 else "")
+           + ("_roi" if cfg.road_roi else ""))
     path = cache / tag / f"{key}.npz" if cache is not None else None
     if path is not None and path.is_file():
         z = np.load(path)
-        return z["anomaly"], (z["regions"].astype(np.int32) if z["regions"].size else None)
+        return (z["anomaly"], z["regions"].astype(np.int32) if z["regions"].size else None,
+                z["road_roi"] if "road_roi" in z.files and z["road_roi"].size else None)
     det = detector.detect_batch([rec.rgb])[0]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, anomaly=det.anomaly_map,
-                 regions=det.regions.astype(np.int16) if det.regions is not None else np.zeros(0, np.int16))
-    return det.anomaly_map, det.regions
+                 regions=det.regions.astype(np.int16) if det.regions is not None else np.zeros(0, np.int16),
+                 road_roi=det.road_roi if det.road_roi is not None else np.zeros(0, bool))
+    return det.anomaly_map, det.regions, det.road_roi
 
 
 def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
@@ -141,15 +145,15 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
             for acc in accs.values():
                 acc.new_sequence()
             for stamp, rec, truth in drive_frames(seed, frames):
-                anomaly, regions = detect_cached(detector, rec, base, cache, f"{seed}_{stamp}")
+                anomaly, regions, roi = detect_cached(detector, rec, base, cache, f"{seed}_{stamp}")
                 n += 1
                 camera = frame_geometry(truth, rec.label.shape, base)[0]
                 shared = {}   # settings that differ only in tracking share the instances and their match
                 for name, cfg in grid.items():
                     key = (cfg.score_threshold, cfg.min_instance_area, cfg.min_split_fraction,
-                           cfg.max_obstacle_height_m, cfg.max_obstacle_distance_m)
+                           cfg.max_obstacle_height_m, cfg.max_obstacle_distance_m, cfg.road_roi)
                     if key not in shared:
-                        inst = obstacles_of(anomaly, regions, cfg, camera)[0]
+                        inst = obstacles_of(anomaly, regions, cfg, camera, roi if cfg.road_roi else None)[0]
                         shared[key] = (inst, match_instances(inst, rec.label, INSTSIZE))
                     inst, match = shared[key]
                     accs[name].add(stamp, rec.label, inst, anomaly, truth, match=match)

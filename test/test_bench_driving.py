@@ -73,3 +73,32 @@ def test_the_tuning_grid_takes_the_given_output_ranges():
     assert driving._floats("0,40", "--max-distances", upper=None) == (0.0, 40.0)
     with pytest.raises(SystemExit, match=r"--max-distances: every value must lie in \[0, inf\)"):
         driving._floats("-5", "--max-distances", upper=None)
+
+
+def test_detect_cached_keeps_the_road_roi(tmp_path):
+    import numpy as np
+
+    from csl_ros.config import DetectorConfig
+    from csl_ros.pipeline.detector import Detection
+    driving = _load()
+    roi = np.zeros((4, 6), bool)
+    roi[2:, 1:4] = True
+
+    class Once:   # a detector that may run only once: the second call must come from the cache
+        calls = 0
+
+        def detect_batch(self, images):
+            self.calls += 1
+            assert self.calls == 1
+            return [Detection(np.full((4, 6), 0.5, np.float32), np.zeros((4, 6), np.uint16), [],
+                              regions=np.ones((4, 6), np.int32), road_roi=roi)]
+
+    class Rec:
+        rgb = np.zeros((4, 6, 3), np.uint8)
+
+    det, cfg = Once(), DetectorConfig(road_roi=True)
+    for _ in range(2):
+        anomaly, regions, got = driving.detect_cached(det, Rec(), cfg, tmp_path, "k")
+        np.testing.assert_array_equal(got, roi)
+        assert anomaly.shape == regions.shape == (4, 6)
+    assert [p.parent.name.endswith("_roi") for p in tmp_path.rglob("*.npz")] == [True]

@@ -336,3 +336,34 @@ def test_max_obstacle_height_applies_with_the_frame_camera(student, teacher, tmp
     cut = det.detect_batch([img], [cam])[0]
     assert cut.obstacles == [] and cut.instances.max() == 0
     assert len(det.detect_batch([img])[0].obstacles) == len(base.obstacles)   # no camera: no metric height
+
+
+def test_road_roi_comes_with_the_detection_and_keeps_only_instances_touching_it(student, teacher, tmp_path):
+    class LowerHalfRoad:   # the teacher's scores, with "road" (trainId 0) predicted on the lower half only
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):   # model, score name, ...: the wrapped teacher's
+            return getattr(self.inner, name)
+
+        def __call__(self, x, network=None):
+            out = self.inner(x, network=network)
+            seg = torch.ones_like(out.segmentation)
+            seg[:, seg.shape[1] // 2:] = 0
+            return dataclasses.replace(out, segmentation=seg)
+
+    img = np.random.default_rng(5).integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    scores = make("2", student, teacher, tmp_path)(img).anomaly_map
+    thr = float(np.quantile(scores, 0.8))   # scattered instances, above and below the road's edge
+    off = make("2", student, teacher, tmp_path, score_threshold=thr, min_instance_area=1)
+    on = make("2", student, teacher, tmp_path, score_threshold=thr, min_instance_area=1, road_roi=True)
+    on.teacher = LowerHalfRoad(on.teacher)
+    a, b = off(img), on(img)
+    assert a.road_roi is None
+    assert b.road_roi.shape == (64, 128) and b.road_roi.dtype == bool
+    assert b.road_roi[32:].all() and not b.road_roi[:28].any()   # the road, grown by a few pixels
+    np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+    touching = [i for i in range(1, int(a.instances.max()) + 1) if b.road_roi[a.instances == i].any()]
+    assert 0 < len(touching) < int(a.instances.max())   # the case has instances on both sides
+    assert int(b.instances.max()) == len(touching)
+    assert all(b.road_roi[b.instances == i].any() for i in range(1, int(b.instances.max()) + 1))

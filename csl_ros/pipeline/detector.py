@@ -59,6 +59,7 @@ class Detection:
     backends: str = ""                 # every network's backend, e.g. "student onnxruntime (CPU...), teacher ..."
     regions: np.ndarray | None = None  # int32 (H, W) region ids used by the fusion (None: teacher only)
     tentative: list[Obstacle] = field(default_factory=list)  # tracked, not (yet) confirmed: not reported
+    road_roi: np.ndarray | None = None  # bool (H, W): the teacher's dilated road with ``road_roi`` on, else None
 
     def obstacles_json(self) -> list[dict]:
         return [o.to_dict() for o in self.obstacles]
@@ -356,7 +357,8 @@ class Detector:
                 inst, obstacles = obstacles_of(anomaly, regions_np, cfg, cam, roi)
             results.append(Detection(anomaly, inst, obstacles, backend=self.backend, device=str(self.device),
                                      backends=self.backends,
-                                     regions=regions_np.astype(np.int32) if regions_np is not None else None))
+                                     regions=regions_np.astype(np.int32) if regions_np is not None else None,
+                                     road_roi=roi))
         timings = timer.result()
         timings["total"] = sum(timings.values())
         for r in results:
