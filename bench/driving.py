@@ -259,8 +259,10 @@ def driving_markdown(data: dict) -> str:
     header, rows2 = summary_rows(r)
     table(header, rows2)
     out += rows_md
-    out += [f"Teacher, test_scale, score_threshold, min_instance_area, the height limit and tracking of the shipped default were chosen with `python bench/driving.py "
-            f"--tune` on other drives (seeds from {TUNE_DRIVE_SEED}), never on these.", ""]
+    out += [f"Teacher, test_scale, score_threshold, min_instance_area, the height limit, the output range and "
+            f"tracking of the shipped default were chosen with `python bench/driving.py --tune`, and "
+            f"min_split_fraction with `--split-fractions`, on other drives (seeds from {TUNE_DRIVE_SEED}), "
+            f"never on these.", ""]
     if data.get("tuning"):
         t = data["tuning"]
         out += [f"Setting chosen on {t['drives']} other drives (seeds from {TUNE_DRIVE_SEED}): {t['chosen']} "

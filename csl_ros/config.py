@@ -42,7 +42,7 @@ class DetectorConfig:
                        "'2' = fuse the teacher's per-pixel scores with the student's regions, "
                        "'teacher_only' = the teacher's scores without fusion (for comparison).",
                        choices=SCHEMES, reload=True)
-    teacher: str = _opt("msp", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, "
+    teacher: str = _opt("maxlogit", "Per-pixel OOD teacher for scheme 2 / teacher_only: none, "
                         + ", ".join(f"{n} ({TEACHER_REGISTRY.entry(n).help})" if TEACHER_REGISTRY.entry(n).help
                                     else n for n in TEACHER_REGISTRY)
                         + ", or onnx (an external method exported to ONNX, see teacher_path).",
@@ -82,16 +82,18 @@ class DetectorConfig:
                             choices=("product", "region_mean", "arithmetic"))
 
     # --- instances and obstacles ----------------------------------------------------------------
-    score_threshold: float = _opt(0.25, "Fused anomaly score at or above which a pixel is anomalous. "
+    score_threshold: float = _opt(0.1, "Fused anomaly score at or above which a pixel is anomalous. "
                                   "Default: the shipped models' threshold tuned with the default teacher; "
                                   "a student checkpoint that carries its own (per teacher) replaces the "
                                   "default.", range=(0.0, 1.0))
     min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
                                   range=(0, 10_000_000))
-    min_split_fraction: float = _opt(0.25, "A connected anomalous area is cut along the student's "
+    min_split_fraction: float = _opt(0.4, "A connected anomalous area is cut along the student's "
                                      "regions only into pieces covering at least this share of it (two "
                                      "touching obstacles); smaller pieces join the largest, so one "
-                                     "obstacle stays one instance. 0 = every region piece is an instance.",
+                                     "obstacle stays one instance. 0 = every region piece is an instance; "
+                                     "above 0.5 no area is ever cut. Default: chosen with the shipped "
+                                     "models on the tuning drives (bench/driving.py --split-fractions).",
                                      range=(0.0, 1.0))
     max_obstacle_height_m: float = _opt(0.0, "Largest height of an obstacle standing on the road, in "
                                         "metres at the distance of its ground contact point (flat-ground "

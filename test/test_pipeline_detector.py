@@ -315,8 +315,8 @@ def test_test_scale_is_the_geometric_mean_of_the_two_scales(scheme, student, tea
     else:
         np.testing.assert_array_equal(both.regions, one.regions)
     assert any(k.endswith("x2") for k in both.timings_ms)
-    np.testing.assert_array_equal(both.instances, extract_instances(both.anomaly_map, both.regions, 0.2, 1,
-                                                                    min_split_fraction=0.25))
+    np.testing.assert_array_equal(both.instances, extract_instances(
+        both.anomaly_map, both.regions, 0.2, 1, min_split_fraction=det.config.min_split_fraction))
 
 
 def test_max_obstacle_height_applies_with_the_frame_camera(student, teacher, tmp_path):

@@ -31,7 +31,7 @@ class LossConfig:
     deep_supervision: bool = True         # losses on all dec_layers + 1 predictions (else the last only)
     distill_weight: float = 1.0           # lambda_d of the scheme-1 Huber loss (spec ambiguity #11)
     huber_delta: float = 0.1              # Huber delta of the distillation loss (see SetCriterion.distill_loss);
-    #                                       the training schema's student.huber_delta takes this default
+    #                                       the training schema's student.huber_delta has the same default
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

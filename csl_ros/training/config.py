@@ -21,7 +21,6 @@ from typing import Any, Mapping
 import yaml
 
 from csl_ros.data.registry import DATASETS as DATASET_REGISTRY
-from csl_ros.model.criterion import LossConfig
 from csl_ros.settings import (apply_overrides, device_error, flatten_sections, load_yaml_config,  # noqa: F401 (API)
                               parse_set_args, validation_errors)
 from csl_ros.teachers.registry import TEACHERS
@@ -145,7 +144,7 @@ class StudentConfig:
                                                      "help": "points per mask for matching and losses"})
     distill_weight: float = field(default=1.0, metadata={"range": NON_NEGATIVE,
                                                          "help": "lambda_d of the Huber loss (scheme 1)"})
-    huber_delta: float = field(default=LossConfig.huber_delta, metadata={"help": "Huber delta of the distillation loss (scheme 1). "
+    huber_delta: float = field(default=0.1, metadata={"help": "Huber delta of the distillation loss (scheme 1). "
                                                       "Maps are in [0, 1], so delta >= 1 is plain 0.5 * MSE; "
                                                       "0.1 makes residuals above 0.1 count linearly"})
     teacher: str = field(default="sml", metadata={"help": "scheme 1: score function of the frozen teacher",
