@@ -149,11 +149,12 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
                 n += 1
                 camera = frame_geometry(truth, rec.label.shape, base)[0]
                 shared = {}   # settings that differ only in tracking share the instances and their match
+                # (roi is None unless base.road_roi, which no grid setting changes)
                 for name, cfg in grid.items():
                     key = (cfg.score_threshold, cfg.min_instance_area, cfg.min_split_fraction,
-                           cfg.max_obstacle_height_m, cfg.max_obstacle_distance_m, cfg.road_roi)
+                           cfg.max_obstacle_height_m, cfg.max_obstacle_distance_m)
                     if key not in shared:
-                        inst = obstacles_of(anomaly, regions, cfg, camera, roi if cfg.road_roi else None)[0]
+                        inst = obstacles_of(anomaly, regions, cfg, camera, roi)[0]
                         shared[key] = (inst, match_instances(inst, rec.label, INSTSIZE))
                     inst, match = shared[key]
                     accs[name].add(stamp, rec.label, inst, anomaly, truth, match=match)
