@@ -106,7 +106,9 @@ class DetectorConfig:
                                           "distance of the ground contact point): farther instances are "
                                           "not reported (the flat-ground distance and the pixels of a far "
                                           "obstacle are the least reliable; a planner has its own range of "
-                                          "interest). 0 = off; no effect on frames without camera geometry.",
+                                          "interest); an instance whose bottom lies at or above the horizon "
+                                          "never meets the road and is beyond any range. 0 = off; no effect "
+                                          "on frames without camera geometry.",
                                           range=(0.0, 10000.0))
     road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
                           "teacher's segmenter (when the teacher has one).")

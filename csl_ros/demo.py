@@ -61,6 +61,7 @@ class DemoContext:
     detector_config: object = None
     node_config: object = None
     detector: object = None                           # built by "models", handed to the node
+    mounting: dict = field(default_factory=dict)      # camera_height_m / camera_pitch_deg of the drive
 
 
 def default_params_file() -> Path:
@@ -102,6 +103,22 @@ def step_drive(ctx: DemoContext) -> None:
     n_obst = len({o["instance_id"] for f in ctx.frames for o in f.obstacles})
     ctx.notes.append(f"rendered {len(ctx.frames)} frames {ctx.size[0]}x{ctx.size[1]} in {dt:.1f} s "
                      f"({len(ctx.frames) / max(dt, 1e-9):.1f} frames/s), {n_obst} distinct obstacles seen")
+    _use_drive_mounting(ctx)
+
+
+def _use_drive_mounting(ctx: DemoContext) -> None:
+    """The node's ``camera_height_m`` / ``camera_pitch_deg`` become the rendered camera's (its height and
+    median pitch over the drive: a vehicle's calibrated static mounting), as a user sets them for their
+    car: config/driving.yaml's generic 1.5 m / 0 deg would misplace every contact point (the range
+    ``max_obstacle_distance_m`` and the markers). A ``--set`` of either wins."""
+    if not ctx.frames or {"camera_height_m", "camera_pitch_deg"} & set(ctx.overrides):
+        return
+    mounting = {"camera_height_m": round(float(ctx.frames[0].camera.height_m), 4),
+                "camera_pitch_deg": round(float(np.median([f.camera.pitch_deg for f in ctx.frames])), 4)}
+    ctx.detector_config = dataclasses.replace(ctx.detector_config, **mounting)
+    ctx.mounting = mounting
+    ctx.notes.append(f"node mounting from the rendered camera: height {mounting['camera_height_m']:.2f} m, "
+                     f"pitch {mounting['camera_pitch_deg']:.2f} deg")
 
 
 def step_contact_sheet(ctx: DemoContext) -> None:
@@ -195,7 +212,7 @@ def _node_eval(ctx: DemoContext) -> None:
                 "--allow-dropped"]   # a node slower than the replay skips frames: counted in the report
         if ctx.config_path:
             argv += ["--config", str(ctx.config_path)]
-        for k, v in ctx.overrides.items():
+        for k, v in {**ctx.overrides, **ctx.mounting}.items():
             argv += ["--set", f"{k}={v}"]
         rc = evaluate_command(build_parser().parse_args(argv))
         if rc != 0:

@@ -34,6 +34,13 @@ def test_demo_runs_the_node_live_and_writes_the_report(tiny_sets, tmp_path, caps
     # the node ran what the demo configured: driving.yaml plus the --set overrides
     assert m["run"]["config_source"] == "node parameters"
     assert m["config"]["teacher"] == "msp" and m["config"]["input_width"] == 128
+    # ... with the rendered camera's mounting (driving.yaml's generic 1.5 m / 0 deg would misplace the range)
+    from csl_ros.data.synthroad import render_sequence
+
+    cam = next(iter(render_sequence(7, 1, (128, 256), obstacles="obstacle"))).camera
+    assert m["config"]["camera_height_m"] == pytest.approx(cam.height_m, abs=1e-3) != 1.5
+    assert m["config"]["camera_pitch_deg"] == pytest.approx(cam.pitch_deg, abs=0.2) and cam.pitch_deg > 0.5
+    assert "node mounting from the rendered camera" in printed
     from csl_ros.config import DetectorConfig, load_configs
     from csl_ros.demo import default_params_file
 
@@ -69,3 +76,23 @@ def test_demo_rejects_a_bad_rate_and_setting(tmp_path, capsys):
     assert "--rate" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "b"), "--set", "score_threshold=3"]) == 2
     assert "score_threshold" in capsys.readouterr().err
+
+
+def test_demo_mounting_comes_from_the_drive_unless_set():
+    """The node's mounting is the rendered camera's (height, median pitch), unless --set names it."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from csl_ros.config import DetectorConfig
+    from csl_ros.demo import DemoContext, _use_drive_mounting
+
+    frames = [SimpleNamespace(camera=SimpleNamespace(height_m=1.25, pitch_deg=p)) for p in (1.0, 1.4, 1.2)]
+    ctx = DemoContext(out=None, frames_n=3, size=(64, 128), frames=frames, detector_config=DetectorConfig())
+    _use_drive_mounting(ctx)
+    assert (ctx.detector_config.camera_height_m, ctx.detector_config.camera_pitch_deg) == (1.25, 1.2)
+    assert ctx.mounting == {"camera_height_m": 1.25, "camera_pitch_deg": 1.2}
+    user = DemoContext(out=None, frames_n=3, size=(64, 128), frames=frames, overrides={"camera_pitch_deg": "2"},
+                       detector_config=dataclasses.replace(DetectorConfig(), camera_pitch_deg=2.0))
+    _use_drive_mounting(user)
+    assert user.detector_config.camera_pitch_deg == 2.0 and user.detector_config.camera_height_m == 1.5
+    assert user.mounting == {}

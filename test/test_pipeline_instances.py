@@ -108,6 +108,23 @@ def test_max_obstacle_distance_drops_instances_beyond_the_range():
     assert len(obstacles_of(scores, None, close, None)[1]) == 3   # no geometry, no distance: all kept
 
 
+def test_max_obstacle_distance_drops_instances_above_the_horizon():
+    """With camera geometry, an instance whose bottom row lies above the horizon (row 200) has no
+    ground contact (distance None): beyond any range, so the range drops it; without the range, or
+    without geometry, it is kept."""
+    cam = CameraGeometry(fx=1000.0, fy=1000.0, cx=500.0, cy=200.0, height_m=1.5, pitch_deg=0.0)
+    scores = np.zeros((400, 1000), np.float32)
+    scores[150:180, 100:130] = 0.9      # bottom row 179: above the horizon
+    scores[380:400, 800:820] = 0.9      # 7.5 m
+    base = DetectorConfig(score_threshold=0.5, min_instance_area=10)
+    obs = obstacles_of(scores, None, base, cam)[1]
+    assert sorted((o.distance_m is None, o.bbox[1]) for o in obs) == [(False, 380), (True, 150)]
+    ranged = dataclasses.replace(base, max_obstacle_distance_m=35.0)
+    inst, obs = obstacles_of(scores, None, ranged, cam)
+    assert [(o.id, round(o.distance_m, 1)) for o in obs] == [(1, 7.5)] and inst.max() == 1 and not inst[160, 110]
+    assert len(obstacles_of(scores, None, ranged, None)[1]) == 2
+
+
 def test_pitch_moves_the_horizon():
     cam = CameraGeometry(1000.0, 1000.0, 500.0, 200.0, height_m=1.5, pitch_deg=5.0)
     # the horizon is now tan(5 deg)*f above the principal point

@@ -96,12 +96,18 @@ def drop_taller_than(instances: np.ndarray, obstacles: list[Obstacle],
                                         if o.height_m is not None and o.height_m > max_height_m})
 
 
-def drop_farther_than(instances: np.ndarray, obstacles: list[Obstacle],
-                      max_distance_m: float) -> tuple[np.ndarray, list[Obstacle]]:
-    """Drop the instances whose contact point lies farther ahead than ``max_distance_m`` (records
-    without a distance are kept), renumbered as :func:`drop_taller_than` does."""
+def drop_farther_than(instances: np.ndarray, obstacles: list[Obstacle], max_distance_m: float,
+                      geometry_known: bool = True) -> tuple[np.ndarray, list[Obstacle]]:
+    """Drop the instances whose contact point lies farther ahead than ``max_distance_m``, renumbered as
+    :func:`drop_taller_than` does.
+
+    A record without a distance is kept only when there is no camera geometry (``geometry_known``
+    False: nothing can be ranged). With geometry, no distance means the instance's bottom lies at or
+    above the horizon: it never meets the road, so it is beyond any range (sky, facades, the far
+    horizon band) and dropped with the far ones."""
     return _drop(instances, obstacles, {o.instance for o in obstacles
-                                        if o.distance_m is not None and o.distance_m > max_distance_m})
+                                        if (o.distance_m is None and geometry_known)
+                                        or (o.distance_m is not None and o.distance_m > max_distance_m)})
 
 
 def _drop(instances: np.ndarray, obstacles: list[Obstacle], gone: set) -> tuple[np.ndarray, list[Obstacle]]:
@@ -128,7 +134,8 @@ def obstacles_of(scores: np.ndarray, regions: np.ndarray | None, config, camera:
     if config.max_obstacle_height_m > 0:
         inst, obstacles = drop_taller_than(inst, obstacles, config.max_obstacle_height_m)
     if config.max_obstacle_distance_m > 0:
-        inst, obstacles = drop_farther_than(inst, obstacles, config.max_obstacle_distance_m)
+        inst, obstacles = drop_farther_than(inst, obstacles, config.max_obstacle_distance_m,
+                                            geometry_known=camera is not None)
     return inst, obstacles
 
 
