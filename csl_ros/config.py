@@ -80,6 +80,14 @@ class DetectorConfig:
     fusion_mode: str = _opt("product", "Structure-constrained fusion (Eq. 3): 'product' = region mean x "
                             "pixel score (the paper), 'region_mean', or 'arithmetic' (ablations).",
                             choices=("product", "region_mean", "arithmetic"))
+    fusion_region_exponent: float = _opt(1.0, "Weight of the student's region in the 'product' fusion: "
+                                         "H = m^exponent x D (m: the region's mean teacher score, D: the "
+                                         "pixel's). 1 = Eq. 3 of the paper; lower keeps more of the score "
+                                         "of a pixel the teacher flags inside a region the student did not "
+                                         "separate (small and flat obstacles in the road's region); 0 = "
+                                         "the teacher alone. Default: the shipped models' tuned value (the "
+                                         "score threshold is tuned with it); a student checkpoint that "
+                                         "carries its own replaces the default.", range=(0.0, 4.0))
 
     # --- instances and obstacles ----------------------------------------------------------------
     score_threshold: float = _opt(0.1, "Fused anomaly score at or above which a pixel is anomalous. "
@@ -207,9 +215,9 @@ class NodeConfig:
 
 
 # DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model_settings):
-# the input size it was trained for, and the score threshold tuned for it with the test-time scale it
-# was tuned at (the geometric mean of two scales moves the scores, so the two go together).
-MODEL_SETTINGS = ("input_height", "input_width", "score_threshold", "test_scale")
+# the input size it was trained for, and the score threshold tuned for it with the test-time scale and
+# the fusion's region exponent it was tuned at (both move the fused scores, so they go together).
+MODEL_SETTINGS = ("input_height", "input_width", "score_threshold", "test_scale", "fusion_region_exponent")
 # The fused scores' scale depends on the teacher (MSP is a probability, max logit is logistic-calibrated),
 # so a checkpoint may carry one tuned threshold per teacher: {teacher: score_threshold}, JSON in the
 # metadata. The entry of the configured teacher wins over the plain ``score_threshold``.

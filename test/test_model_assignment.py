@@ -109,6 +109,20 @@ def test_scf_eq3_single_channel_by_hand(mode, expected):
     assert torch.allclose(fused[0], torch.tensor(expected), atol=1e-6)
 
 
+def test_scf_region_exponent_by_hand():
+    """H = m^g * D: g = 1 is Eq. 3 exactly, g = 0.5 by hand (sqrt of the region means .4 and .6), g = 0
+    the teacher's own scores; only the product mode has it."""
+    exact = structure_constrained_fusion(D1[None], REGIONS)
+    assert torch.equal(structure_constrained_fusion(D1[None], REGIONS, "product", 1.0), exact)
+    m = torch.tensor([[0.4, 0.4, 0.6], [0.4, 0.6, 0.6]])
+    half = structure_constrained_fusion(D1[None], REGIONS, "product", 0.5)[0]
+    assert torch.allclose(half, m.sqrt() * D1, atol=1e-6)
+    assert half[0, 0] == pytest.approx(0.2 * 0.4 ** 0.5, abs=1e-6)
+    assert torch.allclose(structure_constrained_fusion(D1[None], REGIONS, "product", 0.0)[0], D1)
+    with pytest.raises(ValueError, match="region_exponent"):
+        structure_constrained_fusion(D1[None], REGIONS, "product", -0.5)
+
+
 def test_scf_eq3_multi_channel_by_hand():
     D = torch.stack([D1, 1 - D1])  # channel 1: region 0 mean (.8 + .6 + .4) / 3 = .6; region 1 .4
     fused = structure_constrained_fusion(D, REGIONS)

@@ -50,15 +50,18 @@ def test_schemes_give_input_sized_maps_in_unit_range(scheme, student, teacher, t
     assert {"preprocess", "fusion", "instances", "total"} <= set(out.timings_ms)
 
 
-def test_scheme2_fusion_equals_eq3_on_the_detector_regions(student, teacher, tmp_path):
-    det = make("2", student, teacher, tmp_path)
+@pytest.mark.parametrize("exponent", [1.0, 0.4])
+def test_scheme2_fusion_equals_eq3_on_the_detector_regions(exponent, student, teacher, tmp_path):
+    """Eq. 3 (region exponent 1) and its softened form m^g * D, by hand on the detector's regions."""
+    det = make("2", student, teacher, tmp_path, fusion_region_exponent=exponent)
     only = make("teacher_only", student, teacher, tmp_path)
     img = np.random.default_rng(1).integers(0, 255, (64, 128, 3), dtype=np.uint8)
     fused, raw = det(img), only(img)
     d = raw.anomaly_map.astype(np.float64)
     r = fused.regions
     means = np.bincount(r.ravel(), weights=d.ravel()) / np.maximum(np.bincount(r.ravel()), 1)
-    np.testing.assert_allclose(fused.anomaly_map, means[r] * d, atol=1e-5)
+    np.testing.assert_allclose(fused.anomaly_map, means[r] ** exponent * d, atol=1e-5)
+    assert not np.allclose(means[r] ** exponent, means[r] ** (exponent + 0.5), atol=1e-3)   # the exponent matters here
 
 
 @pytest.mark.parametrize("split", [False, True])

@@ -253,7 +253,7 @@ def test_detector_rba_teacher_with_mask2former_regions_one_pass(tiny_hf_models):
     r, v = Mask2FormerRegions(load_hf_segmenter(tiny_hf_models["mask2former"]))(x)
     labels = soft_assign(r[0].sigmoid(), v[0], split_components=True, out_size=(64, 128))
     np.testing.assert_array_equal(out.regions, labels.numpy())
-    expected = structure_constrained_fusion(d, labels, "product")[0].clamp(0, 1).numpy()
+    expected = structure_constrained_fusion(d, labels, "product", cfg.fusion_region_exponent)[0].clamp(0, 1).numpy()
     np.testing.assert_allclose(out.anomaly_map, expected, atol=1e-5)
 
 

@@ -428,3 +428,34 @@ def test_segmenter_config_refuses_bad_colour_saturation(tmp_path):
     for bad in [(0.5, 0.2), (-0.1, 0.5), (0.2, 1.5), (0.3,)]:
         with pytest.raises(ValueError, match="negative_colour_saturation"):
             _cfg(tmp_path, negative_colour_saturation=bad).validate()
+
+
+def _box_aspect(out: torch.Tensor) -> float:
+    rows, cols = out.nonzero(as_tuple=True)
+    return (int(cols.max()) - int(cols.min()) + 1) / (int(rows.max()) - int(rows.min()) + 1)
+
+
+@pytest.mark.parametrize("aspect, lo, hi", [((4.0, 4.0), 3.0, 5.0), ((0.5, 0.5), 0.3, 0.7),
+                                            (None, 0.4, 2.5)])
+def test_paste_negatives_aspect_range(aspect, lo, hi):
+    """One negative per crop: its box is ``aspect`` times as wide as tall (flat debris at 4); the default
+    (None here) keeps the old 0.5..2."""
+    kwargs = {} if aspect is None else {"aspect_range": aspect}
+    ratios, sources = [], [(np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 5))]
+    for seed in range(8):
+        img = torch.full((3, 200, 400), 0.4)
+        lab = torch.full((200, 400), 5, dtype=torch.long)
+        lab[100:180, 100:300] = ROAD_TRAIN_ID               # bases far enough from the edges: no clipping
+        out = paste_negatives(img, lab, sources, torch.Generator().manual_seed(seed), 1, (0.1, 0.1),
+                              colour_fraction=1.0, **kwargs)
+        assert out.any()
+        ratios.append(_box_aspect(out))
+    median = float(np.median(ratios))
+    assert lo <= median <= hi, ratios
+
+
+def test_segmenter_config_refuses_bad_negative_aspect(tmp_path):
+    _cfg(tmp_path, negative_aspect=(1.0, 6.0)).validate()
+    for bad in [(2.0, 1.0), (0.0, 2.0), (1.0,)]:
+        with pytest.raises(ValueError, match="negative_aspect"):
+            _cfg(tmp_path, negative_aspect=bad).validate()

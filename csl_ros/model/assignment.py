@@ -227,7 +227,8 @@ def hard_assign(region_probs: Tensor, validity: Tensor, split_components: bool =
 
 # --- Eq. 3: structure-constrained fusion ---------------------------------------------------------
 
-def structure_constrained_fusion(D: Tensor, regions: Tensor, mode: str = "product") -> Tensor:
+def structure_constrained_fusion(D: Tensor, regions: Tensor, mode: str = "product",
+                                 region_exponent: float = 1.0) -> Tensor:
     """Structure-constrained fusion, Eq. 3: ``H_c(p) = m_{c,A(p)} * D_c(p)`` with
     ``m_{c,n} = mean_{q in R_n} D_c(q)`` the region-wise score of the pixel's region.
 
@@ -238,11 +239,17 @@ def structure_constrained_fusion(D: Tensor, regions: Tensor, mode: str = "produc
            its own pixel score in every mode.
         mode: "product" (Eq. 3, default), "region_mean" (H = m) or "arithmetic" (H = (m + D) / 2) --
            the rival readings of the OCR'd equation, for ablation.
+        region_exponent: ``product`` only: ``H = m^region_exponent * D``. 1 is Eq. 3; below 1 the region
+           mean pulls less, so a pixel the teacher scores high inside a region the student did not
+           separate (a small obstacle swallowed by the road's region) keeps more of its score; 0 is
+           ``D`` alone (not part of the paper: a setting of ours, see ``DetectorConfig``).
 
     Vectorised: one ``index_add_`` / ``bincount`` over all regions (and images).
     """
     if mode not in FUSION_MODES:
         raise ValueError(f"unknown fusion mode {mode!r}; choose one of {FUSION_MODES}")
+    if not region_exponent >= 0.0:
+        raise ValueError(f"region_exponent must be >= 0, got {region_exponent}")
     batched = D.dim() == 4
     if not batched and D.dim() != 3:
         raise ValueError(f"D must be C x h x w or B x C x h x w, got shape {tuple(D.shape)}")
@@ -266,7 +273,8 @@ def structure_constrained_fusion(D: Tensor, regions: Tensor, mode: str = "produc
     counts = torch.bincount(gid, minlength=b * num_ids + 1).clamp(min=1).to(values.dtype)
     region_mean = (sums / counts)[:, gid]                   # C x (B*P): m at every pixel
     if mode == "product":
-        fused = region_mean * values
+        # the plain product when exponent 1: Eq. 3 bit for bit
+        fused = (region_mean if region_exponent == 1.0 else region_mean ** region_exponent) * values
     elif mode == "region_mean":
         fused = region_mean
     else:

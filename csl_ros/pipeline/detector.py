@@ -324,7 +324,8 @@ class Detector:
                 else:
                     d = teacher_maps[b]
                 d = _crop_resize(d[:, :h, :w], (H0, W0))
-                fused = _fusion(d, regions, cfg.fusion_mode)[0] if regions is not None else d[0]
+                fused = (_fusion(d, regions, cfg.fusion_mode, cfg.fusion_region_exponent)[0]
+                         if regions is not None else d[0])
                 fused = fused.clamp_(0.0, 1.0).float()
             out.append((fused, regions, teacher_seg[b, :h, :w] if teacher_seg is not None else None))
         return out
@@ -410,5 +411,5 @@ def _crop_resize(d: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(d[None].float(), size=size, mode="bilinear", align_corners=False)[0]
 
 
-def _fusion(d: torch.Tensor, regions: torch.Tensor, mode: str) -> torch.Tensor:
-    return structure_constrained_fusion(d.clamp(min=0.0), regions, mode)
+def _fusion(d: torch.Tensor, regions: torch.Tensor, mode: str, region_exponent: float = 1.0) -> torch.Tensor:
+    return structure_constrained_fusion(d.clamp(min=0.0), regions, mode, region_exponent)

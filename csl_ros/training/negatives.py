@@ -44,6 +44,8 @@ PAINT_OVER_ROAD = 1.3
 # they include the greys of concrete, rock and dark plastic debris, which a road-trained model reads
 # as road in shade.
 COLOUR_SATURATION = (0.2, 1.0)
+# Width / height of a negative (log-uniform): upright to lying objects.
+NEGATIVE_ASPECT = (0.5, 2.0)
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -137,14 +139,14 @@ def road_paint_mask(image: np.ndarray, label: np.ndarray) -> np.ndarray:
 def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Generator, count: int,
                     size_range: tuple[float, float], *, colour_fraction: float = 0.0,
                     exclude_source_road: bool = False, avoid_road_paint: bool = False,
-                    shadow: bool = False, colour_saturation: tuple[float, float] = COLOUR_SATURATION
-                    ) -> torch.Tensor:
+                    shadow: bool = False, colour_saturation: tuple[float, float] = COLOUR_SATURATION,
+                    aspect_range: tuple[float, float] = NEGATIVE_ASPECT) -> torch.Tensor:
     """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited
     in place); returns the (h, w) bool mask of the pasted pixels.
 
     ``sources``: indexable of (H×W×3 uint8 RGB, H×W trainIds), the training frames. A negative's
-    height is a log-uniform fraction ``size_range`` of the crop height (far and near), its width
-    0.5-2 times that; its bottom centre is a random road pixel of the crop (it stands on the road).
+    height is a log-uniform fraction ``size_range`` of the crop height (far and near), its width a
+    log-uniform ``aspect_range`` times that (above 2: flat debris lying on the road, planks, lumps); its bottom centre is a random road pixel of the crop (it stands on the road).
     Source patches that are mostly road are redrawn (``MAX_SOURCE_ROAD_FRACTION``). A share
     ``colour_fraction`` of the negatives are :func:`colour_field` s (of ``colour_saturation``) instead of
     source patches. With
@@ -165,7 +167,7 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     lo, hi = size_range
     for _ in range(count):
         ph = max(3, round(h * math.exp(_uniform(gen, math.log(lo), math.log(hi)))))
-        pw = max(3, round(ph * math.exp(_uniform(gen, math.log(0.5), math.log(2.0)))))
+        pw = max(3, round(ph * math.exp(_uniform(gen, math.log(aspect_range[0]), math.log(aspect_range[1])))))
         colour = colour_fraction > 0 and float(torch.rand((), generator=gen)) < colour_fraction
         patch = shape = None
         for _ in range(SOURCE_TRIES):

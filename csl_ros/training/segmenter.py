@@ -40,7 +40,8 @@ from .config import (AVOID_ROAD_PAINT_HELP, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_S
                      TrainConfig)
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
-from .negatives import COLOUR_SATURATION, ROAD_TRAIN_ID, paste_negatives, road_paint_mask, uniform_cross_entropy
+from .negatives import (COLOUR_SATURATION, NEGATIVE_ASPECT, ROAD_TRAIN_ID, paste_negatives, road_paint_mask,
+                        uniform_cross_entropy)
 
 IGNORE_INDEX = 255
 # road paint's pixels between the paint mask and the augmented crop: an id no trainId uses, back to road
@@ -80,6 +81,8 @@ class SegmenterTrainConfig:
                                  "road of each crop: 0..N at random; 0 disables outlier exposure", range=(0, 64))
     negative_size: tuple = setting(NEGATIVE_SIZE, "negative height as a fraction of the crop height lo,hi "
                                    "(log-uniform)")
+    negative_aspect: tuple = setting(NEGATIVE_ASPECT, "negative width / height range lo,hi (log-uniform); "
+                                     "above 2 adds flat objects lying on the road")
     negative_colour_fraction: float = setting(0.0, "share of the negatives that are synthetic colour fields "
                                               "(a random colour, shading and low-frequency noise) instead of "
                                               "patches of training frames", range=(0.0, 1.0))
@@ -142,6 +145,9 @@ class SegmenterTrainConfig:
             errors.append(f"scale_range must be 0 < lo <= hi, got {self.scale_range}")
         if len(self.negative_size) != 2 or not (0 < self.negative_size[0] <= self.negative_size[1] <= 1):
             errors.append(f"negative_size must be 0 < lo <= hi <= 1, got {self.negative_size}")
+        asp = self.negative_aspect
+        if len(asp) != 2 or not (0 < asp[0] <= asp[1]):
+            errors.append(f"negative_aspect must be 0 < lo <= hi, got {asp}")
         sat = self.negative_colour_saturation
         if len(sat) != 2 or not (0 <= sat[0] <= sat[1] <= 1):
             errors.append(f"negative_colour_saturation must be 0 <= lo <= hi <= 1, got {sat}")
@@ -325,7 +331,8 @@ class SegmenterTask:
                                   exclude_source_road=self.cfg.negative_exclude_source_road,
                                   avoid_road_paint=self.cfg.negative_avoid_road_paint,
                                   shadow=self.cfg.negative_shadow,
-                                  colour_saturation=tuple(self.cfg.negative_colour_saturation))
+                                  colour_saturation=tuple(self.cfg.negative_colour_saturation),
+                                  aspect_range=tuple(self.cfg.negative_aspect))
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
             outliers.append(out)
