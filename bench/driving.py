@@ -28,6 +28,7 @@ import functools
 import hashlib
 import itertools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,9 +119,11 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
     det = detector.detect_batch([rec.rgb])[0]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, anomaly=det.anomaly_map,
+        part = path.with_name(f"{path.stem}.{os.getpid()}.part.npz")   # whole or absent: runs share a cache
+        np.savez(part, anomaly=det.anomaly_map,
                  regions=det.regions.astype(np.int16) if det.regions is not None else np.zeros(0, np.int16),
                  road_roi=det.road_roi if det.road_roi is not None else np.zeros(0, bool))
+        os.replace(part, path)
     return det.anomaly_map, det.regions, det.road_roi
 
 
