@@ -181,7 +181,7 @@ def test_student_negatives_forward_the_source_road_paint_and_shadow_options(tmp_
     seen = []
 
     def fake_paste(img, lab, sources, gen, count, size_range, *, colour_fraction, exclude_source_road,
-                   avoid_road_paint, shadow):
+                   avoid_road_paint, shadow, colour_saturation, aspect_range):
         seen.append((exclude_source_road, avoid_road_paint, shadow))
         return torch.zeros(lab.shape, dtype=torch.bool)
 
@@ -195,6 +195,35 @@ def test_student_negatives_forward_the_source_road_paint_and_shadow_options(tmp_
             task.paste_negative_regions(*augment(*ToyFrames()[0], rng, task.params), rng)
         assert seen and set(seen) == {(exclude, avoid, shadow)}
         seen.clear()
+
+
+def test_student_negatives_forward_aspect_and_saturation(tmp_path, monkeypatch):
+    """data.negative_{min,max}_aspect and _saturation reach paste_negatives; defaults are the segmenter's;
+    min > max is refused naming the pair."""
+    import csl_ros.training.student as student_mod
+    from csl_ros.training.config import COLOUR_SATURATION, NEGATIVE_ASPECT
+
+    seen = []
+
+    def fake_paste(img, lab, sources, gen, count, size_range, *, colour_saturation, aspect_range, **_):
+        seen.append((tuple(colour_saturation), tuple(aspect_range)))
+        return torch.zeros(lab.shape, dtype=torch.bool)
+
+    monkeypatch.setattr(student_mod, "paste_negatives", fake_paste)
+    for extra, want in (({}, (COLOUR_SATURATION, NEGATIVE_ASPECT)),
+                        ({"data.negative_min_aspect": 1.0, "data.negative_max_aspect": 6.0,
+                          "data.negative_min_saturation": 0.0, "data.negative_max_saturation": 0.5},
+                         ((0.0, 0.5), (1.0, 6.0)))):
+        cfg = tiny_config(tmp_path, **{"data.negatives_max": 3, **extra})
+        task = StudentTask(cfg, DistEnv(), ToyFrames(), num_queries=50)
+        for step in range(8):
+            rng = np.random.default_rng([cfg.run.seed, step, 0])
+            task.paste_negative_regions(*augment(*ToyFrames()[0], rng, task.params), rng)
+        assert seen and set(seen) == {want}
+        seen.clear()
+    for what, lo, hi in (("aspect", 3.0, 2.0), ("saturation", 0.8, 0.2)):
+        with pytest.raises(ValueError, match=f"negative_min_{what}"):
+            tiny_config(tmp_path, **{f"data.negative_min_{what}": lo, f"data.negative_max_{what}": hi}).validate()
 
 
 def test_pasted_negatives_are_regions_of_their_own(tmp_path):

@@ -39,6 +39,12 @@ NON_NEGATIVE = (0.0, math.inf)
 # Height range of the synthetic negatives (csl_ros.training.negatives), as fractions of the crop height:
 # the segmenter's outlier exposure and the student's negative regions share it.
 NEGATIVE_SIZE = (0.03, 0.35)
+# Width / height of a negative (log-uniform): upright to lying objects; above 2, flat debris.
+NEGATIVE_ASPECT = (0.5, 2.0)
+# Colour-field negatives: saturation range of their colour. From 0.2 up they are colours no class has;
+# down to 0 they include the greys of concrete, rock and dark plastic debris, which a road-trained model
+# reads as road in shade.
+COLOUR_SATURATION = (0.2, 1.0)
 # synthroad frames with rare road paint (zebra crossings ahead, yellow markings) added to the training
 # frames: both the segmenter's outlier exposure and the student's negative regions otherwise learn that
 # paint on the road is something pasted there. Searched from this seed on (between the training seeds
@@ -105,6 +111,15 @@ class DataConfig:
                                      "negative height as a fraction of the crop height (log-uniform)"})
     negative_max_size: float = field(default=NEGATIVE_SIZE[1], metadata={"range": (1e-3, 1.0), "help": "largest "
                                      "negative height as a fraction of the crop height"})
+    negative_min_aspect: float = field(default=NEGATIVE_ASPECT[0], metadata={"range": (1e-2, 100.0), "help":
+                                       "smallest negative width / height (log-uniform)"})
+    negative_max_aspect: float = field(default=NEGATIVE_ASPECT[1], metadata={"range": (1e-2, 100.0), "help":
+                                       "largest negative width / height; above 2 adds flat objects lying on "
+                                       "the road"})
+    negative_min_saturation: float = field(default=COLOUR_SATURATION[0], metadata={"range": (0.0, 1.0), "help":
+                                           "colour-field negatives: smallest colour saturation (0: greys)"})
+    negative_max_saturation: float = field(default=COLOUR_SATURATION[1], metadata={"range": (0.0, 1.0), "help":
+                                           "colour-field negatives: largest colour saturation"})
     workers: int = field(default=0, metadata={"range": AT_LEAST_0,
                                               "help": "DataLoader worker processes (0 = main process)"})
 
@@ -195,9 +210,10 @@ class TrainConfig:
         if not 0 < d.min_scale <= d.max_scale:
             raise ValueError(f"data.min_scale={d.min_scale}, data.max_scale={d.max_scale}: need "
                              "0 < min_scale <= max_scale")
-        if d.negative_min_size > d.negative_max_size:
-            raise ValueError(f"data.negative_min_size={d.negative_min_size}, data.negative_max_size="
-                             f"{d.negative_max_size}: need min <= max")
+        for what in ("size", "aspect", "saturation"):
+            lo, hi = getattr(d, f"negative_min_{what}"), getattr(d, f"negative_max_{what}")
+            if lo > hi:
+                raise ValueError(f"data.negative_min_{what}={lo}, data.negative_max_{what}={hi}: need min <= max")
         if not 0 < d.cat_max_ratio <= 1:
             raise ValueError(f"data.cat_max_ratio={d.cat_max_ratio}: must be in (0, 1]")
         if device_error("run.device", self.run.device):

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.synthroad.world import WHITE_PAINT, YELLOW_PAINT
+from .config import COLOUR_SATURATION, NEGATIVE_ASPECT
 
 ROAD_TRAIN_ID = 0
 MAX_SOURCE_ROAD_FRACTION = 0.3   # a patch that is mostly road would teach "road is anomalous"
@@ -40,12 +41,6 @@ ROAD_PAINT_COLOURS = (WHITE_PAINT, YELLOW_PAINT)
 PAINT_GAIN_RANGE = (0.6, 1.4)
 PAINT_COLOUR_TOLERANCE = 0.12
 PAINT_OVER_ROAD = 1.3
-# Colour fields: saturation range of their colour. From 0.2 up they are colours no class has; down to 0
-# they include the greys of concrete, rock and dark plastic debris, which a road-trained model reads
-# as road in shade.
-COLOUR_SATURATION = (0.2, 1.0)
-# Width / height of a negative (log-uniform): upright to lying objects.
-NEGATIVE_ASPECT = (0.5, 2.0)
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:

@@ -35,13 +35,12 @@ from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, 
                                         save_segmenter)
 
 from .config import DATASETS as TRAIN_DATASETS
-from .config import (AVOID_ROAD_PAINT_HELP, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_SHADOW_HELP, NEGATIVE_SIZE,
-                     RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig, RunConfig,
+from .config import (AVOID_ROAD_PAINT_HELP, COLOUR_SATURATION, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_ASPECT,
+                     NEGATIVE_SHADOW_HELP, NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig, RunConfig,
                      TrainConfig)
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
-from .negatives import (COLOUR_SATURATION, NEGATIVE_ASPECT, ROAD_TRAIN_ID, paste_negatives, road_paint_mask,
-                        uniform_cross_entropy)
+from .negatives import ROAD_TRAIN_ID, paste_negatives, road_paint_mask, uniform_cross_entropy
 
 IGNORE_INDEX = 255
 # road paint's pixels between the paint mask and the augmented crop: an id no trainId uses, back to road
