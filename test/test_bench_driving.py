@@ -102,3 +102,21 @@ def test_detect_cached_keeps_the_road_roi(tmp_path):
         np.testing.assert_array_equal(got, roi)
         assert anomaly.shape == regions.shape == (4, 6)
     assert [p.parent.name.endswith("_roi") for p in tmp_path.rglob("*.npz")] == [True]
+
+
+def test_drive_interval_resamples_whole_drives():
+    """Identical drives: no spread, the pooled value itself; two different drives: the interval spans
+    from one drive's ratio to the other's (a resample of two drives can be either one twice)."""
+    interval = _load().drive_interval
+    same = [{"near_detected": 3, "near_gt": 4, "false_alarms": 2, "frames": 10}] * 5
+    (r_lo, r_hi), (f_lo, f_hi) = interval(same)
+    assert r_lo == r_hi == 0.75 and f_lo == f_hi == 0.2
+    two = [{"near_detected": 0, "near_gt": 10, "false_alarms": 0, "frames": 10},
+           {"near_detected": 10, "near_gt": 10, "false_alarms": 5, "frames": 10}]
+    (r_lo, r_hi), (f_lo, f_hi) = interval(two)
+    assert (r_lo, r_hi) == (0.0, 1.0) and (f_lo, f_hi) == (0.0, 0.5)
+    assert interval(two, seed=3) == interval(two, seed=3)
+    # a drive with no obstacle within 30 m adds frames and false alarms, never a recall of 0
+    empty = [{"near_detected": 0, "near_gt": 0, "false_alarms": 1, "frames": 10}]
+    (r_lo, r_hi), _ = interval(same[:1] + empty)
+    assert r_lo == r_hi == 0.75
