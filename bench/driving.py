@@ -46,8 +46,9 @@ INSTSIZE = 10                  # obstacle track: ground-truth components under 1
 # lower, hence the low end of the grid.
 THRESHOLDS = (0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 MIN_AREAS = (60, 100)                # min_instance_area (pixels of the 512x1024 frame)
-# (confirm_hits, confirm_window, max_missed)
-TRACKING = ((1, 1, 0), (2, 3, 2), (3, 5, 2), (2, 2, 1), (3, 4, 1), (4, 6, 2))
+# (confirm_hits, confirm_window, max_missed, coast): coasting reports confirmed tracks through misses
+TRACKING = ((1, 1, 0, False), (2, 3, 2, False), (3, 5, 2, False), (2, 2, 1, False), (3, 4, 1, False),
+            (4, 6, 2, False), (1, 1, 1, True), (1, 1, 2, True), (2, 2, 1, True), (2, 3, 2, True), (3, 4, 1, True))
 MAX_HEIGHTS = (0.0, 2.0, 3.0)   # max_obstacle_height_m (0: off)
 MAX_DISTANCES = (0.0,)          # max_obstacle_distance_m of the grid (0: off); --max-distances adds ranges
 
@@ -82,12 +83,12 @@ def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, m
     if not tune:   # one setting: its accumulator scores the per-frame and the tracked output
         return {"shipped default": base}
     grid = {}
-    for thr, area, (k, n, m), h, d in itertools.product(thresholds, MIN_AREAS, TRACKING, MAX_HEIGHTS,
+    for thr, area, (k, n, m, coast), h, d in itertools.product(thresholds, MIN_AREAS, TRACKING, MAX_HEIGHTS,
                                                          max_distances):
-        name = f"thr {thr:g}, area {area}, {k} of {n}, missed {m}, max height {h:g} m"
+        name = f"thr {thr:g}, area {area}, {k} of {n}, missed {m}{', coasted' if coast else ''}, max height {h:g} m"
         grid[name + (f", range {d:g} m" if d else "")] = apply_overrides(
             base, {"score_threshold": thr, "min_instance_area": area, "track_confirm_hits": k,
-                   "track_confirm_window": n, "track_max_missed": m, "max_obstacle_height_m": h,
+                   "track_confirm_window": n, "track_max_missed": m, "track_coast": coast, "max_obstacle_height_m": h,
                    "max_obstacle_distance_m": d})
     return grid
 
@@ -265,6 +266,10 @@ def _max_height(test: dict) -> str:
     return out + (f"instances beyond {d:g} m not reported, " if d else "")
 
 
+def _coast(r: dict) -> str:
+    return ", coasted while not deleted" if r["tracking"].get("coast") else ""
+
+
 def driving_markdown(data: dict) -> str:
     """The docs/results.md section of a ``bench/driving.py --json`` file."""
     from csl_ros.eval.driving import band_table, summary_rows
@@ -289,7 +294,7 @@ def driving_markdown(data: dict) -> str:
            f"{test['input_size'][0]}x{test['input_size'][1]}{_second_pass(test)}, {_teacher(test)}"
            f"score_threshold {test['score_threshold']:g}, {_min_area(test)}{_max_height(test)}"
            f"tracking {r['tracking']['confirm_hits']} of {r['tracking']['confirm_window']} "
-           f"(deleted after {r['tracking']['max_missed']} missed). Distances: the generator's "
+           f"(deleted after {r['tracking']['max_missed']} missed{_coast(r)}). Distances: the generator's "
            f"(obstacle centre, forward). Goal: recall >= {GOAL_RECALL:.0%} within 30 m with <= {GOAL_FA:g} "
            f"false alarms per frame, tracked: **{'met' if met else 'not met'}** "
            f"({100 * (near or 0):.1f} %, {fa:.3f}).", ""]
@@ -412,6 +417,7 @@ def main(argv=None) -> int:
                               "max_obstacle_height_m": cfg.max_obstacle_height_m,
                               "max_obstacle_distance_m": cfg.max_obstacle_distance_m,
                               "confirm": [cfg.track_confirm_hits, cfg.track_confirm_window, cfg.track_max_missed],
+                              "coast": cfg.track_coast,
                               "near_recall": r["tracked"]["near"]["recall"],
                               "false_alarms_per_frame": r["tracked"]["false_alarms_per_frame"]}
         data["grid"] = {name: {"tracked": r["tracked"]["near"] | {"fa": r["tracked"]["false_alarms_per_frame"]},

@@ -129,6 +129,10 @@ class DetectorConfig:
                                      "track_confirm_hits.", range=(1, 100))
     track_max_missed: int = _opt(0, "A track is deleted after this many consecutive frames without a "
                                  "detection (0: at the first miss).", range=(0, 100))
+    track_coast: bool = _opt(False, "A confirmed track missed in a frame is still reported (coasted) "
+                             "until it is deleted (track_max_missed), at the position predicted from "
+                             "its last two detections (constant velocity in the image and on the "
+                             "ground) and flagged with the frames since its last detection.")
     track_gate_m: float = _opt(3.0, "Association gate on the ground when the camera geometry is known: "
                                "largest contact-point distance between a track and a detection, in "
                                "metres, or 20 % of the obstacle's distance when that is larger.",

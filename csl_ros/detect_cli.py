@@ -50,7 +50,8 @@ def register(sub) -> None:
     p.add_argument("input", help="an image file, a video file (.mp4, .avi, .mkv, .mov) or a directory "
                                  "of them; the frames are taken in order as one camera stream, obstacles "
                                  "tracked across them with the track_* settings (unconfirmed ones are "
-                                 "listed under 'tentative' in the JSON)")
+                                 "listed under 'tentative' in the JSON; with track_coast, missed confirmed "
+                                 "ones are listed with 'coasted' > 0 at their predicted place)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--recursive", action="store_true",
                    help="also search the subfolders of a directory input; outputs mirror its tree")

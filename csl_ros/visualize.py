@@ -256,6 +256,8 @@ def obstacle_label(ob) -> str:
     text = f"#{ob.id} {ob.max_score:.2f}"
     if ob.distance_m is not None:
         text += f" {ob.distance_m:.1f}m"
+    if getattr(ob, "coasted", 0):   # a tracked obstacle not detected in this frame (predicted place)
+        text += f" coasted {ob.coasted}"
     return text
 
 

@@ -126,3 +126,47 @@ def test_detection_range_first_detected_and_held():
     dr = acc.result()["per_frame"]["detection_range"]
     assert dr["per_obstacle"] == [{"obstacle": 7, "frames": 7, "max_distance_m": 40.0,
                                    "first_detected_m": 35.0, "held_from_m": 25.0}]
+
+
+def test_coasted_tracks_are_scored_by_their_predicted_box_in_the_tracked_output():
+    # Same camera as the band table: a region whose bottom edge is at row v lies at 100 / v metres.
+    info = {"fx": 100.0, "fy": 100.0, "cx": 50.0, "cy": 0.0, "width": 100, "height": 80}
+    truth = GroundTruth(camera_info=info, camera={"height_m": 1.0, "pitch_deg": 0.0})
+    cfg = apply_overrides(DetectorConfig(), {"track_max_missed": 1, "track_coast": True})
+    acc = DrivingAccumulator(cfg, instsize=4)
+    labels = np.zeros((80, 100), np.uint8)
+    labels[20:30, 10:20] = 1           # A, bottom edge 30 -> 3.3 m: static in the image
+    labels[20:25, 60:70] = 255         # void off the road
+    inst = np.zeros((80, 100), np.uint16)
+    inst[20:30, 10:20] = 1             # A found
+    inst[40:50, 40:50] = 2             # a false alarm at 2 m (not void)
+    inst[20:25, 60:70] = 3             # an instance on void: not counted
+    rows = [acc.add(0, labels, inst, (inst > 0).astype(np.float32), truth)]
+    # frame 1: nothing detected; all three tracks coast in place (seen once: no velocity)
+    rows.append(acc.add(100_000_000, labels, np.zeros_like(inst), np.zeros((80, 100), np.float32), truth))
+    # frame 2: still nothing; the tracks were missed twice (> max_missed 1) and are gone
+    rows.append(acc.add(200_000_000, labels, np.zeros_like(inst), np.zeros((80, 100), np.float32), truth))
+    assert [r["per_frame"] for r in rows] == [{"detected": 1, "false_alarms": 1}, {"detected": 0, "false_alarms": 0},
+                                              {"detected": 0, "false_alarms": 0}]
+    # tracked: A's coasted box detects it in frame 1, the false alarm's coasted box is false again,
+    # the void instance's box is not counted
+    assert [r["tracked"] for r in rows] == [{"detected": 1, "false_alarms": 1}, {"detected": 1, "false_alarms": 1},
+                                            {"detected": 0, "false_alarms": 0}]
+    tr = acc.result()["tracked"]
+    assert tr["near"]["detected"] == 2 and tr["false_alarms"] == 2 and tr["fragmentation"] == 1.0
+
+
+def test_match_boxes_by_hand():
+    from csl_ros.eval.instance_match import match_boxes
+    labels = np.zeros((40, 40), np.uint8)
+    labels[10:20, 10:20] = 1           # component box (10, 10, 20, 20)
+    labels[30:40, 30:40] = 255
+    labels[0, 39] = 1                  # a 1-pixel component: void at instsize 4
+    m = match_instances(np.zeros((40, 40), np.uint16), labels, 4)
+    got = match_boxes([(12, 12, 22, 22),      # 64 of 100 px inside the component's box: true
+                       (15, 15, 25, 25),      # 25 of 100: false
+                       (30, 30, 45, 45),      # clipped to the image: all void, not counted
+                       (39, 0, 40, 1),        # only the small (void) component: not counted
+                       (-9, -9, -1, -1)], m, labels)
+    assert [(c, t) for c, t, _ in got] == [(True, True), (True, False), (False, False), (False, False), (False, False)]
+    assert got[0][2] == {int(m.gt[15, 15])}

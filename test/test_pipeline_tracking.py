@@ -15,6 +15,23 @@ def _ob(x0, y0=100, size=20, ground=None):
     return ob
 
 
+def _oracle_teacher():
+    """A teacher whose score map is whatever the test sets in ``.map`` (the Teacher interface)."""
+    import torch
+
+    from csl_ros.teachers.teacher import TeacherOutput
+
+    class OracleTeacher:
+        model = torch.nn.Identity()
+        map = None
+
+        def __call__(self, x, network=None):  # network = its compiled back end, unused
+            m = torch.from_numpy(self.map)[None, None].float()
+            return TeacherOutput(score_map=m, raw_score=m, logits=None, segmentation=None)
+
+    return OracleTeacher()
+
+
 def test_obstacle_seen_8_of_10_frames_keeps_one_id_and_a_blip_is_never_confirmed():
     tr = Tracker(TrackingParams.default(confirm_hits=2, confirm_window=3, max_missed=2))
     seen = [1, 1, 0, 1, 1, 1, 0, 1, 1, 1]           # 8 of 10 frames
@@ -74,20 +91,9 @@ def test_confirm_hits_above_window_is_refused_by_the_schema():
 
 
 def test_detector_calls_are_one_tracked_stream_and_detect_batch_is_stateless():
-    import torch
-
     from csl_ros.pipeline import Detector
-    from csl_ros.teachers.teacher import TeacherOutput
 
-    class OracleTeacher:
-        model = torch.nn.Identity()
-        map = None
-
-        def __call__(self, x, network=None):  # the Teacher interface: network = its compiled back end
-            m = torch.from_numpy(self.map)[None, None].float()
-            return TeacherOutput(score_map=m, raw_score=m, logits=None, segmentation=None)
-
-    teacher = OracleTeacher()
+    teacher = _oracle_teacher()
     cfg = apply_overrides(DetectorConfig(), {"scheme": "teacher_only", "teacher": "msp", "input_height": 64,
                                              "input_width": 128, "device": "cpu", "backend": "eager",
                                              "min_instance_area": 1, "track_confirm_hits": 2,
@@ -118,3 +124,70 @@ def test_track_ids_and_ages_reach_markers_points_and_json():
     assert obstacle_points([ob])[0][3] == 1                       # ~/obstacle_points id field
     d = ob.to_dict()
     assert (d["id"], d["track_age"], d["track_hits"], d["confirmed"], d["instance"]) == (1, 2, 1, True, 0)
+
+
+def test_coasting_reports_a_missed_confirmed_track_at_its_predicted_place_until_deleted():
+    tr = Tracker(TrackingParams.default(max_missed=2, coast=True))
+    # a static obstacle approached at 1 m per frame: box moves 4 px right and down, grows 2 px a frame
+    frames = [[_ob(100 + 4 * k, 100 + 4 * k, 20 + 2 * k, ground=(0.5, 20.0 - k))] for k in range(3)]
+    for f in frames:
+        (ob,) = tr.update(f)
+        assert ob.coasted == 0
+    (ghost,) = tr.update([])                          # missed once: still reported, one frame on
+    assert ghost.coasted == 1 and ghost.confirmed and ghost.id == ob.id
+    assert ghost.bbox == (112, 112, 138, 138)         # (108, 108, 132, 132) + velocity (4, 4, 6, 6)
+    assert ghost.distance_m == pytest.approx(17.0) and ghost.contact_point_m[2] == pytest.approx(17.0)
+    (ghost,) = tr.update([])                          # missed twice: two frames on
+    assert ghost.coasted == 2 and ghost.bbox == (116, 116, 144, 144) and ghost.distance_m == pytest.approx(16.0)
+    assert tr.update([]) == [] and tr.tracks == []    # missed three times: deleted, nothing reported
+
+
+def test_coasting_off_or_unconfirmed_reports_nothing_for_a_missed_track():
+    for params in (TrackingParams.default(max_missed=2),                       # coast off
+                   TrackingParams.default(max_missed=2, coast=True, confirm_hits=2, confirm_window=2)):
+        tr = Tracker(params)
+        tr.update([_ob(100)])                         # seen once: (2 of 2) not confirmed yet
+        assert tr.update([]) == [] and len(tr.tracks) == 1
+
+
+def test_track_reacquired_after_a_gap_uses_the_gap_as_the_velocity_time_base():
+    tr = Tracker(TrackingParams.default(max_missed=2, coast=True))
+    tr.update([_ob(100, ground=(0.0, 20.0))])
+    tr.update([])                                      # missed: coasts in place (no velocity yet)
+    tr.update([_ob(110, ground=(0.0, 18.0))])          # 10 px and 2 m over two frames
+    (ghost,) = tr.update([])
+    assert ghost.bbox[0] == 115 and ghost.distance_m == pytest.approx(17.0)
+
+
+def test_coasted_prediction_past_the_camera_is_not_reported():
+    tr = Tracker(TrackingParams.default(max_missed=3, coast=True))
+    tr.update([_ob(100, ground=(0.0, 2.0))])
+    tr.update([_ob(100, ground=(0.0, 1.0))])
+    assert tr.update([]) == []                        # predicted at 0 m: passed under the bonnet
+    assert len(tr.tracks) == 1                        # the track itself lives until max_missed
+
+
+def test_detector_reports_a_coasted_obstacle_when_it_flickers_out_and_its_marker_says_so():
+    from csl_ros.pipeline import Detector
+    from csl_ros.ros.markers import obstacle_marker_specs, obstacle_points
+    from csl_ros.visualize import obstacle_label
+
+    teacher = _oracle_teacher()
+    cfg = apply_overrides(DetectorConfig(), {"scheme": "teacher_only", "teacher": "msp", "input_height": 64,
+                                             "input_width": 128, "device": "cpu", "backend": "eager",
+                                             "min_instance_area": 1, "track_max_missed": 1, "track_coast": True})
+    det = Detector(cfg, teacher=teacher)
+    image = np.zeros((64, 128, 3), np.uint8)
+    teacher.map = np.zeros((64, 128), np.float32)
+    teacher.map[30:40, 50:60] = 1.0
+    (seen,) = det(image).obstacles
+    teacher.map = np.zeros((64, 128), np.float32)              # the obstacle flickers out
+    out = det(image)
+    assert not out.instances.any()                              # no pixels this frame ...
+    (ghost,) = out.obstacles                                    # ... but its track is reported
+    assert (ghost.id, ghost.coasted, ghost.instance, ghost.bbox) == (seen.id, 1, 0, seen.bbox)
+    assert det(image).obstacles == []                           # missed twice: deleted
+    ghost.contact_point_m, ghost.distance_m, ghost.width_m, ghost.height_m = (0.0, 1.5, 9.0), 9.0, 0.5, 0.5
+    assert "coasted 1" in obstacle_marker_specs([ghost])[1].text
+    assert obstacle_label(ghost).endswith("coasted 1") and not obstacle_label(seen).endswith("coasted 1")
+    assert obstacle_points([ghost])[0][3] == seen.id

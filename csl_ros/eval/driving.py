@@ -15,7 +15,8 @@ component of label 1, the track's size filter as in :func:`~csl_ros.eval.scoring
 The detector's false instances are placed by their own flat-ground contact point with the same
 geometry. Both outputs are scored side by side: **per frame** (every instance) and **tracked** (only
 instances whose track is confirmed, :mod:`csl_ros.pipeline.tracking` with the run's ``track_*``
-settings). Reported: recall and false alarms per frame by distance band (``BANDS``), recall within
+settings, plus with ``track_coast`` the confirmed tracks missed in the frame, at their predicted
+boxes: :func:`~csl_ros.eval.instance_match.match_boxes`). Reported: recall and false alarms per frame by distance band (``BANDS``), recall within
 ``NEAR_M``, false alarms per minute of driving (frames x the bag's median frame period), and for
 obstacles with an identity across frames (synthroad) the detection range: the distance at which an
 obstacle is first detected, and the distance from which it is detected in every later frame until
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from csl_ros.eval.figures import legend_below, new_figure, save_figure
-from csl_ros.eval.instance_match import InstanceMatch, match_instances
+from csl_ros.eval.instance_match import InstanceMatch, match_boxes, match_instances
 from csl_ros.pipeline.geometry import CameraGeometry
 from csl_ros.pipeline.instances import describe_instances
 from csl_ros.pipeline.tracking import Tracker, TrackingParams
@@ -194,7 +195,8 @@ class DrivingAccumulator:
         cam, cam_source = geometry if geometry is not None else frame_geometry(truth, labels.shape, self.config)
         m = match if match is not None else match_instances(instances, labels, self.instsize)
         records = describe_instances(instances, scores, cam)
-        self.tracker.update(records, TrackingParams.from_config(self.config))
+        ghosts = [r for r in self.tracker.update(records, TrackingParams.from_config(self.config)) if r.coasted]
+        ghost_match = match_boxes([g.bbox for g in ghosts], m, labels)
         confirmed = np.zeros(m.true.size, bool)
         dist = np.full(m.true.size, np.nan)
         for r in records:
@@ -211,15 +213,21 @@ class DrivingAccumulator:
             detected = detected_by[out] = set(m.detected(ok).tolist())
             true_pairs = m.pairs[(m.true & ok)[m.pairs[:, 0]]]
             t.fragments += int(true_pairs.shape[0])
+            false_at = [None if np.isnan(dist[i]) else float(dist[i]) for i in np.flatnonzero(ok & ~m.true)]
+            if out == "tracked":   # coasted tracks are reported too: scored by their predicted box
+                for g, (counted, true, hit) in zip(ghosts, ghost_match):
+                    detected |= hit
+                    t.fragments += len(hit)
+                    if counted and not true:
+                        false_at.append(g.distance_m)
             t.detected_total += len(detected)
             for c, (d, _, _) in comps.items():
                 s = t.slot(d)
                 t.gt[s] += 1
                 t.detected[s] += c in detected
-            false_ids = np.flatnonzero(ok & ~m.true)
-            for i in false_ids:
-                t.false_alarms[t.slot(None if np.isnan(dist[i]) else float(dist[i]))] += 1
-            row[out] = {"detected": len(detected), "false_alarms": int(false_ids.size)}
+            for d in false_at:
+                t.false_alarms[t.slot(d)] += 1
+            row[out] = {"detected": len(detected), "false_alarms": len(false_at)}
         for c, (d, source, key) in comps.items():
             self.sources[source] += 1
             if key is not None:
@@ -278,7 +286,8 @@ class DrivingAccumulator:
             "bands": [band_label(*b) for b in BANDS] + ["unknown"], "near_m": NEAR_M,
             "distance_sources": {k: v for k, v in self.sources.items() if v},
             "tracking": {"confirm_hits": p.confirm_hits, "confirm_window": p.confirm_window,
-                         "max_missed": p.max_missed, "gate_m": p.gate_m, "min_iou": p.min_iou},
+                         "max_missed": p.max_missed, "coast": p.coast, "gate_m": p.gate_m,
+                         "min_iou": p.min_iou},
         }
         for o in OUTPUTS:
             out[o] = self.tally[o].result(frames, minutes)
@@ -376,11 +385,15 @@ def add_report_section(doc, d: dict | None, figure_rel: str | None) -> None:
         return
     src = ", ".join(f"{k} {v}" for k, v in d["distance_sources"].items()) or "none"
     t = d["tracking"]
+    coast = (", reported at their predicted place while missed", " (a coasted track: by its predicted box "
+             "against the obstacles' boxes)") if t.get("coast") else ("", "")
     doc.p(f"{d['frames']} frames; ground-truth obstacle distances from: {src}. Tracked = obstacles whose "
           f"track is confirmed ({t['confirm_hits']} of {t['confirm_window']} frames, deleted after "
-          f"{t['max_missed']} missed). An obstacle is detected when a true instance overlaps it; a false "
+          f"{t['max_missed']} missed{coast[0]}). "
+          f"An obstacle is detected when a true instance overlaps it; a false "
           f"alarm is an instance with less than half of its labelled pixels on obstacles, placed by its "
-          f"own ground contact point.")
+          f"own ground contact point"
+          f"{coast[1]}.")
     header, rows = band_table(d)
     doc.table(header, rows)
     header, rows = summary_rows(d)

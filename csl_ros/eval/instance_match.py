@@ -75,3 +75,40 @@ def instance_counts(instances: np.ndarray, labels: np.ndarray, instsize: int) ->
     """Counts of :func:`match_instances`: instances, false instances, ground-truth components,
     detected components and the fragments of the detected ones."""
     return match_instances(instances, labels, instsize).counts()
+
+
+def component_boxes(match: InstanceMatch) -> dict[int, tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) box (x1/y1 exclusive) of every counted ground-truth component."""
+    boxes = {}
+    for c in np.flatnonzero(match.gt_counted):
+        ys, xs = np.nonzero(match.gt == c)
+        if ys.size:
+            boxes[int(c)] = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return boxes
+
+
+def match_boxes(boxes: list[tuple[int, int, int, int]], match: InstanceMatch, labels: np.ndarray
+                ) -> list[tuple[bool, bool, set[int]]]:
+    """Reports that have a box but no pixels (a tracker's coasted obstacles) against the ground truth
+    of one frame, by the box analogue of :func:`match_instances`: a box is true when at least
+    ``INSTANCE_PPV_MIN`` of its area lies inside a counted component's box, and then detects every
+    such component; a box (clipped to the image) with no labelled pixel (all void or small
+    components) is not counted. Returns (counted, true, detected component ids) per box."""
+    H, W = labels.shape
+    comps = component_boxes(match) if boxes else {}
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
+        if x1 <= x0 or y1 <= y0:
+            out.append((False, False, set()))
+            continue
+        g = match.gt[y0:y1, x0:x1]
+        labelled = (labels[y0:y1, x0:x1] != 255) & ~((g > 0) & ~match.gt_counted[g])
+        if not labelled.any():
+            out.append((False, False, set()))
+            continue
+        area = (x1 - x0) * (y1 - y0)
+        hit = {c for c, (a0, b0, a1, b1) in comps.items()
+               if max(0, min(x1, a1) - max(x0, a0)) * max(0, min(y1, b1) - max(y0, b0)) >= INSTANCE_PPV_MIN * area}
+        out.append((True, bool(hit), hit))
+    return out

@@ -31,6 +31,7 @@ class Obstacle:
     track_age: int | None = None      # frames since its track was born (0: new this frame)
     track_hits: int | None = None     # frames of the track's confirmation window it was seen in
     confirmed: bool = True            # False while its track awaits confirmation (k of n)
+    coasted: int = 0                  # frames since its track's last detection (0: detected in this frame)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}

@@ -12,6 +12,15 @@ A track is confirmed once it was seen in ``track_confirm_hits`` of the last ``tr
 frames (k of n) and stays confirmed until deleted; a track (confirmed or not) is deleted after more
 than ``track_max_missed`` consecutive frames without a detection. Confirmation 1 of 1 with ``track_max_missed`` 0 reproduces
 per-frame output (every detection reported at once), only with stable ids.
+
+With ``track_coast`` a confirmed track that was missed in a frame is still reported until it is
+deleted: a copy of its last detection moved to where its last two detections say it is now (constant
+velocity per frame of the bounding box and of the ground contact point and distance: a static obstacle
+seen from a car at constant speed), with ``coasted`` = the frames since its last detection and
+``instance`` 0 (it has no pixels in this frame's instance image). A detection flickering out for a
+frame then stays on the planner's map. A track seen once has no velocity and coasts in place; a
+prediction whose box lies entirely at negative image coordinates or whose distance passes zero is not
+reported.
 """
 from __future__ import annotations
 
@@ -35,12 +44,13 @@ class TrackingParams:
     max_missed: int
     gate_m: float
     min_iou: float
+    coast: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "TrackingParams":
         """From a :class:`csl_ros.config.DetectorConfig` (its ``track_*`` fields)."""
         return cls(cfg.track_confirm_hits, cfg.track_confirm_window, cfg.track_max_missed,
-                   cfg.track_gate_m, cfg.track_min_iou)
+                   cfg.track_gate_m, cfg.track_min_iou, cfg.track_coast)
 
     @classmethod
     def default(cls, **changes) -> "TrackingParams":
@@ -56,6 +66,8 @@ class TrackingParams:
 class Track:
     id: int
     last: Obstacle                       # the most recent detection
+    previous: Obstacle | None = None     # the one before it (for the velocity) ...
+    gap: int = 1                         # ... and the frames between the two
     age: int = 0                         # frames since birth
     missed: int = 0                      # consecutive frames without a detection
     confirmed: bool = False
@@ -108,7 +120,8 @@ class Tracker:
 
     def update(self, obstacles: list[Obstacle], params: TrackingParams | None = None) -> list[Obstacle]:
         """Associate one frame's records (modified in place: ``id`` = track id, ``track_age``,
-        ``track_hits``, ``confirmed``) and return them. ``params`` replaces the parameters from this
+        ``track_hits``, ``confirmed``) and return them, followed by the coasted records of confirmed
+        tracks missed in this frame when ``coast`` is on. ``params`` replaces the parameters from this
         frame on (run-time reconfiguration)."""
         if params is not None:
             self.params = params
@@ -122,7 +135,7 @@ class Tracker:
                 c = association_cost(tr.last, ob, p)
                 if c is not None:
                     pairs.append((c, ti, di))
-        pairs.sort()
+        pairs.sort()   # (cost, track, detection): ties go to the older track
         used_t, used_d = set(), {}
         for c, ti, di in pairs:   # greedy: cheapest pairs first, each track and detection once
             if ti in used_t or di in used_d:
@@ -130,21 +143,31 @@ class Tracker:
             used_t.add(ti)
             used_d[di] = ti
         kept: list[Track] = []
+        coasted: list[Obstacle] = []
+        gaps: dict[int, int] = {}
         for ti, tr in enumerate(self.tracks):
             tr.age += 1
             seen = ti in used_t
             tr.window.append(1 if seen else 0)
             while len(tr.window) > p.confirm_window:
                 tr.window.popleft()
+            if seen:   # frames from its last detection to this one: the velocity's time base
+                gaps[ti] = tr.missed + 1
             tr.missed = 0 if seen else tr.missed + 1
             if not tr.confirmed and tr.hits >= p.confirm_hits:
                 tr.confirmed = True
             if tr.missed > p.max_missed:
                 continue
             kept.append(tr)
+            if p.coast and tr.confirmed and tr.missed:
+                ghost = predict(tr, tr.missed)
+                if ghost is not None:
+                    ghost.track_age, ghost.track_hits = tr.age, tr.hits
+                    coasted.append(ghost)
         for di, ob in enumerate(obstacles):
             if di in used_d:
                 tr = self.tracks[used_d[di]]
+                tr.previous, tr.gap = tr.last, gaps[used_d[di]]
                 tr.last = ob
             else:
                 tr = Track(self._next_id, ob, window=deque([1]))
@@ -153,4 +176,29 @@ class Tracker:
                 kept.append(tr)
             ob.id, ob.track_age, ob.track_hits, ob.confirmed = tr.id, tr.age, tr.hits, tr.confirmed
         self.tracks = kept
-        return obstacles
+        return obstacles + coasted
+
+
+def _extrapolate(last, previous, steps: float):
+    return tuple(a + (a - b) * steps for a, b in zip(last, previous))
+
+
+def predict(track: Track, missed: int) -> Obstacle | None:
+    """The track's last detection moved ``missed`` frames on at constant velocity (module docstring);
+    None when the predicted box is empty at non-negative image coordinates or the distance passed zero."""
+    last, prev = track.last, track.previous
+    steps = missed / max(track.gap, 1)
+    bbox, contact, distance = last.bbox, last.contact_point_m, last.distance_m
+    if prev is not None:
+        bbox = _extrapolate(last.bbox, prev.bbox, steps)
+        if contact is not None and prev.contact_point_m is not None:
+            contact = _extrapolate(contact, prev.contact_point_m, steps)
+        if distance is not None and prev.distance_m is not None:
+            distance = distance + (distance - prev.distance_m) * steps
+    x0, y0, x1, y1 = (int(round(v)) for v in bbox)
+    if x1 <= max(x0, 0) or y1 <= max(y0, 0) or (distance is not None and distance <= 0):
+        return None
+    scale = (x1 - x0) * (y1 - y0) / max((last.bbox[2] - last.bbox[0]) * (last.bbox[3] - last.bbox[1]), 1)
+    return dataclasses.replace(last, id=track.id, bbox=(x0, y0, x1, y1), area_px=max(1, round(last.area_px * scale)),
+                               contact_point_m=contact, distance_m=distance, instance=0, confirmed=True,
+                               coasted=missed)

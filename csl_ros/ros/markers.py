@@ -124,6 +124,8 @@ def obstacle_marker_specs(obstacles) -> list[MarkerSpec]:
             else f"#{ob.id} score {ob.max_score:.2f}"
         if getattr(ob, "track_age", None) is not None:   # tracked: the id is the track's, stable across frames
             label += f"  age {ob.track_age}"
+        if getattr(ob, "coasted", 0):   # not detected in this frame: where its track predicts it
+            label += f"  coasted {ob.coasted}"
         specs.append(MarkerSpec(NS_LABEL, int(ob.id), "text", (x, y - h - LABEL_HEIGHT_M, z),
                                 (0.0, 0.0, LABEL_HEIGHT_M), (1.0, 1.0, 1.0, 1.0), label))
     return specs
