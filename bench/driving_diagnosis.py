@@ -1,7 +1,7 @@
 """Why the shipped default misses near obstacles on the held-out drives: a breakdown of the misses,
 the false alarms and the pixel AP of each drive (the numbers behind the issue-17 diagnosis).
 
-    python bench/driving_diagnosis.py --drives 10 --frames 30 [--cache DIR] [--set KEY=VALUE ...]
+    python bench/driving_diagnosis.py --drives 30 --frames 30 [--cache DIR] [--set KEY=VALUE ...]
 
 Same drives, frames, detector and matching as ``bench/driving.py`` (its ``drive_frames``,
 ``default_config`` and ``detect_cached``; the matching of :mod:`csl_ros.eval.driving`). Prints, per
@@ -35,7 +35,8 @@ import driving  # noqa: E402  (bench/driving.py: drives, shipped config, cached 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--drives", type=int, default=10, help="number of held-out test drives (as bench/driving.py)")
+    p.add_argument("--drives", type=int, default=driving.HELD_OUT_DRIVES,
+                   help="number of held-out test drives (default: bench/driving.py's)")
     p.add_argument("--frames", type=int, default=30, help="frames per drive")
     p.add_argument("--seeds", default="", metavar="S1,S2,...", help="these drives instead of the test drives")
     p.add_argument("--cache", type=Path, default=None, help="as bench/driving.py --cache")
@@ -69,9 +70,10 @@ def main(argv=None) -> int:
             labels, scores, bright, gt_med = [], [], [], []
             drive_false = 0
             for stamp, rec, truth in driving.drive_frames(seed, args.frames):
-                a, regions, roi = driving.detect_cached(detector, rec, cfg, args.cache, f"{seed}_{stamp}")
+                a, regions, roi, road = driving.detect_cached(detector, rec, cfg, args.cache, f"{seed}_{stamp}",
+                                                              cfg.min_road_surround > 0)
                 cam, source = frame_geometry(truth, rec.label.shape, cfg)
-                inst, records = obstacles_of(a, regions, cfg, cam, roi)
+                inst, records = obstacles_of(a, regions, cfg, cam, roi, road)
                 m = match_instances(inst, rec.label, 10)
                 comps = component_distances(m.gt, m.gt_counted, truth, cam, source)
                 detected = set(m.detected().tolist())

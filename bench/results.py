@@ -587,7 +587,7 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", default="",
                    help="measure nothing: write --out from the measurements a --json run saved (after editing "
                         "the notes)")
-    p.add_argument("--driving-drives", type=int, default=10,
+    p.add_argument("--driving-drives", type=int, default=driving_drives_default(),
                    help="held-out synthroad drives of the driving table (bench/driving.py); 0 skips it")
     p.add_argument("--driving-frames", type=int, default=30, help="frames per driving drive")
     p.add_argument("--driving-cache", default="", metavar="DIR",
@@ -657,6 +657,14 @@ def main(argv=None) -> int:
     if rc == 0:
         log(f"wrote {args.out}")
     return rc
+
+
+def driving_drives_default() -> int:
+    """bench/driving.py's number of held-out drives."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from driving import HELD_OUT_DRIVES
+
+    return HELD_OUT_DRIVES
 
 
 def driving_markdown(args, log) -> str:
