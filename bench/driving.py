@@ -54,7 +54,6 @@ TRACKING = ((1, 1, 0, False), (2, 3, 2, False), (3, 5, 2, False), (2, 2, 1, Fals
             (4, 6, 2, False), (1, 1, 1, True), (1, 1, 2, True), (2, 2, 1, True), (2, 3, 2, True), (3, 4, 1, True))
 MAX_HEIGHTS = (0.0, 2.0, 3.0)   # max_obstacle_height_m (0: off)
 MAX_DISTANCES = (0.0,)          # max_obstacle_distance_m of the grid (0: off); --max-distances adds ranges
-ROAD_SURROUNDS = (0.0,)         # min_road_surround of the grid (0: off); --road-surrounds adds values
 
 
 def default_config(overrides=None):
@@ -79,7 +78,7 @@ def drive_frames(seed: int, frames: int, size=FRAME_SIZE):
 
 
 def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, max_distances=MAX_DISTANCES,
-                  road_surrounds=ROAD_SURROUNDS, max_heights=MAX_HEIGHTS):
+                  max_heights=MAX_HEIGHTS):
     from csl_ros.config import apply_overrides
 
     if split_fractions:   # fragmentation: the same maps cut with each min_split_fraction
@@ -88,13 +87,13 @@ def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, m
     if not tune:   # one setting: its accumulator scores the per-frame and the tracked output
         return {"shipped default": base}
     grid = {}
-    for thr, area, (k, n, m, coast), h, d, rs in itertools.product(thresholds, MIN_AREAS, TRACKING, max_heights,
-                                                                max_distances, road_surrounds):
+    for thr, area, (k, n, m, coast), h, d in itertools.product(thresholds, MIN_AREAS, TRACKING, max_heights,
+                                                         max_distances):
         name = f"thr {thr:g}, area {area}, {k} of {n}, missed {m}{', coasted' if coast else ''}, max height {h:g} m"
-        grid[name + (f", range {d:g} m" if d else "") + (f", road surround {rs:g}" if rs else "")] = apply_overrides(
+        grid[name + (f", range {d:g} m" if d else "")] = apply_overrides(
             base, {"score_threshold": thr, "min_instance_area": area, "track_confirm_hits": k,
                    "track_confirm_window": n, "track_max_missed": m, "track_coast": coast, "max_obstacle_height_m": h,
-                   "max_obstacle_distance_m": d, "min_road_surround": rs})
+                   "max_obstacle_distance_m": d})
     return grid
 
 
@@ -107,11 +106,10 @@ def _shipped_manifest() -> bytes:
     return path.read_bytes() if path.is_file() else b""
 
 
-def detect_cached(detector, rec, cfg, cache: Path | None, key: str, need_road: bool = False):
-    """The fused map, regions, road ROI (None unless ``cfg.road_roi``) and the teacher's road mask (None
-    unless the detector computed it: ``detector.keep_road``) of one frame; with ``cache``, kept there
-    across runs (keyed by the settings that change the network output, and by the shipped manifest: new
-    shipped models, new key). ``need_road``: an entry kept without the road mask is computed again."""
+def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
+    """The fused map, regions and road ROI (None unless ``cfg.road_roi``) of one frame; with ``cache``,
+    kept there across runs (keyed by the settings that change the network output, and by the shipped
+    manifest: new shipped models, new key)."""
     models = f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}".encode()
     models = hashlib.sha256(models + _shipped_manifest()).hexdigest()[:8]
     tag = (f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}_"
@@ -121,25 +119,21 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str, need_road: b
     path = cache / tag / f"{key}.npz" if cache is not None else None
     if path is not None and path.is_file():
         z = np.load(path)
-        road = z["road"] if "road" in z.files and z["road"].size else None
-        if road is not None or not need_road:
-            return (z["anomaly"], z["regions"].astype(np.int32) if z["regions"].size else None,
-                    z["road_roi"] if "road_roi" in z.files and z["road_roi"].size else None, road)
+        return (z["anomaly"], z["regions"].astype(np.int32) if z["regions"].size else None,
+                z["road_roi"] if "road_roi" in z.files and z["road_roi"].size else None)
     det = detector.detect_batch([rec.rgb])[0]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(f"{path.stem}.{os.getpid()}.part.npz")   # whole or absent: runs share a cache
         np.savez(part, anomaly=det.anomaly_map,
                  regions=det.regions.astype(np.int16) if det.regions is not None else np.zeros(0, np.int16),
-                 road_roi=det.road_roi if det.road_roi is not None else np.zeros(0, bool),
-                 road=det.road if det.road is not None else np.zeros(0, bool))
+                 road_roi=det.road_roi if det.road_roi is not None else np.zeros(0, bool))
         os.replace(part, path)
-    return det.anomaly_map, det.regions, det.road_roi, det.road
+    return det.anomaly_map, det.regions, det.road_roi
 
 
 def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
-        thresholds=THRESHOLDS, max_distances=MAX_DISTANCES, per_drive: bool = False, road_surrounds=ROAD_SURROUNDS,
-        max_heights=MAX_HEIGHTS):
+        thresholds=THRESHOLDS, max_distances=MAX_DISTANCES, per_drive: bool = False, max_heights=MAX_HEIGHTS):
     """{setting name: (config, driving result)} over the drives ``seeds``. With ``per_drive`` each result
     also holds ``per_drive``: every drive's tracked counts (:func:`drive_counts`), for
     :func:`drive_interval`."""
@@ -153,9 +147,7 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     # the settings the detector runs: the student's metadata (input size, the threshold tuned for the
     # configured teacher) fills what ``base`` left at the schema default
     base = detector.config
-    grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, road_surrounds, max_heights)
-    # the teacher's road mask, kept with the maps, when a setting filters by it
-    detector.keep_road = need_road = any(cfg.min_road_surround > 0 for cfg in grid.values())
+    grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, max_heights)
     accs = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()}
     drives = {name: [] for name in grid}
     t0 = time.perf_counter()
@@ -167,16 +159,16 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
             alone = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()} \
                 if per_drive else {}
             for stamp, rec, truth in drive_frames(seed, frames):
-                anomaly, regions, roi, road = detect_cached(detector, rec, base, cache, f"{seed}_{stamp}", need_road)
+                anomaly, regions, roi = detect_cached(detector, rec, base, cache, f"{seed}_{stamp}")
                 n += 1
                 camera = frame_geometry(truth, rec.label.shape, base)[0]
                 shared = {}   # settings that differ only in tracking share the instances and their match
                 # (roi is None unless base.road_roi, which no grid setting changes)
                 for name, cfg in grid.items():
                     key = (cfg.score_threshold, cfg.min_instance_area, cfg.min_split_fraction,
-                           cfg.max_obstacle_height_m, cfg.max_obstacle_distance_m, cfg.min_road_surround)
+                           cfg.max_obstacle_height_m, cfg.max_obstacle_distance_m)
                     if key not in shared:
-                        inst = obstacles_of(anomaly, regions, cfg, camera, roi, road)[0]
+                        inst = obstacles_of(anomaly, regions, cfg, camera, roi)[0]
                         shared[key] = (inst, match_instances(inst, rec.label, INSTSIZE))
                     inst, match = shared[key]
                     accs[name].add(stamp, rec.label, inst, anomaly, truth, match=match)
@@ -242,7 +234,7 @@ def choose(results, max_fa: float, reference: tuple[float, float] | None = None)
 def summary(name, cfg, r) -> dict:
     return {"setting": name, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold,
             "min_instance_area": cfg.min_instance_area, "max_obstacle_height_m": cfg.max_obstacle_height_m,
-            "max_obstacle_distance_m": cfg.max_obstacle_distance_m, "min_road_surround": cfg.min_road_surround,
+            "max_obstacle_distance_m": cfg.max_obstacle_distance_m,
             "input_size": [cfg.input_height, cfg.input_width], "test_scale": cfg.test_scale,
             "frame_size": list(FRAME_SIZE),
             "tracking": r["tracking"], "result": r}
@@ -270,14 +262,12 @@ def _min_area(test: dict) -> str:
 
 def _max_height(test: dict) -> str:
     """'instances taller than H m dropped, ' when the run had max_obstacle_height_m, then 'instances
-    beyond D m not reported, ' when it had max_obstacle_distance_m, then the road-surround filter when it
-    had min_road_surround ('' when off and for a JSON written before they existed)."""
+    beyond D m not reported, ' when it had max_obstacle_distance_m ('' when off and for a JSON written
+    before they existed)."""
     h = test.get("max_obstacle_height_m", 0.0)
     out = f"instances taller than {h:g} m at their contact point's distance dropped, " if h else ""
     d = test.get("max_obstacle_distance_m", 0.0)
-    out += f"instances beyond {d:g} m not reported, " if d else ""
-    rs = test.get("min_road_surround", 0.0)
-    return out + (f"instances whose surroundings are less than {rs:.0%} road dropped, " if rs else "")
+    return out + (f"instances beyond {d:g} m not reported, " if d else "")
 
 
 def _coast(r: dict) -> str:
@@ -380,8 +370,6 @@ def main(argv=None) -> int:
                    help="--tune: the max_obstacle_distance_m values of the grid (0 = no range limit)")
     p.add_argument("--max-heights", default=",".join(f"{v:g}" for v in MAX_HEIGHTS), metavar="H1,H2,...",
                    help="--tune: the max_obstacle_height_m values of the grid (0 = no height limit)")
-    p.add_argument("--road-surrounds", default=",".join(f"{v:g}" for v in ROAD_SURROUNDS), metavar="F1,F2,...",
-                   help="--tune: the min_road_surround values of the grid (0 = off)")
     p.add_argument("--max-fa", type=float, default=0.15, help="--tune: tracked false alarms/frame allowed "
                    "(below the goal's 0.2, a margin for the test drives)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
@@ -414,7 +402,6 @@ def main(argv=None) -> int:
         res = run(seeds, args.frames, base, tune=True, cache=args.cache,
                   thresholds=_floats(args.thresholds, "--thresholds"),
                   max_distances=_floats(args.max_distances, "--max-distances", upper=None),
-                  road_surrounds=_floats(args.road_surrounds, "--road-surrounds"),
                   max_heights=_floats(args.max_heights, "--max-heights", upper=None))
         # the floor is the shipped default's recall, also when --set changes the grid's base (e.g. another
         # teacher, whose scores the shipped threshold does not fit)
@@ -436,7 +423,6 @@ def main(argv=None) -> int:
                               "min_instance_area": cfg.min_instance_area,
                               "max_obstacle_height_m": cfg.max_obstacle_height_m,
                               "max_obstacle_distance_m": cfg.max_obstacle_distance_m,
-                              "min_road_surround": cfg.min_road_surround,
                               "confirm": [cfg.track_confirm_hits, cfg.track_confirm_window, cfg.track_max_missed],
                               "coast": cfg.track_coast,
                               "near_recall": r["tracked"]["near"]["recall"],

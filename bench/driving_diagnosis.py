@@ -70,10 +70,9 @@ def main(argv=None) -> int:
             labels, scores, bright, gt_med = [], [], [], []
             drive_false = 0
             for stamp, rec, truth in driving.drive_frames(seed, args.frames):
-                a, regions, roi, road = driving.detect_cached(detector, rec, cfg, args.cache, f"{seed}_{stamp}",
-                                                              cfg.min_road_surround > 0)
+                a, regions, roi = driving.detect_cached(detector, rec, cfg, args.cache, f"{seed}_{stamp}")
                 cam, source = frame_geometry(truth, rec.label.shape, cfg)
-                inst, records = obstacles_of(a, regions, cfg, cam, roi, road)
+                inst, records = obstacles_of(a, regions, cfg, cam, roi)
                 m = match_instances(inst, rec.label, 10)
                 comps = component_distances(m.gt, m.gt_counted, truth, cam, source)
                 detected = set(m.detected().tolist())

@@ -120,12 +120,6 @@ class DetectorConfig:
                                           range=(0.0, 10000.0))
     road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
                           "teacher's segmenter (when the teacher has one).")
-    min_road_surround: float = _opt(0.0, "Keep only instances whose surroundings (a ring 1 % of the image "
-                                    "height wide around them, other instances left out) are at least this "
-                                    "fraction road, as the teacher's segmenter predicts it: debris lying on "
-                                    "the road is surrounded by road; a pedestrian's legs, a car's wheel or "
-                                    "the verge at the road's edge are not. 0 = off; no effect with a teacher "
-                                    "without a segmenter (ONNX score maps).", range=(0.0, 1.0))
 
     # --- tracking across frames (one camera stream) ------------------------------------------------
     track_confirm_hits: int = _opt(1, "An obstacle is reported once its track was seen in this many of "

@@ -71,11 +71,13 @@ def test_the_tuning_grid_takes_the_given_output_ranges():
     assert {cfg.max_obstacle_distance_m for cfg in grid.values()} == {0.0, 40.0}
     assert sum(name.endswith(", range 40 m") for name in grid) == len(grid) // 2
     assert driving._floats("0,40", "--max-distances", upper=None) == (0.0, 40.0)
+    only = driving.settings_grid(DetectorConfig(), tune=True, thresholds=(0.5,), max_heights=(0.0,))
+    assert {cfg.max_obstacle_height_m for cfg in only.values()} == {0.0} and len(only) == len(grid) // 2 // 3
     with pytest.raises(SystemExit, match=r"--max-distances: every value must lie in \[0, inf\)"):
         driving._floats("-5", "--max-distances", upper=None)
 
 
-def test_detect_cached_keeps_the_road_roi_and_road(tmp_path):
+def test_detect_cached_keeps_the_road_roi(tmp_path):
     import numpy as np
 
     from csl_ros.config import DetectorConfig
@@ -91,52 +93,17 @@ def test_detect_cached_keeps_the_road_roi_and_road(tmp_path):
             self.calls += 1
             assert self.calls == 1
             return [Detection(np.full((4, 6), 0.5, np.float32), np.zeros((4, 6), np.uint16), [],
-                              regions=np.ones((4, 6), np.int32), road_roi=roi, road=roi[::-1].copy())]
+                              regions=np.ones((4, 6), np.int32), road_roi=roi)]
 
     class Rec:
         rgb = np.zeros((4, 6, 3), np.uint8)
 
     det, cfg = Once(), DetectorConfig(road_roi=True)
     for _ in range(2):
-        anomaly, regions, got, road = driving.detect_cached(det, Rec(), cfg, tmp_path, "k", need_road=True)
+        anomaly, regions, got = driving.detect_cached(det, Rec(), cfg, tmp_path, "k")
         np.testing.assert_array_equal(got, roi)
-        np.testing.assert_array_equal(road, roi[::-1])
         assert anomaly.shape == regions.shape == (4, 6)
     assert [p.parent.name.endswith("_roi") for p in tmp_path.rglob("*.npz")] == [True]
-
-
-def test_detect_cached_computes_again_an_entry_kept_without_the_road_when_it_is_needed(tmp_path):
-    import numpy as np
-
-    from csl_ros.config import DetectorConfig
-    from csl_ros.pipeline.detector import Detection
-    driving = _load()
-
-    class Counting:
-        calls = 0
-        road = None
-
-        def detect_batch(self, images):
-            self.calls += 1
-            return [Detection(np.zeros((4, 6), np.float32), np.zeros((4, 6), np.uint16), [], road=self.road)]
-
-    class Rec:
-        rgb = np.zeros((4, 6, 3), np.uint8)
-
-    det, cfg = Counting(), DetectorConfig()
-    assert driving.detect_cached(det, Rec(), cfg, tmp_path, "k")[3] is None          # kept without a road
-    assert driving.detect_cached(det, Rec(), cfg, tmp_path, "k")[3] is None and det.calls == 1   # enough
-    det.road = np.ones((4, 6), bool)
-    assert driving.detect_cached(det, Rec(), cfg, tmp_path, "k", need_road=True)[3].all() and det.calls == 2
-    assert driving.detect_cached(det, Rec(), cfg, tmp_path, "k", need_road=True)[3].all() and det.calls == 2
-
-
-def test_road_surround_grid_names_and_values():
-    from csl_ros.config import DetectorConfig
-    driving = _load()
-    grid = driving.settings_grid(DetectorConfig(), tune=True, thresholds=(0.5,), road_surrounds=(0.0, 0.5))
-    assert {cfg.min_road_surround for cfg in grid.values()} == {0.0, 0.5}
-    assert sum(name.endswith(", road surround 0.5") for name in grid) == len(grid) // 2
 
 
 def test_drive_interval_resamples_whole_drives():

@@ -341,21 +341,20 @@ def test_max_obstacle_height_applies_with_the_frame_camera(student, teacher, tmp
     assert len(det.detect_batch([img])[0].obstacles) == len(base.obstacles)   # no camera: no metric height
 
 
-class LowerHalfRoad:   # a teacher's scores, with "road" (trainId 0) predicted on the lower half only
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):   # model, score name, ...: the wrapped teacher's
-        return getattr(self.inner, name)
-
-    def __call__(self, x, network=None):
-        out = self.inner(x, network=network)
-        seg = torch.ones_like(out.segmentation)
-        seg[:, seg.shape[1] // 2:] = 0
-        return dataclasses.replace(out, segmentation=seg)
-
-
 def test_road_roi_comes_with_the_detection_and_keeps_only_instances_touching_it(student, teacher, tmp_path):
+    class LowerHalfRoad:   # the teacher's scores, with "road" (trainId 0) predicted on the lower half only
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):   # model, score name, ...: the wrapped teacher's
+            return getattr(self.inner, name)
+
+        def __call__(self, x, network=None):
+            out = self.inner(x, network=network)
+            seg = torch.ones_like(out.segmentation)
+            seg[:, seg.shape[1] // 2:] = 0
+            return dataclasses.replace(out, segmentation=seg)
+
     img = np.random.default_rng(5).integers(0, 255, (64, 128, 3), dtype=np.uint8)
     scores = make("2", student, teacher, tmp_path)(img).anomaly_map
     thr = float(np.quantile(scores, 0.8))   # scattered instances, above and below the road's edge
@@ -371,24 +370,3 @@ def test_road_roi_comes_with_the_detection_and_keeps_only_instances_touching_it(
     assert 0 < len(touching) < int(a.instances.max())   # the case has instances on both sides
     assert int(b.instances.max()) == len(touching)
     assert all(b.road_roi[b.instances == i].any() for i in range(1, int(b.instances.max()) + 1))
-
-
-def test_min_road_surround_drops_instances_not_surrounded_by_the_teachers_road(student, teacher, tmp_path):
-    from csl_ros.pipeline.instances import road_surround
-
-    img = np.random.default_rng(5).integers(0, 255, (64, 128, 3), dtype=np.uint8)
-    thr = float(np.quantile(make("2", student, teacher, tmp_path)(img).anomaly_map, 0.8))
-    off = make("2", student, teacher, tmp_path, score_threshold=thr, min_instance_area=1)
-    on = make("2", student, teacher, tmp_path, score_threshold=thr, min_instance_area=1, min_road_surround=0.6)
-    off.teacher, on.teacher = LowerHalfRoad(off.teacher), LowerHalfRoad(on.teacher)
-    a = off(img)
-    assert a.road is None and a.road_roi is None          # no setting uses the road: not computed
-    off.keep_road = True                                  # ... unless asked (benchmarks sweeping the filter)
-    a = off.detect_batch([img])[0]
-    assert a.road.shape == (64, 128) and a.road[32:].all() and not a.road[:32].any()
-    frac = road_surround(a.instances, a.obstacles, a.road)
-    kept = sorted(i for i, f in frac.items() if f >= 0.6)
-    assert 0 < len(kept) < len(frac)                      # the case has instances on both sides
-    b = on(img)
-    assert b.road is not None and len(b.obstacles) == len(kept)
-    assert sorted(o.area_px for o in b.obstacles) == sorted(o.area_px for o in a.obstacles if o.instance in kept)

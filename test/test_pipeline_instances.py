@@ -216,32 +216,3 @@ def test_regions_never_fragment_one_connected_area():
     assert len(set(np.unique(extract_instances(t, two, 0.5, 10, min_split_fraction=0.25))) - {0}) == 2
     # pieces below min_area join the obstacle instead of leaving a hole
     assert (extract_instances(s, regions, 0.5, 25) > 0).sum() == 200
-
-
-def test_road_surround_by_hand_and_the_filter_drops_what_is_not_on_the_road():
-    from csl_ros.pipeline.instances import SURROUND_RING_FRACTION, road_surround
-    H, W = 200, 300                      # ring: 1 % of 200 rows = 2 px
-    assert max(2, round(SURROUND_RING_FRACTION * H)) == 2
-    s = np.zeros((H, W), np.float32)
-    s[100:110, 50:60] = 0.9              # A: debris in the middle of the road
-    s[100:110, 150:160] = 0.9            # B: a pedestrian's legs: road only below them
-    s[100:110, 250:260] = 0.9            # C: touches instance D on its right; road around the rest
-    s[100:110, 260:270] = 0.5            # D: another region (cut by the regions below)
-    road = np.ones((H, W), bool)
-    road[:110, 140:170] = False          # B stands in front of "person" pixels: its top and sides
-    regions = np.zeros((H, W), np.int64)
-    regions[:, 260:] = 1
-    cfg = dataclasses.replace(DetectorConfig(), score_threshold=0.4, min_instance_area=10, min_split_fraction=0.0)
-    inst, obs = obstacles_of(s, regions, cfg)
-    frac = road_surround(inst, obs, road)
-    by_x = {o.bbox[0]: frac[o.instance] for o in obs}
-    assert by_x[50] == 1.0 and by_x[250] == 1.0 and by_x[260] == 1.0   # C and D: the other's pixels left out
-    # B: a 14x14 disc-dilated box minus the 10x10 box; road only in the 2 rows below it
-    assert 0.15 < by_x[150] < 0.3
-    kept_inst, kept = obstacles_of(s, regions, dataclasses.replace(cfg, min_road_surround=0.5), road=road)
-    assert sorted(o.bbox[0] for o in kept) == [50, 250, 260] and [o.id for o in kept] == [1, 2, 3]
-    assert kept_inst.max() == 3 and not kept_inst[100:110, 150:160].any()
-    # no road mask (a teacher without a segmenter): the setting cannot act and keeps everything
-    assert len(obstacles_of(s, regions, dataclasses.replace(cfg, min_road_surround=0.5))[1]) == 4
-    with pytest.raises(ValueError, match="road mask"):
-        road_surround(inst, obs, road[:100])

@@ -403,9 +403,9 @@ class ScoreSink:
         if sweep_state and self._missing_regions:
             out["notes"].append(f"sweeps: {self._missing_regions} frame(s) without the student's regions; "
                                 f"their instances are connected components of the thresholded map")
-        if (cfg.road_roi or cfg.min_road_surround > 0) and sweep_state:
-            out["notes"].append("sweeps: road_roi or min_road_surround is on in the detector, but the sweep's "
-                                "recomputed instances are not restricted to the road (the road mask is not kept)")
+        if cfg.road_roi and sweep_state:
+            out["notes"].append("sweeps: road_roi is on in the detector, but the sweep's recomputed "
+                                "instances are not restricted to the road (the road mask is not kept)")
         if self.out_of_range:
             out["notes"].append(f"{self.out_of_range} pixel score(s) outside [0, 1] were clipped for the "
                                 f"score histogram (the metrics use them unclipped)")

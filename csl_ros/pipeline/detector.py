@@ -60,7 +60,6 @@ class Detection:
     regions: np.ndarray | None = None  # int32 (H, W) region ids used by the fusion (None: teacher only)
     tentative: list[Obstacle] = field(default_factory=list)  # tracked, not (yet) confirmed: not reported
     road_roi: np.ndarray | None = None  # bool (H, W): the teacher's dilated road with ``road_roi`` on, else None
-    road: np.ndarray | None = None      # bool (H, W): the teacher's road when road_roi or min_road_surround uses it
 
     def obstacles_json(self) -> list[dict]:
         return [o.to_dict() for o in self.obstacles]
@@ -138,8 +137,6 @@ class Detector:
             log.info("inference backends on %s: %s%s", self.device, self.backends,
                      f" (backend auto: measured fastest on {self.device.type} first)" if cfg.backend == "auto" else "")
         self.tracker = Tracker(TrackingParams.from_config(cfg))
-        # Detection.road even when no setting uses it (benchmarks sweeping min_road_surround over kept maps)
-        self.keep_road = False
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -355,15 +352,14 @@ class Detector:
             anomaly = fused.cpu().numpy()
             with timer.stage("instances"):
                 regions_np = regions.cpu().numpy() if regions is not None else None
-                road = roi = None
-                if (cfg.road_roi or cfg.min_road_surround > 0 or self.keep_road) and seg is not None:
-                    road = road_mask(seg, (H0, W0))
-                    roi = dilated_road(road) if cfg.road_roi else None
-                inst, obstacles = obstacles_of(anomaly, regions_np, cfg, cam, roi, road)
+                roi = None
+                if cfg.road_roi and seg is not None:
+                    roi = self._road_roi(seg, (H0, W0))
+                inst, obstacles = obstacles_of(anomaly, regions_np, cfg, cam, roi)
             results.append(Detection(anomaly, inst, obstacles, backend=self.backend, device=str(self.device),
                                      backends=self.backends,
                                      regions=regions_np.astype(np.int32) if regions_np is not None else None,
-                                     road_roi=roi, road=road))
+                                     road_roi=roi))
         timings = timer.result()
         timings["total"] = sum(timings.values())
         for r in results:
@@ -401,18 +397,12 @@ class Detector:
                 labels = hard_assign(probs, v, split_components=cfg.split_regions)
         return F.interpolate(labels[None, None].float(), size=out_size, mode="nearest")[0, 0].long()
 
-
-def road_mask(seg: torch.Tensor, out_size) -> np.ndarray:
-    """Bool (H, W) at ``out_size``: the pixels the teacher's segmentation calls road."""
-    road = (seg == ROAD_TRAIN_ID).to(torch.uint8).cpu().numpy()
-    return cv2.resize(road, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
-
-
-def dilated_road(road: np.ndarray) -> np.ndarray:
-    """The ``road_roi`` mask: obstacles sit on the road but are not road themselves, so the road is
-    grown (3 % of the image height) to reach their pixels."""
-    k = max(3, int(0.03 * road.shape[0]) | 1)
-    return cv2.dilate(road.view(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+    def _road_roi(self, seg: torch.Tensor, out_size) -> np.ndarray:
+        road = (seg == ROAD_TRAIN_ID).to(torch.uint8).cpu().numpy()
+        road = cv2.resize(road, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST)
+        # Obstacles sit on the road but are not road themselves: grow the road to reach their pixels.
+        k = max(3, int(0.03 * out_size[0]) | 1)
+        return cv2.dilate(road, np.ones((k, k), np.uint8)).astype(bool)
 
 
 def _crop_resize(d: torch.Tensor, size) -> torch.Tensor:

@@ -111,41 +111,6 @@ def drop_farther_than(instances: np.ndarray, obstacles: list[Obstacle], max_dist
                                         or (o.distance_m is not None and o.distance_m > max_distance_m)})
 
 
-# Width of the ring around an instance that :func:`road_surround` inspects, as a fraction of the image
-# height (5 px at 512 rows): wide enough to reach past a contact shadow, narrow enough to stay local.
-SURROUND_RING_FRACTION = 0.01
-
-
-def road_surround(instances: np.ndarray, obstacles: list[Obstacle], road: np.ndarray) -> dict[int, float]:
-    """{instance label: fraction of road pixels in the ring around it} for the records' instances.
-
-    The ring: the instance dilated by ``SURROUND_RING_FRACTION`` of the image height, minus the pixels
-    of every instance (anomalous pixels say nothing about the surroundings); ``road`` is a boolean mask
-    at the instances' size. An instance whose ring is empty (it fills its whole neighbourhood) gets 1."""
-    if road.shape != instances.shape:
-        raise ValueError(f"road mask {road.shape} and instances {instances.shape} differ in size")
-    H, W = instances.shape
-    r = max(2, round(SURROUND_RING_FRACTION * H))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    out = {}
-    for o in obstacles:
-        x0, y0, x1, y1 = o.bbox
-        x0, y0, x1, y1 = max(0, x0 - r), max(0, y0 - r), min(W, x1 + r), min(H, y1 + r)
-        crop = instances[y0:y1, x0:x1]
-        ring = cv2.dilate((crop == o.instance).astype(np.uint8), kernel).astype(bool) & (crop == 0)
-        n = int(np.count_nonzero(ring))
-        out[o.instance] = float(np.count_nonzero(road[y0:y1, x0:x1][ring])) / n if n else 1.0
-    return out
-
-
-def drop_not_on_road(instances: np.ndarray, obstacles: list[Obstacle], road: np.ndarray,
-                     min_fraction: float) -> tuple[np.ndarray, list[Obstacle]]:
-    """Drop the instances whose surroundings are less than ``min_fraction`` road (:func:`road_surround`),
-    renumbered as :func:`drop_taller_than` does."""
-    frac = road_surround(instances, obstacles, road)
-    return _drop(instances, obstacles, {i for i, f in frac.items() if f < min_fraction})
-
-
 def _drop(instances: np.ndarray, obstacles: list[Obstacle], gone: set) -> tuple[np.ndarray, list[Obstacle]]:
     if not gone:
         return instances, obstacles
@@ -158,18 +123,15 @@ def _drop(instances: np.ndarray, obstacles: list[Obstacle], gone: set) -> tuple[
 
 
 def obstacles_of(scores: np.ndarray, regions: np.ndarray | None, config, camera: CameraGeometry | None = None,
-                 roi: np.ndarray | None = None, road: np.ndarray | None = None) -> tuple[np.ndarray, list[Obstacle]]:
+                 roi: np.ndarray | None = None) -> tuple[np.ndarray, list[Obstacle]]:
     """The detector's instance image and obstacle records for one fused map, with the settings of
     ``config`` (a :class:`csl_ros.config.DetectorConfig`): :func:`extract_instances`, their records
-    (:func:`describe_instances`) and, with ``min_road_surround`` (given the teacher's ``road`` mask),
-    ``max_obstacle_height_m`` / ``max_obstacle_distance_m``, :func:`drop_not_on_road`,
+    (:func:`describe_instances`) and, with ``max_obstacle_height_m`` / ``max_obstacle_distance_m``,
     :func:`drop_taller_than` / :func:`drop_farther_than`. The one
     path of the node, ``csl-ros evaluate`` and the driving benchmark."""
     inst = extract_instances(scores, regions, config.score_threshold, config.min_instance_area, roi,
                              min_split_fraction=config.min_split_fraction)
     obstacles = describe_instances(inst, scores, camera)
-    if config.min_road_surround > 0 and road is not None:
-        inst, obstacles = drop_not_on_road(inst, obstacles, road, config.min_road_surround)
     if config.max_obstacle_height_m > 0:
         inst, obstacles = drop_taller_than(inst, obstacles, config.max_obstacle_height_m)
     if config.max_obstacle_distance_m > 0:
