@@ -302,7 +302,7 @@ def driving_markdown(data: dict) -> str:
            f"(obstacle centre, forward). Goal: recall >= {GOAL_RECALL:.0%} within 30 m with <= {GOAL_FA:g} "
            f"false alarms per frame, tracked: **{'met' if met else 'not met'}** "
            f"({100 * (near or 0):.1f} %, {fa:.3f}).", ""]
-    if r.get("per_drive"):
+    if len(r.get("per_drive") or ()) > 1:   # one drive has no spread to resample
         (r_lo, r_hi), (f_lo, f_hi) = drive_interval(r["per_drive"])
         out += [f"How much of that is the drives drawn: 95 % bootstrap interval over the {len(r['per_drive'])} "
                 f"drives (2000 resamples of whole drives, tracked): recall within 30 m {100 * r_lo:.1f}-"

@@ -122,3 +122,32 @@ def test_drive_interval_resamples_whole_drives():
     empty = [{"near_detected": 0, "near_gt": 0, "false_alarms": 1, "frames": 10}]
     (r_lo, r_hi), _ = interval(same[:1] + empty)
     assert r_lo == r_hi == 0.75
+
+
+def test_driving_markdown_gives_the_bootstrap_interval_only_over_several_drives():
+    import numpy as np
+
+    from csl_ros.config import DetectorConfig
+    from csl_ros.eval.driving import DrivingAccumulator, GroundTruth
+    driving = _load()
+    info = {"fx": 100.0, "fy": 100.0, "cx": 50.0, "cy": 0.0, "width": 100, "height": 80}
+    truth = GroundTruth(camera_info=info, camera={"height_m": 1.0, "pitch_deg": 0.0})
+    labels = np.zeros((80, 100), np.uint8)
+    labels[10:20, 10:20] = 1                          # an obstacle at 100 / 20 = 5 m
+    per_drive, acc = [], DrivingAccumulator(DetectorConfig(), instsize=4)
+    for drive, found in enumerate((True, False)):     # found in the first drive, missed in the second
+        inst = (labels * found).astype(np.uint16)
+        alone = DrivingAccumulator(DetectorConfig(), instsize=4)
+        acc.new_sequence()
+        for k in range(2):
+            for a in (acc, alone):
+                a.add((drive * 10 + k) * 10**8, labels, inst, inst.astype(np.float32), truth)
+        per_drive.append(driving.drive_counts(alone.result()))
+    r = acc.result()
+    r["per_drive"] = per_drive
+    data = {"command": "python bench/driving.py", "seeds": [1, 2],
+            "test": driving.summary("shipped default", DetectorConfig(), r)}
+    text = driving.driving_markdown(data)
+    assert "bootstrap interval over the 2 drives" in text and "recall within 30 m 0.0-100.0 %" in text
+    r["per_drive"] = per_drive[:1]
+    assert "bootstrap" not in driving.driving_markdown(data)

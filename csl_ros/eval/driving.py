@@ -16,11 +16,12 @@ The detector's false instances are placed by their own flat-ground contact point
 geometry. Both outputs are scored side by side: **per frame** (every instance) and **tracked** (only
 instances whose track is confirmed, :mod:`csl_ros.pipeline.tracking` with the run's ``track_*``
 settings, plus with ``track_coast`` the confirmed tracks missed in the frame, at their predicted
-boxes: :func:`~csl_ros.eval.instance_match.match_boxes`). Reported: recall and false alarms per frame by distance band (``BANDS``), recall within
-``NEAR_M``, false alarms per minute of driving (frames x the bag's median frame period), and for
-obstacles with an identity across frames (synthroad) the detection range: the distance at which an
-obstacle is first detected, and the distance from which it is detected in every later frame until
-it leaves the view or comes nearer than ``HOLD_MIN_DISTANCE_M`` ("held").
+boxes: :func:`~csl_ros.eval.instance_match.match_boxes`). Reported: recall and false alarms per frame
+by distance band (``BANDS``), recall within ``NEAR_M``, false alarms per minute of driving (frames x
+the bag's median frame period), and for obstacles with an identity across frames (synthroad) the
+detection range: the distance at which an obstacle is first detected, and the distance from which it
+is detected in every later frame until it leaves the view or comes nearer than
+``HOLD_MIN_DISTANCE_M`` ("held").
 """
 from __future__ import annotations
 
@@ -389,11 +390,9 @@ def add_report_section(doc, d: dict | None, figure_rel: str | None) -> None:
              "against the obstacles' boxes)") if t.get("coast") else ("", "")
     doc.p(f"{d['frames']} frames; ground-truth obstacle distances from: {src}. Tracked = obstacles whose "
           f"track is confirmed ({t['confirm_hits']} of {t['confirm_window']} frames, deleted after "
-          f"{t['max_missed']} missed{coast[0]}). "
-          f"An obstacle is detected when a true instance overlaps it; a false "
-          f"alarm is an instance with less than half of its labelled pixels on obstacles, placed by its "
-          f"own ground contact point"
-          f"{coast[1]}.")
+          f"{t['max_missed']} missed{coast[0]}). An obstacle is detected when a true instance overlaps it; "
+          f"a false alarm is an instance with less than half of its labelled pixels on obstacles, placed by "
+          f"its own ground contact point{coast[1]}.")
     header, rows = band_table(d)
     doc.table(header, rows)
     header, rows = summary_rows(d)
