@@ -121,7 +121,7 @@ def test_track_ids_and_ages_reach_markers_points_and_json():
     assert ob.id == 1 and ob.track_age == 2
     cube, text = obstacle_marker_specs([ob])
     assert cube.id == text.id == 1 and "#1" in text.text and "age 2" in text.text
-    assert obstacle_points([ob])[0][3] == 1                       # ~/obstacle_points id field
+    assert obstacle_points([ob])[0][3] == 1 and obstacle_points([ob])[0][7] == 2   # ~/obstacle_points id, age
     d = ob.to_dict()
     assert (d["id"], d["track_age"], d["track_hits"], d["confirmed"], d["instance"]) == (1, 2, 1, True, 0)
 
@@ -190,4 +190,4 @@ def test_detector_reports_a_coasted_obstacle_when_it_flickers_out_and_its_marker
     ghost.contact_point_m, ghost.distance_m, ghost.width_m, ghost.height_m = (0.0, 1.5, 9.0), 9.0, 0.5, 0.5
     assert "coasted 1" in obstacle_marker_specs([ghost])[1].text
     assert obstacle_label(ghost).endswith("coasted 1") and not obstacle_label(seen).endswith("coasted 1")
-    assert obstacle_points([ghost])[0][3] == seen.id
+    assert obstacle_points([ghost])[0][3] == seen.id and obstacle_points([ghost])[0][8] == 1   # id, coasted

@@ -311,16 +311,18 @@ def test_mounting_places_optical_points_in_the_output_frame_by_hand():
 
 def test_obstacle_points_one_per_obstacle_with_geometry():
     pts = obstacle_points([_obstacle(3), _obstacle(4, contact=None, w=None, h=None)], Mounting(x=2.0, z=1.5))
-    assert pts == [pytest.approx((12.0, -0.5, 0.0, 3, 0.9, 0.4, 0.3))]
+    assert pts == [pytest.approx((12.0, -0.5, 0.0, 3, 0.9, 0.4, 0.3, 0, 0))]
     msgs = pytest.importorskip("sensor_msgs.msg")
     std = pytest.importorskip("std_msgs.msg")
     header = std.Header(frame_id="camera_optical_frame")
     cloud = obstacle_points_msg([_obstacle(3)], header, mounting=Mounting(x=2.0, z=1.5), output_frame="base_link")
-    assert cloud.header.frame_id == "base_link" and (cloud.width, cloud.height, cloud.point_step) == (1, 1, 28)
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "score", "width_m", "height_m"]
+    assert cloud.header.frame_id == "base_link" and (cloud.width, cloud.height, cloud.point_step) == (1, 1, 36)
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "score", "width_m", "height_m", "age", "coasted"]
+    assert [f.offset for f in cloud.fields] == [0, 4, 8, 12, 16, 20, 24, 28, 32]
     assert cloud.fields[3].datatype == msgs.PointField.UINT32 and cloud.fields[0].datatype == msgs.PointField.FLOAT32
-    x, y, z, i, score, w, h = __import__("struct").unpack("<fffIfff", bytes(cloud.data))
-    assert (x, y, z, i) == (pytest.approx(12.0), pytest.approx(-0.5), pytest.approx(0.0), 3)
+    assert cloud.fields[7].datatype == cloud.fields[8].datatype == msgs.PointField.UINT32
+    x, y, z, i, score, w, h, age, coasted = __import__("struct").unpack("<fffIfffII", bytes(cloud.data))
+    assert (x, y, z, i, age, coasted) == (pytest.approx(12.0), pytest.approx(-0.5), pytest.approx(0.0), 3, 0, 0)
 
 
 def test_marker_lifetime_and_output_frame():

@@ -272,8 +272,9 @@ def test_obstacle_points_in_output_frame_match_hand_geometry(rig_factory):
     out = rig.wait_answer(1)
     cloud = out["points"]
     assert cloud.header.frame_id == "base_link" and cloud.header.stamp.sec == 1 and cloud.width == 1
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "score", "width_m", "height_m"]
-    x, y, z, ident, score, w, h = struct.unpack("<fffIfff", bytes(cloud.data))
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "score", "width_m", "height_m", "age", "coasted"]
+    x, y, z, ident, score, w, h, age, coasted = struct.unpack("<fffIfffII", bytes(cloud.data))
+    assert coasted == 0
     assert (x, y, z) == pytest.approx((3.0, 10.0, 0.0), abs=1e-5)
     assert (ident, score, w, h) == (7, pytest.approx(0.9), pytest.approx(0.5), pytest.approx(0.4))
     cube = next(m for m in out["obstacles"].markers if m.type == Marker.CUBE)

@@ -181,34 +181,36 @@ def marker_array_msg(obstacles, header, *, lifetime_s: float = 0.0, mounting: Mo
 # sensor_msgs/PointField datatypes used by obstacle_points_msg
 _FLOAT32, _UINT32 = 7, 6
 POINT_FIELDS = (("x", _FLOAT32), ("y", _FLOAT32), ("z", _FLOAT32), ("id", _UINT32), ("score", _FLOAT32),
-                ("width_m", _FLOAT32), ("height_m", _FLOAT32))
-_POINT = struct.Struct("<fffIfff")
+                ("width_m", _FLOAT32), ("height_m", _FLOAT32), ("age", _UINT32), ("coasted", _UINT32))
+_POINT = struct.Struct("<fffIfffII")
 
 
 def obstacle_points(obstacles, mounting: Mounting | None = None) -> list[tuple]:
-    """(x, y, z, id, score, width_m, height_m) per obstacle with a ground contact point: the point in
-    the output frame (``mounting``) or the optical frame; ``id`` is the record's id (a track id when
-    the pipeline tracks obstacles), score its maximum fused score."""
+    """(x, y, z, id, score, width_m, height_m, age, coasted) per obstacle with a ground contact point:
+    the point in the output frame (``mounting``) or the optical frame; ``id`` is the record's id (a track
+    id when the pipeline tracks obstacles), score its maximum fused score, ``age`` its track's frames
+    since birth (0 untracked), ``coasted`` the frames since its track's last detection (0: detected in
+    this frame)."""
     out = []
     for ob in obstacles:
         if ob.contact_point_m is None or ob.width_m is None or ob.height_m is None:
             continue
         x, y, z = mounting.point(ob.contact_point_m) if mounting is not None else ob.contact_point_m
         out.append((float(x), float(y), float(z), int(ob.id), float(ob.max_score), float(ob.width_m),
-                    float(ob.height_m)))
+                    float(ob.height_m), int(getattr(ob, "track_age", None) or 0), int(getattr(ob, "coasted", 0))))
     return out
 
 
 def obstacle_points_msg(obstacles, header, *, mounting: Mounting | None = None, output_frame: str = ""):
     """sensor_msgs/PointCloud2, one point per obstacle at its ground contact (fields x, y, z, id, score,
-    width_m, height_m), in ``output_frame`` when ``mounting`` is given, else in ``header``'s frame."""
+    width_m, height_m, age, coasted), in ``output_frame`` when ``mounting`` is given, else in ``header``'s frame."""
     from sensor_msgs.msg import PointCloud2, PointField  # optional: ROS messages (see _in_frame)
 
     points = obstacle_points(obstacles, mounting)
     msg = PointCloud2(header=_in_frame(header, output_frame if mounting is not None else ""), height=1,
                       width=len(points), is_bigendian=False, point_step=_POINT.size,
                       row_step=_POINT.size * len(points), is_dense=True)
-    offsets = (0, 4, 8, 12, 16, 20, 24)
+    offsets = range(0, 4 * len(POINT_FIELDS), 4)   # every field is 4 bytes, packed as _POINT
     msg.fields = [PointField(name=n, offset=o, datatype=t, count=1) for (n, t), o in zip(POINT_FIELDS, offsets)]
     msg.data = b"".join(_POINT.pack(*p) for p in points)
     return msg
