@@ -412,6 +412,26 @@ def test_colour_field_saturation_range():
     assert min(_saturation(f) for f in vivid) > 0.8
 
 
+def test_colour_field_value_range():
+    """Near-black fields only when asked for; the default stays as bright as before (0.15-0.95)."""
+    def brightest(f):   # HSV value of the base colour: the field's brightest channel, shading aside
+        return float(f.mean(dim=(1, 2)).max())
+
+    dark = [colour_field(20, 20, torch.Generator().manual_seed(s), (0.0, 1.0), (0.02, 0.05)) for s in range(20)]
+    assert max(brightest(f) for f in dark) < 0.1
+    default = [colour_field(20, 20, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert min(brightest(f) for f in default) > 0.1
+    same = [colour_field(20, 20, torch.Generator().manual_seed(s), value=(0.15, 0.95)) for s in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(same, default))   # the default is that range
+
+
+def test_segmenter_config_refuses_bad_colour_value(tmp_path):
+    _cfg(tmp_path, negative_colour_value=(0.02, 0.95)).validate()
+    for bad in [(0.5, 0.2), (-0.1, 0.5), (0.2, 1.5), (0.3,)]:
+        with pytest.raises(ValueError, match="negative_colour_value"):
+            _cfg(tmp_path, negative_colour_value=bad).validate()
+
+
 def test_paste_negatives_forwards_colour_saturation():
     img = torch.full((3, 48, 64), 0.4)
     lab = torch.zeros(48, 64, dtype=torch.long)

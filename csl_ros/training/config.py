@@ -45,6 +45,9 @@ NEGATIVE_ASPECT = (0.5, 2.0)
 # down to 0 they include the greys of concrete, rock and dark plastic debris, which a road-trained model
 # reads as road in shade.
 COLOUR_SATURATION = (0.2, 1.0)
+# Colour-field negatives: HSV value (brightness) range of their colour. Down to 0.02 they include the
+# near-black of tyres and bin bags, darker than any shade the road takes.
+COLOUR_VALUE = (0.15, 0.95)
 # synthroad frames with rare road paint (zebra crossings ahead, yellow markings) added to the training
 # frames: both the segmenter's outlier exposure and the student's negative regions otherwise learn that
 # paint on the road is something pasted there. Searched from this seed on (between the training seeds

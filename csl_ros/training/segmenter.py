@@ -35,7 +35,7 @@ from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, 
                                         save_segmenter)
 
 from .config import DATASETS as TRAIN_DATASETS
-from .config import (AVOID_ROAD_PAINT_HELP, COLOUR_SATURATION, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_ASPECT,
+from .config import (AVOID_ROAD_PAINT_HELP, COLOUR_SATURATION, COLOUR_VALUE, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_ASPECT,
                      NEGATIVE_SHADOW_HELP, NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig, RunConfig,
                      TrainConfig)
 from .distributed import DistEnv, per_worker_batch, step_seed
@@ -87,6 +87,8 @@ class SegmenterTrainConfig:
                                               "patches of training frames", range=(0.0, 1.0))
     negative_colour_saturation: tuple = setting(COLOUR_SATURATION, "saturation range lo,hi of the colour "
                                                 "fields' colours (0 = grey)")
+    negative_colour_value: tuple = setting(COLOUR_VALUE, "HSV value (brightness) range lo,hi of the colour "
+                                           "fields' colours (0 = black)")
     negative_exclude_source_road: bool = setting(False, EXCLUDE_SOURCE_ROAD_HELP)
     negative_avoid_road_paint: bool = setting(False, AVOID_ROAD_PAINT_HELP)
     negative_shadow: bool = setting(False, NEGATIVE_SHADOW_HELP)
@@ -150,6 +152,9 @@ class SegmenterTrainConfig:
         sat = self.negative_colour_saturation
         if len(sat) != 2 or not (0 <= sat[0] <= sat[1] <= 1):
             errors.append(f"negative_colour_saturation must be 0 <= lo <= hi <= 1, got {sat}")
+        val = self.negative_colour_value
+        if len(val) != 2 or not (0 <= val[0] <= val[1] <= 1):
+            errors.append(f"negative_colour_value must be 0 <= lo <= hi <= 1, got {val}")
         if self.road_paint_weight != 1.0 and self.ohem_threshold > 0:
             errors.append("road_paint_weight and ohem_threshold do not combine (OHEM picks its own pixels)")
         if errors:
@@ -331,6 +336,7 @@ class SegmenterTask:
                                   avoid_road_paint=self.cfg.negative_avoid_road_paint,
                                   shadow=self.cfg.negative_shadow,
                                   colour_saturation=tuple(self.cfg.negative_colour_saturation),
+                                  colour_value=tuple(self.cfg.negative_colour_value),
                                   aspect_range=tuple(self.cfg.negative_aspect))
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
