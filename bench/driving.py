@@ -135,8 +135,8 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
 def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
         thresholds=THRESHOLDS, max_distances=MAX_DISTANCES, per_drive: bool = False, max_heights=MAX_HEIGHTS):
     """{setting name: (config, driving result)} over the drives ``seeds``. With ``per_drive`` each result
-    also holds ``per_drive``: every drive's tracked counts (:func:`drive_counts`), for
-    :func:`drive_interval`."""
+    also holds ``per_drive``: every drive's tracked counts (:func:`drive_counts`, the pooled counts' growth
+    over that drive), for :func:`drive_interval`."""
     import torch
 
     from csl_ros.eval.driving import DrivingAccumulator, frame_geometry
@@ -150,14 +150,13 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, max_heights)
     accs = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()}
     drives = {name: [] for name in grid}
+    pooled = {name: drive_counts(None) for name in grid}   # counts before the current drive
     t0 = time.perf_counter()
     n = 0
     with torch.inference_mode():
         for seed in seeds:
             for acc in accs.values():
                 acc.new_sequence()
-            alone = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()} \
-                if per_drive else {}
             for stamp, rec, truth in drive_frames(seed, frames):
                 anomaly, regions, roi = detect_cached(detector, rec, base, cache, f"{seed}_{stamp}")
                 n += 1
@@ -172,10 +171,11 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
                         shared[key] = (inst, match_instances(inst, rec.label, INSTSIZE))
                     inst, match = shared[key]
                     accs[name].add(stamp, rec.label, inst, anomaly, truth, match=match)
-                    if per_drive:
-                        alone[name].add(stamp, rec.label, inst, anomaly, truth, match=match)
-            for name, acc in alone.items():
-                drives[name].append(drive_counts(acc.result()))
+            if per_drive:
+                for name, acc in accs.items():
+                    now = drive_counts(acc.result())
+                    drives[name].append({k: now[k] - pooled[name][k] for k in now})
+                    pooled[name] = now
             log(f"drive {seed}: {n} frames so far, {time.perf_counter() - t0:.0f} s")
     out = {name: (grid[name], acc.result()) for name, acc in accs.items()}
     if per_drive:
@@ -184,8 +184,11 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     return out
 
 
-def drive_counts(result: dict) -> dict:
-    """One drive's tracked counts: obstacle-frames within 30 m and those detected, false alarms, frames."""
+def drive_counts(result: dict | None) -> dict:
+    """Tracked counts of a driving result: obstacle-frames within 30 m and those detected, false alarms,
+    frames (all zero for None)."""
+    if result is None:
+        return {"near_gt": 0, "near_detected": 0, "false_alarms": 0, "frames": 0}
     t = result["tracked"]
     return {"near_gt": t["near"]["gt"], "near_detected": t["near"]["detected"],
             "false_alarms": t["false_alarms"], "frames": result["frames"]}

@@ -659,23 +659,27 @@ def main(argv=None) -> int:
     return rc
 
 
+def _driving():
+    """The bench/driving.py module (beside this file)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import driving
+
+    return driving
+
+
 def driving_drives_default() -> int:
     """bench/driving.py's number of held-out drives."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from driving import HELD_OUT_DRIVES
-
-    return HELD_OUT_DRIVES
+    return _driving().HELD_OUT_DRIVES
 
 
 def driving_markdown(args, log) -> str:
     """The driving table of bench/driving.py (held-out drives), or '' with --driving-drives 0."""
     if not args.driving_drives:
         return ""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from driving import driving_section
-
-    return driving_section(args.driving_drives, args.driving_frames, log,
-                           cache=Path(args.driving_cache) if args.driving_cache else None)
+    return _driving().driving_section(args.driving_drives, args.driving_frames, log,
+                                      cache=Path(args.driving_cache) if args.driving_cache else None)
 
 
 def write_results(args, m) -> int:

@@ -144,15 +144,14 @@ class Tracker:
             used_d[di] = ti
         kept: list[Track] = []
         coasted: list[Obstacle] = []
-        gaps: dict[int, int] = {}
         for ti, tr in enumerate(self.tracks):
             tr.age += 1
             seen = ti in used_t
             tr.window.append(1 if seen else 0)
             while len(tr.window) > p.confirm_window:
                 tr.window.popleft()
-            if seen:   # frames from its last detection to this one: the velocity's time base
-                gaps[ti] = tr.missed + 1
+            if seen:   # its last detection becomes the previous one, tr.missed + 1 frames before this
+                tr.previous, tr.gap = tr.last, tr.missed + 1
             tr.missed = 0 if seen else tr.missed + 1
             if not tr.confirmed and tr.hits >= p.confirm_hits:
                 tr.confirmed = True
@@ -167,7 +166,6 @@ class Tracker:
         for di, ob in enumerate(obstacles):
             if di in used_d:
                 tr = self.tracks[used_d[di]]
-                tr.previous, tr.gap = tr.last, gaps[used_d[di]]
                 tr.last = ob
             else:
                 tr = Track(self._next_id, ob, window=deque([1]))
