@@ -108,9 +108,12 @@ def _shipped_manifest() -> bytes:
 
 def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
     """The fused map, regions and road ROI (None unless ``cfg.road_roi``) of one frame; with ``cache``,
-    kept there across runs (keyed by the settings that change the network output, and by the shipped
-    manifest: new shipped models, new key)."""
-    models = f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}".encode()
+    kept there across runs (keyed by the settings that change the network output, by the shipped
+    manifest: new shipped models, new key, and by the synthroad generator version: new frames, new key)."""
+    from csl_ros.data.synthroad import GENERATOR_VERSION
+
+    models = (f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}"
+              f"|synthroad {GENERATOR_VERSION}").encode()
     models = hashlib.sha256(models + _shipped_manifest()).hexdigest()[:8]
     tag = (f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}_"
            f"{cfg.assignment_resolution}_{models}" + (f"_x{cfg.test_scale:g}" if cfg.test_scale != 1.0 else "")

@@ -160,6 +160,45 @@ def test_instance_ids_one_class_and_one_object(obstacle_frames):
             assert o["kind"] in OBSTACLE_KINDS
 
 
+def test_decal_parts_paint_only_over_their_sprite():
+    """Spots on a debris polygon are decals: a spot past the body's outline must not float beside it
+    as a second ground-truth component of the same obstacle."""
+    from csl_ros.data.synthroad.camera import View
+    from csl_ros.data.synthroad.raster import Part, Raster
+
+    cam = CameraModel(fx=200.0, fy=200.0, cx=128.0, cy=64.0, height_m=1.5, pitch_deg=0.0, roll_deg=0.0)
+    view = View(cam, np.array([0.0, 1.5, 0.0]), 0.0, (128, 256))
+    anchor = np.array([0.0, 0.0, 8.0])
+    body = np.array([(-0.1, 0.0), (0.1, 0.0), (0.0, 1.0)])            # a thin upright triangle
+    spot = np.array([(0.3 + 0.15 * math.cos(a), 0.5 + 0.15 * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 8)])
+    half = np.array([(-0.2, 0.4), (0.2, 0.4), (0.2, 0.6), (-0.2, 0.6)])   # straddles the body's outline
+
+    def draw(parts):
+        rs = Raster(view)
+        assert rs.sprite(anchor, parts)
+        return rs
+
+    alone = draw([Part(body, (0.2, 0.6, 0.6), 255, 7)])
+    outside = draw([Part(body, (0.2, 0.6, 0.6), 255, 7), Part(spot, (0.9, 0.1, 0.1), 255, 7, kind="decal")])
+    assert np.array_equal(outside.inst, alone.inst) and np.array_equal(outside.img, alone.img)
+    across = draw([Part(body, (0.2, 0.6, 0.6), 255, 7), Part(half, (0.9, 0.1, 0.1), 255, 7, kind="decal")])
+    assert np.array_equal(across.inst, alone.inst)
+    red = (across.img[..., 0] > 0.5) & (across.img[..., 1] < 0.3)
+    assert red.any() and not (red & (alone.inst == 0)).any()
+    floating = draw([Part(body, (0.2, 0.6, 0.6), 255, 7), Part(spot, (0.9, 0.1, 0.1), 255, 7)])
+    assert cv2.connectedComponents((floating.inst == 7).astype(np.uint8), connectivity=8)[0] == 3
+
+
+def test_debris_polygon_with_spots_is_one_component():
+    # drive 40,000,005 (a tuning drive of bench/driving.py), first frame: a thin debris polygon whose
+    # spots, drawn as plain polygons, floated beside it as two more components of obstacle 159
+    f = next(render_sequence(40_000_005, 1, (512, 1024), "obstacle", speed_mps=10.0, fps=10.0))
+    assert f.obstacles
+    for o in f.obstacles:
+        n, _ = cv2.connectedComponents((f.instance_ids == o["instance_id"]).astype(np.uint8), connectivity=8)
+        assert n == 2, o
+
+
 def test_sequence_is_a_drive_past_static_obstacles():
     frames = list(render_sequence(9, 6, SIZE, "obstacle", speed_mps=10.0, fps=10.0))
     assert [f.index for f in frames] == list(range(6))

@@ -21,7 +21,7 @@ not drivable road (trainId 0) or obstacle, "anomaly" scenes have no void, "none"
 """
 # Bumped whenever the frames rendered for a given (seed, size, obstacles) change, so caches of
 # rendered frames (e.g. training data) can be keyed on it.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2   # 2: spots on debris polygons drawn inside the polygon only
 
 from .camera import CameraModel  # noqa: E402
 from .labels import OOD_COLOR, PALETTE, TRAIN_ID_NAMES, TRAIN_TO_LABEL_ID, VOID  # noqa: E402

@@ -182,7 +182,10 @@ def draw_obstacle(rs: Raster, world: World, o: Obj, light, shadows_only: bool = 
                       tex_scale=max(8.0, 10.0 / max(w, 0.1)))]
         for sx, sy, sz in p["spots"]:
             cx, cy = sx * w * 0.25, h / 2 + sy * h * 0.2
-            parts.append(Part(ellipse(cx, cy, w * (0.08 + 0.05 * sz), h * (0.08 + 0.05 * sz), 8), sec, L.VOID, inst))
+            # decal: a spot past the outline of a thin lump would float beside it as a separate
+            # ground-truth component (one obstacle counted as several)
+            parts.append(Part(ellipse(cx, cy, w * (0.08 + 0.05 * sz), h * (0.08 + 0.05 * sz), 8), sec, L.VOID, inst,
+                              kind="decal"))
         rs.sprite(anchor, parts)
 
 

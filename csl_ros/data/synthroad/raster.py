@@ -41,8 +41,9 @@ def _pixel_noise(h: int, w: int) -> np.ndarray:
 class Part:
     """One coloured piece of a sprite, in metres: x right (as seen), y up from the ground contact.
 
-    ``kind`` is "poly" (filled polygon), "line" (polyline of ``width`` metres) or "hole" (erases
-    earlier parts of the same sprite, e.g. the opening of a tyre). ``tex`` is the
+    ``kind`` is "poly" (filled polygon), "line" (polyline of ``width`` metres), "hole" (erases
+    earlier parts of the same sprite, e.g. the opening of a tyre) or "decal" (a filled polygon drawn
+    only over earlier parts of the same sprite: spots on a body never stick out of it). ``tex`` is the
     amplitude of a world-scaled noise texture (foliage, fabric); ``cyl`` > 0 shades the part like a
     vertical cylinder of that radius centred at x = ``cyl_x``.
     """
@@ -201,6 +202,10 @@ class Raster:
                 cv2.fillPoly(canvas, [poly], k + 1, lineType=cv2.LINE_8, shift=_SHIFT)
             elif p.kind == "hole":
                 cv2.fillPoly(canvas, [poly], 0, lineType=cv2.LINE_8, shift=_SHIFT)
+            elif p.kind == "decal":
+                decal = np.zeros_like(canvas)
+                cv2.fillPoly(decal, [poly], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+                canvas[(decal > 0) & (canvas > 0)] = k + 1
             else:
                 cv2.polylines(canvas, [poly], p.closed, k + 1, thickness=max(1, int(round(p.width * scale))),
                               lineType=cv2.LINE_8, shift=_SHIFT)
