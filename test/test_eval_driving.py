@@ -170,3 +170,17 @@ def test_match_boxes_by_hand():
                        (-9, -9, -1, -1)], m, labels)
     assert [(c, t) for c, t, _ in got] == [(True, True), (True, False), (False, False), (False, False), (False, False)]
     assert got[0][2] == {int(m.gt[15, 15])}
+
+
+def test_component_boxes_are_the_components_pixel_extents():
+    from csl_ros.eval.instance_match import component_boxes
+    rng = np.random.default_rng(3)
+    labels = (rng.random((60, 80)) < 0.08).astype(np.uint8)
+    labels[5:9, 40:70] = 1
+    labels[50:, :10] = 255
+    m = match_instances(np.zeros(labels.shape, np.uint16), labels, 3)
+    boxes = component_boxes(m)
+    assert set(boxes) == {int(c) for c in np.flatnonzero(m.gt_counted)} and len(boxes) >= 1
+    for c, box in boxes.items():
+        ys, xs = np.nonzero(m.gt == c)
+        assert box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)

@@ -21,6 +21,7 @@ class InstanceMatch:
     counted: np.ndarray        # bool per instance id: has labelled (non-void) pixels (index 0 False)
     true: np.ndarray           # bool per instance id: precision >= INSTANCE_PPV_MIN (index 0 False)
     pairs: np.ndarray          # (P, 2) distinct (instance id, component id) overlaps on labelled pixels
+    gt_boxes: np.ndarray       # (n components, 4) x0, y0, x1, y1 (x1/y1 exclusive) per component id
 
     def detected(self, instance_ok: np.ndarray | None = None) -> np.ndarray:
         """Component ids overlapped by a true instance (and, given, one with ``instance_ok[id]``)."""
@@ -47,8 +48,11 @@ def match_instances(instances: np.ndarray, labels: np.ndarray, instsize: int) ->
     """
     if instances.shape != labels.shape:
         raise ValueError(f"instances {instances.shape} and labels {labels.shape} differ in size")
-    n_g, gt = cv2.connectedComponents((labels == 1).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    g_area = np.bincount(gt.ravel(), minlength=n_g)
+    n_g, gt, stats, _ = cv2.connectedComponentsWithStats((labels == 1).view(np.uint8), connectivity=8,
+                                                         ltype=cv2.CV_32S)
+    g_area = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
+    x0, y0 = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    boxes = np.stack([x0, y0, x0 + stats[:, cv2.CC_STAT_WIDTH], y0 + stats[:, cv2.CC_STAT_HEIGHT]], 1)
     small = g_area < instsize
     small[0] = False
     void = labels == 255
@@ -68,7 +72,7 @@ def match_instances(instances: np.ndarray, labels: np.ndarray, instsize: int) ->
         else np.zeros((0, 2), np.int64)
     gt_counted = ~small
     gt_counted[0] = False
-    return InstanceMatch(gt, gt_counted, counted, true, pairs)
+    return InstanceMatch(gt, gt_counted, counted, true, pairs, boxes)
 
 
 def instance_counts(instances: np.ndarray, labels: np.ndarray, instsize: int) -> dict:
@@ -79,12 +83,7 @@ def instance_counts(instances: np.ndarray, labels: np.ndarray, instsize: int) ->
 
 def component_boxes(match: InstanceMatch) -> dict[int, tuple[int, int, int, int]]:
     """(x0, y0, x1, y1) box (x1/y1 exclusive) of every counted ground-truth component."""
-    boxes = {}
-    for c in np.flatnonzero(match.gt_counted):
-        ys, xs = np.nonzero(match.gt == c)
-        if ys.size:
-            boxes[int(c)] = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    return boxes
+    return {int(c): tuple(int(v) for v in match.gt_boxes[c]) for c in np.flatnonzero(match.gt_counted)}
 
 
 def match_boxes(boxes: list[tuple[int, int, int, int]], match: InstanceMatch, labels: np.ndarray
