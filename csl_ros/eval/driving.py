@@ -268,8 +268,9 @@ class DrivingAccumulator:
                     held = d
                 elif d >= HOLD_MIN_DISTANCE_M:
                     break
-            rows.append({"obstacle": key[1] if len(self.sequences) == 1 else list(key), "frames": len(seen), "max_distance_m": max(d for _, d, _ in seen),
-                         "first_detected_m": first, "held_from_m": held})
+            rows.append({"obstacle": key[1] if len(self.sequences) == 1 else list(key), "frames": len(seen),
+                         "max_distance_m": max(d for _, d, _ in seen), "first_detected_m": first,
+                         "held_from_m": held})
         firsts = [r["first_detected_m"] for r in rows if r["first_detected_m"] is not None]
         helds = [r["held_from_m"] for r in rows if r["held_from_m"] is not None]
         return {"obstacles": len(rows), "detected": len(firsts), "held": len(helds),

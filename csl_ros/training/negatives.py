@@ -67,8 +67,8 @@ def colour_field(h: int, w: int, gen: torch.Generator,
                  saturation: tuple[float, float] = COLOUR_SATURATION,
                  value: tuple[float, float] = COLOUR_VALUE) -> torch.Tensor:
     """(3, h, w) float in [0, 1]: a random colour (uniform hue, ``saturation`` (default 0.2-1), HSV
-    ``value`` (default 0.15-0.95)) shaded by a vertical ramp (lit top, darker base) and low-frequency noise (a 2-6 cell grid
-    upsampled bicubic), the look of a painted or weathered solid object."""
+    ``value`` (default 0.15-0.95)) shaded by a vertical ramp (lit top, darker base) and low-frequency
+    noise (a 2-6 cell grid upsampled bicubic), the look of a painted or weathered solid object."""
     rgb = torch.tensor(colorsys.hsv_to_rgb(_uniform(gen, 0, 1), _uniform(gen, *saturation), _uniform(gen, *value)))
     ramp = torch.linspace(_uniform(gen, 1.0, 1.3), _uniform(gen, 0.6, 1.0), h).view(1, h, 1)
     cells = 2 + _randint(gen, 5)
@@ -136,16 +136,17 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
                     size_range: tuple[float, float], *, colour_fraction: float = 0.0,
                     exclude_source_road: bool = False, avoid_road_paint: bool = False,
                     shadow: bool = False, colour_saturation: tuple[float, float] = COLOUR_SATURATION,
-                    colour_value: tuple[float, float] = COLOUR_VALUE, aspect_range: tuple[float, float] = NEGATIVE_ASPECT) -> torch.Tensor:
+                    colour_value: tuple[float, float] = COLOUR_VALUE,
+                    aspect_range: tuple[float, float] = NEGATIVE_ASPECT) -> torch.Tensor:
     """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited
     in place); returns the (h, w) bool mask of the pasted pixels.
 
     ``sources``: indexable of (H×W×3 uint8 RGB, H×W trainIds), the training frames. A negative's
     height is a log-uniform fraction ``size_range`` of the crop height (far and near), its width a
-    log-uniform ``aspect_range`` times that (above 2: flat debris lying on the road, planks, lumps); its bottom centre is a random road pixel of the crop (it stands on the road).
-    Source patches that are mostly road are redrawn (``MAX_SOURCE_ROAD_FRACTION``). A share
-    ``colour_fraction`` of the negatives are :func:`colour_field` s (of ``colour_saturation`` and
-    ``colour_value``) instead of
+    log-uniform ``aspect_range`` times that (above 2: flat debris lying on the road, planks, lumps);
+    its bottom centre is a random road pixel of the crop (it stands on the road). Source patches that
+    are mostly road are redrawn (``MAX_SOURCE_ROAD_FRACTION``). A share ``colour_fraction`` of the
+    negatives are :func:`colour_field` s (of ``colour_saturation`` and ``colour_value``) instead of
     source patches. With
     ``exclude_source_road`` the pixels that were road in the source frame are not pasted: otherwise a
     patch's share of road (up to ``MAX_SOURCE_ROAD_FRACTION``, lane markings and zebra stripes included)
