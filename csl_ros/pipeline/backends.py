@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from csl_ros.model.integrity import sha256_file
+from csl_ros.model.integrity import sha256_file, weights_sha256
 
 log = logging.getLogger("csl_ros.backend")
 
@@ -101,12 +101,7 @@ def _cache_path(cache_dir: str, model_hash: str, shape, precision: str, kind: st
 def module_sha256(module: torch.nn.Module) -> str:
     """SHA-256 of a module's class name and its parameters and buffers (names, dtypes, shapes, bytes):
     the cache key of a network that was not loaded from a file."""
-    h = hashlib.sha256(type(module).__qualname__.encode())
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return hashlib.sha256(f"{type(module).__qualname__}|{weights_sha256(module.state_dict())}".encode()).hexdigest()
 
 
 def _torchscript(module, example, path: Path, force: bool):
