@@ -117,6 +117,7 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
     models = hashlib.sha256(models + _shipped_manifest()).hexdigest()[:8]
     tag = (f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}_"
            f"{cfg.assignment_resolution}_{models}" + (f"_x{cfg.test_scale:g}" if cfg.test_scale != 1.0 else "")
+           + (f"_{cfg.scale_fusion}" if cfg.test_scale != 1.0 and cfg.scale_fusion != "geometric" else "")
            + (f"_m{cfg.fusion_region_exponent:g}" if cfg.fusion_region_exponent != 1.0 else "")
            + ("_roi" if cfg.road_roi else ""))
     path = cache / tag / f"{key}.npz" if cache is not None else None

@@ -25,6 +25,7 @@ from csl_ros.teachers.registry import TEACHERS as TEACHER_REGISTRY
 # registered later is a valid choice too).
 TEACHERS = TEACHER_REGISTRY.choices(before=(NO_TEACHER,), after=(ONNX_TEACHER,))
 SCHEMES = ("1", "2", "teacher_only")
+SCALE_FUSIONS = ("geometric", "mean", "max")   # csl_ros.pipeline.detector.combine_scales
 
 
 def _opt(default, help, *, range=None, choices=None, reload=False, ros=True, device=False):
@@ -154,6 +155,10 @@ class DetectorConfig:
                              "Default: the shipped models' tuned value; a student checkpoint that "
                              "carries its own replaces the default.",
                              range=(1.0, 4.0))
+    scale_fusion: str = _opt("geometric", "How the two scales' fused maps combine with test_scale > 1: "
+                             "'geometric' mean (an anomaly must show at both scales), arithmetic 'mean', "
+                             "or 'max' (either scale suffices: obstacles too small for the input size "
+                             "count at the second scale alone).", choices=SCALE_FUSIONS)
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True,
                        device=True)
     backend: str = _opt("auto", "Inference backend of the student and the teacher: auto (the fastest "
@@ -221,7 +226,8 @@ class NodeConfig:
 # DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model_settings):
 # the input size it was trained for, and the score threshold tuned for it with the test-time scale and
 # the fusion's region exponent it was tuned at (both move the fused scores, so they go together).
-MODEL_SETTINGS = ("input_height", "input_width", "score_threshold", "test_scale", "fusion_region_exponent")
+MODEL_SETTINGS = ("input_height", "input_width", "score_threshold", "test_scale", "scale_fusion",
+                  "fusion_region_exponent")
 # The fused scores' scale depends on the teacher (MSP is a probability, max logit is logistic-calibrated),
 # so a checkpoint may carry one tuned threshold per teacher: {teacher: score_threshold}, JSON in the
 # metadata. The entry of the configured teacher wins over the plain ``score_threshold``.

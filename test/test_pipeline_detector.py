@@ -370,3 +370,31 @@ def test_road_roi_comes_with_the_detection_and_keeps_only_instances_touching_it(
     assert 0 < len(touching) < int(a.instances.max())   # the case has instances on both sides
     assert int(b.instances.max()) == len(touching)
     assert all(b.road_roi[b.instances == i].any() for i in range(1, int(b.instances.max()) + 1))
+
+
+
+def test_scale_fusion_combines_the_two_passes(student, teacher, tmp_path):
+    """test_scale 2: the map is the two passes' fused maps combined by scale_fusion (geometric mean,
+    mean or max); on the detector, mean and max give both passes, and the geometric mean is theirs."""
+    from csl_ros.config import apply_overrides
+    from csl_ros.pipeline.detector import combine_scales
+
+    a, b = torch.tensor([0.0, 0.25, 0.81, 1.0]), torch.tensor([0.64, 0.25, 0.01, 1.0])
+    assert torch.allclose(combine_scales(a, b, "geometric"), torch.tensor([0.0, 0.25, 0.09, 1.0]))
+    assert torch.allclose(combine_scales(a, b, "mean"), torch.tensor([0.32, 0.25, 0.41, 1.0]))
+    assert torch.allclose(combine_scales(a, b, "max"), torch.tensor([0.64, 0.25, 0.81, 1.0]))
+    with pytest.raises(ValueError, match="scale_fusion 'sum'"):
+        combine_scales(a, b, "sum")
+    with pytest.raises(ValueError, match="scale_fusion"):
+        apply_overrides(DetectorConfig(), {"scale_fusion": "sum"})
+    img = np.random.default_rng(5).integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    det = make("2", student, teacher, tmp_path, test_scale=2.0)
+    maps = {}
+    for mode in ("geometric", "mean", "max"):
+        det.config = dataclasses.replace(det.config, scale_fusion=mode)
+        maps[mode] = det(img).anomaly_map.astype(np.float64)
+    g, m, x = maps["geometric"], maps["mean"], maps["max"]
+    assert not np.allclose(g, x, atol=1e-3)          # the two passes differ on this image
+    other = 2 * m - x                                # mean = (a + b) / 2 and max = max(a, b) give both
+    assert (other <= x + 1e-6).all()
+    np.testing.assert_allclose(g, np.sqrt(x * np.clip(other, 0, None)), atol=1e-4)

@@ -96,6 +96,20 @@ def as_rgb_uint8(image) -> np.ndarray:
     return image
 
 
+def combine_scales(first: torch.Tensor, second: torch.Tensor, mode: str) -> torch.Tensor:
+    """The fused anomaly maps of the input size and of ``test_scale`` (same size, in [0, 1]) as one:
+    ``"geometric"`` mean sqrt(a b) (an anomaly must show at both scales: single-scale noise fades, and
+    so does what only the larger scale resolves), ``"mean"`` (a + b) / 2, or ``"max"`` (either scale
+    suffices)."""
+    if mode == "geometric":
+        return torch.sqrt(first * second)
+    if mode == "mean":
+        return 0.5 * (first + second)
+    if mode == "max":
+        return torch.maximum(first, second)
+    raise ValueError(f"scale_fusion {mode!r} is not one of geometric, mean, max")
+
+
 class Detector:
     """CSL obstacle detector (scheme 1, scheme 2 or teacher only) on one backend and device."""
 
@@ -344,8 +358,9 @@ class Detector:
         maps = self._fused_maps(images, timer)
         if cfg.test_scale != 1.0:
             second = self._fused_maps(images, timer, cfg.test_scale)
-            with timer.stage("fusion"):   # geometric mean of the two scales' fused maps
-                maps = [(torch.sqrt(a * a2), regions, seg) for (a, regions, seg), (a2, _, _) in zip(maps, second)]
+            with timer.stage("fusion"):
+                maps = [(combine_scales(a, a2, cfg.scale_fusion), regions, seg)
+                        for (a, regions, seg), (a2, _, _) in zip(maps, second)]
         results = []
         for (fused, regions, seg), img, cam in zip(maps, images, cameras):
             H0, W0 = img.shape[:2]
