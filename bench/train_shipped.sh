@@ -151,6 +151,9 @@ python -m csl_ros.model_settings "$M/student_ca.safetensors" input_height=256 in
 #   thr 0.1 / 60 px    step 4c 55.4 % at 0.133    step 4d 56.8 % at 0.142 (the rule's choice; shipped)
 #   thr 0.07 / 100 px  step 4c 58.6 % at 0.208    step 4d 61.1 % at 0.197
 #   thr 0.12 / 60 px   step 4c 49.3 % at 0.098    step 4d 50.7 % at 0.082
+# The same drives with step 4c's weights and the two scales combined otherwise (scale_fusion, same grid):
+# mean: best below 0.25 false alarms/frame 51.6 % at 0.227 (0.1 / 100 px, 2 of 2); max: none above 43 % below 0.3 false
+# alarms/frame: what one scale alone sees is mostly noise, the geometric mean (the default) stays.
 # The rule kept max logit 0.1 / 60 px / 1 of 1; only the student file and its metadata text changed (MSP's
 # 0.6 was not retuned). With the shipped files in place this reproduces the step 4d column:
 #   python bench/driving.py --tune --thresholds 0.05,0.07,0.1,0.12,0.15 --max-heights 0 --max-distances 35 \

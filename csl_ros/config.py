@@ -158,7 +158,9 @@ class DetectorConfig:
     scale_fusion: str = _opt("geometric", "How the two scales' fused maps combine with test_scale > 1: "
                              "'geometric' mean (an anomaly must show at both scales), arithmetic 'mean', "
                              "or 'max' (either scale suffices: obstacles too small for the input size "
-                             "count at the second scale alone).", choices=SCALE_FUSIONS)
+                             "count at the second scale alone). Default: the one the shipped threshold "
+                             "was tuned with (mean and max cost recall at equal false alarms on the "
+                             "tuning drives: bench/train_shipped.sh, step 6c).", choices=SCALE_FUSIONS)
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True,
                        device=True)
     backend: str = _opt("auto", "Inference backend of the student and the teacher: auto (the fastest "

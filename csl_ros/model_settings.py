@@ -3,10 +3,12 @@
 A checkpoint's metadata (:mod:`csl_ros.model.checkpoint`) may hold ``MODEL_SETTINGS``:
 ``input_height`` and ``input_width`` (the network input it was trained for), ``score_threshold``
 (the fused-score threshold tuned for it), ``test_scale`` and ``scale_fusion`` (the test-time second
-scale the threshold was tuned with, and how the two scales combine) and ``fusion_region_exponent`` (the fusion's region weight it was tuned with); ``score_threshold_by_teacher`` (JSON ``{teacher: threshold}``) holds thresholds tuned
-with other teachers, whose fused scores sit on another scale: the configured teacher's entry wins. ``Detector.from_config`` uses them for every one of these
-settings the user left at the schema default (``csl_ros.config.apply_model_settings``). The schema's
-defaults are those of the shipped models (a test checks they agree).
+scale the threshold was tuned with, and how the two scales combine) and ``fusion_region_exponent`` (the
+fusion's region weight it was tuned with); ``score_threshold_by_teacher`` (JSON ``{teacher: threshold}``)
+holds thresholds tuned with other teachers, whose fused scores sit on another scale: the configured
+teacher's entry wins. ``Detector.from_config`` uses them for every one of these settings the user left
+at the schema default (``csl_ros.config.apply_model_settings``). The schema's defaults are those of the
+shipped models (a test checks they agree).
 
 To retune a checkpoint, write the new values into its metadata:
 ``python -m csl_ros.model_settings FILE score_threshold=0.3`` re-saves the same tensors with the

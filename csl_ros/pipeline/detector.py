@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csl_ros.config import DetectorConfig, apply_model_settings, apply_overrides, regions_description
+from csl_ros.config import (SCALE_FUSIONS, DetectorConfig, apply_model_settings, apply_overrides,
+                            regions_description)
 from csl_ros.model import (connected_components, hard_assign, load_checkpoint, soft_assign, soft_assign_region_logits,
                            structure_constrained_fusion)
 from csl_ros.model.device import resolve_device
@@ -107,7 +108,7 @@ def combine_scales(first: torch.Tensor, second: torch.Tensor, mode: str) -> torc
         return 0.5 * (first + second)
     if mode == "max":
         return torch.maximum(first, second)
-    raise ValueError(f"scale_fusion {mode!r} is not one of geometric, mean, max")
+    raise ValueError(f"scale_fusion {mode!r} is not one of {', '.join(SCALE_FUSIONS)}")
 
 
 class Detector:
