@@ -32,9 +32,13 @@ $CSL train segmenter --out "$R/segmenter" --set frames=1000 --set render_size=25
   --set num_threads=1 --set checkpoint_every=500 --set val_frames=100 \
   --export "$M/teacher_segmenter_closed_set.safetensors"
 
-# 3. its SML statistics + global calibrations on in-distribution validation frames (for step 5)
-$CSL teacher fit-stats --segmenter "$M/teacher_segmenter_closed_set.safetensors" --data synthroad \
-  --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter_closed_set.stats.json"
+# 3. its SML statistics + global calibrations on in-distribution validation frames (for step 5); every
+#    segmenter step below refits its own the same way (FILE.safetensors -> FILE.stats.json)
+fit_stats() {
+  $CSL teacher fit-stats --segmenter "$1" --data synthroad --first-seed 1000000 --frames 200 --size 256x512 \
+    --out "${1%.safetensors}.stats.json"
+}
+fit_stats "$M/teacher_segmenter_closed_set.safetensors"
 
 # 4. class-agnostic CSL student (the paper's training: in-distribution frames, mask split)
 $CSL train student --scheme ca --out "$R/student_ca" "${STUDENT_COMMON[@]}" --set optim.max_steps=4000
@@ -81,51 +85,37 @@ $CSL train student --scheme 1 --out "$R/student_scheme1" "${STUDENT_COMMON[@]}" 
 #    maximisation on their pixels (Chan et al. 2021). No OOD data and none of the test obstacles; see
 #    models/teacher_segmenter.md. Against road paint: negatives cast a contact shadow, paint-coloured ones
 #    are redrawn, paint pixels weigh 5x in the cross-entropy, 300 extra frames carry rare paint.
-#    Then its statistics / calibrations as in step 3.
-$CSL train segmenter --out "$R/segmenter_oe" --set frames=1000 --set render_size=256x512 \
-  --set crop_size=128x256 --set scale_range=0.5,1.25 --set steps=1200 --set batch_size=8 --set lr=3e-4 \
-  --set warmup_steps=50 --set num_threads=2 --set negatives_max=3 --set negative_weight=1.0 \
-  --set negative_shadow=true --set negative_avoid_road_paint=true --set negative_exclude_source_road=true \
-  --set rare_paint_frames=300 --set road_paint_weight=5 \
-  --set init_from="$M/teacher_segmenter_closed_set.safetensors" --set checkpoint_every=200 --set val_frames=100
+#    Then its statistics / calibrations as in step 3. OE holds what every outlier-exposure run shares,
+#    FRAMES_256 the scales of the runs on 256x512 renders.
+OE=(--set frames=1000 --set batch_size=8 --set warmup_steps=50 --set negatives_max=3 --set negative_weight=1.0
+  --set negative_shadow=true --set negative_avoid_road_paint=true --set negative_exclude_source_road=true
+  --set rare_paint_frames=300 --set road_paint_weight=5 --set checkpoint_every=200 --set val_frames=100)
+FRAMES_256=(--set render_size=256x512 --set crop_size=128x256 --set scale_range=0.5,1.25)
+$CSL train segmenter --out "$R/segmenter_oe" "${OE[@]}" "${FRAMES_256[@]}" --set steps=1200 --set lr=3e-4 \
+  --set num_threads=2 --set init_from="$M/teacher_segmenter_closed_set.safetensors"
 # 6'. a second outlier-exposure run from step 6 (800 steps): half of the negatives are plain colour fields
 #     of any saturation down to grey (negative_colour_saturation 0..1; csl_ros.training.negatives), so
 #     asphalt-grey debris is not road to the teacher. Chosen on the synthroad tuning drives (docs/results.md).
-$CSL train segmenter --out "$R/segmenter_oe2" --set frames=1000 --set render_size=256x512 \
-  --set crop_size=128x256 --set scale_range=0.5,1.25 --set steps=800 --set batch_size=8 --set lr=2e-4 \
-  --set warmup_steps=50 --set num_threads=1 --set negatives_max=3 --set negative_weight=1.0 \
-  --set negative_shadow=true --set negative_avoid_road_paint=true --set negative_exclude_source_road=true \
-  --set rare_paint_frames=300 --set road_paint_weight=5 --set negative_colour_fraction=0.5 \
-  --set negative_colour_saturation=0,1 --set init_from="$R/segmenter_oe/segmenter.safetensors" \
-  --set checkpoint_every=200 --set val_frames=100 --export "$M/teacher_segmenter.safetensors"
+OE+=(--set negative_colour_fraction=0.5 --set negative_colour_saturation=0,1)
+$CSL train segmenter --out "$R/segmenter_oe2" "${OE[@]}" "${FRAMES_256[@]}" --set steps=800 --set lr=2e-4 \
+  --set num_threads=1 --set init_from="$R/segmenter_oe/segmenter.safetensors" \
+  --export "$M/teacher_segmenter.safetensors"
 # 6''. a third outlier-exposure run from step 6' (800 steps, same recipe) with flat negatives: width/height
 #     drawn from 0.5..6 instead of 0.5..2 (planks and lumps of debris lying on the road). Chosen together
 #     with the student's step 4c on the tuning drives (step 6b). It starts from the float16 export of step 6'.
-$CSL train segmenter --out "$R/segmenter_oe3" --set frames=1000 --set render_size=256x512 \
-  --set crop_size=128x256 --set scale_range=0.5,1.25 --set steps=800 --set batch_size=8 --set lr=2e-4 \
-  --set warmup_steps=50 --set num_threads=1 --set negatives_max=3 --set negative_weight=1.0 \
-  --set negative_shadow=true --set negative_avoid_road_paint=true --set negative_exclude_source_road=true \
-  --set rare_paint_frames=300 --set road_paint_weight=5 --set negative_colour_fraction=0.5 \
-  --set negative_colour_saturation=0,1 --set negative_aspect=0.5,6 \
-  --set init_from="$M/teacher_segmenter.safetensors" \
-  --set checkpoint_every=200 --set val_frames=100 --export "$M/teacher_segmenter.safetensors"
-$CSL teacher fit-stats --segmenter "$M/teacher_segmenter.safetensors" --data synthroad \
-  --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter.stats.json"
+OE+=(--set negative_aspect=0.5,6)
+$CSL train segmenter --out "$R/segmenter_oe3" "${OE[@]}" "${FRAMES_256[@]}" --set steps=800 --set lr=2e-4 \
+  --set num_threads=1 --set init_from="$M/teacher_segmenter.safetensors" --export "$M/teacher_segmenter.safetensors"
+fit_stats "$M/teacher_segmenter.safetensors"
 
 # 6'''. a fourth outlier-exposure run from step 6'' (1200 steps, same recipe) at the second pass's scale:
 #     frames rendered at 512x1024 and cropped 128x256 at scale 0.25..1 (0.5..2 x the 256x512 frames of the
 #     earlier runs), so the test_scale 2 pass (512x1024) is inside the teacher's training scales. Chosen with
 #     the student's step 4d in step 6c. (The shipped file is the trainer's output; --export writes the same.)
-$CSL train segmenter --out "$R/segmenter_oe4" --set frames=1000 --set render_size=512x1024 \
-  --set crop_size=128x256 --set scale_range=0.25,1.0 --set steps=1200 --set batch_size=8 --set lr=2e-4 \
-  --set warmup_steps=50 --set num_threads=2 --set negatives_max=3 --set negative_weight=1.0 \
-  --set negative_shadow=true --set negative_avoid_road_paint=true --set negative_exclude_source_road=true \
-  --set rare_paint_frames=300 --set road_paint_weight=5 --set negative_colour_fraction=0.5 \
-  --set negative_colour_saturation=0,1 --set negative_aspect=0.5,6 \
-  --set init_from="$M/teacher_segmenter.safetensors" \
-  --set checkpoint_every=200 --set val_frames=100 --export "$M/teacher_segmenter.safetensors"
-$CSL teacher fit-stats --segmenter "$M/teacher_segmenter.safetensors" --data synthroad \
-  --first-seed 1000000 --frames 200 --size 256x512 --out "$M/teacher_segmenter.stats.json"
+FRAMES_512=(--set render_size=512x1024 --set crop_size=128x256 --set scale_range=0.25,1.0)
+$CSL train segmenter --out "$R/segmenter_oe4" "${OE[@]}" "${FRAMES_512[@]}" --set steps=1200 --set lr=2e-4 \
+  --set num_threads=2 --set init_from="$M/teacher_segmenter.safetensors" --export "$M/teacher_segmenter.safetensors"
+fit_stats "$M/teacher_segmenter.safetensors"
 
 # 6b. detector settings tuned on the synthroad tuning drives (seeds from 40,000,000; never the held-out
 #     drives of docs/results.md), written into the class-agnostic student's metadata: the rule of
