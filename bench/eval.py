@@ -3,21 +3,26 @@ reference, side by side in one run.
 
 Reference: scikit-learn ``average_precision_score`` / ``roc_auc_score`` over all pixels concatenated
 (what most OOD repos do) for the pixel level, and a Python loop per component with boolean masks
-(the benchmark's ``segment_metrics`` style) for sIoU / PPV. Results are checked to agree.
+(the benchmark's ``segment_metrics`` style; test/smiyc_oracle.py, the tests' oracle) for sIoU / PPV.
+Results are checked to agree.
 
     python bench/eval.py [--frames 8] [--height 1024] [--width 2048]
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from csl_ros.eval import metrics as M
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
+from smiyc_oracle import component_siou_ppv  # noqa: E402
 
 
 def synthetic_frame(rng: np.random.Generator, h: int, w: int):
@@ -36,34 +41,6 @@ def synthetic_frame(rng: np.random.Generator, h: int, w: int):
     scores = np.clip(0.45 * coarse + 0.12 * fine + 0.45 * obj
                      + 0.15 * rng.random((h, w), dtype=np.float32), 0, 1)   # pixel noise: speckle
     return scores.astype(np.float32), labels
-
-
-def loop_components(scores, labels, thr, segsize, instsize):
-    """Straightforward per-component loop (sIoU gt with the adjustment term, PPV)."""
-    s = scores.astype(np.float16)
-    pred = (s > np.float16(thr)) & (labels != 255)
-    eight = np.ones((3, 3), int)
-    gt, n_gt = ndimage.label(labels == 1, eight)
-    pr, n_pr = ndimage.label(pred, eight)
-    for k in range(1, n_pr + 1):
-        if np.count_nonzero(pr == k) < segsize:
-            pr[pr == k] = 0
-    lab = labels.copy()
-    for k in range(n_gt + 1):
-        if np.count_nonzero(gt == k) < instsize:
-            lab[gt == k] = 255
-    roi = lab < 255
-    g, p = gt[roi], pr[roi]
-    siou, ppv = [], []
-    for k in np.unique(g[g > 0]):
-        touching = np.unique(p[(g == k) & (p > 0)])
-        in_k = np.isin(p, touching)
-        inter = np.count_nonzero((g == k) & (p > 0))
-        adjust = np.count_nonzero(in_k & ~np.isin(g, [0, k]))
-        siou.append(inter / (np.count_nonzero(in_k) + np.count_nonzero(g == k) - inter - adjust))
-    for k in np.unique(p[p > 0]):
-        ppv.append(np.count_nonzero((p == k) & (g > 0)) / np.count_nonzero(p == k))
-    return np.array(siou), np.array(ppv)
 
 
 def timed(fn):
@@ -106,7 +83,7 @@ def main() -> None:
         return [acc.update(s, l, str(i)) for i, (s, l) in enumerate(frames)]
 
     ours_c, t_comp = timed(ours_components)
-    ref_c, t_loop = timed(lambda: [loop_components(s, l, thr, spec.segsize, spec.instsize)
+    ref_c, t_loop = timed(lambda: [component_siou_ppv(s, l, thr, spec.segsize, spec.instsize)
                                    for s, l in frames])
     for st, (siou, ppv) in zip(ours_c, ref_c):
         assert np.allclose(np.sort(st.siou_gt), np.sort(siou), atol=1e-12)

@@ -13,6 +13,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from csl_ros.eval import metrics as M
+from smiyc_oracle import component_siou_ppv
 
 TAUS = np.linspace(0.25, 0.75, 11)
 
@@ -69,31 +70,8 @@ def ref_binned_curve(frames, cast_float16=True):
 
 
 def ref_components(scores, labels, thr, segsize, instsize):
-    """Component metrics of one frame with a Python loop per component."""
-    s = scores.astype(np.float16)
-    pred = (s > np.float16(thr)) & (labels != 255)
-    eight = np.ones((3, 3), int)
-    gt_inst, n_gt = ndimage.label(labels == 1, eight)
-    pr_inst, n_pr = ndimage.label(pred, eight)
-    for k in range(1, n_pr + 1):
-        if np.sum(pr_inst == k) < segsize:
-            pr_inst[pr_inst == k] = 0
-    lab = labels.copy()
-    for k in range(0, n_gt + 1):     # 0 included: the benchmark's loop starts at 0 too
-        if np.sum(gt_inst == k) < instsize:
-            lab[gt_inst == k] = 255
-    roi = lab < 255
-    g, p = gt_inst[roi], pr_inst[roi]
-    siou_gt, ppv = [], []
-    for k in np.unique(g[g > 0]):
-        touching = np.unique(p[(g == k) & (p > 0)])
-        in_k = np.isin(p, touching)
-        inter = np.sum((g == k) & (p > 0))
-        adjust = np.sum(in_k & (g > 0) & (g != k))
-        siou_gt.append(inter / (np.sum(in_k) + np.sum(g == k) - inter - adjust))
-    for k in np.unique(p[p > 0]):
-        ppv.append(np.sum((p == k) & (g > 0)) / np.sum(p == k))
-    siou_gt, ppv = np.array(siou_gt), np.array(ppv)
+    """Component metrics of one frame with a Python loop per component (test/smiyc_oracle.py)."""
+    siou_gt, ppv = component_siou_ppv(scores, labels, thr, segsize, instsize)
     tp = np.array([np.sum(siou_gt >= t) for t in TAUS])
     fn = np.array([np.sum(siou_gt < t) for t in TAUS])
     fp = np.array([np.sum(ppv < t) for t in TAUS])
