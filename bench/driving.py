@@ -78,7 +78,7 @@ def drive_frames(seed: int, frames: int, size=FRAME_SIZE):
 
 
 def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, max_distances=MAX_DISTANCES,
-                  max_heights=MAX_HEIGHTS):
+                  max_heights=MAX_HEIGHTS, min_areas=MIN_AREAS):
     from csl_ros.config import apply_overrides
 
     if split_fractions:   # fragmentation: the same maps cut with each min_split_fraction
@@ -87,7 +87,7 @@ def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, m
     if not tune:   # one setting: its accumulator scores the per-frame and the tracked output
         return {"shipped default": base}
     grid = {}
-    for thr, area, (k, n, m, coast), h, d in itertools.product(thresholds, MIN_AREAS, TRACKING, max_heights,
+    for thr, area, (k, n, m, coast), h, d in itertools.product(thresholds, min_areas, TRACKING, max_heights,
                                                          max_distances):
         name = f"thr {thr:g}, area {area}, {k} of {n}, missed {m}{', coasted' if coast else ''}, max height {h:g} m"
         grid[name + (f", range {d:g} m" if d else "")] = apply_overrides(
@@ -137,7 +137,8 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
 
 
 def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
-        thresholds=THRESHOLDS, max_distances=MAX_DISTANCES, per_drive: bool = False, max_heights=MAX_HEIGHTS):
+        thresholds=THRESHOLDS, max_distances=MAX_DISTANCES, per_drive: bool = False, max_heights=MAX_HEIGHTS,
+        min_areas=MIN_AREAS):
     """{setting name: (config, driving result)} over the drives ``seeds``. With ``per_drive`` each result
     also holds ``per_drive``: every drive's tracked counts (:func:`drive_counts`, the pooled counts' growth
     over that drive), for :func:`drive_interval`."""
@@ -151,7 +152,7 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     # the settings the detector runs: the student's metadata (input size, the threshold tuned for the
     # configured teacher) fills what ``base`` left at the schema default
     base = detector.config
-    grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, max_heights)
+    grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, max_heights, min_areas)
     accs = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()}
     drives = {name: [] for name in grid}
     pooled = {name: drive_counts(None) for name in grid}   # counts before the current drive
@@ -360,6 +361,14 @@ def _floats(text: str, what: str, upper: float | None = 1.0) -> tuple[float, ...
     return values
 
 
+def _pixel_counts(text: str, what: str) -> tuple[int, ...]:
+    """Comma-separated whole pixel counts >= 1, else a one-line exit."""
+    values = _floats(text, what, upper=None)
+    if not all(v >= 1 and v == int(v) for v in values):
+        raise SystemExit(f"{what}: every value must be a whole number of pixels >= 1, got {text!r}")
+    return tuple(int(v) for v in values)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--drives", type=int, default=HELD_OUT_DRIVES, help=f"test drives (default {HELD_OUT_DRIVES})")
@@ -377,6 +386,8 @@ def main(argv=None) -> int:
                    help="--tune: the max_obstacle_distance_m values of the grid (0 = no range limit)")
     p.add_argument("--max-heights", default=",".join(f"{v:g}" for v in MAX_HEIGHTS), metavar="H1,H2,...",
                    help="--tune: the max_obstacle_height_m values of the grid (0 = no height limit)")
+    p.add_argument("--min-areas", default=",".join(f"{v:g}" for v in MIN_AREAS), metavar="A1,A2,...",
+                   help="--tune: the min_instance_area values of the grid (pixels of the 512x1024 frame)")
     p.add_argument("--max-fa", type=float, default=0.15, help="--tune: tracked false alarms/frame allowed "
                    "(below the goal's 0.2, a margin for the test drives)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
@@ -409,7 +420,8 @@ def main(argv=None) -> int:
         res = run(seeds, args.frames, base, tune=True, cache=args.cache,
                   thresholds=_floats(args.thresholds, "--thresholds"),
                   max_distances=_floats(args.max_distances, "--max-distances", upper=None),
-                  max_heights=_floats(args.max_heights, "--max-heights", upper=None))
+                  max_heights=_floats(args.max_heights, "--max-heights", upper=None),
+                  min_areas=_pixel_counts(args.min_areas, "--min-areas"))
         # the floor is the shipped default's recall, also when --set changes the grid's base (e.g. another
         # teacher, whose scores the shipped threshold does not fit)
         current = run(seeds, args.frames, default_config(), tune=False, cache=args.cache, log=lambda m: None)

@@ -77,6 +77,21 @@ def test_the_tuning_grid_takes_the_given_output_ranges():
         driving._floats("-5", "--max-distances", upper=None)
 
 
+def test_the_tuning_grid_takes_the_given_instance_sizes():
+    import pytest
+
+    from csl_ros.config import DetectorConfig
+    driving = _load()
+    grid = driving.settings_grid(DetectorConfig(), tune=True, thresholds=(0.5,), max_heights=(0.0,),
+                                 min_areas=(30, 60, 100))
+    assert {cfg.min_instance_area for cfg in grid.values()} == {30, 60, 100}
+    assert len(grid) == 3 * len(driving.TRACKING)
+    assert driving._pixel_counts("30,60", "--min-areas") == (30, 60)
+    for bad in ("30.5", "0", "-3", "x"):
+        with pytest.raises(SystemExit, match="--min-areas"):
+            driving._pixel_counts(bad, "--min-areas")
+
+
 def test_detect_cached_keeps_the_road_roi(tmp_path):
     import numpy as np
 
