@@ -374,7 +374,8 @@ def main(argv=None) -> int:
     p.add_argument("--drives", type=int, default=HELD_OUT_DRIVES, help=f"test drives (default {HELD_OUT_DRIVES})")
     p.add_argument("--frames", type=int, default=30, help="frames per drive at 10 frames/s and 10 m/s "
                    "(default 30: 3 s, 30 m)")
-    p.add_argument("--tune", action="store_true", help="grid of score_threshold x tracking on tuning drives")
+    p.add_argument("--tune", action="store_true", help="grid of score_threshold x min_instance_area x max height x max range x tracking on the "
+                   "tuning drives; picks the highest tracked recall within 30 m at <= --max-fa")
     p.add_argument("--tune-drives", type=int, default=TUNE_DRIVES, help="drives (of --frames each) for --tune and "
                    f"--split-fractions (default {TUNE_DRIVES})")
     p.add_argument("--split-fractions", default="", metavar="V1,V2,...",

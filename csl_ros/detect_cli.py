@@ -27,6 +27,7 @@ import numpy as np
 
 from csl_ros.cli import add_command
 from csl_ros.config import load_configs, parse_set_args, regions_description
+from csl_ros.data.loaders import read_rgb
 from csl_ros.visualize import colorize_instances, draw_overlay, score_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm")
@@ -173,10 +174,7 @@ def run(args, detector_factory=None) -> int:
                     n_video_frames += n
                     print(f"{f.name}: {n} frame(s) (every {args.every}), {n_obstacles} obstacle(s) in all")
                 else:
-                    bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
-                    if bgr is None:
-                        raise ValueError("not a readable image (truncated or unsupported format)")
-                    det = detect_one(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), prefix, str(f))
+                    det = detect_one(read_rgb(f), prefix, str(f))
                     n_images += 1
                     print(f"{f.name}: {len(det.obstacles)} obstacle(s), {det.timings_ms['total']:.0f} ms "
                           f"({det.backend})")

@@ -46,10 +46,10 @@ def test_folder_with_corrupt_file_collision_and_video(folder, tmp_path, capsys):
     out = tmp_path / "out"
     assert run([str(folder), "--out", str(out), "--every", "3"]) == 1      # one file failed
     captured = capsys.readouterr()
-    assert f"skipped {folder / 'broken.png'}: not a readable image" in captured.err
+    assert f"skipped {folder / 'broken.png'}: cannot decode image {folder / 'broken.png'}" in captured.err
     summary = captured.out.strip().splitlines()[-1]
     assert summary.startswith("detect: 3 of 4 file(s) processed (2 image(s), 1 video(s) with 3 frame(s)), "
-                              "1 failed (broken.png: not a readable image")
+                              "1 failed (broken.png: cannot decode image")
     # x.png and x.jpg: both kept, told apart by their extension
     dark, bright = np.load(out / "x_png_anomaly.npy"), np.load(out / "x_jpg_anomaly.npy")
     assert dark.mean() < 0.2 < 0.8 < bright.mean()
