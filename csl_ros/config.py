@@ -91,7 +91,7 @@ class DetectorConfig:
                                          "carries its own replaces the default.", range=(0.0, 4.0))
 
     # --- instances and obstacles ----------------------------------------------------------------
-    score_threshold: float = _opt(0.12, "Fused anomaly score at or above which a pixel is anomalous. "
+    score_threshold: float = _opt(0.1, "Fused anomaly score at or above which a pixel is anomalous. "
                                   "Default: the shipped models' threshold tuned with the default teacher; "
                                   "a student checkpoint that carries its own (per teacher) replaces the "
                                   "default.", range=(0.0, 1.0))
