@@ -16,8 +16,9 @@ driving metrics (:mod:`csl_ros.eval.driving`, the code of ``csl-ros evaluate``) 
 every setting of the grid from the same fused maps and regions.
 
 ``--tune`` picks, on the tuning drives, the setting with the highest tracked recall within 30 m among
-those with at most ``--max-fa`` tracked false alarms per frame (else the fewest false alarms among those
-that keep the shipped default's recall there: ``choose``); the test drives then measure it.
+those with at most ``--max-fa`` tracked false alarms per frame and at least the recall of the current
+default of the same configuration (``--set`` included; else the fewest false alarms among those that keep
+that recall: ``choose``); the test drives then measure it.
 ``driving_markdown`` renders the result for docs/results.md (called by bench/results.py).
 """
 from __future__ import annotations
@@ -218,13 +219,13 @@ def choose(results, max_fa: float, reference: tuple[float, float] | None = None)
     """The tuned setting: highest tracked near recall with tracked false alarms/frame <= max_fa (and a
     recall above 0 and at least the reference's). When no setting gets there: the fewest false alarms
     among the settings that keep at least the reference's near recall (``reference`` = (recall, false
-    alarms/frame) of the shipped default on the same drives), so the choice never gives up recall; a phantom obstacle every few frames is
+    alarms/frame) of the tuned configuration's current default on the same drives), so the choice never gives up recall; a phantom obstacle every few frames is
     what makes a detector unusable in a car, so false alarms are what the fallback removes. Returns
     (name, rule)."""
     def tracked(r):
         return r["tracked"]["near"]["recall"] or 0.0, r["tracked"]["false_alarms_per_frame"] or 0.0
 
-    floor = reference[0] if reference is not None else 0.0   # never below the shipped default's recall
+    floor = reference[0] if reference is not None else 0.0   # never below the current default's recall
     ok = [(*tracked(r), name) for name, (_, r) in results.items()
           if tracked(r)[1] <= max_fa and tracked(r)[0] >= floor and tracked(r)[0] > 0]
     if ok:
@@ -234,7 +235,7 @@ def choose(results, max_fa: float, reference: tuple[float, float] | None = None)
         if ok:
             return min(ok, key=lambda t: (t[1], -t[0]))[2], (
                 f"no setting reaches {max_fa:g} false alarms/frame: the fewest false alarms among the settings "
-                f"with at least the shipped default's tracked recall within 30 m ({100 * reference[0]:.1f} %, at "
+                f"with at least the current default's tracked recall within 30 m ({100 * reference[0]:.1f} %, at "
                 f"{reference[1]:.3f} false alarms/frame)")
     return None, "no setting qualifies"
 
@@ -423,9 +424,10 @@ def main(argv=None) -> int:
                   max_distances=_floats(args.max_distances, "--max-distances", upper=None),
                   max_heights=_floats(args.max_heights, "--max-heights", upper=None),
                   min_areas=_pixel_counts(args.min_areas, "--min-areas"))
-        # the floor is the shipped default's recall, also when --set changes the grid's base (e.g. another
-        # teacher, whose scores the shipped threshold does not fit)
-        current = run(seeds, args.frames, default_config(), tune=False, cache=args.cache, log=lambda m: None)
+        # the floor is the recall of what this configuration runs today: with --set teacher=msp, MSP at the
+        # threshold the student's metadata holds for it (the fused scores of another teacher sit on another
+        # scale, so the default teacher's recall is no floor for it); its maps are the grid's, in the cache
+        current = run(seeds, args.frames, base, tune=False, cache=args.cache, log=lambda m: None)
         ref = current["shipped default"][1]["tracked"]
         reference = (ref["near"]["recall"] or 0.0, ref["false_alarms_per_frame"] or 0.0)
         for name, (_, r) in res.items():
@@ -434,7 +436,7 @@ def main(argv=None) -> int:
                   f"{r['per_frame']['near']['recall'] or 0:.3f} {r['per_frame']['false_alarms_per_frame']:.3f} "
                   f"frag {r['per_frame']['fragmentation'] or 0:.2f}")
         chosen, rule = choose(res, args.max_fa, reference)
-        print(f"shipped default: tracked recall within 30 m {reference[0]:.3f}, fa/frame {reference[1]:.3f}; "
+        print(f"current default: tracked recall within 30 m {reference[0]:.3f}, fa/frame {reference[1]:.3f}; "
               f"chosen: {chosen} ({rule})")
         if chosen is not None:
             cfg, r = res[chosen]

@@ -166,3 +166,22 @@ def test_driving_markdown_gives_the_bootstrap_interval_only_over_several_drives(
     assert "bootstrap interval over the 2 drives" in text and "recall within 30 m 0.0-100.0 %" in text
     r["per_drive"] = per_drive[:1]
     assert "bootstrap" not in driving.driving_markdown(data)
+
+
+def test_tune_measures_its_floor_with_the_same_configuration(monkeypatch, capsys):
+    """--tune --set teacher=msp: the recall floor is MSP's current default (its threshold from the
+    student's metadata), not the default teacher's, whose fused scores sit on another scale."""
+    driving = _load()
+    calls = []
+
+    def fake_run(seeds, frames, base, tune, **kw):
+        calls.append((base.teacher, tune))
+        tracked = {"near": {"recall": 0.5}, "false_alarms_per_frame": 0.1}
+        per_frame = {"near": {"recall": 0.5}, "false_alarms_per_frame": 0.1, "fragmentation": 1.0}
+        name = "grid setting" if tune else "shipped default"
+        return {name: (base, {"tracked": tracked, "per_frame": per_frame})}
+
+    monkeypatch.setattr(driving, "run", fake_run)
+    assert driving.main(["--tune", "--tune-drives", "1", "--frames", "1", "--set", "teacher=msp"]) == 0
+    assert calls == [("msp", True), ("msp", False)]
+    assert "current default: tracked recall within 30 m 0.500" in capsys.readouterr().out
