@@ -29,6 +29,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -350,21 +351,20 @@ def driving_section(drives: int = HELD_OUT_DRIVES, frames: int = 30, log=print, 
     return driving_markdown(measure(drives, frames, log=log, cache=cache))
 
 
-def _floats(text: str, what: str, upper: float | None = 1.0) -> tuple[float, ...]:
-    """Comma-separated values in [0, upper] (no upper bound with ``upper=None``), else a one-line exit."""
+def _floats(text: str, what: str, upper: float = 1.0) -> tuple[float, ...]:
+    """Comma-separated values in [0, upper] (``math.inf``: no upper bound), else a one-line exit."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise SystemExit(f"{what}: expected comma-separated numbers, got {text!r}") from None
-    if not values or not all(0.0 <= v <= (upper if upper is not None else float("inf")) for v in values):
-        bound = f"[0, {upper:g}]" if upper is not None else "[0, inf)"
-        raise SystemExit(f"{what}: every value must lie in {bound}, got {text!r}")
+    if not values or not all(0.0 <= v <= upper for v in values):
+        raise SystemExit(f"{what}: every value must lie in [0, {upper:g}], got {text!r}")
     return values
 
 
 def _pixel_counts(text: str, what: str) -> tuple[int, ...]:
     """Comma-separated whole pixel counts >= 1, else a one-line exit."""
-    values = _floats(text, what, upper=None)
+    values = _floats(text, what, upper=math.inf)
     if not all(v >= 1 and v == int(v) for v in values):
         raise SystemExit(f"{what}: every value must be a whole number of pixels >= 1, got {text!r}")
     return tuple(int(v) for v in values)
@@ -421,8 +421,8 @@ def main(argv=None) -> int:
         seeds = [TUNE_DRIVE_SEED + i for i in range(args.tune_drives)]
         res = run(seeds, args.frames, base, tune=True, cache=args.cache,
                   thresholds=_floats(args.thresholds, "--thresholds"),
-                  max_distances=_floats(args.max_distances, "--max-distances", upper=None),
-                  max_heights=_floats(args.max_heights, "--max-heights", upper=None),
+                  max_distances=_floats(args.max_distances, "--max-distances", upper=math.inf),
+                  max_heights=_floats(args.max_heights, "--max-heights", upper=math.inf),
                   min_areas=_pixel_counts(args.min_areas, "--min-areas"))
         # the floor is the recall of what this configuration runs today: with --set teacher=msp, MSP at the
         # threshold the student's metadata holds for it (the fused scores of another teacher sit on another

@@ -1,4 +1,6 @@
 """bench/driving.py: the rule that picks the shipped threshold and tracking."""
+import math
+
 from bench_modules import load_bench
 
 
@@ -70,11 +72,11 @@ def test_the_tuning_grid_takes_the_given_output_ranges():
     grid = driving.settings_grid(DetectorConfig(), tune=True, thresholds=(0.5,), max_distances=(0.0, 40.0))
     assert {cfg.max_obstacle_distance_m for cfg in grid.values()} == {0.0, 40.0}
     assert sum(name.endswith(", range 40 m") for name in grid) == len(grid) // 2
-    assert driving._floats("0,40", "--max-distances", upper=None) == (0.0, 40.0)
+    assert driving._floats("0,40", "--max-distances", upper=math.inf) == (0.0, 40.0)
     only = driving.settings_grid(DetectorConfig(), tune=True, thresholds=(0.5,), max_heights=(0.0,))
     assert {cfg.max_obstacle_height_m for cfg in only.values()} == {0.0} and len(only) == len(grid) // 2 // 3
-    with pytest.raises(SystemExit, match=r"--max-distances: every value must lie in \[0, inf\)"):
-        driving._floats("-5", "--max-distances", upper=None)
+    with pytest.raises(SystemExit, match=r"--max-distances: every value must lie in \[0, inf\]"):
+        driving._floats("-5", "--max-distances", upper=math.inf)
 
 
 def test_the_tuning_grid_takes_the_given_instance_sizes():
