@@ -7,7 +7,8 @@
     python bench/driving.py --tune --set teacher=maxlogit   # the same for another teacher
 
 The shipped default is ``config/driving.yaml`` over the schema defaults (the shipped student's input
-size, test_scale and the threshold tuned for the configured teacher), as the demo runs it, on frames rendered at the demo's size (512x1024). Drives: synthroad
+size, test_scale and the threshold tuned for the configured teacher), as the demo runs it, on frames
+rendered at the demo's size (512x1024). Drives: synthroad
 ``render_sequence`` with ``obstacles="obstacle"``, 10 m/s, 10 frames/s; test seeds from
 ``DRIVE_SEED`` and tuning seeds from ``TUNE_DRIVE_SEED`` (the shipped models were trained on frame seeds
 0..999 and validated on 1,000,000+; no drive seed was used anywhere else). Each frame runs the
@@ -220,9 +221,9 @@ def choose(results, max_fa: float, reference: tuple[float, float] | None = None)
     """The tuned setting: highest tracked near recall with tracked false alarms/frame <= max_fa (and a
     recall above 0 and at least the reference's). When no setting gets there: the fewest false alarms
     among the settings that keep at least the reference's near recall (``reference`` = (recall, false
-    alarms/frame) of the tuned configuration's current default on the same drives), so the choice never gives up recall; a phantom obstacle every few frames is
-    what makes a detector unusable in a car, so false alarms are what the fallback removes. Returns
-    (name, rule)."""
+    alarms/frame) of the tuned configuration's current default on the same drives), so the choice never
+    gives up recall; a phantom obstacle every few frames is what makes a detector unusable in a car, so
+    false alarms are what the fallback removes. Returns (name, rule)."""
     def tracked(r):
         return r["tracked"]["near"]["recall"] or 0.0, r["tracked"]["false_alarms_per_frame"] or 0.0
 
@@ -375,8 +376,9 @@ def main(argv=None) -> int:
     p.add_argument("--drives", type=int, default=HELD_OUT_DRIVES, help=f"test drives (default {HELD_OUT_DRIVES})")
     p.add_argument("--frames", type=int, default=30, help="frames per drive at 10 frames/s and 10 m/s "
                    "(default 30: 3 s, 30 m)")
-    p.add_argument("--tune", action="store_true", help="grid of score_threshold x min_instance_area x max height x max range x tracking on the "
-                   "tuning drives; picks the highest tracked recall within 30 m at <= --max-fa")
+    p.add_argument("--tune", action="store_true", help="grid of score_threshold x min_instance_area x max "
+                   "height x max range x tracking on the tuning drives; picks the highest tracked recall "
+                   "within 30 m at <= --max-fa")
     p.add_argument("--tune-drives", type=int, default=TUNE_DRIVES, help="drives (of --frames each) for --tune and "
                    f"--split-fractions (default {TUNE_DRIVES})")
     p.add_argument("--split-fractions", default="", metavar="V1,V2,...",
