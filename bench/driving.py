@@ -141,10 +141,11 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
 
 def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
         thresholds=THRESHOLDS, max_distances=MAX_DISTANCES, per_drive: bool = False, max_heights=MAX_HEIGHTS,
-        min_areas=MIN_AREAS):
+        min_areas=MIN_AREAS, with_default: bool = False):
     """{setting name: (config, driving result)} over the drives ``seeds``. With ``per_drive`` each result
     also holds ``per_drive``: every drive's tracked counts (:func:`drive_counts`, the pooled counts' growth
-    over that drive), for :func:`drive_interval`."""
+    over that drive), for :func:`drive_interval`. ``with_default`` adds ``base`` itself as "shipped default"
+    to a tuning grid (scored from the same maps in the same pass: the reference of :func:`choose`)."""
     import torch
 
     from csl_ros.eval.driving import DrivingAccumulator, frame_geometry
@@ -156,6 +157,8 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     # configured teacher) fills what ``base`` left at the schema default
     base = detector.config
     grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, max_heights, min_areas)
+    if with_default:
+        grid["shipped default"] = base
     accs = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()}
     drives = {name: [] for name in grid}
     pooled = {name: drive_counts(None) for name in grid}   # counts before the current drive
@@ -425,12 +428,11 @@ def main(argv=None) -> int:
                   thresholds=_floats(args.thresholds, "--thresholds"),
                   max_distances=_floats(args.max_distances, "--max-distances", upper=math.inf),
                   max_heights=_floats(args.max_heights, "--max-heights", upper=math.inf),
-                  min_areas=_pixel_counts(args.min_areas, "--min-areas"))
+                  min_areas=_pixel_counts(args.min_areas, "--min-areas"), with_default=True)
         # the floor is the recall of what this configuration runs today: with --set teacher=msp, MSP at the
         # threshold the student's metadata holds for it (the fused scores of another teacher sit on another
-        # scale, so the default teacher's recall is no floor for it); its maps are the grid's, in the cache
-        current = run(seeds, args.frames, base, tune=False, cache=args.cache, log=lambda m: None)
-        ref = current["shipped default"][1]["tracked"]
+        # scale, so the default teacher's recall is no floor for it); not a candidate of the grid itself
+        ref = res.pop("shipped default")[1]["tracked"]
         reference = (ref["near"]["recall"] or 0.0, ref["false_alarms_per_frame"] or 0.0)
         for name, (_, r) in res.items():
             print(f"{name:32s} tracked near recall {r['tracked']['near']['recall'] or 0:.3f} "

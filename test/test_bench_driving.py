@@ -176,14 +176,16 @@ def test_tune_measures_its_floor_with_the_same_configuration(monkeypatch, capsys
     driving = _load()
     calls = []
 
-    def fake_run(seeds, frames, base, tune, **kw):
-        calls.append((base.teacher, tune))
+    def fake_run(seeds, frames, base, tune, with_default=False, **kw):
+        calls.append((base.teacher, tune, with_default))
         tracked = {"near": {"recall": 0.5}, "false_alarms_per_frame": 0.1}
         per_frame = {"near": {"recall": 0.5}, "false_alarms_per_frame": 0.1, "fragmentation": 1.0}
-        name = "grid setting" if tune else "shipped default"
-        return {name: (base, {"tracked": tracked, "per_frame": per_frame})}
+        return {name: (base, {"tracked": tracked, "per_frame": per_frame})
+                for name in ("grid setting", "shipped default")}
 
     monkeypatch.setattr(driving, "run", fake_run)
     assert driving.main(["--tune", "--tune-drives", "1", "--frames", "1", "--set", "teacher=msp"]) == 0
-    assert calls == [("msp", True), ("msp", False)]
-    assert "current default: tracked recall within 30 m 0.500" in capsys.readouterr().out
+    assert calls == [("msp", True, True)]     # the floor's setting is scored in the grid's own pass
+    out = capsys.readouterr().out
+    assert "current default: tracked recall within 30 m 0.500" in out
+    assert "chosen: grid setting" in out          # the current default is the floor, not a candidate
