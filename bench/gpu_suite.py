@@ -146,7 +146,14 @@ def run_detector_row(preset, variant, size, args, device, cache, image) -> dict:
     row = {"build_s": time.perf_counter() - t, "backend_used": det.backends,
            "fallback": "; ".join(n.fallback_reason for n in (det.network, det.teacher_network)
                                  if n is not None and n.fallback_reason) or None}
-    row.update(time_frames(lambda: det(image), args.frames, args.warmup, device))
+    stage_sums: dict[str, float] = {}
+
+    def frame_and_stages():
+        for name, ms in det(image).timings_ms.items():  # the detector's own per-stage timer (CUDA events)
+            stage_sums[name] = stage_sums.get(name, 0.0) + ms
+
+    row.update(time_frames(frame_and_stages, args.frames, args.warmup, device))
+    row["stages_ms"] = {name: ms / (args.frames + args.warmup) for name, ms in stage_sums.items()}
     row["peak_mib"] = _mib(device)
     if args.soak_frames and preset == "shipped" and variant in ("eager fp32", "eager fp16") and size == args.sizes[-1]:
         before = _mib(device, allocated=True)
@@ -202,6 +209,13 @@ def markdown(result: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['size']} | {r['model']} | {r['variant']} | {r['soak_frames']} | {f(r['allocated_before_mib'])} | "
                   f"{f(r['allocated_after_soak_mib'])} | {f(r['peak_after_soak_mib'])} |" for r in soaks]
+    staged = [r for r in result["rows"] if r.get("stages_ms")]
+    if staged:  # where a frame's time goes: the detector's stages; "total" is their sum, not the wall time
+        names = list(dict.fromkeys(n for r in staged for n in r["stages_ms"]))
+        lines += ["", "Mean milliseconds per frame by detector stage (CUDA events on a GPU):", "",
+                  "| size | model | variant | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+        lines += [f"| {r['size']} | {r['model']} | {r['variant']} | "
+                  + " | ".join(f(r["stages_ms"].get(n), 2) for n in names) + " |" for r in staged]
     lines += ["", "## Targets (largest size)", ""]
     lines += [f"* {t['name']}: {t['value']} -> **{t['verdict']}**" for t in result["targets"]]
     return "\n".join(lines) + "\n"

@@ -199,15 +199,17 @@ def main(argv=None) -> int:
                                    ("student_ca", ca, "student", "student_ca.md"),
                                    ("student_scheme1", s1, "student", "student_scheme1.md")]:
         register_shipped(name, path, kind, out, card=card)
+    summary = {"size": [h, w], "frames": args.frames, "device": args.device, "training_wall_s": training_s,
+               "stages": run.stages, "target_training_s": 540, "dry_run": args.dry_run}
+    # written before the results step too, so that a run stopped there still reports its training times
+    (out / "train_gpu.json").write_text(json.dumps(summary, indent=1) + "\n")
     frames_args = ["--frames", str(args.test_frames)] + (["--val-frames", "2", "--tune-frames", "2"] if args.dry_run else [])
     run.step("results", ["bench/results.py", "--out", str(out / "results.md"), "--json", str(out / "results.json"),
                          "--height", str(h), "--width", str(w), "--student-ca", str(ca), "--student-scheme1", str(s1),
                          "--segmenter", str(seg), "--stats", str(stats), "--distill-teacher", str(closed),
                          # the driving section measures the configured default (the repo's shipped models),
                          # not these files: left out rather than mislabelled
-                         "--driving-drives", "0", "--notes", "", *frames_args])
-    summary = {"size": [h, w], "frames": args.frames, "device": args.device, "training_wall_s": training_s,
-               "stages": run.stages, "target_training_s": 540, "dry_run": args.dry_run}
+                         "--driving-drives", "0", "--notes", "", "--threads", str(args.workers), *frames_args])
     (out / "train_gpu.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"train_gpu: render + training {training_s:.0f} s (target < 540 s on the GPU machine); "
           f"files, cards, manifest and results in {out}")

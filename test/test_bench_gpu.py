@@ -33,10 +33,13 @@ def test_gpu_suite_dry_run_writes_every_row_json_and_markdown(tmp_path):
     assert rows[("shipped default", "onnxruntime")]["backend_used"].startswith("student onnxruntime")
     assert rows[("shipped default", "tensorrt")]["status"].startswith("not available")
     assert rows[("shipped default", "eager fp32")]["soak_frames"] == 5
+    stages = rows[("shipped default", "eager fp32")]["stages_ms"]
+    assert {"preprocess", "network", "teacher", "instances"} <= set(stages) and all(v >= 0 for v in stages.values())
     assert [t["verdict"] for t in result["targets"]] and all(t["verdict"] in ("met", "missed")
                                                              for t in result["targets"])
     md = (tmp_path / "gpu_suite.md").read_text()
-    assert "| size | model | variant |" in md and "## Targets" in md and md.count("\n| 64x128 |") == 8
+    assert "| size | model | variant |" in md and "## Targets" in md and md.count("\n| 64x128 |") == 8 + 4  # rows + stage rows of the 4 detector rows that ran
+    assert "by detector stage" in md
 
 
 def test_gpu_suite_without_cuda_says_so(tmp_path):
