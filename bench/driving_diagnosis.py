@@ -12,7 +12,8 @@ frame (untracked):
   whole road, swallowed the obstacle); the rest; and recall by visible size;
 * the distance of the generator (obstacle centre) against the flat-ground contact point the
   detector's instances use;
-* recall of the near obstacles by obstacle kind (box, plank, cylinder, tyre, bag, polygon);
+* recall of the near obstacles by obstacle kind (box, plank, cylinder, tyre, bag, polygon) and by their
+  contrast to the road around them (camouflaged obstacles);
 * the false alarms by distance band of their contact point, and the near (< 10 m) ones: how many
   reach the bottom image border, and their sizes;
 * the false alarms by the ground-truth class (Cityscapes trainId) of most of their pixels: "road" ones
@@ -33,47 +34,61 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import driving  # noqa: E402  (bench/driving.py: drives, shipped config, cached detection)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--drives", type=int, default=driving.HELD_OUT_DRIVES,
-                   help="number of held-out test drives (default: bench/driving.py's)")
-    p.add_argument("--frames", type=int, default=30, help="frames per drive")
-    p.add_argument("--seeds", default="", metavar="S1,S2,...", help="these drives instead of the test drives")
-    p.add_argument("--cache", type=Path, default=None, help="as bench/driving.py --cache")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting of the shipped default (as bench/driving.py --set)")
-    args = p.parse_args(argv)
+# Bins of the near-obstacle breakdown. Visible area: pixels of the obstacle's ground-truth component in the
+# 512x1024 frame. Contrast: mean absolute RGB difference (0-255, averaged over the channels) between the
+# obstacle's pixels and the road pixels of a ring a few pixels wide around it: camouflaged obstacles
+# (the generator draws a fifth of them from the road's own colour) fall in the lowest bin.
+SIZE_BINS = ((10, 50), (50, 200), (200, 1000), (1000, None))
+CONTRAST_BINS = ((0, 15), (15, 40), (40, None))
+RING_PX = 5
+ROAD_TRAIN_ID = 0
+
+
+def _bin_label(lo, hi, unit="") -> str:
+    return f"{lo}-{hi}{unit}" if hi is not None else f">= {lo}{unit}"
+
+
+def road_contrast(rgb: np.ndarray, component: np.ndarray, semantic: np.ndarray | None) -> float | None:
+    """Mean absolute RGB difference between a component's pixels and the road pixels in a ring of
+    ``RING_PX`` around it (None when the frame has no semantic labels or no road touches the ring)."""
+    import cv2
+
+    if semantic is None:
+        return None
+    k = 2 * RING_PX + 1
+    ring = cv2.dilate(component.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool) & ~component
+    ring &= semantic == ROAD_TRAIN_ID
+    if not ring.any():
+        return None
+    return float(np.abs(rgb[component].astype(np.float64).mean(0) - rgb[ring].astype(np.float64).mean(0)).mean())
+
+
+def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=None) -> dict:
+    """Per-frame (untracked) breakdown of the near obstacles and of the false alarms over the drives
+    ``seeds`` with the shipped default (``overrides`` as ``--set``): what :func:`report_lines` prints and
+    :func:`breakdown_markdown` renders."""
     import torch
     from sklearn.metrics import average_precision_score
 
-    from csl_ros.eval.driving import BANDS, NEAR_M, band_label, band_of, component_distances, frame_geometry
+    from csl_ros.eval.driving import NEAR_M, band_of, component_distances, frame_geometry
     from csl_ros.eval.instance_match import match_instances
     from csl_ros.pipeline import Detector
     from csl_ros.pipeline.instances import describe_instances, obstacles_of
 
-    torch.set_num_threads(args.threads)
-    from csl_ros.config import parse_set_args
-    from csl_ros.data.synthroad import TRAIN_ID_NAMES
-
-    detector = Detector.from_config(driving.default_config(parse_set_args(args.set)))
+    detector = Detector.from_config(driving.default_config(overrides or {}))
     cfg = detector.config   # as bench/driving.py: the student's metadata fills what was left at the default
     thr = cfg.score_threshold
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
-        [driving.DRIVE_SEED + i for i in range(args.drives)]
-    near, false_near, offsets = [], [], []
+    near, false_near, offsets, per_drive = [], [], [], []
     false_bands, false_classes = Counter(), Counter()
-    print(f"score_threshold {thr:g}, input {cfg.input_height}x{cfg.input_width}, frames "
-          f"{driving.FRAME_SIZE[0]}x{driving.FRAME_SIZE[1]}; per frame (untracked)")
     with torch.inference_mode():
         for seed in seeds:
-            labels, scores, bright, gt_med = [], [], [], []
+            labels, scores, bright = [], [], []
             drive_false = 0
-            for stamp, rec, truth in driving.drive_frames(seed, args.frames):
-                a, regions, roi = driving.detect_cached(detector, rec, cfg, args.cache, f"{seed}_{stamp}")
+            for stamp, rec, truth in driving.drive_frames(seed, frames):
+                a, regions, roi = driving.detect_cached(detector, rec, cfg, cache, f"{seed}_{stamp}")
                 cam, source = frame_geometry(truth, rec.label.shape, cfg)
                 inst, records = obstacles_of(a, regions, cfg, cam, roi)
-                m = match_instances(inst, rec.label, 10)
+                m = match_instances(inst, rec.label, driving.INSTSIZE)
                 comps = component_distances(m.gt, m.gt_counted, truth, cam, source)
                 detected = set(m.detected().tolist())
                 own = {r.id: r for r in describe_instances(
@@ -85,7 +100,8 @@ def main(argv=None) -> int:
                         offsets.append(d - own[c].distance_m)
                     if d < NEAR_M:
                         near.append((c in detected, int(px.sum()), float((a[px] >= thr).mean()),
-                                     float((inst[px] > 0).mean()), kind_of.get(key, "?")))
+                                     float((inst[px] > 0).mean()), kind_of.get(key, "?"),
+                                     road_contrast(rec.rgb, px, rec.semantic)))
                 for r in records:
                     if m.counted[r.instance] and not m.true[r.instance]:
                         drive_false += 1
@@ -99,39 +115,138 @@ def main(argv=None) -> int:
                 scores.append(a[valid])
                 bright.append(float(rec.rgb.mean()))
             y, s = np.concatenate(labels), np.concatenate(scores)
-            ap = average_precision_score(y, s) if y.any() else float("nan")
-            print(f"drive {seed}: false alarms {drive_false}, pixel AP {100 * ap:.1f} %, obstacle pixels "
-                  f"{100 * y.mean():.2f} %, obstacle "
-                  f"median score {np.median(s[y]) if y.any() else float('nan'):.3f}, road pixels >= threshold "
-                  f"{100 * (s[~y] >= thr).mean():.1f} %, brightness {np.mean(bright):.0f}")
+            per_drive.append({
+                "seed": seed, "false_alarms": drive_false,
+                "pixel_ap": float(average_precision_score(y, s)) if y.any() else None,
+                "obstacle_pixels": float(y.mean()), "obstacle_median_score": float(np.median(s[y])) if y.any() else None,
+                "road_above_threshold": float((s[~y] >= thr).mean()) if (~y).any() else None,
+                "brightness": float(np.mean(bright))})
+            if log:
+                log(f"diagnosis: drive {seed} done")
     hit = np.array([n[0] for n in near], bool)
     area = np.array([n[1] for n in near])
     above = np.array([n[2] for n in near])
     covered = np.array([n[3] for n in near])
-    miss = ~hit
-    print(f"near (< {NEAR_M:g} m) obstacles {hit.size}: detected {hit.sum()} ({100 * hit.mean():.1f} %); missed "
-          f"{miss.sum()}: no pixel >= threshold {(miss & (above == 0)).sum()}, > half inside false "
-          f"instances only {(miss & (covered > 0.5)).sum()}, other {(miss & (above > 0) & (covered <= 0.5)).sum()}")
     kinds = np.array([n[4] for n in near])
-    print("  recall by obstacle kind (synthroad generator): " + ", ".join(
-        f"{k} {hit[kinds == k].sum()}/{(kinds == k).sum()}" for k in sorted(set(kinds.tolist()))))
-    for lo, hi in ((10, 50), (50, 200), (200, 1000), (1000, None)):
-        sel = (area >= lo) & (area < hi if hi else True)
-        if sel.any():
-            print(f"  visible area {lo}-{hi or ''} px: {sel.sum()} obstacles, recall {100 * hit[sel].mean():.1f} %")
-    off = np.array(offsets)
-    print(f"generator distance - contact-point distance: median {np.median(off):.2f} m, 10-90 % "
-          f"{np.percentile(off, 10):.2f}..{np.percentile(off, 90):.2f} m")
-    print("false alarms (per frame, untracked) by distance band: " + ", ".join(
-        f"{band_label(*BANDS[k]) if k is not None else 'unknown'} {false_bands[k]}"
-        for k in [*range(len(BANDS)), None] if false_bands[k]))
-    if false_classes:
-        print("false alarms by ground-truth class of most of their pixels: " + ", ".join(
-            f"{TRAIN_ID_NAMES[k] if k < len(TRAIN_ID_NAMES) else k} {v}" for k, v in false_classes.most_common()))
-    bottom = [a for b, a in false_near if b]
+    contrast = np.array([np.nan if n[5] is None else n[5] for n in near])
+    miss = ~hit
+
+    def binned(values, bins, unit=""):
+        out = []
+        for lo, hi in bins:
+            sel = (values >= lo) & (values < hi if hi is not None else True)
+            out.append({"bin": _bin_label(lo, hi, unit), "n": int(sel.sum()), "detected": int(hit[sel].sum())})
+        return out
+
+    by_contrast = binned(contrast, CONTRAST_BINS)
+    unknown = np.isnan(contrast)
+    if unknown.any():
+        by_contrast.append({"bin": "unknown", "n": int(unknown.sum()), "detected": int(hit[unknown].sum())})
+    return {
+        "seeds": list(seeds), "frames": frames, "score_threshold": thr,
+        "input_size": [cfg.input_height, cfg.input_width], "frame_size": list(driving.FRAME_SIZE),
+        "near_m": NEAR_M, "per_drive": per_drive,
+        "near": {"n": int(hit.size), "detected": int(hit.sum()), "no_pixel": int((miss & (above == 0)).sum()),
+                 "swallowed": int((miss & (covered > 0.5)).sum()),
+                 "other": int((miss & (above > 0) & (covered <= 0.5)).sum())},
+        "by_kind": [{"bin": k, "n": int((kinds == k).sum()), "detected": int(hit[kinds == k].sum())}
+                    for k in sorted(set(kinds.tolist()))],
+        "by_size": binned(area, SIZE_BINS, " px"),
+        "by_contrast": by_contrast,
+        "offsets": offsets,
+        "false_bands": {("unknown" if k is None else k): v for k, v in false_bands.items()},
+        "false_classes": dict(false_classes.most_common()),
+        "false_near": false_near,
+    }
+
+
+def _recall(b: dict) -> str:
+    return f"{100 * b['detected'] / b['n']:.1f} %" if b["n"] else "-"
+
+
+def report_lines(d: dict) -> list[str]:
+    """The printed report of :func:`diagnose`."""
+    from csl_ros.data.synthroad import TRAIN_ID_NAMES
+    from csl_ros.eval.driving import BANDS, band_label
+
+    h, w = d["frame_size"]
+    out = [f"score_threshold {d['score_threshold']:g}, input {d['input_size'][0]}x{d['input_size'][1]}, frames "
+           f"{h}x{w}; per frame (untracked)"]
+    def num(v, scale=1.0, fmt="{:.1f}"):
+        return "nan" if v is None else fmt.format(scale * v)
+
+    for r in d["per_drive"]:
+        out.append(f"drive {r['seed']}: false alarms {r['false_alarms']}, pixel AP {num(r['pixel_ap'], 100)} %, "
+                   f"obstacle pixels {100 * r['obstacle_pixels']:.2f} %, obstacle median score "
+                   f"{num(r['obstacle_median_score'], fmt='{:.3f}')}, road pixels >= threshold "
+                   f"{num(r['road_above_threshold'], 100)} %, brightness {r['brightness']:.0f}")
+    n = d["near"]
+    out.append(f"near (< {d['near_m']:g} m) obstacles {n['n']}: detected {n['detected']} "
+               f"({100 * n['detected'] / max(n['n'], 1):.1f} %); missed {n['n'] - n['detected']}: no pixel >= threshold "
+               f"{n['no_pixel']}, > half inside false instances only {n['swallowed']}, other {n['other']}")
+    out.append("  recall by obstacle kind (synthroad generator): " + ", ".join(
+        f"{b['bin']} {b['detected']}/{b['n']}" for b in d["by_kind"]))
+    for b in d["by_size"]:
+        if b["n"]:
+            out.append(f"  visible area {b['bin']}: {b['n']} obstacles, recall {_recall(b)}")
+    for b in d["by_contrast"]:
+        if b["n"]:
+            out.append(f"  contrast to the road around it {b['bin']}: {b['n']} obstacles, recall {_recall(b)}")
+    off = np.array(d["offsets"])
+    if off.size:
+        out.append(f"generator distance - contact-point distance: median {np.median(off):.2f} m, 10-90 % "
+                   f"{np.percentile(off, 10):.2f}..{np.percentile(off, 90):.2f} m")
+    fb = d["false_bands"]
+    out.append("false alarms (per frame, untracked) by distance band: " + ", ".join(
+        f"{band_label(*BANDS[k]) if k != 'unknown' else 'unknown'} {fb[k]}"
+        for k in [*range(len(BANDS)), "unknown"] if fb.get(k)))
+    if d["false_classes"]:
+        out.append("false alarms by ground-truth class of most of their pixels: " + ", ".join(
+            f"{TRAIN_ID_NAMES[k] if k < len(TRAIN_ID_NAMES) else k} {v}" for k, v in d["false_classes"].items()))
+    bottom = [a for b, a in d["false_near"] if b]
     sizes = Counter("< 2k px" if a < 2000 else "> 20k px" if a > 20000 else "2k-20k px" for a in bottom)
-    print(f"near (< 10 m) false alarms {len(false_near)}: {len(bottom)} reach the bottom border "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(sizes.items()))})")
+    out.append(f"near (< 10 m) false alarms {len(d['false_near'])}: {len(bottom)} reach the bottom border "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(sizes.items()))})")
+    return out
+
+
+def breakdown_markdown(d: dict, command: str) -> str:
+    """The docs/results.md table of :func:`diagnose`: where the misses within 30 m are."""
+    n = d["near"]
+    missed = n["n"] - n["detected"]
+    out = ["### Where the misses within 30 m are", "",
+           f"Generated by `{command}` on the same drives and maps (per frame, untracked: with tracking 1 of 1 "
+           f"the same). Of {n['n']} obstacle-frames within {d['near_m']:g} m, {missed} are missed: in "
+           f"{n['no_pixel']} no pixel of the obstacle reaches the score threshold, {n['swallowed']} lie for more "
+           f"than half inside false instances only, {n['other']} other. Visible area: pixels of the obstacle in "
+           f"the {d['frame_size'][0]}x{d['frame_size'][1]} frame; contrast: mean absolute RGB difference "
+           f"(0-255) to the road in a {RING_PX}-px ring around it.", "",
+           "| breakdown | group | obstacle-frames | detected | recall |", "|---|---|---|---|---|"]
+    for title, key in (("visible area", "by_size"), ("contrast to the road", "by_contrast"),
+                       ("obstacle kind (synthroad)", "by_kind")):
+        out += [f"| {title} | {b['bin']} | {b['n']} | {b['detected']} | {_recall(b)} |" for b in d[key]]
+    return "\n".join(out + [""])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--drives", type=int, default=driving.HELD_OUT_DRIVES,
+                   help="number of held-out test drives (default: bench/driving.py's)")
+    p.add_argument("--frames", type=int, default=30, help="frames per drive")
+    p.add_argument("--seeds", default="", metavar="S1,S2,...", help="these drives instead of the test drives")
+    p.add_argument("--cache", type=Path, default=None, help="as bench/driving.py --cache")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the shipped default (as bench/driving.py --set)")
+    args = p.parse_args(argv)
+    import torch
+
+    from csl_ros.config import parse_set_args
+
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else \
+        [driving.DRIVE_SEED + i for i in range(args.drives)]
+    print("\n".join(report_lines(diagnose(seeds, args.frames, args.cache, parse_set_args(args.set)))))
     return 0
 
 

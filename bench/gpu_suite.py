@@ -146,14 +146,15 @@ def run_detector_row(preset, variant, size, args, device, cache, image) -> dict:
     row = {"build_s": time.perf_counter() - t, "backend_used": det.backends,
            "fallback": "; ".join(n.fallback_reason for n in (det.network, det.teacher_network)
                                  if n is not None and n.fallback_reason) or None}
-    stage_sums: dict[str, float] = {}
+    per_frame_stages: list[dict[str, float]] = []
 
     def frame_and_stages():
-        for name, ms in det(image).timings_ms.items():  # the detector's own per-stage timer (CUDA events)
-            stage_sums[name] = stage_sums.get(name, 0.0) + ms
+        per_frame_stages.append(det(image).timings_ms)  # the detector's own per-stage timer (CUDA events)
 
     row.update(time_frames(frame_and_stages, args.frames, args.warmup, device))
-    row["stages_ms"] = {name: ms / (args.frames + args.warmup) for name, ms in stage_sums.items()}
+    timed = per_frame_stages[-args.frames:]   # the timed frames alone, as fps and p50 (warm-up left out)
+    names = dict.fromkeys(n for t in timed for n in t)
+    row["stages_ms"] = {n: sum(t.get(n, 0.0) for t in timed) / len(timed) for n in names}
     row["peak_mib"] = _mib(device)
     if args.soak_frames and preset == "shipped" and variant in ("eager fp32", "eager fp16") and size == args.sizes[-1]:
         before = _mib(device, allocated=True)

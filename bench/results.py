@@ -675,11 +675,22 @@ def driving_drives_default() -> int:
 
 
 def driving_markdown(args, log) -> str:
-    """The driving table of bench/driving.py (held-out drives), or '' with --driving-drives 0."""
+    """The driving table of bench/driving.py (held-out drives) and the breakdown of its misses within 30 m
+    (bench/driving_diagnosis.py, from the same fused maps), or '' with --driving-drives 0."""
     if not args.driving_drives:
         return ""
-    return _driving().driving_section(args.driving_drives, args.driving_frames, log,
-                                      cache=Path(args.driving_cache) if args.driving_cache else None)
+    import tempfile
+
+    driving = _driving()
+    import driving_diagnosis   # beside this file, on the path _driving() set
+
+    with tempfile.TemporaryDirectory(prefix="csl_driving_") as tmp:   # the diagnosis reuses the maps
+        cache = Path(args.driving_cache) if args.driving_cache else Path(tmp)
+        section = driving.driving_section(args.driving_drives, args.driving_frames, log, cache=cache)
+        seeds = [driving.DRIVE_SEED + i for i in range(args.driving_drives)]
+        diag = driving_diagnosis.diagnose(seeds, args.driving_frames, cache)
+    return section + "\n" + driving_diagnosis.breakdown_markdown(
+        diag, f"python bench/driving_diagnosis.py --drives {args.driving_drives} --frames {args.driving_frames}")
 
 
 def write_results(args, m) -> int:

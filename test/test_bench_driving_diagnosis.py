@@ -1,6 +1,7 @@
 """bench/driving_diagnosis.py: the breakdown of near misses is a partition of the missed obstacles."""
 import re
 
+import numpy as np
 import pytest
 
 from bench_modules import load_bench
@@ -20,8 +21,10 @@ def test_miss_causes_add_up_and_every_drive_is_reported(capsys):
     assert m, out
     total, hit, missed, none, swallowed, other = map(int, m.groups())
     assert total > 0 and hit + missed == total and none + swallowed + other == missed
-    sizes = [int(n) for n in re.findall(r"visible area \S+ px: (\d+) obstacles", out)]
+    sizes = [int(n) for n in re.findall(r"visible area [^:]+ px: (\d+) obstacles", out)]
     assert sum(sizes) == total
+    contrasts = [int(n) for n in re.findall(r"contrast to the road around it [^:]+: (\d+) obstacles", out)]
+    assert sum(contrasts) == total
     kinds = re.search(r"recall by obstacle kind \(synthroad generator\): (.*)", out).group(1)
     per_kind = [tuple(map(int, f.split()[1].split("/"))) for f in kinds.split(", ")]
     assert sum(n for _, n in per_kind) == total and sum(k for k, _ in per_kind) == hit
@@ -35,3 +38,32 @@ def test_miss_causes_add_up_and_every_drive_is_reported(capsys):
         assert sum(int(f.rsplit(" ", 1)[1]) for f in classes.group(1).split(", ")) == n_false
     fa = re.search(r"false alarms (\d+): (\d+) reach the bottom border", out)
     assert fa and int(fa.group(2)) <= int(fa.group(1))
+
+
+def test_road_contrast_is_the_mean_rgb_difference_to_the_road_ring():
+    diag = _load()
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[:] = (100, 100, 100)                 # road
+    rgb[15:25, 15:25] = (130, 100, 70)       # obstacle: |30| + |0| + |-30| over 3 channels = 20
+    rgb[:, :5] = (0, 255, 0)                 # far from the obstacle: outside the ring, not counted
+    component = np.zeros((40, 40), bool)
+    component[15:25, 15:25] = True
+    semantic = np.zeros((40, 40), np.uint8)  # all road (trainId 0)
+    assert diag.road_contrast(rgb, component, semantic) == pytest.approx(20.0)
+    semantic[:] = 8                          # vegetation all around: no road in the ring
+    assert diag.road_contrast(rgb, component, semantic) is None
+    assert diag.road_contrast(rgb, component, None) is None
+
+
+def test_breakdown_table_lists_every_group_with_its_recall():
+    diag = _load()
+    d = {"near": {"n": 10, "detected": 6, "no_pixel": 3, "swallowed": 0, "other": 1}, "near_m": 30.0,
+         "frame_size": [512, 1024],
+         "by_size": [{"bin": "10-50 px", "n": 4, "detected": 0}, {"bin": ">= 50 px", "n": 6, "detected": 6}],
+         "by_contrast": [{"bin": "0-15", "n": 2, "detected": 1}, {"bin": ">= 15", "n": 8, "detected": 5}],
+         "by_kind": [{"bin": "box", "n": 10, "detected": 6}]}
+    md = diag.breakdown_markdown(d, "CMD")
+    assert "`CMD`" in md and "Of 10 obstacle-frames within 30 m, 4 are missed: in 3 " in md
+    assert "| visible area | 10-50 px | 4 | 0 | 0.0 % |" in md
+    assert "| contrast to the road | 0-15 | 2 | 1 | 50.0 % |" in md
+    assert "| obstacle kind (synthroad) | box | 10 | 6 | 60.0 % |" in md

@@ -174,26 +174,29 @@ def test_scale_augmentation_keeps_labels_nearest():
     assert img_a.dtype == np.uint8
 
 
-def test_student_negatives_forward_the_source_road_paint_and_shadow_options(tmp_path, monkeypatch):
-    """data.negative_exclude_source_road / negative_avoid_road_paint / negative_shadow reach paste_negatives."""
+def test_student_negatives_forward_the_source_road_paint_shadow_and_road_colour_options(tmp_path, monkeypatch):
+    """data.negative_exclude_source_road / negative_avoid_road_paint / negative_shadow /
+    negative_road_colour_fraction reach paste_negatives."""
     import csl_ros.training.student as student_mod
 
     seen = []
 
     def fake_paste(img, lab, sources, gen, count, size_range, *, colour_fraction, exclude_source_road,
-                   avoid_road_paint, shadow, colour_saturation, aspect_range):
-        seen.append((exclude_source_road, avoid_road_paint, shadow))
+                   avoid_road_paint, shadow, colour_saturation, aspect_range, road_colour_fraction):
+        seen.append((exclude_source_road, avoid_road_paint, shadow, road_colour_fraction))
         return torch.zeros(lab.shape, dtype=torch.bool)
 
     monkeypatch.setattr(student_mod, "paste_negatives", fake_paste)
-    for exclude, avoid, shadow in ((True, False, False), (False, True, False), (False, False, True)):
+    for exclude, avoid, shadow, road in ((True, False, False, 0.0), (False, True, False, 0.0),
+                                         (False, False, True, 0.0), (False, False, False, 0.4)):
         cfg = tiny_config(tmp_path, **{"data.negatives_max": 3, "data.negative_exclude_source_road": exclude,
-                                       "data.negative_avoid_road_paint": avoid, "data.negative_shadow": shadow})
+                                       "data.negative_avoid_road_paint": avoid, "data.negative_shadow": shadow,
+                                       "data.negative_road_colour_fraction": road})
         task = StudentTask(cfg, DistEnv(), ToyFrames(), num_queries=50)
         for step in range(8):
             rng = np.random.default_rng([cfg.run.seed, step, 0])
             task.paste_negative_regions(*augment(*ToyFrames()[0], rng, task.params), rng)
-        assert seen and set(seen) == {(exclude, avoid, shadow)}
+        assert seen and set(seen) == {(exclude, avoid, shadow, road)}
         seen.clear()
 
 

@@ -479,3 +479,49 @@ def test_segmenter_config_refuses_bad_negative_aspect(tmp_path):
     for bad in [(2.0, 1.0), (0.0, 2.0), (1.0,)]:
         with pytest.raises(ValueError, match="negative_aspect"):
             _cfg(tmp_path, negative_aspect=bad).validate()
+
+
+def test_road_coloured_negatives_take_the_road_colour_under_another_light():
+    """road_colour_fraction 1: every negative is a shaded field of the crop's mean road colour (times a
+    gain in ROAD_COLOUR_GAIN, small tint), needs no usable source, and leaves a recipe without it
+    drawing exactly what it drew before (same generator, same negatives)."""
+    from csl_ros.training.negatives import ROAD_COLOUR_GAIN, ROAD_COLOUR_TINT
+
+    img, lab = _road_bottom_frame()
+    img[40:] = (60, 110, 160)                        # a bluish road: its hue must carry over
+    x, y = _as_tensors(img, lab)
+    road_sources = [(s[0], np.full_like(s[1], ROAD_TRAIN_ID)) for s in _sources()]   # unusable sources
+    out = paste_negatives(x, y, road_sources, torch.Generator().manual_seed(3), 4, (0.1, 0.3),
+                          road_colour_fraction=1.0)
+    assert out.any()
+    mean = x[:, out].mean(1)
+    road = torch.tensor((60, 110, 160)) / 255.0
+    lo, hi = ROAD_COLOUR_GAIN
+    # shading ramp (0.6-1.3) and noise (+-35 %) widen the gain's range; the channel order stays the road's
+    assert (mean >= road * lo * 0.6 * 0.65 - ROAD_COLOUR_TINT).all() and (mean <= road * hi * 1.3 * 1.35 + ROAD_COLOUR_TINT).all()
+    assert mean[0] < mean[1] < mean[2]
+    a, b = _as_tensors(img, lab)
+    c, d = _as_tensors(img, lab)
+    sources = _sources()
+    m0 = paste_negatives(a, b, sources, torch.Generator().manual_seed(5), 3, (0.1, 0.3), colour_fraction=0.5)
+    m1 = paste_negatives(c, d, sources, torch.Generator().manual_seed(5), 3, (0.1, 0.3), colour_fraction=0.5,
+                         road_colour_fraction=0.0)
+    assert torch.equal(m0, m1) and torch.equal(a, c)
+
+
+def test_segmenter_task_forwards_the_road_colour_fraction(tmp_path, monkeypatch):
+    import csl_ros.training.segmenter as seg_mod
+
+    seen = []
+
+    def fake_paste(img, lab, sources, gen, count, size_range, *, road_colour_fraction, **_):
+        seen.append(road_colour_fraction)
+        return torch.zeros(lab.shape, dtype=torch.bool)
+
+    monkeypatch.setattr(seg_mod, "paste_negatives", fake_paste)
+    for road in (0.0, 0.3):
+        task = SegmenterTask(_cfg(tmp_path, negatives_max=3, negative_road_colour_fraction=road, batch_size=2),
+                             DistEnv(device=torch.device("cpu")), ToyScenes(4))
+        task.make_batch(0)
+        assert seen and set(seen) == {road}
+        seen.clear()

@@ -107,6 +107,9 @@ class DataConfig:
     negative_colour_fraction: float = field(default=0.0, metadata={"range": (0.0, 1.0), "help": "share of "
                                             "the negatives that are synthetic colour fields instead of "
                                             "patches of other training frames"})
+    negative_road_colour_fraction: float = field(default=0.0, metadata={"range": (0.0, 1.0), "help": "share of "
+                                                 "the negatives that are colour fields in the crop's own road "
+                                                 "colour under another illumination (asphalt-coloured debris)"})
     negative_exclude_source_road: bool = field(default=False, metadata={"help": EXCLUDE_SOURCE_ROAD_HELP})
     negative_avoid_road_paint: bool = field(default=False, metadata={"help": AVOID_ROAD_PAINT_HELP})
     negative_shadow: bool = field(default=False, metadata={"help": NEGATIVE_SHADOW_HELP})

@@ -18,6 +18,11 @@ procedural textures of DRAEM, Zavrtanik et al., ICCV 2021, without its texture d
 patches are all in-distribution content, so alone they teach "known scenery out of place"; an
 object of a plain colour that no class has (turquoise, orange) is neither, and a closed-set model
 keeps calling it known. Colour fields cover that, still without OOD data or the test generator.
+
+A third kind (``road_colour_fraction``) is a colour field in the crop's *own road colour* under another
+illumination (its mean road colour times a gain of ``ROAD_COLOUR_GAIN``): debris the colour of the
+asphalt (a chunk of it, a tyre tread, grey plastic), which neither a source patch nor a random colour
+shows often. Only its outline, shading and contact shadow tell it from the road.
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ ROAD_PAINT_COLOURS = (WHITE_PAINT, YELLOW_PAINT)
 PAINT_GAIN_RANGE = (0.6, 1.4)
 PAINT_COLOUR_TOLERANCE = 0.12
 PAINT_OVER_ROAD = 1.3
+ROAD_COLOUR_GAIN = (0.6, 1.4)    # road-coloured negatives: shade to sun on the crop's road colour
+ROAD_COLOUR_TINT = 0.03          # and a small per-channel tint
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -65,11 +72,13 @@ def polygon_mask(h: int, w: int, gen: torch.Generator) -> np.ndarray:
 
 def colour_field(h: int, w: int, gen: torch.Generator,
                  saturation: tuple[float, float] = COLOUR_SATURATION,
-                 value: tuple[float, float] = COLOUR_VALUE) -> torch.Tensor:
+                 value: tuple[float, float] = COLOUR_VALUE, base: torch.Tensor | None = None) -> torch.Tensor:
     """(3, h, w) float in [0, 1]: a random colour (uniform hue, ``saturation`` (default 0.2-1), HSV
-    ``value`` (default 0.15-0.95)) shaded by a vertical ramp (lit top, darker base) and low-frequency
-    noise (a 2-6 cell grid upsampled bicubic), the look of a painted or weathered solid object."""
-    rgb = torch.tensor(colorsys.hsv_to_rgb(_uniform(gen, 0, 1), _uniform(gen, *saturation), _uniform(gen, *value)))
+    ``value`` (default 0.15-0.95)), or ``base`` (3,) when given, shaded by a vertical ramp (lit top,
+    darker base) and low-frequency noise (a 2-6 cell grid upsampled bicubic), the look of a painted or
+    weathered solid object."""
+    rgb = base.float() if base is not None else torch.tensor(
+        colorsys.hsv_to_rgb(_uniform(gen, 0, 1), _uniform(gen, *saturation), _uniform(gen, *value)))
     ramp = torch.linspace(_uniform(gen, 1.0, 1.3), _uniform(gen, 0.6, 1.0), h).view(1, h, 1)
     cells = 2 + _randint(gen, 5)
     noise = 1.0 + _uniform(gen, 0.05, 0.35) * (2 * torch.rand(1, 1, cells, cells, generator=gen) - 1)
@@ -137,7 +146,8 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
                     exclude_source_road: bool = False, avoid_road_paint: bool = False,
                     shadow: bool = False, colour_saturation: tuple[float, float] = COLOUR_SATURATION,
                     colour_value: tuple[float, float] = COLOUR_VALUE,
-                    aspect_range: tuple[float, float] = NEGATIVE_ASPECT) -> torch.Tensor:
+                    aspect_range: tuple[float, float] = NEGATIVE_ASPECT,
+                    road_colour_fraction: float = 0.0) -> torch.Tensor:
     """Paste ``count`` negatives onto a road pixel of the crop ``img`` (3×h×w float in [0, 1], edited
     in place); returns the (h, w) bool mask of the pasted pixels.
 
@@ -147,7 +157,9 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     its bottom centre is a random road pixel of the crop (it stands on the road). Source patches that
     are mostly road are redrawn (``MAX_SOURCE_ROAD_FRACTION``). A share ``colour_fraction`` of the
     negatives are :func:`colour_field` s (of ``colour_saturation`` and ``colour_value``) instead of
-    source patches. With
+    source patches, and a share ``road_colour_fraction`` (drawn first) colour fields in the crop's mean
+    road colour times a gain in ``ROAD_COLOUR_GAIN`` plus a tint of up to ``ROAD_COLOUR_TINT`` per
+    channel (:func:`road_coloured`). With
     ``exclude_source_road`` the pixels that were road in the source frame are not pasted: otherwise a
     patch's share of road (up to ``MAX_SOURCE_ROAD_FRACTION``, lane markings and zebra stripes included)
     lands on the road as "anomalous" and teaches the network that road texture can be an obstacle. With
@@ -163,14 +175,21 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
     if count <= 0 or road.shape[0] == 0 or len(sources) == 0:
         return outlier
     lo, hi = size_range
+    road_colour = img[:, road_mask].mean(1) if road_colour_fraction > 0 else None
     for _ in range(count):
         ph = max(3, round(h * math.exp(_uniform(gen, math.log(lo), math.log(hi)))))
         pw = max(3, round(ph * math.exp(_uniform(gen, math.log(aspect_range[0]), math.log(aspect_range[1])))))
-        colour = colour_fraction > 0 and float(torch.rand((), generator=gen)) < colour_fraction
+        # drawn only when used: the random stream of a recipe without them stays what it was
+        like_road = road_colour_fraction > 0 and float(torch.rand((), generator=gen)) < road_colour_fraction
+        colour = not like_road and colour_fraction > 0 and float(torch.rand((), generator=gen)) < colour_fraction
         patch = shape = None
         for _ in range(SOURCE_TRIES):
-            patch, keep = (colour_field(ph, pw, gen, colour_saturation, colour_value), None) if colour else \
-                _source_patch(sources, gen, ph, pw, exclude_source_road)
+            if like_road:
+                patch, keep = colour_field(ph, pw, gen, base=road_coloured(road_colour, gen)), None
+            elif colour:
+                patch, keep = colour_field(ph, pw, gen, colour_saturation, colour_value), None
+            else:
+                patch, keep = _source_patch(sources, gen, ph, pw, exclude_source_road)
             if patch is None:
                 continue
             shape = torch.from_numpy(polygon_mask(ph, pw, gen))
@@ -197,6 +216,13 @@ def paste_negatives(img: torch.Tensor, lab: torch.Tensor, sources, gen: torch.Ge
         region[:, m] = patch[:, t0 - top:t1 - top, l0 - left:l1 - left][:, m]
         outlier[t0:t1, l0:l1] |= m
     return outlier
+
+
+def road_coloured(road_colour: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(3,) in [0, 1]: ``road_colour`` under another illumination (a gain in ``ROAD_COLOUR_GAIN``) with a
+    small per-channel tint (up to ``ROAD_COLOUR_TINT``)."""
+    tint = ROAD_COLOUR_TINT * (2 * torch.rand(3, generator=gen) - 1)
+    return (road_colour * _uniform(gen, *ROAD_COLOUR_GAIN) + tint).clamp(0, 1)
 
 
 def contact_shadow(img: torch.Tensor, road: torch.Tensor, by: int, bx: int, ph: int, pw: int,

@@ -85,6 +85,9 @@ class SegmenterTrainConfig:
     negative_colour_fraction: float = setting(0.0, "share of the negatives that are synthetic colour fields "
                                               "(a random colour, shading and low-frequency noise) instead of "
                                               "patches of training frames", range=(0.0, 1.0))
+    negative_road_colour_fraction: float = setting(0.0, "share of the negatives that are colour fields in the "
+                                                   "crop's own road colour under another illumination "
+                                                   "(asphalt-coloured debris)", range=(0.0, 1.0))
     negative_colour_saturation: tuple = setting(COLOUR_SATURATION, "saturation range lo,hi of the colour "
                                                 "fields' colours (0 = grey)")
     negative_colour_value: tuple = setting(COLOUR_VALUE, "HSV value (brightness) range lo,hi of the colour "
@@ -337,7 +340,8 @@ class SegmenterTask:
                                   shadow=self.cfg.negative_shadow,
                                   colour_saturation=tuple(self.cfg.negative_colour_saturation),
                                   colour_value=tuple(self.cfg.negative_colour_value),
-                                  aspect_range=tuple(self.cfg.negative_aspect))
+                                  aspect_range=tuple(self.cfg.negative_aspect),
+                                  road_colour_fraction=self.cfg.negative_road_colour_fraction)
             images.append(img)
             labels.append(lab.masked_fill(out, IGNORE_INDEX))
             outliers.append(out)

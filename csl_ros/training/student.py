@@ -108,7 +108,8 @@ class StudentTask:
                                  exclude_source_road=d.negative_exclude_source_road,
                                  avoid_road_paint=d.negative_avoid_road_paint, shadow=d.negative_shadow,
                                  colour_saturation=(d.negative_min_saturation, d.negative_max_saturation),
-                                 aspect_range=(d.negative_min_aspect, d.negative_max_aspect)).numpy()
+                                 aspect_range=(d.negative_min_aspect, d.negative_max_aspect),
+                                 road_colour_fraction=d.negative_road_colour_fraction).numpy()
         image = img.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         labels = labels.copy()
         labels[pasted] = NEGATIVE_TRAIN_ID
