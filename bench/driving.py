@@ -57,6 +57,7 @@ TRACKING = ((1, 1, 0, False), (2, 3, 2, False), (3, 5, 2, False), (2, 2, 1, Fals
             (4, 6, 2, False), (1, 1, 1, True), (1, 1, 2, True), (2, 2, 1, True), (2, 3, 2, True), (3, 4, 1, True))
 MAX_HEIGHTS = (0.0, 2.0, 3.0)   # max_obstacle_height_m (0: off)
 MAX_DISTANCES = (0.0,)          # max_obstacle_distance_m of the grid (0: off); --max-distances adds ranges
+HYSTERESIS = (1.0,)             # score_hysteresis of the grid (1: one threshold); --hysteresis adds others
 
 
 def default_config(overrides=None):
@@ -81,7 +82,7 @@ def drive_frames(seed: int, frames: int, size=FRAME_SIZE):
 
 
 def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, max_distances=MAX_DISTANCES,
-                  max_heights=MAX_HEIGHTS, min_areas=MIN_AREAS):
+                  max_heights=MAX_HEIGHTS, min_areas=MIN_AREAS, hysteresis=HYSTERESIS):
     from csl_ros.config import apply_overrides
 
     if split_fractions:   # fragmentation: the same maps cut with each min_split_fraction
@@ -90,13 +91,14 @@ def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, m
     if not tune:   # one setting: its accumulator scores the per-frame and the tracked output
         return {"shipped default": base}
     grid = {}
-    for thr, area, (k, n, m, coast), h, d in itertools.product(thresholds, min_areas, TRACKING, max_heights,
-                                                         max_distances):
-        name = f"thr {thr:g}, area {area}, {k} of {n}, missed {m}{', coasted' if coast else ''}, max height {h:g} m"
+    for thr, hyst, area, (k, n, m, coast), h, d in itertools.product(thresholds, hysteresis, min_areas, TRACKING,
+                                                                   max_heights, max_distances):
+        name = (f"thr {thr:g}{f', hysteresis {hyst:g}' if hyst != 1 else ''}, area {area}, {k} of {n}, "
+                f"missed {m}{', coasted' if coast else ''}, max height {h:g} m")
         grid[name + (f", range {d:g} m" if d else "")] = apply_overrides(
-            base, {"score_threshold": thr, "min_instance_area": area, "track_confirm_hits": k,
-                   "track_confirm_window": n, "track_max_missed": m, "track_coast": coast, "max_obstacle_height_m": h,
-                   "max_obstacle_distance_m": d})
+            base, {"score_threshold": thr, "score_hysteresis": hyst, "min_instance_area": area,
+                   "track_confirm_hits": k, "track_confirm_window": n, "track_max_missed": m, "track_coast": coast,
+                   "max_obstacle_height_m": h, "max_obstacle_distance_m": d})
     return grid
 
 
@@ -141,7 +143,7 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
 
 def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
         thresholds=THRESHOLDS, max_distances=MAX_DISTANCES, per_drive: bool = False, max_heights=MAX_HEIGHTS,
-        min_areas=MIN_AREAS, with_default: bool = False):
+        min_areas=MIN_AREAS, with_default: bool = False, hysteresis=HYSTERESIS):
     """{setting name: (config, driving result)} over the drives ``seeds``. With ``per_drive`` each result
     also holds ``per_drive``: every drive's tracked counts (:func:`drive_counts`, the pooled counts' growth
     over that drive), for :func:`drive_interval`. ``with_default`` adds ``base`` itself as "shipped default"
@@ -156,7 +158,7 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     # the settings the detector runs: the student's metadata (input size, the threshold tuned for the
     # configured teacher) fills what ``base`` left at the schema default
     base = detector.config
-    grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, max_heights, min_areas)
+    grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, max_heights, min_areas, hysteresis)
     if with_default:
         grid["shipped default"] = base
     accs = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()}
@@ -175,7 +177,7 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
                 shared = {}   # settings that differ only in tracking share the instances and their match
                 # (roi is None unless base.road_roi, which no grid setting changes)
                 for name, cfg in grid.items():
-                    key = (cfg.score_threshold, cfg.min_instance_area, cfg.min_split_fraction,
+                    key = (cfg.score_threshold, cfg.score_hysteresis, cfg.min_instance_area, cfg.min_split_fraction,
                            cfg.max_obstacle_height_m, cfg.max_obstacle_distance_m)
                     if key not in shared:
                         inst = obstacles_of(anomaly, regions, cfg, camera, roi)[0]
@@ -395,6 +397,9 @@ def main(argv=None) -> int:
                    help="--tune: the max_obstacle_height_m values of the grid (0 = no height limit)")
     p.add_argument("--min-areas", default=",".join(f"{v:g}" for v in MIN_AREAS), metavar="A1,A2,...",
                    help="--tune: the min_instance_area values of the grid (pixels of the 512x1024 frame)")
+    p.add_argument("--hysteresis", default=",".join(f"{v:g}" for v in HYSTERESIS), metavar="R1,R2,...",
+                   help="--tune: the score_hysteresis values of the grid (1 = one threshold; 0.5: areas down to "
+                   "half the threshold that reach it somewhere)")
     p.add_argument("--max-fa", type=float, default=0.15, help="--tune: tracked false alarms/frame allowed "
                    "(below the goal's 0.2, a margin for the test drives)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
@@ -428,7 +433,8 @@ def main(argv=None) -> int:
                   thresholds=_floats(args.thresholds, "--thresholds"),
                   max_distances=_floats(args.max_distances, "--max-distances", upper=math.inf),
                   max_heights=_floats(args.max_heights, "--max-heights", upper=math.inf),
-                  min_areas=_pixel_counts(args.min_areas, "--min-areas"), with_default=True)
+                  min_areas=_pixel_counts(args.min_areas, "--min-areas"), with_default=True,
+                  hysteresis=_floats(args.hysteresis, "--hysteresis"))
         # the floor is the recall of what this configuration runs today: with --set teacher=msp, MSP at the
         # threshold the student's metadata holds for it (the fused scores of another teacher sit on another
         # scale, so the default teacher's recall is no floor for it); not a candidate of the grid itself
@@ -445,7 +451,7 @@ def main(argv=None) -> int:
         if chosen is not None:
             cfg, r = res[chosen]
             data["tuning"] = {"drives": len(seeds), "chosen": chosen, "rule": rule,
-                              "score_threshold": cfg.score_threshold,
+                              "score_threshold": cfg.score_threshold, "score_hysteresis": cfg.score_hysteresis,
                               "min_instance_area": cfg.min_instance_area,
                               "max_obstacle_height_m": cfg.max_obstacle_height_m,
                               "max_obstacle_distance_m": cfg.max_obstacle_distance_m,

@@ -95,6 +95,11 @@ class DetectorConfig:
                                   "Default: the shipped models' threshold tuned with the default teacher; "
                                   "a student checkpoint that carries its own (per teacher) replaces the "
                                   "default.", range=(0.0, 1.0))
+    score_hysteresis: float = _opt(1.0, "Hysteresis thresholding (as Canny's edges): an instance is a "
+                                   "connected area of scores at or above score_hysteresis x score_threshold "
+                                   "that reaches score_threshold in at least one pixel, so an obstacle "
+                                   "whose peak is found keeps its fainter parts and one blob stays one. "
+                                   "1 = a single threshold.", range=(0.01, 1.0))
     min_instance_area: int = _opt(100, "Smallest OOD instance kept, in pixels of the input image.",
                                   range=(0, 10_000_000))
     min_split_fraction: float = _opt(0.4, "A connected anomalous area is cut along the student's "

@@ -94,6 +94,18 @@ def test_the_tuning_grid_takes_the_given_instance_sizes():
             driving._pixel_counts(bad, "--min-areas")
 
 
+def test_the_tuning_grid_takes_the_given_hysteresis():
+    from csl_ros.config import DetectorConfig
+    driving = _load()
+    grid = driving.settings_grid(DetectorConfig(), tune=True, thresholds=(0.5,), max_heights=(0.0,),
+                                 min_areas=(60,), hysteresis=(1.0, 0.5))
+    assert {cfg.score_hysteresis for cfg in grid.values()} == {1.0, 0.5}
+    assert len(grid) == 2 * len(driving.TRACKING)
+    # one threshold keeps the names of the grids before hysteresis existed
+    assert sum(", hysteresis 0.5," in name for name in grid) == len(driving.TRACKING)
+    assert not any("hysteresis 1" in name for name in grid)
+
+
 def test_detect_cached_keeps_the_road_roi(tmp_path):
     import numpy as np
 

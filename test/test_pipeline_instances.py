@@ -216,3 +216,24 @@ def test_regions_never_fragment_one_connected_area():
     assert len(set(np.unique(extract_instances(t, two, 0.5, 10, min_split_fraction=0.25))) - {0}) == 2
     # pieces below min_area join the obstacle instead of leaving a hole
     assert (extract_instances(s, regions, 0.5, 25) > 0).sum() == 200
+
+
+def test_hysteresis_keeps_faint_areas_only_where_they_reach_the_threshold():
+    """score_hysteresis 0.5 at threshold 0.4: the area >= 0.2 around a peak >= 0.4 is one instance (its
+    faint rim included); an area >= 0.2 that never reaches 0.4 is none; 1 is the single threshold."""
+    s = np.zeros((20, 30), np.float32)
+    s[2:10, 2:10] = 0.3          # faint body ...
+    s[5:7, 5:7] = 0.5            # ... with a peak: one 64-px instance with hysteresis, 4 px without
+    s[12:18, 15:25] = 0.3        # faint only: never an instance
+    s[2:4, 20:22] = 0.45         # a small strong blob alone
+    single = extract_instances(s, None, 0.4, 1)
+    assert sorted(np.bincount(single.ravel())[1:].tolist()) == [4, 4]
+    hyst = extract_instances(s, None, 0.4, 1, low_threshold=0.2)
+    assert sorted(np.bincount(hyst.ravel())[1:].tolist()) == [4, 64]
+    assert hyst[12:18, 15:25].max() == 0
+    assert np.array_equal(extract_instances(s, None, 0.4, 1, low_threshold=0.4), single)
+    cfg = dataclasses.replace(DetectorConfig(), score_threshold=0.4, score_hysteresis=0.5, min_instance_area=10,
+                              max_obstacle_distance_m=0.0, max_obstacle_height_m=0.0)
+    inst, records = obstacles_of(s, None, cfg)
+    assert [r.area_px for r in records] == [64]     # the small strong blob is under min_instance_area
+    assert not extract_instances(np.full((4, 4), 0.3, np.float32), None, 0.4, 1, low_threshold=0.2).any()

@@ -38,9 +38,14 @@ class Obstacle:
 
 
 def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold: float, min_area: int,
-                      roi: np.ndarray | None = None, *, min_split_fraction: float = 0.0) -> np.ndarray:
+                      roi: np.ndarray | None = None, *, min_split_fraction: float = 0.0,
+                      low_threshold: float | None = None) -> np.ndarray:
     """Label OOD instances: 8-connected components of ``scores >= threshold``, cut along the student's
     regions only where the cut separates substantial parts.
+
+    With ``low_threshold`` (below ``threshold``): hysteresis thresholding (Canny 1986) instead, the
+    8-connected components of ``scores >= low_threshold`` that hold at least one pixel at or above
+    ``threshold``; components that never reach it are not instances.
 
     One physical obstacle must stay one instance: a region piece of a component is its own instance
     only when it covers at least ``min_split_fraction`` of the component and at least ``min_area``
@@ -52,10 +57,18 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
     ``roi``: optional boolean mask (e.g. the drivable road); instances not touching it are dropped.
     Returns a uint16 label image (0 = none), ids 1..K ordered by (component, region).
     """
-    mask = (scores >= threshold).astype(np.uint8)
+    low = threshold if low_threshold is None else min(float(low_threshold), threshold)
+    mask = (scores >= low).astype(np.uint8)
     n_cc, cc = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
     if n_cc <= 1:
         return np.zeros(scores.shape, np.uint16)
+    if low < threshold:   # keep the components that reach the high threshold somewhere
+        strong = np.zeros(n_cc, bool)
+        strong[cc[scores >= threshold]] = True
+        strong[0] = False
+        mask &= strong[cc].astype(np.uint8)
+        if not strong.any():
+            return np.zeros(scores.shape, np.uint16)
     # Everything below touches only the anomalous pixels (few), never the whole image again.
     idx = np.flatnonzero(mask)
     comp = cc.ravel()[idx].astype(np.int64)
@@ -130,7 +143,8 @@ def obstacles_of(scores: np.ndarray, regions: np.ndarray | None, config, camera:
     :func:`drop_taller_than` / :func:`drop_farther_than`. The one
     path of the node, ``csl-ros evaluate`` and the driving benchmark."""
     inst = extract_instances(scores, regions, config.score_threshold, config.min_instance_area, roi,
-                             min_split_fraction=config.min_split_fraction)
+                             min_split_fraction=config.min_split_fraction,
+                             low_threshold=config.score_hysteresis * config.score_threshold)
     obstacles = describe_instances(inst, scores, camera)
     if config.max_obstacle_height_m > 0:
         inst, obstacles = drop_taller_than(inst, obstacles, config.max_obstacle_height_m)
