@@ -58,6 +58,7 @@ TRACKING = ((1, 1, 0, False), (2, 3, 2, False), (3, 5, 2, False), (2, 2, 1, Fals
 MAX_HEIGHTS = (0.0, 2.0, 3.0)   # max_obstacle_height_m (0: off)
 MAX_DISTANCES = (0.0,)          # max_obstacle_distance_m of the grid (0: off); --max-distances adds ranges
 HYSTERESIS = (1.0,)             # score_hysteresis of the grid (1: one threshold); --hysteresis adds others
+CONTINUE_RATIOS = (1.0,)        # track_continue_ratio of the grid (1: off); --continue-ratios adds others
 
 
 def default_config(overrides=None):
@@ -82,7 +83,8 @@ def drive_frames(seed: int, frames: int, size=FRAME_SIZE):
 
 
 def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, max_distances=MAX_DISTANCES,
-                  max_heights=MAX_HEIGHTS, min_areas=MIN_AREAS, hysteresis=HYSTERESIS):
+                  max_heights=MAX_HEIGHTS, min_areas=MIN_AREAS, hysteresis=HYSTERESIS,
+                  continue_ratios=CONTINUE_RATIOS):
     from csl_ros.config import apply_overrides
 
     if split_fractions:   # fragmentation: the same maps cut with each min_split_fraction
@@ -91,12 +93,14 @@ def settings_grid(base, tune: bool, split_fractions=(), thresholds=THRESHOLDS, m
     if not tune:   # one setting: its accumulator scores the per-frame and the tracked output
         return {"shipped default": base}
     grid = {}
-    for thr, hyst, area, (k, n, m, coast), h, d in itertools.product(thresholds, hysteresis, min_areas, TRACKING,
-                                                                   max_heights, max_distances):
+    for thr, hyst, area, (k, n, m, coast), cont, h, d in itertools.product(
+            thresholds, hysteresis, min_areas, TRACKING, continue_ratios, max_heights, max_distances):
         name = (f"thr {thr:g}{f', hysteresis {hyst:g}' if hyst != 1 else ''}, area {area}, {k} of {n}, "
-                f"missed {m}{', coasted' if coast else ''}, max height {h:g} m")
+                f"missed {m}{', coasted' if coast else ''}{f', continued down to {cont:g}' if cont != 1 else ''}, "
+                f"max height {h:g} m")
         grid[name + (f", range {d:g} m" if d else "")] = apply_overrides(
             base, {"score_threshold": thr, "score_hysteresis": hyst, "min_instance_area": area,
+                   "track_continue_ratio": cont,
                    "track_confirm_hits": k, "track_confirm_window": n, "track_max_missed": m, "track_coast": coast,
                    "max_obstacle_height_m": h, "max_obstacle_distance_m": d})
     return grid
@@ -143,7 +147,7 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
 
 def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
         thresholds=THRESHOLDS, max_distances=MAX_DISTANCES, per_drive: bool = False, max_heights=MAX_HEIGHTS,
-        min_areas=MIN_AREAS, with_default: bool = False, hysteresis=HYSTERESIS):
+        min_areas=MIN_AREAS, with_default: bool = False, hysteresis=HYSTERESIS, continue_ratios=CONTINUE_RATIOS):
     """{setting name: (config, driving result)} over the drives ``seeds``. With ``per_drive`` each result
     also holds ``per_drive``: every drive's tracked counts (:func:`drive_counts`, the pooled counts' growth
     over that drive), for :func:`drive_interval`. ``with_default`` adds ``base`` itself as "shipped default"
@@ -153,12 +157,14 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     from csl_ros.eval.driving import DrivingAccumulator, frame_geometry
     from csl_ros.eval.instance_match import match_instances
     from csl_ros.pipeline import Detector, obstacles_of
+    from csl_ros.pipeline.instances import faint_candidates
 
     detector = Detector.from_config(base)
     # the settings the detector runs: the student's metadata (input size, the threshold tuned for the
     # configured teacher) fills what ``base`` left at the schema default
     base = detector.config
-    grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, max_heights, min_areas, hysteresis)
+    grid = settings_grid(base, tune, split_fractions, thresholds, max_distances, max_heights, min_areas, hysteresis,
+                         continue_ratios)
     if with_default:
         grid["shipped default"] = base
     accs = {name: DrivingAccumulator(cfg, instsize=INSTSIZE) for name, cfg in grid.items()}
@@ -183,7 +189,12 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
                         inst = obstacles_of(anomaly, regions, cfg, camera, roi)[0]
                         shared[key] = (inst, match_instances(inst, rec.label, INSTSIZE))
                     inst, match = shared[key]
-                    accs[name].add(stamp, rec.label, inst, anomaly, truth, match=match)
+                    faint_key = key + (cfg.track_continue_ratio,)
+                    if faint_key not in shared:   # as the detector: with the regions and the road ROI
+                        shared[faint_key] = faint_candidates(anomaly, regions, cfg, camera, roi)
+                    # the tracker edits the records: each setting gets its own copies
+                    faint = [dataclasses.replace(r) for r in shared[faint_key]]
+                    accs[name].add(stamp, rec.label, inst, anomaly, truth, match=match, candidates=faint)
             if per_drive:
                 for name, acc in accs.items():
                     now = drive_counts(acc.result())
@@ -400,6 +411,9 @@ def main(argv=None) -> int:
     p.add_argument("--hysteresis", default=",".join(f"{v:g}" for v in HYSTERESIS), metavar="R1,R2,...",
                    help="--tune: the score_hysteresis values of the grid (1 = one threshold; 0.5: areas down to "
                    "half the threshold that reach it somewhere)")
+    p.add_argument("--continue-ratios", default=",".join(f"{v:g}" for v in CONTINUE_RATIOS), metavar="R1,R2,...",
+                   help="--tune: the track_continue_ratio values of the grid (1 = off; 0.5: confirmed tracks "
+                   "continue on faint instances down to half the threshold)")
     p.add_argument("--max-fa", type=float, default=0.15, help="--tune: tracked false alarms/frame allowed "
                    "(below the goal's 0.2, a margin for the test drives)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
@@ -434,7 +448,8 @@ def main(argv=None) -> int:
                   max_distances=_floats(args.max_distances, "--max-distances", upper=math.inf),
                   max_heights=_floats(args.max_heights, "--max-heights", upper=math.inf),
                   min_areas=_pixel_counts(args.min_areas, "--min-areas"), with_default=True,
-                  hysteresis=_floats(args.hysteresis, "--hysteresis"))
+                  hysteresis=_floats(args.hysteresis, "--hysteresis"),
+                  continue_ratios=_floats(args.continue_ratios, "--continue-ratios"))
         # the floor is the recall of what this configuration runs today: with --set teacher=msp, MSP at the
         # threshold the student's metadata holds for it (the fused scores of another teacher sit on another
         # scale, so the default teacher's recall is no floor for it); not a candidate of the grid itself
@@ -456,7 +471,7 @@ def main(argv=None) -> int:
                               "max_obstacle_height_m": cfg.max_obstacle_height_m,
                               "max_obstacle_distance_m": cfg.max_obstacle_distance_m,
                               "confirm": [cfg.track_confirm_hits, cfg.track_confirm_window, cfg.track_max_missed],
-                              "coast": cfg.track_coast,
+                              "coast": cfg.track_coast, "continue_ratio": cfg.track_continue_ratio,
                               "near_recall": r["tracked"]["near"]["recall"],
                               "false_alarms_per_frame": r["tracked"]["false_alarms_per_frame"]}
         data["grid"] = {name: {"tracked": r["tracked"]["near"] | {"fa": r["tracked"]["false_alarms_per_frame"]},

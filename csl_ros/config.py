@@ -139,6 +139,12 @@ class DetectorConfig:
                              "until it is deleted (track_max_missed), at the position predicted from "
                              "its last two detections (constant velocity in the image and on the "
                              "ground) and flagged with the frames since its last detection.")
+    track_continue_ratio: float = _opt(1.0, "A confirmed track missed in a frame continues on a faint "
+                                       "instance there: an area of scores at or above track_continue_ratio "
+                                       "x score_threshold that never reaches score_threshold and associates "
+                                       "with the track (the second, low-score association of ByteTrack). "
+                                       "Such an instance is reported for the track only, never starts one. "
+                                       "1 = off.", range=(0.01, 1.0))
     track_gate_m: float = _opt(3.0, "Association gate on the ground when the camera geometry is known: "
                                "largest contact-point distance between a track and a detection, in "
                                "metres, or 20 % of the obstacle's distance when that is larger.",

@@ -237,3 +237,18 @@ def test_hysteresis_keeps_faint_areas_only_where_they_reach_the_threshold():
     inst, records = obstacles_of(s, None, cfg)
     assert [r.area_px for r in records] == [64]     # the small strong blob is under min_instance_area
     assert not extract_instances(np.full((4, 4), 0.3, np.float32), None, 0.4, 1, low_threshold=0.2).any()
+
+
+def test_faint_candidates_are_the_areas_between_the_two_thresholds():
+    from csl_ros.pipeline.instances import faint_candidates
+
+    s = np.zeros((20, 30), np.float32)
+    s[2:10, 2:10] = 0.3          # faint: a candidate
+    s[12:18, 15:25] = 0.3
+    s[14:16, 18:20] = 0.5        # reaches the threshold: a detection, not a candidate
+    cfg = dataclasses.replace(DetectorConfig(), score_threshold=0.4, track_continue_ratio=0.5, min_instance_area=10,
+                              max_obstacle_distance_m=0.0, max_obstacle_height_m=0.0)
+    (c,) = faint_candidates(s, None, cfg)
+    assert c.faint and c.instance == 0 and c.area_px == 64 and c.bbox == (2, 2, 10, 10)
+    assert faint_candidates(s, None, dataclasses.replace(cfg, track_continue_ratio=1.0)) == []
+    assert faint_candidates(s, None, dataclasses.replace(cfg, min_instance_area=100)) == []

@@ -191,3 +191,36 @@ def test_detector_reports_a_coasted_obstacle_when_it_flickers_out_and_its_marker
     assert "coasted 1" in obstacle_marker_specs([ghost])[1].text
     assert obstacle_label(ghost).endswith("coasted 1") and not obstacle_label(seen).endswith("coasted 1")
     assert obstacle_points([ghost])[0][3] == seen.id and obstacle_points([ghost])[0][8] == 1   # id, coasted
+
+
+def _faint(x0, y0=100, size=20):
+    ob = _ob(x0, y0, size)
+    ob.mean_score, ob.max_score, ob.faint, ob.instance = 0.06, 0.08, True, 0
+    return ob
+
+
+def test_confirmed_track_continues_on_a_faint_instance_and_faint_ones_never_start_a_track():
+    """ByteTrack's second association: 1 of 1, deleted after 0 missed (per-frame output): an obstacle
+    whose score dips below the threshold for two frames keeps its id on the faint instances there; a faint
+    instance with no confirmed track near it is never reported, nor one beside an unconfirmed track."""
+    tr = Tracker(TrackingParams.default(confirm_hits=1, confirm_window=1, max_missed=0))
+    (a,) = tr.update([_ob(200)])
+    ids = [a.id]
+    for k in (1, 2):
+        out = tr.update([], candidates=[_faint(200 + 2 * k), _faint(700, 300)])
+        assert len(out) == 1 and out[0].faint and out[0].confirmed and out[0].bbox[0] == 200 + 2 * k
+        ids.append(out[0].id)
+    (b,) = tr.update([_ob(206)])                      # seen at full score again
+    assert len(set(ids + [b.id])) == 1 and not b.faint
+    assert tr.update([], candidates=[]) == [] and tr.tracks == []   # without it: deleted at once
+    assert tr.update([], candidates=[_faint(206)]) == []             # a faint one alone starts nothing
+    k_of_n = Tracker(TrackingParams.default(confirm_hits=2, confirm_window=3, max_missed=2))
+    (c,) = k_of_n.update([_ob(400)])
+    assert not c.confirmed and k_of_n.update([], candidates=[_faint(400)]) == []
+
+
+def test_a_detection_wins_over_a_faint_instance_for_the_same_track():
+    tr = Tracker(TrackingParams.default(confirm_hits=1, confirm_window=1, max_missed=0))
+    tr.update([_ob(200)])
+    out = tr.update([_ob(202)], candidates=[_faint(201)])
+    assert len(out) == 1 and not out[0].faint

@@ -33,7 +33,7 @@ import numpy as np
 from csl_ros.eval.figures import legend_below, new_figure, save_figure
 from csl_ros.eval.instance_match import InstanceMatch, match_boxes, match_instances
 from csl_ros.pipeline.geometry import CameraGeometry
-from csl_ros.pipeline.instances import describe_instances
+from csl_ros.pipeline.instances import describe_instances, faint_candidates
 from csl_ros.pipeline.tracking import Tracker, TrackingParams
 
 BANDS = ((0.0, 10.0), (10.0, 20.0), (20.0, 30.0), (30.0, 50.0), (50.0, math.inf))
@@ -189,14 +189,21 @@ class DrivingAccumulator:
 
     def add(self, stamp_ns: int, labels: np.ndarray, instances: np.ndarray, scores: np.ndarray,
             truth: GroundTruth | None, match: InstanceMatch | None = None,
-            geometry: tuple[CameraGeometry | None, str] | None = None) -> dict:
+            geometry: tuple[CameraGeometry | None, str] | None = None,
+            candidates: list | None = None) -> dict:
         """Score one frame (in stamp order); returns its per-frame counts. ``match`` and ``geometry``:
         the frame's :func:`match_instances` and :func:`frame_geometry` when the caller already has them
-        (same instances, labels, instsize and configuration)."""
+        (same instances, labels, instsize and configuration). ``candidates``: the frame's
+        :func:`~csl_ros.pipeline.instances.faint_candidates` (default: computed from ``scores`` without
+        regions) for ``track_continue_ratio`` < 1."""
         cam, cam_source = geometry if geometry is not None else frame_geometry(truth, labels.shape, self.config)
         m = match if match is not None else match_instances(instances, labels, self.instsize)
         records = describe_instances(instances, scores, cam)
-        ghosts = [r for r in self.tracker.update(records, TrackingParams.from_config(self.config)) if r.coasted]
+        if candidates is None:
+            candidates = faint_candidates(scores, None, self.config, cam)
+        # reports without pixels in the instance image (faint continuations, coasted predictions): by box
+        ghosts = [r for r in self.tracker.update(records, TrackingParams.from_config(self.config), candidates)
+                  if r.coasted or r.faint]
         ghost_match = match_boxes([g.bbox for g in ghosts], m, labels)
         confirmed = np.zeros(m.true.size, bool)
         dist = np.full(m.true.size, np.nan)
@@ -215,7 +222,7 @@ class DrivingAccumulator:
             true_pairs = m.pairs[(m.true & ok)[m.pairs[:, 0]]]
             t.fragments += int(true_pairs.shape[0])
             false_at = [None if np.isnan(dist[i]) else float(dist[i]) for i in np.flatnonzero(ok & ~m.true)]
-            if out == "tracked":   # coasted tracks are reported too: scored by their predicted box
+            if out == "tracked":   # faint and coasted reports too: scored by their box
                 for g, (counted, true, hit) in zip(ghosts, ghost_match):
                     detected |= hit
                     t.fragments += len(hit)

@@ -32,7 +32,7 @@ from csl_ros.model.device import resolve_device
 from csl_ros.model_settings import model_settings
 from csl_ros.pipeline.backends import CompiledModel, compile_network
 from csl_ros.pipeline.geometry import CameraGeometry
-from csl_ros.pipeline.instances import Obstacle, obstacles_of
+from csl_ros.pipeline.instances import Obstacle, faint_candidates, obstacles_of
 from csl_ros.pipeline.timing import StageTimer
 from csl_ros.pipeline.tracking import Tracker, TrackingParams
 from csl_ros.shipped import resolve_shipped
@@ -277,7 +277,8 @@ class Detector:
     def __call__(self, image: np.ndarray, camera: CameraGeometry | None = None) -> Detection:
         """One frame of this detector's camera stream: detection, then tracking (module docs)."""
         det = self.detect_batch([image], [camera])[0]
-        tracked = self.tracker.update(det.obstacles, TrackingParams.from_config(self.config))
+        faint = faint_candidates(det.anomaly_map, det.regions, self.config, camera, det.road_roi)
+        tracked = self.tracker.update(det.obstacles, TrackingParams.from_config(self.config), faint)
         det.obstacles = [o for o in tracked if o.confirmed]
         det.tentative = [o for o in tracked if not o.confirmed]
         return det

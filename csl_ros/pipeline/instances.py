@@ -1,6 +1,7 @@
 """OOD instances and obstacle records from a fused anomaly map and the student's regions."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -32,6 +33,7 @@ class Obstacle:
     track_hits: int | None = None     # frames of the track's confirmation window it was seen in
     confirmed: bool = True            # False while its track awaits confirmation (k of n)
     coasted: int = 0                  # frames since its track's last detection (0: detected in this frame)
+    faint: bool = False               # a faint instance that continues a track (Tracker, candidates)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -219,4 +221,22 @@ def describe_instances(instances: np.ndarray, scores: np.ndarray,
                 ob.width_m = float((x1[i] + 1 - x0[i]) * z / camera.fx)
                 ob.height_m = float((y1[i] + 1 - y0[i]) * z / camera.fy)
         out.append(ob)
+    return out
+
+
+def faint_candidates(scores: np.ndarray, regions: np.ndarray | None, config, camera: CameraGeometry | None = None,
+                     roi: np.ndarray | None = None) -> list[Obstacle]:
+    """The records of the faint instances of one fused map: the instances of :func:`obstacles_of` at
+    ``track_continue_ratio`` x ``score_threshold`` (same size, height and range limits) whose scores
+    never reach ``score_threshold``, flagged ``faint`` and with ``instance`` 0 (they are not in the
+    frame's instance image). Empty when ``track_continue_ratio`` is 1. The tracker continues confirmed
+    tracks on them (:class:`~csl_ros.pipeline.tracking.Tracker`)."""
+    if config.track_continue_ratio >= 1.0:
+        return []
+    low = dataclasses.replace(config, score_threshold=config.track_continue_ratio * config.score_threshold,
+                              score_hysteresis=1.0)
+    _, records = obstacles_of(scores, regions, low, camera, roi)
+    out = [r for r in records if r.max_score < config.score_threshold]
+    for r in out:
+        r.faint, r.instance = True, 0
     return out

@@ -21,6 +21,12 @@ seen from a car at constant speed), with ``coasted`` = the frames since its last
 frame then stays on the planner's map. A track seen once has no velocity and coasts in place; a
 prediction whose box lies entirely at negative image coordinates or whose distance passes zero is not
 reported.
+
+With ``candidates`` (:func:`~csl_ros.pipeline.instances.faint_candidates`, ``track_continue_ratio`` < 1)
+a confirmed track that no detection matched is associated, by the same cost, with a faint instance of
+this frame (ByteTrack's second association, Zhang et al. ECCV 2022): the track counts as seen and the
+faint record is reported for it. Faint instances that match no confirmed track are dropped: they
+never start or confirm a track.
 """
 from __future__ import annotations
 
@@ -118,11 +124,13 @@ class Tracker:
     def reset(self) -> None:
         self.tracks, self._next_id, self.frames = [], 1, 0
 
-    def update(self, obstacles: list[Obstacle], params: TrackingParams | None = None) -> list[Obstacle]:
+    def update(self, obstacles: list[Obstacle], params: TrackingParams | None = None,
+               candidates: list[Obstacle] = ()) -> list[Obstacle]:
         """Associate one frame's records (modified in place: ``id`` = track id, ``track_age``,
-        ``track_hits``, ``confirmed``) and return them, followed by the coasted records of confirmed
-        tracks missed in this frame when ``coast`` is on. ``params`` replaces the parameters from this
-        frame on (run-time reconfiguration)."""
+        ``track_hits``, ``confirmed``) and return them, followed by the faint ``candidates`` that
+        continue a confirmed track (module docstring), then the coasted records of confirmed tracks
+        missed in this frame when ``coast`` is on. ``params`` replaces the parameters from this frame on
+        (run-time reconfiguration)."""
         if params is not None:
             self.params = params
         p = self.params
@@ -142,6 +150,18 @@ class Tracker:
                 continue
             used_t.add(ti)
             used_d[di] = ti
+        continued: dict[int, Obstacle] = {}   # track index -> the faint candidate it continues on
+        if candidates:
+            pairs = sorted((c, ti, ci) for ti, tr in enumerate(self.tracks) if tr.confirmed and ti not in used_t
+                           for ci, ob in enumerate(candidates)
+                           if (c := association_cost(tr.last, ob, p)) is not None)
+            used_c = set()
+            for c, ti, ci in pairs:
+                if ti in continued or ci in used_c:
+                    continue
+                used_c.add(ci)
+                continued[ti] = candidates[ci]
+            used_t.update(continued)
         kept: list[Track] = []
         coasted: list[Obstacle] = []
         for ti, tr in enumerate(self.tracks):
@@ -163,6 +183,12 @@ class Tracker:
                 if ghost is not None:
                     ghost.track_age, ghost.track_hits = tr.age, tr.hits
                     coasted.append(ghost)
+        faint = []
+        for ti, ob in continued.items():
+            tr = self.tracks[ti]
+            tr.last = ob
+            ob.id, ob.track_age, ob.track_hits, ob.confirmed = tr.id, tr.age, tr.hits, True
+            faint.append(ob)
         for di, ob in enumerate(obstacles):
             if di in used_d:
                 tr = self.tracks[used_d[di]]
@@ -174,7 +200,7 @@ class Tracker:
                 kept.append(tr)
             ob.id, ob.track_age, ob.track_hits, ob.confirmed = tr.id, tr.age, tr.hits, tr.confirmed
         self.tracks = kept
-        return obstacles + coasted
+        return obstacles + faint + coasted
 
 
 def _extrapolate(last, previous, steps: float):
