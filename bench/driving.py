@@ -298,7 +298,12 @@ def _max_height(test: dict) -> str:
 
 
 def _coast(r: dict) -> str:
-    return ", coasted while not deleted" if r["tracking"].get("coast") else ""
+    """', coasted while not deleted' and ', continued on faint areas down to R x the threshold' when the
+    run had them ('' otherwise and for a JSON written before they existed)."""
+    t = r["tracking"]
+    ratio = t.get("continue_ratio", 1.0)
+    return ((", coasted while not deleted" if t.get("coast") else "")
+            + (f", confirmed tracks continued on faint areas down to {ratio:g} x the threshold" if ratio < 1 else ""))
 
 
 def driving_markdown(data: dict) -> str:

@@ -180,6 +180,9 @@ def test_driving_markdown_gives_the_bootstrap_interval_only_over_several_drives(
     assert "bootstrap interval over the 2 drives" in text and "recall within 30 m 0.0-100.0 %" in text
     r["per_drive"] = per_drive[:1]
     assert "bootstrap" not in driving.driving_markdown(data)
+    assert "faint areas" not in text
+    r["tracking"]["continue_ratio"] = 0.7             # the run's track_continue_ratio is said
+    assert "confirmed tracks continued on faint areas down to 0.7 x the threshold" in driving.driving_markdown(data)
 
 
 def test_tune_measures_its_floor_with_the_same_configuration(monkeypatch, capsys):

@@ -296,7 +296,7 @@ class DrivingAccumulator:
             "distance_sources": {k: v for k, v in self.sources.items() if v},
             "tracking": {"confirm_hits": p.confirm_hits, "confirm_window": p.confirm_window,
                          "max_missed": p.max_missed, "coast": p.coast, "gate_m": p.gate_m,
-                         "min_iou": p.min_iou},
+                         "min_iou": p.min_iou, "continue_ratio": self.config.track_continue_ratio},
         }
         for o in OUTPUTS:
             out[o] = self.tally[o].result(frames, minutes)
@@ -396,6 +396,9 @@ def add_report_section(doc, d: dict | None, figure_rel: str | None) -> None:
     t = d["tracking"]
     coast = (", reported at their predicted place while missed", " (a coasted track: by its predicted box "
              "against the obstacles' boxes)") if t.get("coast") else ("", "")
+    if t.get("continue_ratio", 1.0) < 1:
+        coast = (coast[0] + f", continued on faint areas down to {t['continue_ratio']:g} x the threshold",
+                 coast[1] or " (a faint continuation: by its box against the obstacles' boxes)")
     doc.p(f"{d['frames']} frames; ground-truth obstacle distances from: {src}. Tracked = obstacles whose "
           f"track is confirmed ({t['confirm_hits']} of {t['confirm_window']} frames, deleted after "
           f"{t['max_missed']} missed{coast[0]}). An obstacle is detected when a true instance overlaps it; "
