@@ -258,6 +258,8 @@ def obstacle_label(ob) -> str:
         text += f" {ob.distance_m:.1f}m"
     if getattr(ob, "coasted", 0):   # a tracked obstacle not detected in this frame (predicted place)
         text += f" coasted {ob.coasted}"
+    if getattr(ob, "faint", False):  # its track continued on a faint area of this frame
+        text += " faint"
     return text
 
 

@@ -224,3 +224,32 @@ def test_a_detection_wins_over_a_faint_instance_for_the_same_track():
     tr.update([_ob(200)])
     out = tr.update([_ob(202)], candidates=[_faint(201)])
     assert len(out) == 1 and not out[0].faint
+
+
+def test_detector_continues_a_reported_obstacle_on_a_faint_area_and_its_marker_says_so():
+    from csl_ros.pipeline import Detector
+    from csl_ros.ros.markers import obstacle_marker_specs
+    from csl_ros.visualize import obstacle_label
+
+    teacher = _oracle_teacher()
+    cfg = apply_overrides(DetectorConfig(), {"scheme": "teacher_only", "teacher": "msp", "input_height": 64,
+                                             "input_width": 128, "device": "cpu", "backend": "eager",
+                                             "min_instance_area": 1, "score_threshold": 0.5,
+                                             "track_continue_ratio": 0.5})
+    det = Detector(cfg, teacher=teacher)
+    image = np.zeros((64, 128, 3), np.uint8)
+    teacher.map = np.zeros((64, 128), np.float32)
+    teacher.map[30:40, 50:60] = 0.9
+    (seen,) = det(image).obstacles
+    teacher.map[30:40, 50:60] = 0.3                              # below the threshold, above half of it
+    out = det(image)
+    assert not out.instances.any()                              # no instance this frame ...
+    (faint,) = out.obstacles                                    # ... but its track goes on, on the faint area
+    assert (faint.id, faint.faint, faint.instance, faint.bbox) == (seen.id, True, 0, seen.bbox)
+    assert faint.to_dict()["faint"] is True
+    faint.contact_point_m, faint.distance_m, faint.width_m, faint.height_m = (0.0, 1.5, 9.0), 9.0, 0.5, 0.5
+    assert obstacle_marker_specs([faint])[1].text.endswith("faint") and obstacle_label(faint).endswith("faint")
+    teacher.map[30:40, 50:60] = 0.2                              # below half the threshold: deleted
+    assert det(image).obstacles == []
+    teacher.map[30:40, 50:60] = 0.3                              # a faint area alone starts nothing
+    assert det(image).obstacles == []

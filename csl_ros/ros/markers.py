@@ -126,6 +126,8 @@ def obstacle_marker_specs(obstacles) -> list[MarkerSpec]:
             label += f"  age {ob.track_age}"
         if getattr(ob, "coasted", 0):   # not detected in this frame: where its track predicts it
             label += f"  coasted {ob.coasted}"
+        if getattr(ob, "faint", False):   # its track continued on a faint area (below the threshold)
+            label += "  faint"
         specs.append(MarkerSpec(NS_LABEL, int(ob.id), "text", (x, y - h - LABEL_HEIGHT_M, z),
                                 (0.0, 0.0, LABEL_HEIGHT_M), (1.0, 1.0, 1.0, 1.0), label))
     return specs
