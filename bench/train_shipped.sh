@@ -235,6 +235,9 @@ python -m csl_ros.model_settings "$M/student_ca.safetensors" input_height=256 in
 #   The tracker's second association (track_continue_ratio, ByteTrack) with the shipped pair:
 #     thr 0.1 / 0.7  65.1 % at 0.147 (the rule's choice: config/driving.yaml)   thr 0.1 / 0.5  65.7 % at 0.157
 #     thr 0.12 / 0.5  63.1 % at 0.123   thr 0.08 / 0.7  65.4 % at 0.200
+#   and a wider grid (min_instance_area 30 / 45 / 60, ratios 0.3 / 0.5 / 0.7, thr 0.1 / 0.12 / 0.15) keeps it; the
+#   nearest rows: thr 0.12 / 45 px / 0.5  64.0 % at 0.132, thr 0.12 / 30 px / 0.7  64.5 % at 0.155,
+#   thr 0.1 / 45 px / 0.7  65.6 % at 0.177 (--min-areas 30,45,60 --continue-ratios 0.7,0.5,0.3).
 # The trainings (run dirs as above; none of their files ships):
 #   $CSL train student --scheme ca --out "$R/student_ca_neg6" ...(step 4e's options)... --set run.seed=5
 #   $CSL train segmenter --out "$R/segmenter_oe5" ...(step 6''''s options)... --set seed=5 \
