@@ -240,7 +240,10 @@ def test_detector_continues_a_reported_obstacle_on_a_faint_area_and_its_marker_s
     image = np.zeros((64, 128, 3), np.uint8)
     teacher.map = np.zeros((64, 128), np.float32)
     teacher.map[30:40, 50:60] = 0.9
-    (seen,) = det(image).obstacles
+    first = det(image)
+    (seen,) = first.obstacles
+    t = first.timings_ms                                         # the tracking stage is timed, in the total
+    assert t["tracking"] >= 0 and t["total"] == pytest.approx(sum(v for k, v in t.items() if k != "total"))
     teacher.map[30:40, 50:60] = 0.3                              # below the threshold, above half of it
     out = det(image)
     assert not out.instances.any()                              # no instance this frame ...

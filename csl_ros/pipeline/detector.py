@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import cv2
@@ -277,8 +278,12 @@ class Detector:
     def __call__(self, image: np.ndarray, camera: CameraGeometry | None = None) -> Detection:
         """One frame of this detector's camera stream: detection, then tracking (module docs)."""
         det = self.detect_batch([image], [camera])[0]
+        t0 = time.perf_counter()   # host work only: the faint areas (a second extraction) and the tracker
         faint = faint_candidates(det.anomaly_map, det.regions, self.config, camera, det.road_roi)
         tracked = self.tracker.update(det.obstacles, TrackingParams.from_config(self.config), faint)
+        ms = (time.perf_counter() - t0) * 1e3
+        det.timings_ms["tracking"] = ms
+        det.timings_ms["total"] = det.timings_ms.get("total", 0.0) + ms
         det.obstacles = [o for o in tracked if o.confirmed]
         det.tentative = [o for o in tracked if not o.confirmed]
         return det
