@@ -68,9 +68,9 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
         strong = np.zeros(n_cc, bool)
         strong[cc[scores >= threshold]] = True
         strong[0] = False
-        mask &= strong[cc].astype(np.uint8)
         if not strong.any():
             return np.zeros(scores.shape, np.uint16)
+        mask &= strong[cc].astype(np.uint8)
     # Everything below touches only the anomalous pixels (few), never the whole image again.
     idx = np.flatnonzero(mask)
     comp = cc.ravel()[idx].astype(np.int64)

@@ -137,31 +137,12 @@ class Tracker:
         if p.confirm_hits > p.confirm_window:
             raise ValueError(f"confirm_hits={p.confirm_hits} exceeds confirm_window={p.confirm_window}")
         self.frames += 1
-        pairs = []
-        for ti, tr in enumerate(self.tracks):
-            for di, ob in enumerate(obstacles):
-                c = association_cost(tr.last, ob, p)
-                if c is not None:
-                    pairs.append((c, ti, di))
-        pairs.sort()   # (cost, track, detection): ties go to the older track
-        used_t, used_d = set(), {}
-        for c, ti, di in pairs:   # greedy: cheapest pairs first, each track and detection once
-            if ti in used_t or di in used_d:
-                continue
-            used_t.add(ti)
-            used_d[di] = ti
-        continued: dict[int, Obstacle] = {}   # track index -> the faint candidate it continues on
-        if candidates:
-            pairs = sorted((c, ti, ci) for ti, tr in enumerate(self.tracks) if tr.confirmed and ti not in used_t
-                           for ci, ob in enumerate(candidates)
-                           if (c := association_cost(tr.last, ob, p)) is not None)
-            used_c = set()
-            for c, ti, ci in pairs:
-                if ti in continued or ci in used_c:
-                    continue
-                used_c.add(ci)
-                continued[ti] = candidates[ci]
-            used_t.update(continued)
+        used_d = self._associate(range(len(self.tracks)), obstacles, p)   # detection -> track index
+        used_t = set(used_d.values())
+        # track index -> the faint candidate it continues on: confirmed tracks left without a detection
+        continued = {ti: candidates[ci] for ci, ti in self._associate(
+            [ti for ti, tr in enumerate(self.tracks) if tr.confirmed and ti not in used_t], candidates, p).items()}
+        used_t.update(continued)
         kept: list[Track] = []
         coasted: list[Obstacle] = []
         for ti, tr in enumerate(self.tracks):
@@ -201,6 +182,20 @@ class Tracker:
             ob.id, ob.track_age, ob.track_hits, ob.confirmed = tr.id, tr.age, tr.hits, tr.confirmed
         self.tracks = kept
         return obstacles + faint + coasted
+
+
+    def _associate(self, track_indices, records: list[Obstacle], p: TrackingParams) -> dict[int, int]:
+        """{record index: track index}: greedy by :func:`association_cost`, cheapest pairs first (ties to
+        the older track), each track and record at most once."""
+        pairs = sorted((c, ti, ri) for ti in track_indices for ri, ob in enumerate(records)
+                       if (c := association_cost(self.tracks[ti].last, ob, p)) is not None)
+        used_t, match = set(), {}
+        for _, ti, ri in pairs:
+            if ti in used_t or ri in match:
+                continue
+            used_t.add(ti)
+            match[ri] = ti
+        return match
 
 
 def _extrapolate(last, previous, steps: float):
