@@ -184,3 +184,32 @@ def test_component_boxes_are_the_components_pixel_extents():
     for c, box in boxes.items():
         ys, xs = np.nonzero(m.gt == c)
         assert box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_score_sink_cuts_faint_continuations_along_the_frames_regions(monkeypatch, tmp_path):
+    """An in-process replay hands the student's regions: the tracker's faint candidates use them, as
+    the node does; a source without regions gives none (the score image alone)."""
+    import csl_ros.eval.scoring as S
+
+    seen = []
+    real = S.faint_candidates
+
+    def spy(scores, regions, config, camera=None, roi=None):
+        seen.append(None if regions is None else regions.copy())
+        return real(scores, regions, config, camera, roi)
+
+    monkeypatch.setattr(S, "faint_candidates", spy)
+    cfg = apply_overrides(DetectorConfig(), {"score_threshold": 0.5, "min_instance_area": 4,
+                                             "track_continue_ratio": 0.5})
+    labels = np.zeros((32, 48), np.uint8)
+    labels[10:20, 10:20] = 1
+    anomaly = np.zeros((32, 48), np.float32)
+    anomaly[10:20, 10:20] = 0.4
+    regions = np.zeros((32, 48), np.int32)
+    regions[:, 15:] = 1
+    image = np.zeros((32, 48, 3), np.uint8)
+    with S.ScoreSink(cfg, cache_dir=tmp_path / "c") as sink:
+        sink.add(S.ScoredFrame(0, "a", image, labels, anomaly, regions=regions))
+        sink.add(S.ScoredFrame(1, "b", image, labels, anomaly))
+    assert len(seen) == 2
+    assert np.array_equal(seen[0], regions) and seen[1] is None

@@ -37,7 +37,7 @@ from csl_ros.eval.instance_match import INSTANCE_PPV_MIN, instance_counts, match
 from csl_ros.eval.metrics import (ComponentAccumulator, FrameCache, MetricsResult, PixelAccumulator, check_labels,
                                   prepare_scores, track_spec)
 from csl_ros.eval.report import frame_panels
-from csl_ros.pipeline.instances import obstacles_of
+from csl_ros.pipeline.instances import faint_candidates, obstacles_of
 
 SWEEPABLE = ("score_threshold", "min_instance_area", "max_obstacle_height_m")
 HIST_BINS = 100                 # score histogram over [0, 1]
@@ -254,17 +254,19 @@ class ScoreSink:
         geometry = frame_geometry(frame.truth, labels.shape, cfg)
         camera = geometry[0]
         inst = frame.instances
+        has_regions = frame.regions is not None and frame.regions.shape == labels.shape
+        regions = frame.regions if has_regions else None
         if inst is None or inst.shape != labels.shape:
-            regions = frame.regions if frame.regions is not None and frame.regions.shape == labels.shape else None
             inst = obstacles_of(prepared, regions, cfg, camera)[0]
             self._recomputed_instances += 1
         match = match_instances(inst, labels, self.spec.instsize)
         counts = match.counts()
         self.instances_total = _add_counts(self.instances_total, counts)
+        # the tracker's faint continuations cut along the student's regions, as the node does, when the
+        # source gave them (an in-process replay); from the score image alone otherwise
         drive = self.driving.add(frame.stamp_ns, labels, inst, prepared, frame.truth, match=match,
-                                 geometry=geometry)
+                                 geometry=geometry, candidates=faint_candidates(prepared, regions, cfg, camera))
         # what the second pass, the sweeps and the worst-frame pictures need
-        has_regions = frame.regions is not None and frame.regions.shape == labels.shape
         if self.sweeps:
             np.save(self.extra / f"{k:06d}_anomaly.npy", prepared)
             if has_regions:
