@@ -145,6 +145,19 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
     return det.anomaly_map, det.regions, det.road_roi
 
 
+def drive_maps(detector, seed: int, frames: int, cache: Path | None = None):
+    """Every frame of drive ``seed`` with the detector's output: (stamp_ns, Record, GroundTruth, fused
+    map, regions, road ROI, camera geometry, its source), the maps from :func:`detect_cached` with the
+    detector's own settings. The one per-frame loop of :func:`run` and ``bench/driving_diagnosis.py``."""
+    from csl_ros.eval.driving import frame_geometry
+
+    cfg = detector.config
+    for stamp, rec, truth in drive_frames(seed, frames):
+        anomaly, regions, roi = detect_cached(detector, rec, cfg, cache, f"{seed}_{stamp}")
+        camera, source = frame_geometry(truth, rec.label.shape, cfg)
+        yield stamp, rec, truth, anomaly, regions, roi, camera, source
+
+
 def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, split_fractions=(),
         thresholds=THRESHOLDS, max_distances=MAX_DISTANCES, per_drive: bool = False, max_heights=MAX_HEIGHTS,
         min_areas=MIN_AREAS, with_default: bool = False, hysteresis=HYSTERESIS, continue_ratios=CONTINUE_RATIOS):
@@ -154,7 +167,7 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
     to a tuning grid (scored from the same maps in the same pass: the reference of :func:`choose`)."""
     import torch
 
-    from csl_ros.eval.driving import DrivingAccumulator, frame_geometry
+    from csl_ros.eval.driving import DrivingAccumulator
     from csl_ros.eval.instance_match import match_instances
     from csl_ros.pipeline import Detector, obstacles_of
     from csl_ros.pipeline.instances import faint_candidates
@@ -176,10 +189,8 @@ def run(seeds, frames, base, tune: bool, log=print, cache: Path | None = None, s
         for seed in seeds:
             for acc in accs.values():
                 acc.new_sequence()
-            for stamp, rec, truth in drive_frames(seed, frames):
-                anomaly, regions, roi = detect_cached(detector, rec, base, cache, f"{seed}_{stamp}")
+            for stamp, rec, truth, anomaly, regions, roi, camera, _ in drive_maps(detector, seed, frames, cache):
                 n += 1
-                camera = frame_geometry(truth, rec.label.shape, base)[0]
                 shared = {}   # settings that differ only in tracking share the instances and their match
                 # (roi is None unless base.road_roi, which no grid setting changes)
                 for name, cfg in grid.items():

@@ -3,9 +3,8 @@ the false alarms and the pixel AP of each drive (the numbers behind the issue-17
 
     python bench/driving_diagnosis.py --drives 30 --frames 30 [--cache DIR] [--set KEY=VALUE ...]
 
-Same drives, frames, detector and matching as ``bench/driving.py`` (its ``drive_frames``,
-``default_config`` and ``detect_cached``; the matching of :mod:`csl_ros.eval.driving`). Prints, per
-frame (untracked):
+Same drives, frames, detector and matching as ``bench/driving.py`` (its ``default_config`` and
+``drive_maps``; the matching of :mod:`csl_ros.eval.driving`). Prints, per frame (untracked):
 
 * the near (< 30 m) ground-truth obstacles by cause of miss: no pixel at or above the threshold;
   most pixels above it but only inside false instances (an oversized blob, e.g. the horizon or the
@@ -70,7 +69,7 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
     import torch
     from sklearn.metrics import average_precision_score
 
-    from csl_ros.eval.driving import NEAR_M, band_of, component_distances, frame_geometry
+    from csl_ros.eval.driving import NEAR_M, band_of, component_distances
     from csl_ros.eval.instance_match import match_instances
     from csl_ros.pipeline import Detector
     from csl_ros.pipeline.instances import describe_instances, obstacles_of
@@ -84,9 +83,7 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
         for seed in seeds:
             labels, scores, bright = [], [], []
             drive_false = 0
-            for stamp, rec, truth in driving.drive_frames(seed, frames):
-                a, regions, roi = driving.detect_cached(detector, rec, cfg, cache, f"{seed}_{stamp}")
-                cam, source = frame_geometry(truth, rec.label.shape, cfg)
+            for stamp, rec, truth, a, regions, roi, cam, source in driving.drive_maps(detector, seed, frames, cache):
                 inst, records = obstacles_of(a, regions, cfg, cam, roi)
                 m = match_instances(inst, rec.label, driving.INSTSIZE)
                 comps = component_distances(m.gt, m.gt_counted, truth, cam, source)
