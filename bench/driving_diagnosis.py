@@ -11,8 +11,9 @@ Same drives, frames, detector and matching as ``bench/driving.py`` (its ``defaul
   whole road, swallowed the obstacle); the rest; and recall by visible size;
 * the distance of the generator (obstacle centre) against the flat-ground contact point the
   detector's instances use;
-* recall of the near obstacles by obstacle kind (box, plank, cylinder, tyre, bag, polygon) and by their
-  contrast to the road around them (camouflaged obstacles);
+* recall of the near obstacles by obstacle kind (box, plank, cylinder, tyre, bag, polygon), by their
+  contrast to the road around them (camouflaged obstacles) and by the teacher's class of most of their
+  pixels (an obstacle the closed-set segmenter calls "road" with confidence gets no anomaly score);
 * the false alarms by distance band of their contact point, and the near (< 10 m) ones: how many
   reach the bottom image border, and their sizes;
 * the false alarms by the ground-truth class (Cityscapes trainId) of most of their pixels: "road" ones
@@ -62,6 +63,23 @@ def road_contrast(rgb: np.ndarray, component: np.ndarray, semantic: np.ndarray |
     return float(np.abs(rgb[component].astype(np.float64).mean(0) - rgb[ring].astype(np.float64).mean(0)).mean())
 
 
+def teacher_classes(detector, rgb: np.ndarray) -> np.ndarray | None:
+    """The teacher's class map (argmax, Cityscapes trainIds) of a frame at the detector's input size,
+    resized (nearest) to the frame; None when the configured scheme runs no teacher."""
+    import cv2
+    import torch
+
+    cfg = detector.config
+    if detector.teacher is None or cfg.scheme not in ("2", "teacher_only"):
+        return None
+    h, w = rgb.shape[:2]
+    small = cv2.resize(rgb, (cfg.input_width, cfg.input_height), interpolation=cv2.INTER_AREA)
+    seg = detector.teacher(torch.from_numpy(small).permute(2, 0, 1)[None]).segmentation
+    if seg is None:   # a teacher giving a ready map (onnx) has no classes
+        return None
+    return cv2.resize(seg[0].to(torch.uint8).cpu().numpy(), (w, h), interpolation=cv2.INTER_NEAREST)
+
+
 def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=None) -> dict:
     """Per-frame (untracked) breakdown of the near obstacles and of the false alarms over the drives
     ``seeds`` with the shipped default (``overrides`` as ``--set``): what :func:`report_lines` prints and
@@ -91,6 +109,8 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
                 own = {r.id: r for r in describe_instances(
                     np.where(np.isin(m.gt, list(comps)), m.gt, 0).astype(np.uint16), a, cam)}
                 kind_of = {o.get("instance_id"): o.get("kind", "?") for o in (truth.obstacles or [])}
+                classes = teacher_classes(detector, rec.rgb) if any(d < NEAR_M for d, _, _ in comps.values()) \
+                    else None
                 for c, (d, _, key) in comps.items():
                     px = m.gt == c
                     if own[c].distance_m is not None:
@@ -98,7 +118,8 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
                     if d < NEAR_M:
                         near.append((c in detected, int(px.sum()), float((a[px] >= thr).mean()),
                                      float((inst[px] > 0).mean()), kind_of.get(key, "?"),
-                                     road_contrast(rec.rgb, px, rec.semantic)))
+                                     road_contrast(rec.rgb, px, rec.semantic),
+                                     None if classes is None else int(np.bincount(classes[px]).argmax())))
                 for r in records:
                     if m.counted[r.instance] and not m.true[r.instance]:
                         drive_false += 1
@@ -126,6 +147,7 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
     covered = np.array([n[3] for n in near])
     kinds = np.array([n[4] for n in near])
     contrast = np.array([np.nan if n[5] is None else n[5] for n in near])
+    teacher_class = np.array([-1 if n[6] is None else n[6] for n in near])
     miss = ~hit
 
     def binned(values, bins, unit=""):
@@ -150,11 +172,34 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
                     for k in sorted(set(kinds.tolist()))],
         "by_size": binned(area, SIZE_BINS, " px"),
         "by_contrast": by_contrast,
+        "by_teacher_class": _by_teacher_class(teacher_class, hit),
         "offsets": offsets,
         "false_bands": {("unknown" if k is None else k): v for k, v in false_bands.items()},
         "false_classes": dict(false_classes.most_common()),
         "false_near": false_near,
     }
+
+
+def _by_teacher_class(classes: np.ndarray, hit: np.ndarray) -> list[dict]:
+    """Near obstacles grouped by the teacher's class of most of their pixels, the largest groups first;
+    classes under 5 % of the obstacles pooled as "other classes"; none without a teacher."""
+    from csl_ros.data.synthroad import TRAIN_ID_NAMES
+
+    known = classes >= 0
+    if not known.any():
+        return []
+    out, rest = [], np.zeros(classes.size, bool)
+    ids, counts = np.unique(classes[known], return_counts=True)
+    for c, k in sorted(zip(ids.tolist(), counts.tolist()), key=lambda t: -t[1]):
+        sel = classes == c
+        if k >= 0.05 * known.sum():
+            out.append({"bin": TRAIN_ID_NAMES[c] if c < len(TRAIN_ID_NAMES) else str(c), "n": int(k),
+                        "detected": int(hit[sel].sum())})
+        else:
+            rest |= sel
+    if rest.any():
+        out.append({"bin": "other classes", "n": int(rest.sum()), "detected": int(hit[rest].sum())})
+    return out
 
 
 def _recall(b: dict) -> str:
@@ -189,6 +234,8 @@ def report_lines(d: dict) -> list[str]:
     for b in d["by_contrast"]:
         if b["n"]:
             out.append(f"  contrast to the road around it {b['bin']}: {b['n']} obstacles, recall {_recall(b)}")
+    for b in d.get("by_teacher_class", []):
+        out.append(f"  teacher's class of most of its pixels {b['bin']}: {b['n']} obstacles, recall {_recall(b)}")
     off = np.array(d["offsets"])
     if off.size:
         out.append(f"generator distance - contact-point distance: median {np.median(off):.2f} m, 10-90 % "
@@ -216,11 +263,12 @@ def breakdown_markdown(d: dict, command: str) -> str:
            f"{n['no_pixel']} no pixel of the obstacle reaches the score threshold, {n['swallowed']} lie for more "
            f"than half inside false instances only, {n['other']} other. Visible area: pixels of the obstacle in "
            f"the {d['frame_size'][0]}x{d['frame_size'][1]} frame; contrast: mean absolute RGB difference "
-           f"(0-255) to the road in a {RING_PX}-px ring around it.", "",
+           f"(0-255) to the road in a {RING_PX}-px ring around it; teacher's class: the closed-set segmenter's "
+           f"class (argmax at the network input size) of most of the obstacle's pixels.", "",
            "| breakdown | group | obstacle-frames | detected | recall |", "|---|---|---|---|---|"]
     for title, key in (("visible area", "by_size"), ("contrast to the road", "by_contrast"),
-                       ("obstacle kind (synthroad)", "by_kind")):
-        out += [f"| {title} | {b['bin']} | {b['n']} | {b['detected']} | {_recall(b)} |" for b in d[key]]
+                       ("obstacle kind (synthroad)", "by_kind"), ("teacher's class (most pixels)", "by_teacher_class")):
+        out += [f"| {title} | {b['bin']} | {b['n']} | {b['detected']} | {_recall(b)} |" for b in d.get(key, [])]
     return "\n".join(out + [""])
 
 

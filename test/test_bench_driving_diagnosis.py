@@ -25,6 +25,8 @@ def test_miss_causes_add_up_and_every_drive_is_reported(capsys):
     assert sum(sizes) == total
     contrasts = [int(n) for n in re.findall(r"contrast to the road around it [^:]+: (\d+) obstacles", out)]
     assert sum(contrasts) == total
+    teacher = [int(n) for n in re.findall(r"teacher's class of most of its pixels [^:]+: (\d+) obstacles", out)]
+    assert sum(teacher) == total
     kinds = re.search(r"recall by obstacle kind \(synthroad generator\): (.*)", out).group(1)
     per_kind = [tuple(map(int, f.split()[1].split("/"))) for f in kinds.split(", ")]
     assert sum(n for _, n in per_kind) == total and sum(k for k, _ in per_kind) == hit
@@ -61,9 +63,24 @@ def test_breakdown_table_lists_every_group_with_its_recall():
          "frame_size": [512, 1024],
          "by_size": [{"bin": "10-50 px", "n": 4, "detected": 0}, {"bin": ">= 50 px", "n": 6, "detected": 6}],
          "by_contrast": [{"bin": "0-15", "n": 2, "detected": 1}, {"bin": ">= 15", "n": 8, "detected": 5}],
-         "by_kind": [{"bin": "box", "n": 10, "detected": 6}]}
+         "by_kind": [{"bin": "box", "n": 10, "detected": 6}],
+         "by_teacher_class": [{"bin": "road", "n": 7, "detected": 3}, {"bin": "car", "n": 3, "detected": 3}]}
     md = diag.breakdown_markdown(d, "CMD")
     assert "`CMD`" in md and "Of 10 obstacle-frames within 30 m, 4 are missed: in 3 " in md
     assert "| visible area | 10-50 px | 4 | 0 | 0.0 % |" in md
     assert "| contrast to the road | 0-15 | 2 | 1 | 50.0 % |" in md
     assert "| obstacle kind (synthroad) | box | 10 | 6 | 60.0 % |" in md
+    assert "| teacher's class (most pixels) | road | 7 | 3 | 42.9 % |" in md
+
+
+def test_teacher_class_groups_pool_the_rare_classes():
+    diag = _load()
+    classes = np.array([0] * 30 + [13] * 10 + [8] * 1 + [2] * 1 + [-1] * 3)   # -1: no teacher for that one
+    hit = np.zeros(classes.size, bool)
+    hit[:10] = True      # 10 of the road ones
+    hit[30:40] = True    # every car
+    hit[40] = True       # the vegetation one
+    groups = diag._by_teacher_class(classes, hit)
+    assert groups == [{"bin": "road", "n": 30, "detected": 10}, {"bin": "car", "n": 10, "detected": 10},
+                      {"bin": "other classes", "n": 2, "detected": 1}]
+    assert diag._by_teacher_class(np.full(4, -1), np.ones(4, bool)) == []
