@@ -234,7 +234,7 @@ def report_lines(d: dict) -> list[str]:
     for b in d["by_contrast"]:
         if b["n"]:
             out.append(f"  contrast to the road around it {b['bin']}: {b['n']} obstacles, recall {_recall(b)}")
-    for b in d.get("by_teacher_class", []):
+    for b in d["by_teacher_class"]:
         out.append(f"  teacher's class of most of its pixels {b['bin']}: {b['n']} obstacles, recall {_recall(b)}")
     off = np.array(d["offsets"])
     if off.size:
@@ -268,7 +268,7 @@ def breakdown_markdown(d: dict, command: str) -> str:
            "| breakdown | group | obstacle-frames | detected | recall |", "|---|---|---|---|---|"]
     for title, key in (("visible area", "by_size"), ("contrast to the road", "by_contrast"),
                        ("obstacle kind (synthroad)", "by_kind"), ("teacher's class (most pixels)", "by_teacher_class")):
-        out += [f"| {title} | {b['bin']} | {b['n']} | {b['detected']} | {_recall(b)} |" for b in d.get(key, [])]
+        out += [f"| {title} | {b['bin']} | {b['n']} | {b['detected']} | {_recall(b)} |" for b in d[key]]
     return "\n".join(out + [""])
 
 
