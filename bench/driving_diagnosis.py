@@ -63,23 +63,6 @@ def road_contrast(rgb: np.ndarray, component: np.ndarray, semantic: np.ndarray |
     return float(np.abs(rgb[component].astype(np.float64).mean(0) - rgb[ring].astype(np.float64).mean(0)).mean())
 
 
-def teacher_classes(detector, rgb: np.ndarray) -> np.ndarray | None:
-    """The teacher's class map (argmax, Cityscapes trainIds) of a frame at the detector's input size,
-    resized (nearest) to the frame; None when the configured scheme runs no teacher."""
-    import cv2
-    import torch
-
-    cfg = detector.config
-    if detector.teacher is None or cfg.scheme not in ("2", "teacher_only"):
-        return None
-    h, w = rgb.shape[:2]
-    small = cv2.resize(rgb, (cfg.input_width, cfg.input_height), interpolation=cv2.INTER_AREA)
-    seg = detector.teacher(torch.from_numpy(small).permute(2, 0, 1)[None]).segmentation
-    if seg is None:   # a teacher giving a ready map (onnx) has no classes
-        return None
-    return cv2.resize(seg[0].to(torch.uint8).cpu().numpy(), (w, h), interpolation=cv2.INTER_NEAREST)
-
-
 def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=None) -> dict:
     """Per-frame (untracked) breakdown of the near obstacles and of the false alarms over the drives
     ``seeds`` with the shipped default (``overrides`` as ``--set``): what :func:`report_lines` prints and
@@ -109,7 +92,7 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
                 own = {r.id: r for r in describe_instances(
                     np.where(np.isin(m.gt, list(comps)), m.gt, 0).astype(np.uint16), a, cam)}
                 kind_of = {o.get("instance_id"): o.get("kind", "?") for o in (truth.obstacles or [])}
-                classes = teacher_classes(detector, rec.rgb) if any(d < NEAR_M for d, _, _ in comps.values()) \
+                classes = detector.teacher_classes(rec.rgb) if any(d < NEAR_M for d, _, _ in comps.values()) \
                     else None
                 for c, (d, _, key) in comps.items():
                     px = m.gt == c

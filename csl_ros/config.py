@@ -121,8 +121,10 @@ class DetectorConfig:
                                           "not reported (the flat-ground distance and the pixels of a far "
                                           "obstacle are the least reliable; a planner has its own range of "
                                           "interest); an instance whose bottom lies at or above the horizon "
-                                          "never meets the road and is beyond any range. 0 = off; no effect "
-                                          "on frames without camera geometry.",
+                                          "never meets the road and is beyond any range. Applied to the "
+                                          "pieces (anomalous area x student region) before instances form, "
+                                          "so a near obstacle joined to the far horizon band is reported "
+                                          "alone. 0 = off; no effect on frames without camera geometry.",
                                           range=(0.0, 10000.0))
     road_roi: bool = _opt(False, "Keep only instances touching the drivable road predicted by the "
                           "teacher's segmenter (when the teacher has one).")

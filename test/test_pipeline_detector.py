@@ -371,6 +371,12 @@ def test_road_roi_comes_with_the_detection_and_keeps_only_instances_touching_it(
     assert int(b.instances.max()) == len(touching)
     assert all(b.road_roi[b.instances == i].any() for i in range(1, int(b.instances.max()) + 1))
 
+    # the map road_roi reads, at the image size, from the letterboxed input: a 64x96 image fills 64x96 of
+    # the 64x128 input; its lower half is road
+    classes = on.teacher_classes(img[:, :96])
+    assert classes.shape == (64, 96) and classes.dtype == np.uint8
+    assert (classes[32:] == 0).all() and (classes[:32] == 1).all()
+    assert make("1", student, teacher, tmp_path).teacher_classes(img) is None   # scheme 1 runs no teacher
 
 
 def test_scale_fusion_combines_the_two_passes(student, teacher, tmp_path):

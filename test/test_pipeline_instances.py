@@ -125,6 +125,48 @@ def test_max_obstacle_distance_drops_instances_above_the_horizon():
     assert len(obstacles_of(scores, None, ranged, None)[1]) == 2
 
 
+def test_first_row_within_the_range_by_hand():
+    """f = 1000 px, 1.5 m, horizon at row 200: the bottom edge of row v meets the road at
+    1500 / (v + 1 - 200) m, so 30 m is first reached by row 249 (edge 250), 7.5 m by row 399."""
+    cam = CameraGeometry(fx=1000.0, fy=1000.0, cx=500.0, cy=200.0, height_m=1.5, pitch_deg=0.0)
+    assert cam.first_row_within(30.0, 400) == 249
+    assert cam.first_row_within(7.5, 400) == 399
+    assert cam.first_row_within(7.0, 400) == 400          # no row of the image is that close
+    assert cam.first_row_within(1e9, 400) == 200          # rows at or above the horizon never meet the road
+    _, d = cam.ground_point(500.0, 249 + 1.0)
+    assert d == pytest.approx(30.0)
+
+
+def test_output_range_acts_on_region_pieces_before_instances_form():
+    """A near obstacle (rows 230-249: contact at 30 m) whose anomalous area runs up into a far band right
+    above it (rows 205-229, another student region: bottom edge 230 = 50 m) ten times its size: as one
+    component the band swallows it (a piece under min_split_fraction joins the largest), and the one
+    instance is band plus obstacle, placed at the obstacle's contact point, inside a 35 m range. With the
+    range acting on the pieces first, the band's piece goes, and the obstacle is an instance of its own.
+    The band alone, and everything without geometry or without a range, is as before."""
+    cam = CameraGeometry(fx=1000.0, fy=1000.0, cx=500.0, cy=200.0, height_m=1.5, pitch_deg=0.0)
+    scores = np.zeros((400, 1000), np.float32)
+    scores[205:230, 300:700] = 0.9      # the far band: region 1
+    scores[230:250, 470:500] = 0.9      # the obstacle below it: region 2
+    regions = np.ones((400, 1000), np.int64)
+    regions[230:, :] = 2
+    base = DetectorConfig(score_threshold=0.5, min_instance_area=10, min_split_fraction=0.4)
+    ranged = dataclasses.replace(base, max_obstacle_distance_m=35.0)
+    merged = obstacles_of(scores, regions, base, cam)[1]
+    assert [(o.area_px, round(o.distance_m, 1)) for o in merged] == [(25 * 400 + 20 * 30, 30.0)]
+    inst, obs = obstacles_of(scores, regions, ranged, cam)
+    assert [(o.area_px, o.bbox, round(o.distance_m, 1)) for o in obs] == [(600, (470, 230, 500, 250), 30.0)]
+    assert inst[240, 480] == obs[0].instance == 1 and not inst[210, 400]
+    assert extract_instances(scores, regions, 0.5, 10, min_bottom_row=249).astype(bool).sum() == 600
+    # the band alone is dropped whole, as the instance-level range did; no geometry: nothing changes
+    band = np.where(np.arange(400)[:, None] < 230, scores, 0.0).astype(np.float32)
+    assert obstacles_of(band, regions, ranged, cam)[1] == []
+    assert np.array_equal(obstacles_of(scores, regions, ranged, None)[0], obstacles_of(scores, regions, base, None)[0])
+    # without regions the pieces are the components: a near component touching the band stays whole
+    whole = extract_instances(scores, None, 0.5, 10, min_bottom_row=249)
+    assert whole[210, 400] > 0 and whole[210, 400] == whole[240, 480]
+
+
 def test_pitch_moves_the_horizon():
     cam = CameraGeometry(1000.0, 1000.0, 500.0, 200.0, height_m=1.5, pitch_deg=5.0)
     # the horizon is now tan(5 deg)*f above the principal point

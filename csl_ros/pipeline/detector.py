@@ -419,12 +419,28 @@ class Detector:
                 labels = hard_assign(probs, v, split_components=cfg.split_regions)
         return F.interpolate(labels[None, None].float(), size=out_size, mode="nearest")[0, 0].long()
 
+    @torch.inference_mode()
+    def teacher_classes(self, image: np.ndarray) -> np.ndarray | None:
+        """The teacher's class map (argmax, e.g. Cityscapes trainIds; uint8) of ``image`` as the first pass
+        sees it (letterboxed at the input size), at the image size: the map ``road_roi`` reads. None when
+        the configured scheme runs no teacher or the teacher gives scores only (an ONNX score map)."""
+        if self.teacher is None or self.config.scheme not in ("2", "teacher_only"):
+            return None
+        image = as_rgb_uint8(image)
+        x, ((h, w),) = self._letterbox([image])
+        seg = self.teacher(x.to(self.device), network=self._networks_at(tuple(x.shape[-2:]))[1]).segmentation
+        return None if seg is None else _classes_at(seg[0, :h, :w], image.shape[:2])
+
     def _road_roi(self, seg: torch.Tensor, out_size) -> np.ndarray:
-        road = (seg == ROAD_TRAIN_ID).to(torch.uint8).cpu().numpy()
-        road = cv2.resize(road, (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST)
+        road = _classes_at(seg, out_size) == ROAD_TRAIN_ID
         # Obstacles sit on the road but are not road themselves: grow the road to reach their pixels.
         k = max(3, int(0.03 * out_size[0]) | 1)
-        return cv2.dilate(road, np.ones((k, k), np.uint8)).astype(bool)
+        return cv2.dilate(road.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+
+
+def _classes_at(seg: torch.Tensor, size) -> np.ndarray:
+    """A class map (h x w, the valid part of the network input) resized (nearest) to ``size`` (H, W), uint8."""
+    return cv2.resize(seg.to(torch.uint8).cpu().numpy(), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def _crop_resize(d: torch.Tensor, size) -> torch.Tensor:

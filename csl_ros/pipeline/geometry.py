@@ -59,6 +59,15 @@ class CameraGeometry:
         return CameraGeometry(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy,
                               self.height_m, self.pitch_deg)
 
+    def first_row_within(self, distance_m: float, rows: int) -> int:
+        """The first image row, from the top, whose bottom edge meets the road at most ``distance_m``
+        ahead (``rows`` when none of the ``rows`` rows does). The forward distance of a contact point
+        depends on its row only (no roll) and falls from the horizon down, so everything whose lowest
+        row lies above this one stands farther away or never touches the road."""
+        _, dist = self.ground_point(np.full(rows, self.cx), np.arange(rows) + 1.0)
+        within = np.isfinite(dist) & (dist <= distance_m)
+        return int(np.argmax(within)) if within.any() else int(rows)
+
     def ground_point(self, u, v):
         """Intersect the rays through pixels (u, v) with the road plane.
 

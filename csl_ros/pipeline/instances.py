@@ -41,7 +41,7 @@ class Obstacle:
 
 def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold: float, min_area: int,
                       roi: np.ndarray | None = None, *, min_split_fraction: float = 0.0,
-                      low_threshold: float | None = None) -> np.ndarray:
+                      low_threshold: float | None = None, min_bottom_row: int = 0) -> np.ndarray:
     """Label OOD instances: 8-connected components of ``scores >= threshold``, cut along the student's
     regions only where the cut separates substantial parts.
 
@@ -56,11 +56,19 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
     0 keeps every piece of ``min_area`` pixels (the plain component x region split); above 0.5 a
     component is never split.
 
+    ``min_bottom_row`` (the output range in image rows, :meth:`CameraGeometry.first_row_within`): the
+    pieces (component x region, or whole components without regions) whose lowest pixel lies above this
+    row stand beyond the range or never touch the road; they are removed *before* the instances form, so
+    a near obstacle whose anomalous area runs into the far horizon band (scenery the teacher does not
+    know) stays an instance of its own instead of the foot of one oversized false instance.
+
     ``roi``: optional boolean mask (e.g. the drivable road); instances not touching it are dropped.
     Returns a uint16 label image (0 = none), ids 1..K ordered by (component, region).
     """
     low = threshold if low_threshold is None else min(float(low_threshold), threshold)
     mask = (scores >= low).astype(np.uint8)
+    if min_bottom_row > 0:
+        mask = _without_pieces_above(mask, regions, int(min_bottom_row))
     n_cc, cc = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
     if n_cc <= 1:
         return np.zeros(scores.shape, np.uint16)
@@ -75,17 +83,7 @@ def extract_instances(scores: np.ndarray, regions: np.ndarray | None, threshold:
     idx = np.flatnonzero(mask)
     comp = cc.ravel()[idx].astype(np.int64)
     if regions is not None:
-        # Unique (component, region) pairs -> instance ids, with no loop over regions.
-        reg = regions.ravel()[idx].astype(np.int64)
-        reg -= reg.min()
-        key = comp * (int(reg.max()) + 1) + reg
-        span = int(n_cc) * (int(reg.max()) + 1)
-        if span <= 1 << 22:  # dense table: O(pixels), no sort
-            used = np.zeros(span, np.int64)
-            used[key] = 1
-            ids = np.cumsum(used)[key]  # 1-based id of every used key, in key order
-        else:
-            ids = np.unique(key, return_inverse=True)[1].ravel() + 1
+        ids = _piece_ids(idx, comp, regions, n_cc)
         ids = _merge_small_pieces(ids, comp, n_cc, max(int(min_area), 1), float(min_split_fraction))
     else:
         ids = comp
@@ -144,9 +142,13 @@ def obstacles_of(scores: np.ndarray, regions: np.ndarray | None, config, camera:
     (:func:`describe_instances`) and, with ``max_obstacle_height_m`` / ``max_obstacle_distance_m``,
     :func:`drop_taller_than` / :func:`drop_farther_than`. The one
     path of the node, ``csl-ros evaluate`` and the driving benchmark."""
+    # the output range acts on the pieces first (extract_instances), then on whole instances below
+    min_row = (camera.first_row_within(config.max_obstacle_distance_m, scores.shape[0])
+               if camera is not None and config.max_obstacle_distance_m > 0 else 0)
     inst = extract_instances(scores, regions, config.score_threshold, config.min_instance_area, roi,
                              min_split_fraction=config.min_split_fraction,
-                             low_threshold=config.score_hysteresis * config.score_threshold)
+                             low_threshold=config.score_hysteresis * config.score_threshold,
+                             min_bottom_row=min_row)
     obstacles = describe_instances(inst, scores, camera)
     if config.max_obstacle_height_m > 0:
         inst, obstacles = drop_taller_than(inst, obstacles, config.max_obstacle_height_m)
@@ -154,6 +156,39 @@ def obstacles_of(scores: np.ndarray, regions: np.ndarray | None, config, camera:
         inst, obstacles = drop_farther_than(inst, obstacles, config.max_obstacle_distance_m,
                                             geometry_known=camera is not None)
     return inst, obstacles
+
+
+def _piece_ids(idx: np.ndarray, comp: np.ndarray, regions: np.ndarray, n_cc: int) -> np.ndarray:
+    """1-based id of the (component, region) piece of each pixel ``idx`` (flat indices, ``comp`` their
+    component ids), ids in (component, region) order, with no loop over regions."""
+    reg = regions.ravel()[idx].astype(np.int64)
+    reg -= reg.min()
+    key = comp * (int(reg.max()) + 1) + reg
+    span = int(n_cc) * (int(reg.max()) + 1)
+    if span <= 1 << 22:  # dense table: O(pixels), no sort
+        used = np.zeros(span, np.int64)
+        used[key] = 1
+        return np.cumsum(used)[key]  # 1-based id of every used key, in key order
+    return np.unique(key, return_inverse=True)[1].ravel() + 1
+
+
+def _without_pieces_above(mask: np.ndarray, regions: np.ndarray | None, min_bottom_row: int) -> np.ndarray:
+    """``mask`` (uint8) without the pieces (8-connected component x region; the components alone
+    without regions) whose lowest row is above ``min_bottom_row``."""
+    n_cc, cc = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
+    if n_cc <= 1:
+        return mask
+    idx = np.flatnonzero(mask)
+    comp = cc.ravel()[idx].astype(np.int64)
+    pieces = _piece_ids(idx, comp, regions, n_cc) if regions is not None else comp
+    lowest = np.zeros(int(pieces.max()) + 1, np.int64)
+    np.maximum.at(lowest, pieces, idx // mask.shape[1])
+    far = lowest[pieces] < min_bottom_row
+    if not far.any():
+        return mask
+    out = mask.copy()
+    out.ravel()[idx[far]] = 0
+    return out
 
 
 def _merge_small_pieces(ids: np.ndarray, comp: np.ndarray, n_cc: int, min_area: int,
