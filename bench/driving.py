@@ -128,7 +128,7 @@ def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
            f"{cfg.assignment_resolution}_{models}" + (f"_x{cfg.test_scale:g}" if cfg.test_scale != 1.0 else "")
            + (f"_{cfg.scale_fusion}" if cfg.test_scale != 1.0 and cfg.scale_fusion != "geometric" else "")
            + (f"_m{cfg.fusion_region_exponent:g}" if cfg.fusion_region_exponent != 1.0 else "")
-           + ("_roi" if cfg.road_roi else ""))
+           + ("_roi" if cfg.road_roi else "") + ("_flip" if cfg.teacher_flip else ""))
     path = cache / tag / f"{key}.npz" if cache is not None else None
     if path is not None and path.is_file():
         z = np.load(path)
@@ -270,7 +270,8 @@ def choose(results, max_fa: float, reference: tuple[float, float] | None = None)
 
 
 def summary(name, cfg, r) -> dict:
-    return {"setting": name, "teacher": cfg.teacher, "score_threshold": cfg.score_threshold,
+    return {"setting": name, "teacher": cfg.teacher, "teacher_flip": cfg.teacher_flip,
+            "score_threshold": cfg.score_threshold,
             "min_instance_area": cfg.min_instance_area, "max_obstacle_height_m": cfg.max_obstacle_height_m,
             "max_obstacle_distance_m": cfg.max_obstacle_distance_m,
             "input_size": [cfg.input_height, cfg.input_width], "test_scale": cfg.test_scale,
@@ -281,16 +282,17 @@ def summary(name, cfg, r) -> dict:
 def _second_pass(test: dict) -> str:
     """' with a second pass at test_scale s (HxW)' when the run had one ('' for single scale and for a
     JSON written before test_scale was recorded)."""
-    scale = test.get("test_scale", 1.0)
-    if scale == 1.0:
-        return ""
-    h, w = (round(v * scale) for v in test["input_size"])
-    return f" with a second pass at test_scale {scale:g} ({h}x{w})"
+    from csl_ros.config import second_pass_description
+
+    return second_pass_description(*test["input_size"], test.get("test_scale", 1.0))
 
 
 def _teacher(test: dict) -> str:
-    """'teacher T, ' ('' for a JSON written before the teacher was recorded)."""
-    return f"teacher {test['teacher']}, " if test.get("teacher") else ""
+    """'teacher T, ' or 'teacher T averaged with its pass on the mirrored image (teacher_flip), ' ('' for a
+    JSON written before the teacher was recorded)."""
+    from csl_ros.config import teacher_description
+
+    return f"{teacher_description(test['teacher'], test.get('teacher_flip', False))}, " if test.get("teacher") else ""
 
 
 def _min_area(test: dict) -> str:
@@ -356,7 +358,7 @@ def driving_markdown(data: dict) -> str:
     header, rows2 = summary_rows(r)
     table(header, rows2)
     out += rows_md
-    out += [f"Teacher, test_scale, score_threshold, min_instance_area, the height limit, the output range and "
+    out += [f"Teacher, teacher_flip, test_scale, score_threshold, min_instance_area, the height limit, the output range and "
             f"tracking of the shipped default were chosen with `python bench/driving.py --tune`, and "
             f"min_split_fraction with `--split-fractions`, on other drives (seeds from {TUNE_DRIVE_SEED}), "
             f"never on these.", ""]

@@ -15,8 +15,10 @@ For each input size (network size = image size, as for full-resolution evaluatio
     weights, whose speed does not depend on the weights) on a synthroad obstacle frame, on every
     backend (student and teacher through the same backend; tensorrt added on CUDA when installed),
     and the shipped default as configured (backend auto), per stage; every row one pass (test_scale 1)
-    except one: the shipped default with its second pass at test_scale 2 (the shipped setting), whose
-    cost is printed as a ratio to the one-pass row (the second pass has its own networks, same backend);
+    except two: the shipped default with its second pass at test_scale 2 (the shipped setting), whose
+    cost is printed as a ratio to the one-pass row (the second pass has its own networks, same backend),
+    and that with ``teacher_flip`` (config/driving.yaml: the teacher's mirrored pass at each scale),
+    printed as a ratio to the row without;
   * post-processing share = (assignment + fusion + instances) / total; the budget is < 5 % at 1024x2048.
 Rows of one size run round robin (every row once per repeat), so that load on a shared machine hits
 all of them alike; figures are medians after one warm-up. "build s" is the backend's preparation
@@ -91,7 +93,7 @@ def pre_issue_code(student):
 class DetectorRow:
     """One detector configuration: ``step()`` runs one frame and keeps its per-stage timings."""
 
-    def __init__(self, preset, size, backend, cache, device, pre_issue=False, test_scale=1.0):
+    def __init__(self, preset, size, backend, cache, device, pre_issue=False, test_scale=1.0, teacher_flip=False):
         from csl_ros.config import DetectorConfig
         from csl_ros.data.synthroad import render_frame
         from csl_ros.model import build_student, get_preset, load_checkpoint
@@ -102,7 +104,8 @@ class DetectorRow:
         self.preset, self.pre_issue = preset, pre_issue
         # one scale but in the test_scale row: the backends are compared on one pass
         cfg = DetectorConfig(scheme="2", input_height=size[0], input_width=size[1], device=device,
-                             backend=backend, engine_cache_dir=cache, test_scale=test_scale)
+                             backend=backend, engine_cache_dir=cache, test_scale=test_scale,
+                             teacher_flip=teacher_flip)
         model_hash = ""
         if preset == "shipped":
             loaded = load_checkpoint(resolve_shipped("student_ca"))
@@ -118,11 +121,13 @@ class DetectorRow:
         self.step()  # warm-up (and, for compile, the compilation), counted in the build time
         self.build_s = time.perf_counter() - t
         self.runs = []
-        self.requested, self.test_scale = backend, test_scale
+        self.requested, self.test_scale, self.teacher_flip = backend, test_scale, teacher_flip
         self.label = PRE_ISSUE if pre_issue else (
             f"auto -> {self.detector.backend}" if backend == "auto" else self.detector.backend)
         if test_scale != 1.0:
             self.label += f", test_scale {test_scale:g}"
+        if teacher_flip:
+            self.label += ", teacher flip"
 
     def step(self):
         with pre_issue_code(self.student) if self.pre_issue else contextlib.nullcontext():
@@ -172,6 +177,8 @@ def main():
                 DetectorRow("shipped", size, "auto", cache, device)]
         if shipped_scale != 1.0:
             rows.append(DetectorRow("shipped", size, "auto", cache, device, test_scale=shipped_scale))
+        # config/driving.yaml's teacher_flip: the teacher's second (mirrored) pass at each scale
+        rows.append(DetectorRow("shipped", size, "auto", cache, device, test_scale=shipped_scale, teacher_flip=True))
         for preset in args.presets.split(","):
             for backend in backends:
                 try:
@@ -203,7 +210,7 @@ def main():
             t = row.medians()
             post = t["assignment"] + t["fusion"] + t["instances"]
             entry = {"preset": row.preset, "backend": row.label, "requested": row.requested,
-                     "test_scale": row.test_scale,
+                     "test_scale": row.test_scale, "teacher_flip": row.teacher_flip,
                      "backends": row.detector.backends, "build_s": row.build_s, "ms": t,
                      "fps": 1000 / t["total"], "post_share": post / t["total"],
                      "network_vs_hf": t["network"] / ref, "total_vs_hf": t["total"] / ref}
@@ -216,16 +223,22 @@ def main():
             row.detector.close()
         pre = next(e for e in table if e["backend"] == PRE_ISSUE)
         auto = next(e for e in table if e["requested"] == "auto" and e["preset"] == "shipped"
-                    and e["test_scale"] == 1.0)
+                    and e["test_scale"] == 1.0 and not e["teacher_flip"])
         summary = {"shipped_default_vs_pre_issue_eager": auto["ms"]["total"] / pre["ms"]["total"]}
         print(f"  shipped default, one pass ({auto['backends']}): {auto['ms']['total']:.0f} ms end to end = "
               f"{summary['shipped_default_vs_pre_issue_eager']:.2f}x the pre-issue eager default "
               f"({pre['ms']['total']:.0f} ms) [target <= 0.5x]")
-        two = [e for e in table if e["requested"] == "auto" and e["test_scale"] != 1.0]
+        two = [e for e in table if e["requested"] == "auto" and e["test_scale"] != 1.0 and not e["teacher_flip"]]
         if two:
             summary["second_pass_vs_one_pass"] = two[0]["ms"]["total"] / auto["ms"]["total"]
             print(f"  with the second pass at test_scale {two[0]['test_scale']:g} (same backend): "
                   f"{two[0]['ms']['total']:.0f} ms = {summary['second_pass_vs_one_pass']:.2f}x the one-pass default")
+        flip = next(e for e in table if e["teacher_flip"])
+        base = two[0] if two else auto
+        summary["teacher_flip_vs_without"] = flip["ms"]["total"] / base["ms"]["total"]
+        print(f"  with teacher_flip (config/driving.yaml; the teacher's mirrored pass at each scale): "
+              f"{flip['ms']['total']:.0f} ms = {summary['teacher_flip_vs_without']:.2f}x the same without "
+              f"({base['ms']['total']:.0f} ms)")
         r50 = [e for e in table if e["preset"] == "r50_paper"]
         if r50:
             best = min(r50, key=lambda e: e["ms"]["total"])

@@ -174,6 +174,11 @@ class DetectorConfig:
                              "count at the second scale alone). Default: the one the shipped threshold "
                              "was tuned with (mean and max cost recall at equal false alarms on the "
                              "tuning drives: bench/train_shipped.sh, step 6c).", choices=SCALE_FUSIONS)
+    teacher_flip: bool = _opt(False, "Test-time flip of the teacher: its score map is the mean of the image's "
+                              "and the horizontally mirrored image's (mirrored back), at each scale; the "
+                              "student's regions stay those of the image. What shows in one of the two passes "
+                              "only (noise of the teacher, not of the scene) fades. Doubles the teacher's "
+                              "passes. config/driving.yaml turns it on (bench/train_shipped.sh step 6i).")
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N.", reload=True,
                        device=True)
     backend: str = _opt("auto", "Inference backend of the student and the teacher: auto (the fastest "
@@ -274,6 +279,19 @@ def regions_description(cfg: DetectorConfig) -> str:
     if cfg.scheme == "2" and cfg.regions == "mask2former":
         return f"{MASK2FORMER_REGIONS} ({cfg.regions_path or cfg.teacher_path})"
     return "regions from the CSL student (class-agnostic training)"
+
+
+def teacher_description(teacher: str, teacher_flip: bool = False) -> str:
+    """'teacher T' plus how its map is taken, for every report (driving section, evaluation report)."""
+    return f"teacher {teacher}" + (" averaged with its pass on the mirrored image (teacher_flip)" if teacher_flip else "")
+
+
+def second_pass_description(input_height: int, input_width: int, test_scale: float) -> str:
+    """' with a second pass at test_scale s (HxW)' when the detector runs one ('' for one scale)."""
+    if test_scale == 1.0:
+        return ""
+    return (f" with a second pass at test_scale {test_scale:g} "
+            f"({round(input_height * test_scale)}x{round(input_width * test_scale)})")
 
 
 def read_yaml_parameters(path: str | os.PathLike, node_name: str = "csl_detector") -> dict[str, Any]:

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from csl_ros.cli import add_command, build_parser, image_size_arg
-from csl_ros.config import load_configs, parse_set_args
+from csl_ros.config import load_configs, parse_set_args, second_pass_description, teacher_description
 from csl_ros.data.loaders import Synthroad
 from csl_ros.data.preview import label_overlay, save_contact_sheet
 from csl_ros.data.synthroad import render_sequence
@@ -89,9 +89,10 @@ def step_models(ctx: DemoContext) -> None:
     t0 = time.perf_counter()
     ctx.detector = Detector.from_config(ctx.detector_config)
     cfg = ctx.detector.config   # with what the student checkpoint carries (input size, test_scale)
-    second = (f" + a second pass at test_scale {cfg.test_scale:g}" if cfg.test_scale != 1.0 else "")
-    ctx.notes.append(f"detector: scheme {cfg.scheme}, teacher {cfg.teacher}, network {cfg.input_height}x"
-                     f"{cfg.input_width}{second}, backend {ctx.detector.backend} on {ctx.detector.device}, "
+    ctx.notes.append(f"detector: scheme {cfg.scheme}, {teacher_description(cfg.teacher, cfg.teacher_flip)}, "
+                     f"network {cfg.input_height}x{cfg.input_width}"
+                     f"{second_pass_description(cfg.input_height, cfg.input_width, cfg.test_scale)}, "
+                     f"backend {ctx.detector.backend} on {ctx.detector.device}, "
                      f"loaded in {time.perf_counter() - t0:.1f} s")
 
 

@@ -183,6 +183,9 @@ def test_driving_markdown_gives_the_bootstrap_interval_only_over_several_drives(
     assert "faint areas" not in text
     r["tracking"]["continue_ratio"] = 0.7             # the run's track_continue_ratio is said
     assert "confirmed tracks continued on faint areas down to 0.7 x the threshold" in driving.driving_markdown(data)
+    assert "mirrored" not in text                     # the run's teacher_flip is said
+    data["test"] = driving.summary("shipped default", DetectorConfig(teacher_flip=True), r)
+    assert "averaged with its pass on the mirrored image (teacher_flip)" in driving.driving_markdown(data)
 
 
 def test_tune_measures_its_floor_with_the_same_configuration(monkeypatch, capsys):

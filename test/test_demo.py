@@ -55,7 +55,12 @@ def test_demo_runs_the_node_live_and_writes_the_report(tiny_sets, tmp_path, caps
     assert d["tracking"]["confirm_hits"] == det_cfg.track_confirm_hits
     assert "driving: per frame: recall within 30 m" in printed
     # the detector line names the shipped default's second pass (the tiny students carry no test_scale)
-    assert f"network 64x128 + a second pass at test_scale {DetectorConfig().test_scale:g}," in printed
+    # and driving.yaml's teacher flip
+    scale = DetectorConfig().test_scale
+    assert (f"network 64x128 with a second pass at test_scale {scale:g} ({round(64 * scale)}x{round(128 * scale)}),"
+            in printed)
+    assert det_cfg.teacher_flip and m["config"]["teacher_flip"] is True
+    assert "averaged with its pass on the mirrored image (teacher_flip)" in printed
     assert "Driving metrics" in (out / "eval" / "report.md").read_text()
 
 

@@ -404,3 +404,22 @@ def test_scale_fusion_combines_the_two_passes(student, teacher, tmp_path):
     other = 2 * m - x                                # mean = (a + b) / 2 and max = max(a, b) give both
     assert (other <= x + 1e-6).all()
     np.testing.assert_allclose(g, np.sqrt(x * np.clip(other, 0, None)), atol=1e-4)
+
+
+def test_teacher_flip_averages_the_mirrored_pass(student, teacher, tmp_path):
+    """teacher_flip: the teacher's map is the mean of the image's and the mirrored image's (mirrored back);
+    scheme 2 fuses that map with the image's own regions."""
+    img = np.random.default_rng(6).integers(0, 255, (64, 128, 3), dtype=np.uint8)   # fills the input
+    plain = make("teacher_only", student, teacher, tmp_path)
+    a = plain(img).anomaly_map.astype(np.float64)
+    b = plain(np.ascontiguousarray(img[:, ::-1])).anomaly_map[:, ::-1].astype(np.float64)
+    assert not np.allclose(a, b, atol=1e-3)          # the teacher is not mirror-symmetric on this image
+    flipped = make("teacher_only", student, teacher, tmp_path, teacher_flip=True)(img)
+    np.testing.assert_allclose(flipped.anomaly_map, 0.5 * (a + b), atol=1e-5)
+    # scheme 2: the same regions as without the flip, and Eq. 3 on the averaged map
+    off, on = make("2", student, teacher, tmp_path)(img), make("2", student, teacher, tmp_path, teacher_flip=True)(img)
+    np.testing.assert_array_equal(off.regions, on.regions)
+    assert not np.allclose(off.anomaly_map, on.anomaly_map, atol=1e-4)
+    # a letterboxed image (padding on the right; on the left once mirrored) keeps its size and range
+    part = make("teacher_only", student, teacher, tmp_path, teacher_flip=True)(img[:, :96])
+    assert part.anomaly_map.shape == (64, 96) and 0.0 <= part.anomaly_map.min() <= part.anomaly_map.max() <= 1.0

@@ -68,6 +68,17 @@ def test_a_reported_threshold_off_the_point_gets_its_own_name(small_eval):
     assert cells[R.POINT_F1_THRESHOLD] == R.num(m["pixel"]["best_f1_point_threshold"])
 
 
+def test_detector_line_names_the_second_pass_and_the_teacher_flip(small_eval):
+    m = json.loads((small_eval / "metrics.json").read_text())
+    m["config"].update(input_height=256, input_width=512, test_scale=1.0, teacher="maxlogit", teacher_flip=False)
+    line = next(t for t in R.build_document(m, {}, small_eval).markdown().splitlines() if "detector: scheme" in t)
+    assert "teacher maxlogit, " in line and "(HxW), score_threshold" in line and "mirrored" not in line
+    m["config"].update(test_scale=2.0, teacher_flip=True)
+    line = next(t for t in R.build_document(m, {}, small_eval).markdown().splitlines() if "detector: scheme" in t)
+    assert "teacher maxlogit averaged with its pass on the mirrored image (teacher_flip), " in line
+    assert "network input 256x512 (HxW) with a second pass at test_scale 2 (512x1024), score_threshold" in line
+
+
 def test_plot_legends_lie_outside_the_axes(small_eval, tmp_path, monkeypatch):
     m = json.loads((small_eval / "metrics.json").read_text())
     figures = []

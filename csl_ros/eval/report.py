@@ -17,7 +17,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from csl_ros.config import DetectorConfig, regions_description
+from csl_ros.config import DetectorConfig, regions_description, second_pass_description, teacher_description
 from csl_ros.eval.driving import add_report_section, plot_bands
 from csl_ros.eval.figures import legend_below as _legend_below, new_figure as _figure, save_figure as _save
 from csl_ros.pipeline.instances import describe_instances
@@ -439,9 +439,12 @@ def build_document(m: dict, written: dict, out: Path, max_table_rows: int = 200)
         f"track: {m['track']} (component size filters: predicted >= {comp['segsize'] if comp else '?'} px, "
         f"ground truth >= {comp['instsize'] if comp else '?'} px); protocol: {m['protocol']} "
         f"({m.get('protocol_description', '')})",
-        f"detector: scheme {cfg.get('scheme', '?')}, teacher {cfg.get('teacher', '?')}, "
+        f"detector: scheme {cfg.get('scheme', '?')}, "
+        f"{teacher_description(cfg.get('teacher', '?'), bool(cfg.get('teacher_flip')))}, "
         f"{_regions_line(cfg)}, network input "
-        f"{cfg.get('input_height', '?')}x{cfg.get('input_width', '?')} (HxW), score_threshold "
+        f"{cfg.get('input_height', '?')}x{cfg.get('input_width', '?')} (HxW)"
+        f"{second_pass_description(cfg['input_height'], cfg['input_width'], cfg.get('test_scale') or 1.0) if 'input_height' in cfg else ''}"
+        f", score_threshold "
         f"{cfg.get('score_threshold', '?')}, min_instance_area {cfg.get('min_instance_area', '?')}",
         f"backend {run.get('backend') or '?'} on {run.get('device') or '?'}",
         *([("shipped models: " + ", ".join(f"{k} `{v['file']}` (sha256 {str(v['sha256'])[:12]})"

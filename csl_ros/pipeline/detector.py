@@ -324,8 +324,11 @@ class Detector:
         teacher_maps = teacher_seg = None
         if self.teacher is not None and cfg.scheme in ("2", "teacher_only"):
             with timer.stage("teacher" + suffix):  # before shared Mask2Former regions: they reuse its pass
+                mirrored = None
+                if cfg.teacher_flip:  # first, so that the image's own pass is the one shared regions read
+                    mirrored = self.teacher(xd.flip(-1), network=teacher_network).score_map.flip(-1)
                 t_out = self.teacher(xd, network=teacher_network)
-                teacher_maps = t_out.score_map
+                teacher_maps = t_out.score_map if mirrored is None else 0.5 * (t_out.score_map + mirrored)
                 teacher_seg = t_out.segmentation
         if self.regions is not None:
             with timer.stage("regions" + suffix):
