@@ -255,6 +255,16 @@ def test_detector_rba_teacher_with_mask2former_regions_one_pass(tiny_hf_models):
     np.testing.assert_array_equal(out.regions, labels.numpy())
     expected = structure_constrained_fusion(d, labels, "product", cfg.fusion_region_exponent)[0].clamp(0, 1).numpy()
     np.testing.assert_allclose(out.anomaly_map, expected, atol=1e-5)
+    # teacher_flip: the mirrored pass runs first, so the shared regions still come from the image's own pass
+    det.update(teacher_flip=True)
+    calls.clear()
+    flipped = det(img)
+    assert calls == [1, 1]
+    np.testing.assert_array_equal(flipped.regions, labels.numpy())
+    t = build_teacher("rba", segmenter_path=tiny_hf_models["mask2former"], device="cpu")
+    d2 = 0.5 * (t(x).score_map[0] + t(x.flip(-1)).score_map[0].flip(-1))
+    expected = structure_constrained_fusion(d2, labels, "product", cfg.fusion_region_exponent)[0].clamp(0, 1).numpy()
+    np.testing.assert_allclose(flipped.anomaly_map, expected, atol=1e-5)
 
 
 def test_detect_cli_with_hf_teacher_and_mask2former_regions(tiny_hf_models, tmp_path, capsys):
