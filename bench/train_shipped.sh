@@ -308,6 +308,17 @@ python bench/driving.py --tune --thresholds 0.08,0.1,0.12,0.15 --continue-ratios
 python bench/driving.py --tune --thresholds 0.08,0.1,0.12,0.15 --continue-ratios 1,0.7 --min-areas 60 --max-heights 0 \
   --max-distances 35 --set teacher_flip=true --cache "$R/driving_cache3" --json "$R/tune_teacher_flip.json"
 
+# 6i'. The SML and energy teachers with the driving default (teacher_flip on; their fused scores sit on other scales,
+# hence their own threshold grids; continuation 0.7). Never tuned for driving before; both far below max logit:
+#   sml     thr 0.2  51.6 % at 0.247   thr 0.25 43.1 % at 0.185   thr 0.3  29.8 % at 0.100   (thr 0.1: 62.3 % at 0.623)
+#   energy  thr 0.01 46.0 % at 0.578   thr 0.02 15.0 % at 0.175   thr 0.03  8.3 % at 0.060   (thr 0.005: 66.5 % at 1.542)
+# Their false alarms were not broken down (docs/results_notes.md point 6: SML's class statistics are poor for the
+# classes the segmenter barely learned). config/driving.yaml keeps max logit.
+python bench/driving.py --tune --set teacher=sml --thresholds 0.05,0.08,0.1,0.12,0.15,0.2,0.25,0.3 --continue-ratios 1,0.7 \
+  --min-areas 60 --max-heights 0 --max-distances 35 --cache "$R/driving_cache3" --json "$R/tune_sml.json"
+python bench/driving.py --tune --set teacher=energy --thresholds 0.001,0.002,0.005,0.01,0.02,0.03 --continue-ratios 0.7 \
+  --min-areas 60 --max-heights 0 --max-distances 35 --cache "$R/driving_cache3" --json "$R/tune_energy.json"
+
 # 7. manifest
 python - "$M" <<'EOF'
 import sys
