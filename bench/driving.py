@@ -117,18 +117,17 @@ def _shipped_manifest() -> bytes:
 
 def detect_cached(detector, rec, cfg, cache: Path | None, key: str):
     """The fused map, regions and road ROI (None unless ``cfg.road_roi``) of one frame; with ``cache``,
-    kept there across runs (keyed by the settings that change the network output, by the shipped
-    manifest: new shipped models, new key, and by the synthroad generator version: new frames, new key)."""
+    kept there across runs, keyed by every setting that may change them (``csl_ros.config.map_settings``:
+    all but the instance, range and tracking settings, so a new setting is in the key unless listed as
+    acting after the map), by the shipped manifest (new shipped models, new key) and by the synthroad
+    generator version (new frames, new key). Model paths enter the key as written, not their content."""
+    from csl_ros.config import map_settings
     from csl_ros.data.synthroad import GENERATOR_VERSION
 
-    models = (f"{cfg.student_path}|{cfg.teacher_path}|{cfg.teacher_stats_path}|{cfg.regions}"
-              f"|synthroad {GENERATOR_VERSION}").encode()
-    models = hashlib.sha256(models + _shipped_manifest()).hexdigest()[:8]
-    tag = (f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{cfg.fusion_mode}_{cfg.assignment}_"
-           f"{cfg.assignment_resolution}_{models}" + (f"_x{cfg.test_scale:g}" if cfg.test_scale != 1.0 else "")
-           + (f"_{cfg.scale_fusion}" if cfg.test_scale != 1.0 and cfg.scale_fusion != "geometric" else "")
-           + (f"_m{cfg.fusion_region_exponent:g}" if cfg.fusion_region_exponent != 1.0 else "")
-           + ("_roi" if cfg.road_roi else "") + ("_flip" if cfg.teacher_flip else ""))
+    settings = json.dumps(map_settings(cfg), sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{settings}|synthroad {GENERATOR_VERSION}".encode() + _shipped_manifest()).hexdigest()
+    # a readable prefix for whoever lists the cache; the digest alone decides
+    tag = f"{cfg.scheme}_{cfg.teacher}_{cfg.input_height}x{cfg.input_width}_{digest[:12]}"
     path = cache / tag / f"{key}.npz" if cache is not None else None
     if path is not None and path.is_file():
         z = np.load(path)

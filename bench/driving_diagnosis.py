@@ -14,6 +14,8 @@ Same drives, frames, detector and matching as ``bench/driving.py`` (its ``defaul
 * recall of the near obstacles by obstacle kind (box, plank, cylinder, tyre, bag, polygon), by their
   contrast to the road around them (camouflaged obstacles) and by the teacher's class of most of their
   pixels (an obstacle the closed-set segmenter calls "road" with confidence gets no anomaly score);
+* recall by the highest fused score on the obstacle's pixels, and the share of obstacles within reach
+  at each score (their best pixel at or above it): the ceiling of every instance rule on the same map;
 * the false alarms by distance band of their contact point, and the near (< 10 m) ones: how many
   reach the bottom image border, and their sizes;
 * the false alarms by the ground-truth class (Cityscapes trainId) of most of their pixels: "road" ones
@@ -40,6 +42,10 @@ import driving  # noqa: E402  (bench/driving.py: drives, shipped config, cached 
 # (the generator draws a fifth of them from the road's own colour) fall in the lowest bin.
 SIZE_BINS = ((10, 50), (50, 200), (200, 1000), (1000, None))
 CONTRAST_BINS = ((0, 15), (15, 40), (40, None))
+# Highest fused score on the obstacle's pixels: what any rule on the same map could still find. An obstacle
+# whose best pixel stays below a threshold is out of reach of every instance rule at that threshold
+# (lower thresholds, smaller instances, instance classifiers): only a better score map reaches it.
+REACH_BINS = ((0, 0.01), (0.01, 0.03), (0.03, 0.1), (0.1, 0.3), (0.3, None))
 RING_PX = 5
 ROAD_TRAIN_ID = 0
 
@@ -102,7 +108,8 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
                         near.append((c in detected, int(px.sum()), float((a[px] >= thr).mean()),
                                      float((inst[px] > 0).mean()), kind_of.get(key, "?"),
                                      road_contrast(rec.rgb, px, rec.semantic),
-                                     None if classes is None else int(np.bincount(classes[px]).argmax())))
+                                     None if classes is None else int(np.bincount(classes[px]).argmax()),
+                                     float(a[px].max())))
                 for r in records:
                     if m.counted[r.instance] and not m.true[r.instance]:
                         drive_false += 1
@@ -131,6 +138,7 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
     kinds = np.array([n[4] for n in near])
     contrast = np.array([np.nan if n[5] is None else n[5] for n in near])
     teacher_class = np.array([-1 if n[6] is None else n[6] for n in near])
+    best = np.array([n[7] for n in near])
     miss = ~hit
 
     def binned(values, bins, unit=""):
@@ -156,6 +164,7 @@ def diagnose(seeds, frames: int, cache: Path | None = None, overrides=None, log=
         "by_size": binned(area, SIZE_BINS, " px"),
         "by_contrast": by_contrast,
         "by_teacher_class": _by_teacher_class(teacher_class, hit),
+        "by_reach": binned(best, REACH_BINS),
         "offsets": offsets,
         "false_bands": {("unknown" if k is None else k): v for k, v in false_bands.items()},
         "false_classes": dict(false_classes.most_common()),
@@ -182,6 +191,17 @@ def _by_teacher_class(classes: np.ndarray, hit: np.ndarray) -> list[dict]:
             rest |= sel
     if rest.any():
         out.append({"bin": "other classes", "n": int(rest.sum()), "detected": int(hit[rest].sum())})
+    return out
+
+
+def reach_shares(by_reach: list[dict]) -> list[tuple[float, float]]:
+    """(t, share of the near obstacle-frames whose highest fused score is >= t) at every lower edge of
+    ``REACH_BINS`` above 0, from the :func:`diagnose` groups."""
+    total = sum(b["n"] for b in by_reach)
+    out = []
+    for k, (lo, _) in enumerate(REACH_BINS):
+        if lo > 0:
+            out.append((lo, sum(b["n"] for b in by_reach[k:]) / total if total else 0.0))
     return out
 
 
@@ -219,6 +239,10 @@ def report_lines(d: dict) -> list[str]:
             out.append(f"  contrast to the road around it {b['bin']}: {b['n']} obstacles, recall {_recall(b)}")
     for b in d["by_teacher_class"]:
         out.append(f"  teacher's class of most of its pixels {b['bin']}: {b['n']} obstacles, recall {_recall(b)}")
+    for b in d["by_reach"]:
+        out.append(f"  highest fused score on its pixels {b['bin']}: {b['n']} obstacles, recall {_recall(b)}")
+    out.append("  within reach (highest fused score >= t, the recall ceiling of any rule at threshold t): " + ", ".join(
+        f"{t:g} {100 * share:.1f} %" for t, share in reach_shares(d["by_reach"])))
     off = np.array(d["offsets"])
     if off.size:
         out.append(f"generator distance - contact-point distance: median {np.median(off):.2f} m, 10-90 % "
@@ -247,10 +271,15 @@ def breakdown_markdown(d: dict, command: str) -> str:
            f"than half inside false instances only, {n['other']} other. Visible area: pixels of the obstacle in "
            f"the {d['frame_size'][0]}x{d['frame_size'][1]} frame; contrast: mean absolute RGB difference "
            f"(0-255) to the road in a {RING_PX}-px ring around it; teacher's class: the closed-set segmenter's "
-           f"class (argmax at the network input size) of most of the obstacle's pixels.", "",
+           f"class (argmax at the network input size) of most of the obstacle's pixels; highest fused score: "
+           f"the best pixel of the obstacle in the fused map. An obstacle whose best pixel stays below a "
+           f"threshold is out of reach of every instance rule at that threshold (smaller instances, instance "
+           f"classifiers): share within reach at " + ", ".join(
+               f"{t:g}: {100 * share:.1f} %" for t, share in reach_shares(d["by_reach"])) + ".", "",
            "| breakdown | group | obstacle-frames | detected | recall |", "|---|---|---|---|---|"]
     for title, key in (("visible area", "by_size"), ("contrast to the road", "by_contrast"),
-                       ("obstacle kind (synthroad)", "by_kind"), ("teacher's class (most pixels)", "by_teacher_class")):
+                       ("obstacle kind (synthroad)", "by_kind"), ("teacher's class (most pixels)", "by_teacher_class"),
+                       ("highest fused score", "by_reach")):
         out += [f"| {title} | {b['bin']} | {b['n']} | {b['detected']} | {_recall(b)} |" for b in d[key]]
     return "\n".join(out + [""])
 

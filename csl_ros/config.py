@@ -208,6 +208,23 @@ class DetectorConfig:
             raise ValueError("invalid configuration: " + "; ".join(errors))
 
 
+# Settings that act only after the fused anomaly map, the regions and the road ROI (instances, output range,
+# tracking, flat-ground geometry) or on no output at all (where engines are kept, whether a download may
+# happen). Every other setting may change the maps: a cache of maps (bench/driving.py) keys on all the
+# others (``map_settings``), so a new setting is part of the key unless it is listed here.
+AFTER_MAP_FIELDS = frozenset({
+    "score_threshold", "score_hysteresis", "min_instance_area", "min_split_fraction", "max_obstacle_height_m",
+    "max_obstacle_distance_m", "track_confirm_hits", "track_confirm_window", "track_max_missed", "track_coast",
+    "track_continue_ratio", "track_gate_m", "track_min_iou", "camera_height_m", "camera_pitch_deg",
+    "engine_cache_dir", "force_rebuild_engine", "allow_download"})
+
+
+def map_settings(config: DetectorConfig) -> dict[str, Any]:
+    """The settings of ``config`` that may change its fused map, regions or road ROI: every field but
+    ``AFTER_MAP_FIELDS``, by name."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in AFTER_MAP_FIELDS}
+
+
 @dataclass
 class NodeConfig:
     """ROS I/O settings of the node (topics, QoS, optional outputs). ROS-free on purpose."""

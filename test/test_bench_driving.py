@@ -132,7 +132,45 @@ def test_detect_cached_keeps_the_road_roi(tmp_path):
         anomaly, regions, got = driving.detect_cached(det, Rec(), cfg, tmp_path, "k")
         np.testing.assert_array_equal(got, roi)
         assert anomaly.shape == regions.shape == (4, 6)
-    assert [p.parent.name.endswith("_roi") for p in tmp_path.rglob("*.npz")] == [True]
+    assert len(list(tmp_path.rglob("*.npz"))) == 1
+
+
+def test_detect_cached_keys_on_every_setting_that_may_change_the_maps(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from csl_ros.config import AFTER_MAP_FIELDS, DetectorConfig, apply_overrides
+    from csl_ros.pipeline.detector import Detection
+    driving = _load()
+    names = {f.name for f in dataclasses.fields(DetectorConfig)}
+    assert AFTER_MAP_FIELDS <= names
+
+    class Counting:
+        calls = 0
+
+        def detect_batch(self, images):
+            self.calls += 1
+            return [Detection(np.full((4, 6), 0.5, np.float32), np.zeros((4, 6), np.uint16), [],
+                              regions=np.ones((4, 6), np.int32))]
+
+    class Rec:
+        rgb = np.zeros((4, 6, 3), np.uint8)
+
+    det, base = Counting(), DetectorConfig()
+    driving.detect_cached(det, Rec(), base, tmp_path, "k")
+    # instance, range, tracking and geometry settings read the same maps
+    driving.detect_cached(det, Rec(), apply_overrides(base, {"score_threshold": 0.3, "track_confirm_hits": 1,
+                                                             "max_obstacle_distance_m": 20.0,
+                                                             "camera_height_m": 2.0}), tmp_path, "k")
+    assert det.calls == 1
+    # any other setting is a new key, including ones no hand-written list named (precision, scale_fusion)
+    for change in ({"teacher_flip": True}, {"precision": "fp16"}, {"scale_fusion": "mean"}, {"road_roi": True},
+                   {"student_path": "/elsewhere.safetensors"}):
+        before = det.calls
+        driving.detect_cached(det, Rec(), apply_overrides(base, change), tmp_path, "k")
+        assert det.calls == before + 1, change
+    assert len({p.parent for p in tmp_path.rglob("*.npz")}) == 6
 
 
 def test_drive_interval_resamples_whole_drives():

@@ -27,6 +27,10 @@ def test_miss_causes_add_up_and_every_drive_is_reported(capsys):
     assert sum(contrasts) == total
     teacher = [int(n) for n in re.findall(r"teacher's class of most of its pixels [^:]+: (\d+) obstacles", out)]
     assert sum(teacher) == total
+    reach = re.findall(r"highest fused score on its pixels [^:]+: (\d+) obstacles, recall ([\d.]+|-)", out)
+    assert len(reach) == 5 and sum(int(n) for n, _ in reach) == total
+    # nothing below the threshold (0.1) is detected: every detected obstacle has a pixel at it
+    assert all(r in ("0.0", "-") for _, r in reach[:3]), reach
     kinds = re.search(r"recall by obstacle kind \(synthroad generator\): (.*)", out).group(1)
     per_kind = [tuple(map(int, f.split()[1].split("/"))) for f in kinds.split(", ")]
     assert sum(n for _, n in per_kind) == total and sum(k for k, _ in per_kind) == hit
@@ -64,13 +68,27 @@ def test_breakdown_table_lists_every_group_with_its_recall():
          "by_size": [{"bin": "10-50 px", "n": 4, "detected": 0}, {"bin": ">= 50 px", "n": 6, "detected": 6}],
          "by_contrast": [{"bin": "0-15", "n": 2, "detected": 1}, {"bin": ">= 15", "n": 8, "detected": 5}],
          "by_kind": [{"bin": "box", "n": 10, "detected": 6}],
-         "by_teacher_class": [{"bin": "road", "n": 7, "detected": 3}, {"bin": "car", "n": 3, "detected": 3}]}
+         "by_teacher_class": [{"bin": "road", "n": 7, "detected": 3}, {"bin": "car", "n": 3, "detected": 3}],
+         "by_reach": [{"bin": "0-0.01", "n": 1, "detected": 0}, {"bin": "0.01-0.03", "n": 2, "detected": 0},
+                      {"bin": "0.03-0.1", "n": 1, "detected": 0}, {"bin": "0.1-0.3", "n": 2, "detected": 2},
+                      {"bin": ">= 0.3", "n": 4, "detected": 4}]}
     md = diag.breakdown_markdown(d, "CMD")
     assert "`CMD`" in md and "Of 10 obstacle-frames within 30 m, 4 are missed: in 3 " in md
     assert "| visible area | 10-50 px | 4 | 0 | 0.0 % |" in md
     assert "| contrast to the road | 0-15 | 2 | 1 | 50.0 % |" in md
     assert "| obstacle kind (synthroad) | box | 10 | 6 | 60.0 % |" in md
     assert "| teacher's class (most pixels) | road | 7 | 3 | 42.9 % |" in md
+    assert "| highest fused score | 0.03-0.1 | 1 | 0 | 0.0 % |" in md
+    # within reach at 0.01: 9 of 10, at 0.03: 7, at 0.1: 6, at 0.3: 4
+    assert "share within reach at 0.01: 90.0 %, 0.03: 70.0 %, 0.1: 60.0 %, 0.3: 40.0 %." in md
+
+
+def test_reach_shares_count_every_obstacle_at_or_above_each_edge():
+    diag = _load()
+    assert [e[0] for e in diag.REACH_BINS][1:] == [0.01, 0.03, 0.1, 0.3]
+    by_reach = [{"bin": b, "n": n, "detected": 0} for b, n in zip("abcde", (5, 0, 3, 2, 0))]
+    assert diag.reach_shares(by_reach) == [(0.01, 0.5), (0.03, 0.5), (0.1, 0.2), (0.3, 0.0)]
+    assert diag.reach_shares([{"bin": b, "n": 0, "detected": 0} for b in "abcde"])[0] == (0.01, 0.0)
 
 
 def test_teacher_class_groups_pool_the_rare_classes():
