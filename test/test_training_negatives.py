@@ -443,6 +443,13 @@ def test_paste_negatives_forwards_colour_saturation():
     assert float((px.max(0).values - px.min(0).values).max()) < 1e-5, "grey fields only"
 
 
+def test_segmenter_config_refuses_ohem_min_kept_without_ohem(tmp_path):
+    _cfg(tmp_path, ohem_threshold=0.7, ohem_min_kept=0.2).validate()
+    _cfg(tmp_path).validate()                                  # the default share alone is fine
+    with pytest.raises(ValueError, match="ohem_min_kept=0.2 has no effect without ohem_threshold > 0"):
+        _cfg(tmp_path, ohem_min_kept=0.2).validate()
+
+
 def test_segmenter_config_refuses_bad_colour_saturation(tmp_path):
     _cfg(tmp_path, negative_colour_saturation=(0.0, 1.0)).validate()
     for bad in [(0.5, 0.2), (-0.1, 0.5), (0.2, 1.5), (0.3,)]:

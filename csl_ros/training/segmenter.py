@@ -160,6 +160,10 @@ class SegmenterTrainConfig:
             errors.append(f"negative_colour_value must be 0 <= lo <= hi <= 1, got {val}")
         if self.road_paint_weight != 1.0 and self.ohem_threshold > 0:
             errors.append("road_paint_weight and ohem_threshold do not combine (OHEM picks its own pixels)")
+        default_min_kept = next(f.default for f in dataclasses.fields(self) if f.name == "ohem_min_kept")
+        if self.ohem_min_kept != default_min_kept and not self.ohem_threshold > 0:
+            # a setting that would be silently ignored: say so rather than train something else than asked
+            errors.append(f"ohem_min_kept={self.ohem_min_kept:g} has no effect without ohem_threshold > 0")
         if errors:
             raise ValueError("invalid segmenter training config: " + "; ".join(errors))
 
