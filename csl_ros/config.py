@@ -263,6 +263,25 @@ class NodeConfig:
 # DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model_settings):
 # the input size it was trained for, and the score threshold tuned for it with the test-time scale and
 # the fusion's region exponent it was tuned at (both move the fused scores, so they go together).
+MOUNT_PITCH_TOLERANCE_DEG = 0.5
+
+
+def mounting_warnings(detector: DetectorConfig, node: NodeConfig) -> list[str]:
+    """What does not fit between the two camera poses a node holds: ``camera_pitch_deg`` (the road plane of
+    every distance and contact point) and ``mount_pitch_deg`` (the camera in ``output_frame``, placing the
+    points there). With a vehicle frame level with the road (REP 105's base_link on flat ground) both are the
+    camera's pitch to the road; when they differ, the contact points do not lie on a level ground in
+    ``output_frame``. Empty without ``output_frame`` (the points stay in the optical frame)."""
+    if not node.output_frame:
+        return []
+    if abs(detector.camera_pitch_deg - node.mount_pitch_deg) <= MOUNT_PITCH_TOLERANCE_DEG:
+        return []
+    return [f"camera_pitch_deg {detector.camera_pitch_deg:g} (the road plane of the distances) and mount_pitch_deg "
+            f"{node.mount_pitch_deg:g} (the camera in {node.output_frame}) differ: the obstacles' contact points will "
+            f"not lie on a level ground in {node.output_frame}; with a frame level with the road set both to the "
+            f"camera's pitch"]
+
+
 MODEL_SETTINGS = ("input_height", "input_width", "score_threshold", "test_scale", "scale_fusion",
                   "fusion_region_exponent")
 # The fused scores' scale depends on the teacher (MSP is a probability, max logit is logistic-calibrated),

@@ -130,3 +130,16 @@ def test_broken_yaml_names_the_file_and_line(tmp_path):
     path.write_text("/**:\n  ros__parameters:\n    teacher: [sml\n")
     with pytest.raises(ValueError, match=r"p\.yaml: not valid YAML at line \d+"):
         load_configs(path)
+
+
+def test_mounting_warnings_when_the_road_pitch_and_the_mount_pitch_differ():
+    from csl_ros.config import DetectorConfig, NodeConfig, mounting_warnings
+
+    # no output frame: the points stay in the optical frame, the mounting is not used
+    assert mounting_warnings(DetectorConfig(camera_pitch_deg=5.0), NodeConfig(mount_pitch_deg=0.0)) == []
+    # the same pitch (within the tolerance): nothing to say
+    assert mounting_warnings(DetectorConfig(camera_pitch_deg=5.0),
+                             NodeConfig(output_frame="base_link", mount_pitch_deg=5.3)) == []
+    (w,) = mounting_warnings(DetectorConfig(camera_pitch_deg=5.0),
+                             NodeConfig(output_frame="base_link", mount_pitch_deg=0.0))
+    assert "camera_pitch_deg 5" in w and "mount_pitch_deg 0" in w and "base_link" in w

@@ -19,7 +19,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
-from csl_ros.config import DetectorConfig, NodeConfig, regions_description
+from csl_ros.config import DetectorConfig, NodeConfig, mounting_warnings, regions_description
 from csl_ros.image_codec import ImageFormatError, compressed_msg_to_rgb, fill_image_msg, image_msg_to_rgb
 from csl_ros.pipeline import CameraGeometry, Detector
 from csl_ros.ros.diagnostics import NodeDiagnosticsMixin
@@ -162,6 +162,8 @@ class CslDetectorNode(NodeParametersMixin, NodeDiagnosticsMixin, LifecycleNode):
                  f"{regions_description(cfg)}, device {cfg.device}, backend {cfg.backend}, "
                  f"precision {cfg.precision}, input {cfg.input_height}x{cfg.input_width} (HxW)")
         # (csl_ros.pipeline.backends logs when it actually builds a TensorRT engine, and only then.)
+        for warning in mounting_warnings(cfg, node_cfg):
+            log.warning(warning)
         self._detector = self.detector_factory(cfg)
         self._adopt_model_settings(cfg, getattr(self._detector, "config", cfg))
         self._detector.warmup()
