@@ -37,7 +37,7 @@ import driving  # noqa: E402  (bench/driving.py: drives, shipped config, cached 
 
 FEATURES = ("max score", "mean score", "log area", "distance m", "height m", "width m", "aspect", "fill",
             "teacher road share")
-NO_GEOMETRY = -1.0         # distance / size of a candidate without a contact point
+NO_VALUE = -1.0            # a feature that cannot be computed: no contact point, no teacher class map
 SCORE_CUTOFFS = (0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25)
 PROBABILITY_CUTOFFS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 FOLDS = 4
@@ -47,8 +47,10 @@ def candidate_features(record, pixels: np.ndarray, teacher_classes: np.ndarray |
     """The features (``FEATURES``) of one candidate: its obstacle record and its pixels (bool mask)."""
     x0, y0, x1, y1 = record.bbox
     box = max((x1 - x0) * (y1 - y0), 1)
-    road = float((teacher_classes[pixels] == 0).mean()) if teacher_classes is not None else NO_GEOMETRY
-    geo = [NO_GEOMETRY if v is None else float(v) for v in (record.distance_m, record.height_m, record.width_m)]
+    from csl_ros.pipeline.detector import ROAD_TRAIN_ID
+
+    road = float((teacher_classes[pixels] == ROAD_TRAIN_ID).mean()) if teacher_classes is not None else NO_VALUE
+    geo = [NO_VALUE if v is None else float(v) for v in (record.distance_m, record.height_m, record.width_m)]
     return [record.max_score, record.mean_score, float(np.log(max(record.area_px, 1))), *geo,
             (x1 - x0) / max(y1 - y0, 1), record.area_px / box, road]
 
@@ -138,12 +140,12 @@ def best_within(points: list[dict], max_fa: float) -> dict | None:
 
 def compare(c: dict, max_fa: float = 0.2) -> dict:
     """Both rules' curves on the candidates ``c`` and their best point within ``max_fa``."""
-    score = c["features"][:, 0] if c["true"].size else np.zeros(0)
+    score = c["features"][:, 0]   # FEATURES[0], the highest fused score
     by_score = [dict(zip(("recall_near", "false_alarms_per_frame"), rule_point(c, score >= t)), cutoff=t)
                 for t in SCORE_CUTOFFS if t >= c["threshold"]]
     p = cross_validated_probability(c) if c["true"].size else np.zeros(0)
     by_classifier = [dict(zip(("recall_near", "false_alarms_per_frame"), rule_point(c, p >= q)), cutoff=q)
-               for q in PROBABILITY_CUTOFFS]
+                     for q in PROBABILITY_CUTOFFS]
     return {"candidates": int(c["true"].size), "true": int(c["true"].sum()), "near": c["near"],
             "frames": c["frames"], "threshold": c["threshold"], "max_fa": max_fa,
             "threshold_rule": by_score, "classifier": by_classifier,

@@ -47,7 +47,6 @@ CONTRAST_BINS = ((0, 15), (15, 40), (40, None))
 # (lower thresholds, smaller instances, instance classifiers): only a better score map reaches it.
 REACH_BINS = ((0, 0.01), (0.01, 0.03), (0.03, 0.1), (0.1, 0.3), (0.3, None))
 RING_PX = 5
-ROAD_TRAIN_ID = 0
 
 
 def _bin_label(lo, hi, unit="") -> str:
@@ -58,6 +57,8 @@ def road_contrast(rgb: np.ndarray, component: np.ndarray, semantic: np.ndarray |
     """Mean absolute RGB difference between a component's pixels and the road pixels in a ring of
     ``RING_PX`` around it (None when the frame has no semantic labels or no road touches the ring)."""
     import cv2
+
+    from csl_ros.pipeline.detector import ROAD_TRAIN_ID
 
     if semantic is None:
         return None
