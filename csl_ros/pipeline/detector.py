@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from csl_ros.config import (SCALE_FUSIONS, DetectorConfig, apply_model_settings, apply_overrides,
                             regions_description)
+from csl_ros.data.synthroad.labels import ROAD as ROAD_TRAIN_ID  # Cityscapes trainId of road
 from csl_ros.model import (connected_components, hard_assign, load_checkpoint, soft_assign, soft_assign_region_logits,
                            structure_constrained_fusion)
 from csl_ros.model.device import resolve_device
@@ -45,7 +46,6 @@ log = logging.getLogger("csl_ros.detector")
 
 # Names of the shipped synthroad students in models/manifest.json.
 SHIPPED_STUDENT = {"1": "student_scheme1", "2": "student_ca"}
-ROAD_TRAIN_ID = 0
 # Fields that can change while running (everything else needs the models reloaded).
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(DetectorConfig) if not f.metadata["reload"])
 

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.synthroad.labels import ROAD as ROAD_TRAIN_ID  # Cityscapes trainId of road
 from ..data.synthroad.world import WHITE_PAINT, YELLOW_PAINT
 from .config import COLOUR_SATURATION, COLOUR_VALUE, NEGATIVE_ASPECT
 
-ROAD_TRAIN_ID = 0
 MAX_SOURCE_ROAD_FRACTION = 0.3   # a patch that is mostly road would teach "road is anomalous"
 SOURCE_TRIES = 4
 # Road paint: the white and yellow of synthroad's lane markings and zebra crossings, the usual marking
