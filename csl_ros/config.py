@@ -263,23 +263,31 @@ class NodeConfig:
 # DetectorConfig fields a student checkpoint can carry in its metadata (csl_ros.model_settings):
 # the input size it was trained for, and the score threshold tuned for it with the test-time scale and
 # the fusion's region exponent it was tuned at (both move the fused scores, so they go together).
-MOUNT_PITCH_TOLERANCE_DEG = 0.5
+MOUNT_ANGLE_TOLERANCE_DEG = 0.5
 
 
 def mounting_warnings(detector: DetectorConfig, node: NodeConfig) -> list[str]:
-    """What does not fit between the two camera poses a node holds: ``camera_pitch_deg`` (the road plane of
-    every distance and contact point) and ``mount_pitch_deg`` (the camera in ``output_frame``, placing the
-    points there). With a vehicle frame level with the road (REP 105's base_link on flat ground) both are the
-    camera's pitch to the road; when they differ, the contact points do not lie on a level ground in
-    ``output_frame``. Empty without ``output_frame`` (the points stay in the optical frame)."""
+    """What does not fit between the two camera poses a node holds: the road plane of every distance and
+    contact point (``camera_pitch_deg``, no roll: the flat-ground geometry has none) and the camera in
+    ``output_frame`` (``mount_pitch_deg``, ``mount_roll_deg``, placing the points there). With a vehicle frame
+    level with the road (REP 105's base_link on flat ground) the mount's pitch is the camera's pitch to the
+    road and its roll is the road's roll, zero; when either differs, the contact points do not lie on a level
+    ground in ``output_frame``. Empty without ``output_frame`` (the points stay in the optical frame)."""
     if not node.output_frame:
         return []
-    if abs(detector.camera_pitch_deg - node.mount_pitch_deg) <= MOUNT_PITCH_TOLERANCE_DEG:
-        return []
-    return [f"camera_pitch_deg {detector.camera_pitch_deg:g} (the road plane of the distances) and mount_pitch_deg "
+    warnings = []
+    if abs(detector.camera_pitch_deg - node.mount_pitch_deg) > MOUNT_ANGLE_TOLERANCE_DEG:
+        warnings.append(
+            f"camera_pitch_deg {detector.camera_pitch_deg:g} (the road plane of the distances) and mount_pitch_deg "
             f"{node.mount_pitch_deg:g} (the camera in {node.output_frame}) differ: the obstacles' contact points will "
             f"not lie on a level ground in {node.output_frame}; with a frame level with the road set both to the "
-            f"camera's pitch"]
+            f"camera's pitch")
+    if abs(node.mount_roll_deg) > MOUNT_ANGLE_TOLERANCE_DEG:
+        warnings.append(
+            f"mount_roll_deg {node.mount_roll_deg:g} (the camera in {node.output_frame}) is not 0 while the road "
+            f"plane of the distances has no roll: the obstacles' distances and contact points assume a camera level "
+            f"across the road; level the camera or give output_frame no roll against it")
+    return warnings
 
 
 MODEL_SETTINGS = ("input_height", "input_width", "score_threshold", "test_scale", "scale_fusion",

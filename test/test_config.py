@@ -143,3 +143,19 @@ def test_mounting_warnings_when_the_road_pitch_and_the_mount_pitch_differ():
     (w,) = mounting_warnings(DetectorConfig(camera_pitch_deg=5.0),
                              NodeConfig(output_frame="base_link", mount_pitch_deg=0.0))
     assert "camera_pitch_deg 5" in w and "mount_pitch_deg 0" in w and "base_link" in w
+    assert "mount_roll_deg" not in w
+
+
+def test_mounting_warnings_when_the_mount_has_roll():
+    from csl_ros.config import DetectorConfig, NodeConfig, mounting_warnings
+
+    # the road plane of the distances has no roll: a mount with roll beyond the tolerance is reported
+    assert mounting_warnings(DetectorConfig(), NodeConfig(output_frame="base_link", mount_roll_deg=-0.4)) == []
+    (w,) = mounting_warnings(DetectorConfig(), NodeConfig(output_frame="base_link", mount_roll_deg=3.0))
+    assert "mount_roll_deg 3" in w and "base_link" in w and "camera_pitch_deg" not in w
+    # both at once: one line each
+    both = mounting_warnings(DetectorConfig(camera_pitch_deg=5.0),
+                             NodeConfig(output_frame="base_link", mount_pitch_deg=0.0, mount_roll_deg=-2.0))
+    assert len(both) == 2 and "mount_roll_deg -2" in both[1]
+    # no output frame: nothing, whatever the roll
+    assert mounting_warnings(DetectorConfig(), NodeConfig(mount_roll_deg=30.0)) == []
