@@ -115,6 +115,7 @@ def student_for(scheme, args):
     return _STUDENTS[scheme]
 
 
+TUNED_ROW = ("2", "sml", "soft")   # the row whose best-F1 threshold tune_threshold reports
 # rows whose per-frame maps are kept for the diagnostics table (label in the table)
 DIAGNOSTIC_ROWS = {("teacher_only", "sml", "soft"): "SML alone", ("2", "sml", "soft"): "SML + CSL soft",
                    ("2", "sml", "soft_full"): "SML + CSL soft, full resolution",
@@ -160,13 +161,15 @@ def driving_fusion_rows():
     return [("2", "sml", DRIVING_FUSION)] if DetectorConfig().fusion_region_exponent != 1.0 else []
 
 
-def run_rows(frames, args, log):
-    """Pixel metrics of every row; also keeps per-frame maps of a few rows for the diagnostics."""
+def run_rows(frames, args, log, keep_open=None):
+    """Pixel metrics of every row; also keeps per-frame maps of a few rows for the diagnostics.
+    The detector of row ``keep_open`` (scheme, teacher, variant) is returned open, not closed, so that a
+    later step (tune_threshold) reuses it instead of building the same detector again; else None."""
     from csl_ros.eval.metrics import PixelAccumulator
 
     rows = table_rows(args.scheme1_only)
     kept = set(DIAGNOSTIC_ROWS)
-    results, keep = {}, {}
+    results, keep, kept_open = {}, {}, None
     for scheme, teacher, variant in rows:
         det = detector(scheme, teacher, args, variant)
         acc = PixelAccumulator("official")
@@ -186,8 +189,11 @@ def run_rows(frames, args, log):
             keep[key] = maps
         log(f"{scheme:>12} {teacher:>8} {variant}: AP {100 * r.ap:.2f} FPR95 {100 * r.fpr95:.2f} "
             f"({time.time() - t0:.0f} s)")
-        det.close()
-    return results, keep
+        if key == keep_open:
+            kept_open = det
+        else:
+            det.close()
+    return results, keep, kept_open
 
 
 def region_quality(frames, args):
@@ -362,14 +368,15 @@ def obstacle_sizes(frames):
             "q75_px": float(np.quantile(a, 0.75))}
 
 
-def tune_threshold(args):
-    """The default configuration's (scheme 2, SML, soft) best pixel-F1 threshold on obstacle frames
-    that are neither training nor test frames (the shipped default score_threshold is tuned for the
-    driving goal by bench/driving.py --tune instead)."""
+def tune_threshold(args, det=None):
+    """The default configuration's (scheme 2, SML, soft: TUNED_ROW) best pixel-F1 threshold on obstacle
+    frames that are neither training nor test frames (the shipped default score_threshold is tuned for the
+    driving goal by bench/driving.py --tune instead). ``det``: that row's detector when the caller has it
+    open (run_rows' keep_open); it is closed here."""
     from csl_ros.eval.metrics import PixelAccumulator
 
     frames = render(range(TUNE_SEED, TUNE_SEED + args.tune_frames), (args.height, args.width), "obstacle")
-    det = detector("2", "sml", args)
+    det = det if det is not None else detector(*TUNED_ROW, args)
     acc = PixelAccumulator("official")
     for start in range(0, len(frames), args.batch):
         chunk = frames[start:start + args.batch]
@@ -613,7 +620,7 @@ def main(argv=None) -> int:
     test = render(range(TEST_SEED, TEST_SEED + args.frames), size, "obstacle")
     if args.scheme1_only:
         log(f"rendered {len(test)} test frames")
-        results, keep = run_rows(test, args, log)
+        results, keep, _ = run_rows(test, args, log)
         fidelity = distillation_fidelity(test, args)
         log(f"scheme-1 distillation: {fidelity}")
         if args.json:
@@ -626,13 +633,13 @@ def main(argv=None) -> int:
     log(f"segmenter mIoU {100 * seg[0]:.2f}")
     regions = region_quality(val, args)
     log(f"region proposals: {regions}")
-    results, keep = run_rows(test, args, log)
+    results, keep, tuned_det = run_rows(test, args, log, keep_open=TUNED_ROW)
     diag = diagnostics(test, keep)
     oracle = oracle_fusion(test, keep)
     log(f"oracle-region fusion: {oracle}")
     fidelity = distillation_fidelity(test, args)
     log(f"scheme-1 distillation: {fidelity}")
-    tuned = tune_threshold(args)
+    tuned = tune_threshold(args, tuned_det)
     log(f"default score_threshold: {tuned}")
     from csl_ros.config import DetectorConfig
     from csl_ros.shipped import read_manifest

@@ -115,3 +115,52 @@ def test_shipped_notes_cite_only_known_values(tmp_path):
     (tmp_path / "bad.md").write_text("as measured on 60 frames: {made_up_number}")
     assert results.main(["--from-json", str(tmp_path / "m.json"), "--out", str(out),
                          "--notes", str(tmp_path / "bad.md")]) == 1
+
+
+class _CountingDetector:
+    """A stand-in for results.detector(): constant maps, counts its batches and whether it was closed."""
+    builds = 0
+
+    def __init__(self, key):
+        from types import SimpleNamespace
+        type(self).builds += 1
+        self.key, self.closed, self.batches = key, False, 0
+        self.config = SimpleNamespace(fusion_region_exponent=1.0)
+
+    def detect_batch(self, images):
+        from types import SimpleNamespace
+        assert not self.closed, f"{self.key}: used after close()"
+        self.batches += 1
+        return [SimpleNamespace(anomaly_map=np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8),
+                                regions=np.zeros((8, 8), np.int32)) for _ in images]
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_tuned_rows_detector_is_built_once_and_closed_after_tuning(monkeypatch):
+    """run_rows hands the TUNED_ROW detector back open (every other row's is closed) and tune_threshold
+    reuses it instead of building the same detector a second time, then closes it."""
+    from types import SimpleNamespace
+
+    labels = np.zeros((8, 8), np.uint8)
+    labels[6:, :] = 1
+    frame = SimpleNamespace(image=np.zeros((8, 8, 3), np.uint8), ood_labels=labels, seed=0)
+    rows = [("teacher_only", "sml", "soft"), results.TUNED_ROW, ("2", "sml", "hard")]
+    monkeypatch.setattr(results, "table_rows", lambda scheme1_only=False: rows)
+    built = {}
+    monkeypatch.setattr(results, "detector",
+                        lambda s, t, a, v="soft": built.setdefault((s, t, v), _CountingDetector((s, t, v))))
+    monkeypatch.setattr(results, "render", lambda seeds, size, obstacles: [frame] * len(seeds))
+    _CountingDetector.builds = 0
+    args = SimpleNamespace(scheme1_only=False, batch=2, tune_frames=3, height=8, width=8)
+    out, _, det = results.run_rows([frame] * 3, args, lambda msg: None, keep_open=results.TUNED_ROW)
+    assert set(out) == set(rows)
+    assert det is built[results.TUNED_ROW] and not det.closed
+    assert all(d.closed for k, d in built.items() if k != results.TUNED_ROW)
+    tuned = results.tune_threshold(args, det)
+    assert det.closed and _CountingDetector.builds == len(rows)   # no second build of the tuned row
+    assert det.batches == 2 + 2 and tuned["frames"] == 3 and tuned["best_f1"] == pytest.approx(1.0)
+    built.clear()
+    assert results.run_rows([frame], args, lambda msg: None)[2] is None   # nothing kept open unless asked
+    assert all(d.closed for d in built.values())
