@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from csl_ros.data.synthroad import rare_road_paint_seeds, render_frame
+from csl_ros.data.synthroad import rare_road_paint_seeds
 from csl_ros.model.device import resolve_device
 from csl_ros.settings import setting, validation_errors
 from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, load_segmenter, preset,
@@ -38,6 +38,7 @@ from .config import DATASETS as TRAIN_DATASETS
 from .config import (AVOID_ROAD_PAINT_HELP, COLOUR_SATURATION, COLOUR_VALUE, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_ASPECT,
                      NEGATIVE_SHADOW_HELP, NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig, RunConfig,
                      TrainConfig)
+from .datasets import SynthroadFrames
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
 from .negatives import ROAD_TRAIN_ID, paste_negatives, road_paint_mask, uniform_cross_entropy
@@ -198,27 +199,24 @@ class TrainResult:
     per_class_iou: list | None = None
 
 
-class SynthroadSegmentation:
-    """synthroad frames without obstacles: ``ds[i]`` → (H×W×3 uint8 RGB, H×W uint8 trainIds)."""
+class SynthroadSegmentation(SynthroadFrames):
+    """:class:`SynthroadFrames` (the same seeds, the same frames) kept in memory instead of the PNG cache:
+    what ``train_segmenter`` renders when it is given no dataset (library use, tests; ``csl-ros train
+    segmenter`` passes the on-disk frames). ``ds[i]`` → (H×W×3 uint8 RGB, H×W uint8 trainIds)."""
 
     def __init__(self, first_seed: int, frames: int, size: tuple, cache: bool = True, extra_seeds=()):
-        self._render = render_frame
-        self.seeds = list(range(first_seed, first_seed + frames)) + [int(s) for s in extra_seeds]
-        self.first_seed, self.frames, self.size, self.cache = first_seed, len(self.seeds), tuple(size), cache
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return self.frames
+        super().__init__(first_seed, frames, size, extra_seeds=extra_seeds)
+        self.cache = cache
+        self._memory: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= i < self.frames:
-            raise IndexError(i)
-        if i in self._cache:
-            return self._cache[i]
-        f = self._render(self.seeds[i], size=self.size, obstacles="none")
-        item = (f.image, f.train_ids)
+            raise IndexError(f"synthroad frame {i} out of range 0..{self.frames - 1}")
+        if i in self._memory:
+            return self._memory[i]
+        item = self.render(self.seeds[i])
         if self.cache:
-            self._cache[i] = item
+            self._memory[i] = item
         return item
 
 
