@@ -161,6 +161,13 @@ def driving_fusion_rows():
     return [("2", "sml", DRIVING_FUSION)] if DetectorConfig().fusion_region_exponent != 1.0 else []
 
 
+def detections(det, frames, batch):
+    """(frame, Detection) of every frame, ``batch`` frames per detect_batch call."""
+    for start in range(0, len(frames), batch):
+        chunk = frames[start:start + batch]
+        yield from zip(chunk, det.detect_batch([f.image for f in chunk]))
+
+
 def run_rows(frames, args, log, keep_open=None):
     """Pixel metrics of every row; also keeps per-frame maps of a few rows for the diagnostics.
     The detector of row ``keep_open`` (scheme, teacher, variant) is returned open, not closed, so that a
@@ -175,12 +182,10 @@ def run_rows(frames, args, log, keep_open=None):
         acc = PixelAccumulator("official")
         t0 = time.time()
         maps = []
-        for start in range(0, len(frames), args.batch):
-            chunk = frames[start:start + args.batch]
-            for f, d in zip(chunk, det.detect_batch([f.image for f in chunk])):
-                acc.update(d.anomaly_map, f.ood_labels, f"{f.seed}")
-                if (scheme, teacher, variant) in kept:
-                    maps.append((d.anomaly_map.astype(np.float16), d.regions))
+        for f, d in detections(det, frames, args.batch):
+            acc.update(d.anomaly_map, f.ood_labels, f"{f.seed}")
+            if (scheme, teacher, variant) in kept:
+                maps.append((d.anomaly_map.astype(np.float16), d.regions))
         r = acc.result(with_curve=False)
         key = (scheme, teacher, variant)
         results[key] = {"ap": r.ap, "fpr95": r.fpr95, "auroc": r.auroc, "s": time.time() - t0,
@@ -206,30 +211,28 @@ def region_quality(frames, args):
         conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
         misses = np.zeros(NUM_CLASSES, np.int64)
         n_regions = []
-        for start in range(0, len(frames), args.batch):
-            chunk = frames[start:start + args.batch]
-            for f, d in zip(chunk, det.detect_batch([f.image for f in chunk])):
-                gt = f.train_ids.astype(np.int64)
-                reg = d.regions.astype(np.int64)
-                pred = np.full(gt.shape, -1, np.int64)
-                valid_gt = gt != 255
-                ids = np.unique(reg[reg >= 0])
-                n_regions.append(len(ids))
-                if len(ids):
-                    # majority label per region in one bincount over (region, class) pairs
-                    sel = (reg >= 0) & valid_gt
-                    pair = np.bincount(reg[sel] * NUM_CLASSES + gt[sel], minlength=(reg.max() + 1) * NUM_CLASSES)
-                    majority = pair.reshape(-1, NUM_CLASSES).argmax(1)
-                    has = pair.reshape(-1, NUM_CLASSES).sum(1) > 0
-                    lut = np.where(has, majority, -1)
-                    pred = np.where(reg >= 0, lut[np.clip(reg, 0, None)], -1)
-                m = valid_gt
-                p = pred[m]
-                g = gt[m]
-                ok = p >= 0
-                conf += np.bincount(g[ok] * NUM_CLASSES + p[ok], minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, -1)
-                # unassigned GT pixels are misses of their class (the GT row only)
-                misses += np.bincount(g[~ok], minlength=NUM_CLASSES)
+        for f, d in detections(det, frames, args.batch):
+            gt = f.train_ids.astype(np.int64)
+            reg = d.regions.astype(np.int64)
+            pred = np.full(gt.shape, -1, np.int64)
+            valid_gt = gt != 255
+            ids = np.unique(reg[reg >= 0])
+            n_regions.append(len(ids))
+            if len(ids):
+                # majority label per region in one bincount over (region, class) pairs
+                sel = (reg >= 0) & valid_gt
+                pair = np.bincount(reg[sel] * NUM_CLASSES + gt[sel], minlength=(reg.max() + 1) * NUM_CLASSES)
+                majority = pair.reshape(-1, NUM_CLASSES).argmax(1)
+                has = pair.reshape(-1, NUM_CLASSES).sum(1) > 0
+                lut = np.where(has, majority, -1)
+                pred = np.where(reg >= 0, lut[np.clip(reg, 0, None)], -1)
+            m = valid_gt
+            p = pred[m]
+            g = gt[m]
+            ok = p >= 0
+            conf += np.bincount(g[ok] * NUM_CLASSES + p[ok], minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, -1)
+            # unassigned GT pixels are misses of their class (the GT row only)
+            misses += np.bincount(g[~ok], minlength=NUM_CLASSES)
         tp = np.diag(conf).astype(float)
         gt_total = conf.sum(1) + misses
         union = gt_total + conf.sum(0) - tp
@@ -378,10 +381,8 @@ def tune_threshold(args, det=None):
     frames = render(range(TUNE_SEED, TUNE_SEED + args.tune_frames), (args.height, args.width), "obstacle")
     det = det if det is not None else detector(*TUNED_ROW, args)
     acc = PixelAccumulator("official")
-    for start in range(0, len(frames), args.batch):
-        chunk = frames[start:start + args.batch]
-        for f, d in zip(chunk, det.detect_batch([f.image for f in chunk])):
-            acc.update(d.anomaly_map, f.ood_labels, f"{f.seed}")
+    for f, d in detections(det, frames, args.batch):
+        acc.update(d.anomaly_map, f.ood_labels, f"{f.seed}")
     det.close()
     r = acc.result(with_curve=False)
     return {"frames": len(frames), "best_f1": r.best_f1, "threshold": r.best_f1_point_threshold}
