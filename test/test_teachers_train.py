@@ -220,8 +220,12 @@ def test_rare_paint_frames_follow_the_contiguous_seeds_in_both_synthroad_dataset
     for ds in (on_disk, in_memory):
         image, labels = ds[3]
         assert np.array_equal(image, want.image) and np.array_equal(labels, want.train_ids)
-    with pytest.raises(IndexError):
-        on_disk[4]
+    for ds in (on_disk, in_memory):
+        with pytest.raises(IndexError):
+            ds[4]
+    # the in-memory frames' cache is memory: what was read is not missing, prepare() renders the rest there
+    assert in_memory.missing() == [0, 1, 2]
+    assert in_memory.prepare(progress=False) == 3 and in_memory.missing() == []
     # the student's data config draws the same seeds
     from csl_ros.training.config import DataConfig
     from csl_ros.training.datasets import build_dataset

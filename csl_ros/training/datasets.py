@@ -57,10 +57,14 @@ class SynthroadFrames:
         frame = render_frame(seed, size=self.size, obstacles="none")
         return frame.image, frame.train_ids
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def seed_of(self, i: int) -> int:
+        """The seed of frame ``i``; IndexError outside 0..frames-1."""
         if not 0 <= i < self.frames:
             raise IndexError(f"synthroad frame {i} out of range 0..{self.frames - 1}")
-        seed = self.seeds[i]
+        return self.seeds[i]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        seed = self.seed_of(i)
         image_path, label_path = self._paths(seed)
         if image_path.is_file() and label_path.is_file():
             image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
@@ -74,6 +78,7 @@ class SynthroadFrames:
         return image, labels
 
     def missing(self) -> list[int]:
+        """Indices of the frames not in the cache yet (what :meth:`prepare` renders)."""
         return [i for i in range(self.frames) if not all(p.is_file() for p in self._paths(self.seeds[i]))]
 
     def prepare(self, progress: bool = True) -> int:

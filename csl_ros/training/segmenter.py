@@ -210,14 +210,17 @@ class SynthroadSegmentation(SynthroadFrames):
         self._memory: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= i < self.frames:
-            raise IndexError(f"synthroad frame {i} out of range 0..{self.frames - 1}")
+        seed = self.seed_of(i)
         if i in self._memory:
             return self._memory[i]
-        item = self.render(self.seeds[i])
+        item = self.render(seed)
         if self.cache:
             self._memory[i] = item
         return item
+
+    def missing(self) -> list[int]:
+        """Indices of the frames not in memory (the cache here; :meth:`prepare` renders them into it)."""
+        return [i for i in range(self.frames) if i not in self._memory]
 
 
 # --------------------------------------------------------------------------------------------------
