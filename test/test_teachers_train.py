@@ -233,3 +233,40 @@ def test_rare_paint_frames_follow_the_contiguous_seeds_in_both_synthroad_dataset
     student = build_dataset(DataConfig(synth_seed=7, synth_frames=2, synth_height=32, synth_width=64,
                                        root=str(tmp_path), rare_paint_frames=2))
     assert student.seeds == [7, 8, *extra] and student.missing() == []
+
+
+def test_segmenter_data_follow_the_configured_dataset(tmp_path):
+    """train_segmenter given no frames reads the configured dataset (not synthroad whatever it names),
+    its validation split included; synthroad on disk and in memory draw the same seeds."""
+    import cv2
+
+    from csl_ros.training.datasets import RecordFrames, SynthroadFrames
+    from csl_ros.training.segmenter import SynthroadSegmentation, segmenter_datasets
+
+    scenes = list(ToyScenes(2, size=(64, 128)))
+    for i, (img, lab) in enumerate(scenes):
+        d_img = tmp_path / "cs" / "leftImg8bit" / "train" / "aachen"
+        d_gt = tmp_path / "cs" / "gtFine" / "train" / "aachen"
+        d_img.mkdir(parents=True, exist_ok=True)
+        d_gt.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d_img / f"aachen_{i:06d}_000019_leftImg8bit.png"), img[:, :, ::-1])
+        cv2.imwrite(str(d_gt / f"aachen_{i:06d}_000019_gtFine_labelTrainIds.png"), lab)
+    cfg = SegmenterTrainConfig(dataset="cityscapes", root=str(tmp_path / "cs"), val_split="train",
+                               out_dir=str(tmp_path / "run"), crop_size=(32, 64), steps=1, batch_size=1,
+                               warmup_steps=0, progress=False, save_dtype="float32")
+    for in_memory in (False, True):
+        train, val = segmenter_datasets(cfg, in_memory=in_memory)
+        assert isinstance(train, RecordFrames) and isinstance(val, RecordFrames) and len(train) == len(val) == 2
+        assert np.array_equal(train[1][1], scenes[1][1])
+    result = train_segmenter(cfg)
+    assert result.miou is not None
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["val_frames"] == 2
+    with pytest.raises(ValueError, match="dataset cityscapes needs root"):
+        SegmenterTrainConfig(dataset="cityscapes").validate()
+    syn = SegmenterTrainConfig(frames=2, val_frames=1, render_size=(32, 64))
+    disk, disk_val = segmenter_datasets(syn, tmp_path / "cache")
+    mem, mem_val = segmenter_datasets(syn, in_memory=True)
+    assert isinstance(disk, SynthroadFrames) and isinstance(mem, SynthroadSegmentation)
+    assert disk.seeds == mem.seeds and disk_val.seeds == mem_val.seeds == [syn.val_first_seed]
+    assert segmenter_datasets(SegmenterTrainConfig(val_frames=0), in_memory=True)[1] is None

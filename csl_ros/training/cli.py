@@ -159,19 +159,12 @@ def run_segmenter(args) -> int:
                          "only supported for the student")
 
     # deferred: torch; csl-ros imports every command module to build its parser
-    from csl_ros.training.datasets import CityscapesFrames, SynthroadFrames
-    from csl_ros.training.segmenter import train_segmenter
+    from csl_ros.training.segmenter import segmenter_datasets, train_segmenter
 
-    dataset = val = None
-    if cfg.dataset == "cityscapes":
-        dataset = CityscapesFrames(cfg.root, cfg.split)
-        val = CityscapesFrames(cfg.root, cfg.val_split) if cfg.val_split else None
-    elif cfg.cache_frames:  # share the on-disk frame cache with the student trainer and fit-stats
-        dataset = SynthroadFrames(cfg.first_seed, cfg.frames, cfg.render_size, args.cache_dir or None,
-                                  extra_seeds=cfg.extra_seeds())
+    # synthroad with cache_frames: the on-disk frame cache the student trainer and fit-stats share
+    dataset, val = segmenter_datasets(cfg, args.cache_dir or None, in_memory=not cfg.cache_frames)
+    if cfg.cache_frames:
         dataset.prepare(progress=cfg.progress)
-        if cfg.val_frames > 0:
-            val = SynthroadFrames(cfg.val_first_seed, cfg.val_frames, cfg.render_size, args.cache_dir or None)
     result = train_segmenter(cfg, dataset=dataset, val_dataset=val)
     summary = {"segmenter": str(result.segmenter_path), "steps": cfg.steps,
                "last_loss": result.losses[-1][1] if result.losses else None, "miou": result.miou}

@@ -34,11 +34,12 @@ from csl_ros.settings import setting, validation_errors
 from csl_ros.teachers.segmenter import (CITYSCAPES_CLASSES, ClosedSetSegmenter, load_segmenter, preset,
                                         save_segmenter)
 
+from .config import DATASET_REGISTRY
 from .config import DATASETS as TRAIN_DATASETS
 from .config import (AVOID_ROAD_PAINT_HELP, COLOUR_SATURATION, COLOUR_VALUE, EXCLUDE_SOURCE_ROAD_HELP, NEGATIVE_ASPECT,
                      NEGATIVE_SHADOW_HELP, NEGATIVE_SIZE, RARE_PAINT_FIRST_SEED, RARE_PAINT_HELP, RARE_PAINT_SEED_HELP, DataConfig, OptimConfig, RunConfig,
                      TrainConfig)
-from .datasets import SynthroadFrames
+from .datasets import RecordFrames, SynthroadFrames
 from .distributed import DistEnv, per_worker_batch, step_seed
 from .loop import Trainer
 from .negatives import ROAD_TRAIN_ID, paste_negatives, road_paint_mask, uniform_cross_entropy
@@ -144,8 +145,8 @@ class SegmenterTrainConfig:
             errors.append(f"crop_size must be (H, W) with both >= 32, got {self.crop_size}")
         if len(self.render_size) != 2 or min(self.render_size) < 32:
             errors.append(f"render_size must be (H, W) with both >= 32, got {self.render_size}")
-        if self.dataset == "cityscapes" and not self.root:
-            errors.append("dataset cityscapes needs root (the folder holding leftImg8bit/ and gtFine/)")
+        if DATASET_REGISTRY.entry(self.dataset).root and not self.root:
+            errors.append(f"dataset {self.dataset} needs root (its dataset folder)")
         if not (0 < self.scale_range[0] <= self.scale_range[1]):
             errors.append(f"scale_range must be 0 < lo <= hi, got {self.scale_range}")
         if len(self.negative_size) != 2 or not (0 < self.negative_size[0] <= self.negative_size[1] <= 1):
@@ -221,6 +222,28 @@ class SynthroadSegmentation(SynthroadFrames):
     def missing(self) -> list[int]:
         """Indices of the frames not in memory (the cache here; :meth:`prepare` renders them into it)."""
         return [i for i in range(self.frames) if i not in self._memory]
+
+
+def segmenter_datasets(cfg: SegmenterTrainConfig, cache_dir=None, in_memory: bool = False):
+    """(training frames, validation frames or None) of ``cfg``. A registered dataset with trainIds
+    (``root``; ``split``, and ``val_split`` when set). Synthroad: seeds ``first_seed..`` (+ the rare-paint
+    seeds) and, with ``val_frames`` > 0, ``val_first_seed..``, at ``render_size``; on the PNG cache under
+    ``cache_dir`` (shared with the student trainer and fit-stats), or ``in_memory`` (training frames kept
+    when ``cache_frames``, validation frames rendered at each read)."""
+    if cfg.dataset != "synthroad":
+        return (RecordFrames(cfg.dataset, cfg.root, cfg.split),
+                RecordFrames(cfg.dataset, cfg.root, cfg.val_split) if cfg.val_split else None)
+    if in_memory:
+        train = SynthroadSegmentation(cfg.first_seed, cfg.frames, cfg.render_size, cfg.cache_frames,
+                                      extra_seeds=cfg.extra_seeds())
+        val = (SynthroadSegmentation(cfg.val_first_seed, cfg.val_frames, cfg.render_size, cache=False)
+               if cfg.val_frames > 0 else None)
+    else:
+        train = SynthroadFrames(cfg.first_seed, cfg.frames, cfg.render_size, cache_dir,
+                                extra_seeds=cfg.extra_seeds())
+        val = (SynthroadFrames(cfg.val_first_seed, cfg.val_frames, cfg.render_size, cache_dir)
+               if cfg.val_frames > 0 else None)
+    return train, val
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,8 +446,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if dataset is None:
-        dataset = SynthroadSegmentation(cfg.first_seed, cfg.frames, cfg.render_size, cfg.cache_frames,
-                                        extra_seeds=cfg.extra_seeds())
+        dataset = segmenter_datasets(cfg, in_memory=True)[0]
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
 
@@ -447,8 +469,8 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
         return result
     result.segmenter_path = save_segmenter(model, out / "segmenter.safetensors",
                                            dtype=torch.float16 if cfg.save_dtype == "float16" else None)
-    if val_dataset is None and cfg.val_frames > 0:
-        val_dataset = SynthroadSegmentation(cfg.val_first_seed, cfg.val_frames, cfg.render_size, cache=False)
+    if val_dataset is None:
+        val_dataset = segmenter_datasets(cfg, in_memory=True)[1]
     if val_dataset is not None:
         result.miou, result.per_class_iou = evaluate_miou(model, val_dataset, env.device)
         metrics = {"miou": result.miou, "per_class_iou": [None if math.isnan(v) else v
