@@ -161,16 +161,20 @@ def test_fit_stats_cli_on_an_image_folder(tmp_path):
                               "--size", "64by128"])
 
 
-def test_fit_stats_cli_on_a_cityscapes_layout(tmp_path):
+def write_cityscapes_layout(root, scenes) -> None:
+    """The (image, trainIds) pairs as a Cityscapes train split under ``root`` (one city)."""
     import cv2
 
-    for i, (img, lab) in enumerate(ToyScenes(2, size=(64, 128))):
-        d_img = tmp_path / "cs" / "leftImg8bit" / "train" / "aachen"
-        d_gt = tmp_path / "cs" / "gtFine" / "train" / "aachen"
-        d_img.mkdir(parents=True, exist_ok=True)
-        d_gt.mkdir(parents=True, exist_ok=True)
+    d_img, d_gt = root / "leftImg8bit" / "train" / "aachen", root / "gtFine" / "train" / "aachen"
+    d_img.mkdir(parents=True, exist_ok=True)
+    d_gt.mkdir(parents=True, exist_ok=True)
+    for i, (img, lab) in enumerate(scenes):
         cv2.imwrite(str(d_img / f"aachen_{i:06d}_000019_leftImg8bit.png"), img[:, :, ::-1])
         cv2.imwrite(str(d_gt / f"aachen_{i:06d}_000019_gtFine_labelTrainIds.png"), lab)
+
+
+def test_fit_stats_cli_on_a_cityscapes_layout(tmp_path):
+    write_cityscapes_layout(tmp_path / "cs", ToyScenes(2, size=(64, 128)))
     torch.manual_seed(0)
     seg = save_segmenter(ClosedSetSegmenter(preset("lraspp_mobilenet_v3_large")).eval(),
                          tmp_path / "seg.pt")
@@ -238,19 +242,11 @@ def test_rare_paint_frames_follow_the_contiguous_seeds_in_both_synthroad_dataset
 def test_segmenter_data_follow_the_configured_dataset(tmp_path):
     """train_segmenter given no frames reads the configured dataset (not synthroad whatever it names),
     its validation split included; synthroad on disk and in memory draw the same seeds."""
-    import cv2
-
     from csl_ros.training.datasets import RecordFrames, SynthroadFrames
     from csl_ros.training.segmenter import SynthroadSegmentation, segmenter_datasets
 
     scenes = list(ToyScenes(2, size=(64, 128)))
-    for i, (img, lab) in enumerate(scenes):
-        d_img = tmp_path / "cs" / "leftImg8bit" / "train" / "aachen"
-        d_gt = tmp_path / "cs" / "gtFine" / "train" / "aachen"
-        d_img.mkdir(parents=True, exist_ok=True)
-        d_gt.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(d_img / f"aachen_{i:06d}_000019_leftImg8bit.png"), img[:, :, ::-1])
-        cv2.imwrite(str(d_gt / f"aachen_{i:06d}_000019_gtFine_labelTrainIds.png"), lab)
+    write_cityscapes_layout(tmp_path / "cs", scenes)
     cfg = SegmenterTrainConfig(dataset="cityscapes", root=str(tmp_path / "cs"), val_split="train",
                                out_dir=str(tmp_path / "run"), crop_size=(32, 64), steps=1, batch_size=1,
                                warmup_steps=0, progress=False, save_dtype="float32")
