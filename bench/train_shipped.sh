@@ -379,6 +379,29 @@ python bench/driving_candidates.py --threshold 0.05 --cache "$R/driving_cache3" 
 #     --max-heights 0 --max-distances 35 --set teacher_path="$R/closed2_oe2/segmenter.safetensors" \
 #     --set teacher_stats_path="$R/closed2_oe2/segmenter.stats.json" --cache "$R/driving_cache5"
 
+# 6l. Session 33: a teacher of more capacity, the fpn_resnet18 preset (ResNet-18 trunk + FPN decoder, 11.4 M parameters
+# against LR-ASPP MobileNetV3's 3.2 M; csl_ros.teachers.segmenter), from scratch. Closed-set stage directly on the
+# 512x1024 frames (crops 128x256 at scale 0.25..1, both detector passes inside its training scales), 3500 steps, lr 1e-3,
+# seed=21 (40 min on this CPU): 55.0 % mIoU on the 512x1024 validation frames. Then one outlier-exposure run with every
+# addition of steps 6 to 6''' at once (2400 steps, lr 3e-4, seed=22, 38 min): 55.6 % (the shipped teacher 47.8 %).
+# fit-stats as in step 3 (its max-logit calibration centre -1.06, the shipped teacher's -0.53). With the shipped student,
+# same 20 tuning drives, max logit, teacher_flip, 60 px, 35 m, continuation 0.7, tracked recall within 30 m and false
+# alarms/frame (the shipped teacher from 6i in brackets):
+#   thr 0.1   69.6 % at 0.217    thr 0.12  69.3 % at 0.192 (68.1 % at 0.193, thr 0.08)    thr 0.13  68.5 % at 0.178
+#   thr 0.15  67.3 % at 0.160    thr 0.17  66.7 % at 0.137 (65.6 % at 0.140, thr 0.1)     thr 0.2   64.0 % at 0.120
+# The first teacher above the shipped curve, by about one point (7 of 642 obstacle-frames within 30 m; the 95 % interval
+# of 30 drives spans 18 points), and with fewer fragments (1.06-1.08 instances per detected obstacle against 1.3): far
+# from the 80 % goal, and it costs a larger teacher at every frame. Not shipped.
+#   $CSL train segmenter --out "$R/fpn_closed" --set preset=fpn_resnet18 --set frames=1000 "${FRAMES_512[@]}" \
+#     --set steps=3500 --set batch_size=8 --set lr=1e-3 --set warmup_steps=50 --set num_threads=2 \
+#     --set checkpoint_every=250 --set val_frames=100 --set seed=21
+#   $CSL train segmenter --out "$R/fpn_oe" --set preset=fpn_resnet18 "${OE[@]}" "${FRAMES_512[@]}" --set steps=2400 \
+#     --set lr=3e-4 --set num_threads=2 --set seed=22 --set init_from="$R/fpn_closed/segmenter.safetensors"
+#   fit_stats "$R/fpn_oe/segmenter.safetensors"
+#   python bench/driving.py --tune --thresholds 0.05,0.07,0.08,0.1,0.12,0.13,0.15,0.17,0.2 --continue-ratios 0.7 \
+#     --min-areas 60 --max-heights 0 --max-distances 35 --set teacher_path="$R/fpn_oe/segmenter.safetensors" \
+#     --set teacher_stats_path="$R/fpn_oe/segmenter.stats.json" --cache "$R/driving_cache_fpn"
+
 # 7. manifest
 python - "$M" <<'EOF'
 import sys
