@@ -243,7 +243,7 @@ def test_segmenter_data_follow_the_configured_dataset(tmp_path):
     """train_segmenter given no frames reads the configured dataset (not synthroad whatever it names),
     its validation split included; synthroad on disk and in memory draw the same seeds."""
     from csl_ros.training.datasets import RecordFrames, SynthroadFrames
-    from csl_ros.training.segmenter import SynthroadSegmentation, segmenter_datasets
+    from csl_ros.training.segmenter import SynthroadSegmentation, segmenter_frames
 
     scenes = list(ToyScenes(2, size=(64, 128)))
     write_cityscapes_layout(tmp_path / "cs", scenes)
@@ -251,7 +251,7 @@ def test_segmenter_data_follow_the_configured_dataset(tmp_path):
                                out_dir=str(tmp_path / "run"), crop_size=(32, 64), steps=1, batch_size=1,
                                warmup_steps=0, progress=False, save_dtype="float32")
     for in_memory in (False, True):
-        train, val = segmenter_datasets(cfg, in_memory=in_memory)
+        train, val = (segmenter_frames(cfg, in_memory=in_memory, validation=v) for v in (False, True))
         assert isinstance(train, RecordFrames) and isinstance(val, RecordFrames) and len(train) == len(val) == 2
         assert np.array_equal(train[1][1], scenes[1][1])
     result = train_segmenter(cfg)
@@ -261,8 +261,9 @@ def test_segmenter_data_follow_the_configured_dataset(tmp_path):
     with pytest.raises(ValueError, match="dataset cityscapes needs root"):
         SegmenterTrainConfig(dataset="cityscapes").validate()
     syn = SegmenterTrainConfig(frames=2, val_frames=1, render_size=(32, 64))
-    disk, disk_val = segmenter_datasets(syn, tmp_path / "cache")
-    mem, mem_val = segmenter_datasets(syn, in_memory=True)
+    disk, disk_val = (segmenter_frames(syn, tmp_path / "cache", validation=v) for v in (False, True))
+    mem, mem_val = (segmenter_frames(syn, in_memory=True, validation=v) for v in (False, True))
     assert isinstance(disk, SynthroadFrames) and isinstance(mem, SynthroadSegmentation)
     assert disk.seeds == mem.seeds and disk_val.seeds == mem_val.seeds == [syn.val_first_seed]
-    assert segmenter_datasets(SegmenterTrainConfig(val_frames=0), in_memory=True)[1] is None
+    assert segmenter_frames(SegmenterTrainConfig(val_frames=0), in_memory=True, validation=True) is None
+    assert segmenter_frames(SegmenterTrainConfig(dataset="cityscapes", root=cfg.root), validation=True) is None

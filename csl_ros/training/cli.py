@@ -159,10 +159,11 @@ def run_segmenter(args) -> int:
                          "only supported for the student")
 
     # deferred: torch; csl-ros imports every command module to build its parser
-    from csl_ros.training.segmenter import segmenter_datasets, train_segmenter
+    from csl_ros.training.segmenter import segmenter_frames, train_segmenter
 
     # synthroad with cache_frames: the on-disk frame cache the student trainer and fit-stats share
-    dataset, val = segmenter_datasets(cfg, args.cache_dir or None, in_memory=not cfg.cache_frames)
+    dataset, val = (segmenter_frames(cfg, args.cache_dir or None, in_memory=not cfg.cache_frames, validation=v)
+                    for v in (False, True))
     if cfg.cache_frames:
         dataset.prepare(progress=cfg.progress)
     result = train_segmenter(cfg, dataset=dataset, val_dataset=val)

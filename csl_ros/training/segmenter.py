@@ -224,26 +224,25 @@ class SynthroadSegmentation(SynthroadFrames):
         return [i for i in range(self.frames) if i not in self._memory]
 
 
-def segmenter_datasets(cfg: SegmenterTrainConfig, cache_dir=None, in_memory: bool = False):
-    """(training frames, validation frames or None) of ``cfg``. A registered dataset with trainIds
-    (``root``; ``split``, and ``val_split`` when set). Synthroad: seeds ``first_seed..`` (+ the rare-paint
-    seeds) and, with ``val_frames`` > 0, ``val_first_seed..``, at ``render_size``; on the PNG cache under
-    ``cache_dir`` (shared with the student trainer and fit-stats), or ``in_memory`` (training frames kept
-    when ``cache_frames``, validation frames rendered at each read)."""
+def segmenter_frames(cfg: SegmenterTrainConfig, cache_dir=None, in_memory: bool = False, validation: bool = False):
+    """The training frames of ``cfg``, or with ``validation`` its validation frames (None when it has
+    none). A registered dataset with trainIds: ``root`` at ``split`` (``val_split``). Synthroad: seeds
+    ``first_seed..`` + the rare-paint seeds (``val_first_seed..``, ``val_frames`` of them) at
+    ``render_size``, on the PNG cache under ``cache_dir`` (shared with the student trainer and
+    fit-stats), or ``in_memory`` (training frames kept when ``cache_frames``, validation frames rendered
+    at each read)."""
     if cfg.dataset != "synthroad":
-        return (RecordFrames(cfg.dataset, cfg.root, cfg.split),
-                RecordFrames(cfg.dataset, cfg.root, cfg.val_split) if cfg.val_split else None)
+        if validation and not cfg.val_split:
+            return None
+        return RecordFrames(cfg.dataset, cfg.root, cfg.val_split if validation else cfg.split)
+    if validation and cfg.val_frames == 0:
+        return None
+    first, frames, extra = ((cfg.val_first_seed, cfg.val_frames, ()) if validation
+                            else (cfg.first_seed, cfg.frames, cfg.extra_seeds()))
     if in_memory:
-        train = SynthroadSegmentation(cfg.first_seed, cfg.frames, cfg.render_size, cfg.cache_frames,
-                                      extra_seeds=cfg.extra_seeds())
-        val = (SynthroadSegmentation(cfg.val_first_seed, cfg.val_frames, cfg.render_size, cache=False)
-               if cfg.val_frames > 0 else None)
-    else:
-        train = SynthroadFrames(cfg.first_seed, cfg.frames, cfg.render_size, cache_dir,
-                                extra_seeds=cfg.extra_seeds())
-        val = (SynthroadFrames(cfg.val_first_seed, cfg.val_frames, cfg.render_size, cache_dir)
-               if cfg.val_frames > 0 else None)
-    return train, val
+        return SynthroadSegmentation(first, frames, cfg.render_size, cfg.cache_frames and not validation,
+                                     extra_seeds=extra)
+    return SynthroadFrames(first, frames, cfg.render_size, cache_dir, extra_seeds=extra)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -446,7 +445,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if dataset is None:
-        dataset = segmenter_datasets(cfg, in_memory=True)[0]
+        dataset = segmenter_frames(cfg, in_memory=True)
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
 
@@ -470,7 +469,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, dataset=None, val_dataset=None,
     result.segmenter_path = save_segmenter(model, out / "segmenter.safetensors",
                                            dtype=torch.float16 if cfg.save_dtype == "float16" else None)
     if val_dataset is None:
-        val_dataset = segmenter_datasets(cfg, in_memory=True)[1]
+        val_dataset = segmenter_frames(cfg, in_memory=True, validation=True)
     if val_dataset is not None:
         result.miou, result.per_class_iou = evaluate_miou(model, val_dataset, env.device)
         metrics = {"miou": result.miou, "per_class_iou": [None if math.isnan(v) else v
